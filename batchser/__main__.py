@@ -1,0 +1,5 @@
+import sys
+
+from batchser.cli import main
+
+sys.exit(main())

@@ -1,0 +1,302 @@
+"""The Parquet feature store shared by all jobs.
+
+Layout under the cache folder::
+
+    hashes/part-*.parquet                  path, size, mtime_ns -> content_hash
+    features/<fingerprint>/_spec.json      the FeatureSpec behind the fingerprint
+    features/<fingerprint>/part-*.parquet  content_hash, status, error, orig_sample_rate,
+                                           channels, duration_s, <one float32 column per dim>
+
+A feature row is keyed by (content hash of the file's bytes, feature fingerprint):
+renamed or copied files share it, and any change of features or parameters
+misses. Parts are written whole to a dot-temp file and renamed, so readers
+(plain ``pandas.read_parquet`` on the folder works) never see a partial part.
+Rows for failed decodes are kept too: a rerun does not decode a broken file again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchser.atomic import atomic_path, atomic_write_text
+from batchser.features import FeatureSpec
+
+__all__ = ["FeatureRecord", "FeatureStore", "hash_file"]
+
+log = logging.getLogger(__name__)
+
+_HASH_CHUNK = 1 << 20
+
+
+def hash_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    """What extraction produced for one file content."""
+
+    content_hash: str
+    status: str  # "ok" | "error"
+    error: str
+    orig_sample_rate: int
+    channels: int
+    duration_s: float
+    vector: np.ndarray | None  # float32 (dim,), None on error
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_META_COLUMNS = ("content_hash", "status", "error", "orig_sample_rate", "channels", "duration_s")
+
+
+class _Parts:
+    """A folder of immutable Parquet parts, appended by atomic renames."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def list(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
+
+    def read_all(self) -> Iterator[pa.Table]:
+        # A concurrent compaction may delete a part we listed: list again and go on.
+        done: set[str] = set()
+        for _attempt in range(5):
+            missing = False
+            for p in self.list():
+                if p.name in done:
+                    continue
+                try:
+                    table = pq.read_table(p)
+                except FileNotFoundError:
+                    missing = True
+                    continue
+                done.add(p.name)
+                yield table
+            if not missing:
+                return
+
+    def write(self, table: pa.Table) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        return final
+
+    def compact(self, *, min_parts: int) -> None:
+        """Merge all parts into one when there are at least ``min_parts``.
+
+        Held under an exclusive lock so two jobs never compact at once; the
+        merged part is renamed in before the old ones are removed, and readers
+        drop duplicate keys, so a reader in between sees every row.
+        """
+        parts = self.list()
+        if len(parts) < min_parts:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another job is compacting
+            parts = self.list()
+            tables = [pq.read_table(p) for p in parts]
+            if len(tables) < min_parts:
+                return
+            self.write(pa.concat_tables(tables, promote_options="default"))
+            for p in parts:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            log.info("compacted %d parts in %s", len(parts), self.folder)
+
+
+class FeatureStore:
+    """Feature rows and the path→hash index, for one :class:`FeatureSpec`.
+
+    Parameters
+    ----------
+    root : Path
+        The cache folder (``cache:`` in the manifest), shared by jobs.
+    spec : FeatureSpec
+    flush_rows : int
+        Buffered rows that trigger writing a part.
+    flush_seconds : float
+        Age of the oldest buffered row that triggers writing a part, so that an
+        interrupted job loses at most this much work.
+    compact_parts : int
+        On close, merge the parts when there are at least this many.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        spec: FeatureSpec,
+        *,
+        flush_rows: int = 512,
+        flush_seconds: float = 20.0,
+        compact_parts: int = 64,
+    ) -> None:
+        self.root = Path(root)
+        self.spec = spec
+        self.columns = spec.columns()
+        self._features = _Parts(self.root / "features" / spec.fingerprint())
+        self._hashes = _Parts(self.root / "hashes")
+        self.flush_rows, self.flush_seconds, self.compact_parts = flush_rows, flush_seconds, compact_parts
+        self._records: dict[str, FeatureRecord] = {}
+        self._path_hash: dict[tuple[str, int, int], str] = {}
+        self._pending: list[FeatureRecord] = []
+        self._pending_hashes: list[tuple[str, int, int, str]] = []
+        self._oldest_pending = 0.0
+        self._load()
+
+    # -- reading -------------------------------------------------------------
+    def _load(self) -> None:
+        for table in self._hashes.read_all():
+            d = table.to_pydict()
+            for p, s, m, h in zip(d["path"], d["size"], d["mtime_ns"], d["content_hash"], strict=True):
+                self._path_hash[(p, s, m)] = h
+        for table in self._features.read_all():
+            self._records.update(self._from_table(table))
+        log.debug("cache %s: %d feature rows, %d known paths", self.root, len(self._records), len(self._path_hash))
+
+    def _from_table(self, table: pa.Table) -> Iterator[tuple[str, FeatureRecord]]:
+        meta = table.select(list(_META_COLUMNS)).to_pydict()
+        matrix = np.column_stack(
+            [table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in self.columns]
+        )
+        for i, h in enumerate(meta["content_hash"]):
+            if h in self._records:
+                continue
+            ok = meta["status"][i] == "ok"
+            yield (
+                h,
+                FeatureRecord(
+                    content_hash=h,
+                    status=meta["status"][i],
+                    error=meta["error"][i] or "",
+                    orig_sample_rate=int(meta["orig_sample_rate"][i] or 0),
+                    channels=int(meta["channels"][i] or 0),
+                    duration_s=float(meta["duration_s"][i] or 0.0),
+                    vector=matrix[i] if ok else None,
+                ),
+            )
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, content_hash: str) -> FeatureRecord | None:
+        return self._records.get(content_hash)
+
+    def known_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
+        """Content hash seen before for this exact path, size and mtime."""
+        return self._path_hash.get((path, size, mtime_ns))
+
+    # -- writing ---------------------------------------------------------------
+    def remember_hash(self, path: str, size: int, mtime_ns: int, content_hash: str) -> None:
+        key = (path, size, mtime_ns)
+        if self._path_hash.get(key) != content_hash:
+            self._path_hash[key] = content_hash
+            self._pending_hashes.append((path, size, mtime_ns, content_hash))
+            self._maybe_flush()
+
+    def add(self, records: Iterable[FeatureRecord]) -> None:
+        for r in records:
+            if r.content_hash in self._records:
+                continue
+            self._records[r.content_hash] = r
+            self._pending.append(r)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        n = len(self._pending) + len(self._pending_hashes)
+        if not n:
+            return
+        now = time.monotonic()
+        if not self._oldest_pending:
+            self._oldest_pending = now
+        if n >= self.flush_rows or now - self._oldest_pending >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered rows as new parts (hashes first: features refer to them)."""
+        if self._pending_hashes:
+            p, s, m, h = zip(*self._pending_hashes, strict=True)
+            self._hashes.write(
+                pa.table(
+                    {
+                        "path": pa.array(p, pa.string()),
+                        "size": pa.array(s, pa.int64()),
+                        "mtime_ns": pa.array(m, pa.int64()),
+                        "content_hash": pa.array(h, pa.string()),
+                    }
+                )
+            )
+            self._pending_hashes = []
+        if self._pending:
+            self._write_spec()
+            self._features.write(self._to_table(self._pending))
+            self._pending = []
+        self._oldest_pending = 0.0
+
+    def _write_spec(self) -> None:
+        spec_file = self._features.folder / "_spec.json"  # "_": pyarrow dataset readers skip it
+        if not spec_file.exists():
+            atomic_write_text(spec_file, json.dumps(self.spec.to_dict(), indent=2) + "\n")
+
+    def _to_table(self, records: list[FeatureRecord]) -> pa.Table:
+        dim = self.spec.dim
+        matrix = np.full((len(records), dim), np.nan, dtype=np.float32)
+        valid = np.zeros(len(records), dtype=bool)
+        for i, r in enumerate(records):
+            if r.vector is not None:
+                matrix[i] = r.vector
+                valid[i] = True
+        cols: dict[str, pa.Array] = {
+            "content_hash": pa.array([r.content_hash for r in records], pa.string()),
+            "status": pa.array([r.status for r in records], pa.string()),
+            "error": pa.array([r.error for r in records], pa.string()),
+            "orig_sample_rate": pa.array([r.orig_sample_rate for r in records], pa.int32()),
+            "channels": pa.array([r.channels for r in records], pa.int32()),
+            "duration_s": pa.array([r.duration_s for r in records], pa.float64()),
+        }
+        for j, name in enumerate(self.columns):
+            cols[name] = pa.array(matrix[:, j], pa.float32(), mask=~valid)
+        return pa.table(cols)
+
+    def close(self) -> None:
+        self.flush()
+        self._hashes.compact(min_parts=self.compact_parts)
+        self._features.compact(min_parts=self.compact_parts)
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Flush even on Ctrl-C: what was extracted is kept for the resumed run.
+        self.flush()
+        if exc[0] is None:
+            self.close()

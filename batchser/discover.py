@@ -1,0 +1,126 @@
+"""Expand manifest inputs into a stable, sorted list of audio files.
+
+A file is audio when its extension is one libsndfile reads, or, for any other
+extension, when libsndfile can open its header. Files with an audio extension
+are always kept, even when broken: the report must say why they failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+
+__all__ = ["AUDIO_EXTENSIONS", "SourceFile", "discover"]
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset(
+    {f".{k.lower()}" for k in sf.available_formats()}
+    | {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf"}
+) - {".raw"}  # headerless PCM cannot be told from any other bytes
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One discovered file.
+
+    ``size`` and ``mtime_ns`` are -1 and ``error`` says why when the file
+    could not even be stat'ed (a dangling link, a permission problem).
+    """
+
+    path: Path  # absolute
+    input_index: int  # which manifest input found it
+    size: int
+    mtime_ns: int
+    error: str = ""
+
+
+def _looks_like_audio(path: str) -> bool:
+    try:
+        sf.info(path)
+    except Exception:  # noqa: BLE001 - any failure means "not audio" for a probe
+        return False
+    return True
+
+
+def _candidate(path: str, *, explicit: bool) -> bool:
+    if explicit:  # the manifest named this very file: it is reported whatever it is
+        return True
+    name = os.path.basename(path)
+    if name.startswith("."):  # hidden files and our own temp files
+        return False
+    return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS or _looks_like_audio(path)
+
+
+def _walk(root: str) -> Iterator[str]:
+    def onerror(err: OSError) -> None:
+        log.warning("cannot list %s: %s", err.filename, err.strerror)
+
+    # followlinks=False: a link loop cannot trap us; linked files are still seen.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            yield os.path.join(dirpath, name)
+
+
+def _stat(path: str, index: int) -> SourceFile | None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return SourceFile(Path(os.path.abspath(path)), index, -1, -1, f"cannot stat: {exc.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        return None  # a directory named like audio, a fifo, …
+    return SourceFile(Path(os.path.abspath(path)), index, st.st_size, st.st_mtime_ns)
+
+
+def _expand(path: Path) -> Iterator[tuple[str, bool]]:
+    text = str(path)
+    if glob.has_magic(text):
+        for hit in glob.iglob(text, recursive=True):
+            if os.path.isdir(hit):
+                yield from ((p, False) for p in _walk(hit))
+            else:
+                yield hit, False
+    elif path.is_dir():
+        yield from ((p, False) for p in _walk(text))
+    elif path.exists() or path.is_symlink():
+        yield text, True
+    else:
+        raise FileNotFoundError(f"input {text} does not exist")
+
+
+def discover(paths: Sequence[Path]) -> list[SourceFile]:
+    """Files under each input path, sorted by path, each listed once.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Directories (recursive), files or glob patterns, absolute.
+
+    Returns
+    -------
+    list of SourceFile
+        Sorted by path; a file reachable from two inputs belongs to the first.
+
+    Raises
+    ------
+    FileNotFoundError
+        When an input path (not a glob) does not exist.
+    """
+    seen: dict[str, SourceFile] = {}
+    for index, root in enumerate(paths):
+        for path, explicit in _expand(root):
+            key = os.path.abspath(path)
+            if key in seen or not _candidate(path, explicit=explicit):
+                continue
+            rec = _stat(path, index)
+            if rec is not None:
+                seen[key] = rec
+    return [seen[k] for k in sorted(seen)]

@@ -1,0 +1,324 @@
+"""Run one job: manifest → discover → hash → cache/engine → model → report.
+
+:func:`run_job` is the one entry point; the CLI only formats its summary.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from batchser.cache import FeatureRecord, FeatureStore, hash_file
+from batchser.discover import SourceFile, discover
+from batchser.engine import ExtractTask, run_tasks
+from batchser.features import FeatureSpec
+from batchser.labels import Label, label_source
+from batchser.manifest import Manifest, ManifestError
+from batchser.model import (
+    ModelMeta,
+    TrainedModel,
+    build_pipeline,
+    evaluate,
+    fit,
+    load_model,
+    save_model,
+    training_fingerprint,
+    versions,
+    write_model_card,
+)
+from batchser.report import ReportRow, annotations_frame, write_annotations, write_confusion_png, write_json
+
+__all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job"]
+
+log = logging.getLogger(__name__)
+
+RAVDESS_NOTE = (
+    "\n\nData: RAVDESS speech (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391, "
+    "https://doi.org/10.1371/journal.pone.0196391), Zenodo record 1188976, licensed CC BY-NC-SA 4.0. "
+    "This model is derived from it: non-commercial use, share alike, attribute the authors."
+)
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """A discovered file with its content hash and feature record (or why it has none)."""
+
+    source: SourceFile
+    content_hash: str = ""
+    record: FeatureRecord | None = None
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.record is not None and self.record.ok
+
+
+@dataclass
+class JobSummary:
+    name: str
+    n_files: int = 0
+    n_cached: int = 0
+    n_extracted: int = 0
+    n_failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    label_counts: dict[str, int] = field(default_factory=dict)
+    reports: list[Path] = field(default_factory=list)
+    model_id: str = ""
+    metrics: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def check_manifest_paths(manifest: Manifest) -> None:
+    """Fail before any work when a path the manifest names is not there.
+
+    Raises
+    ------
+    ManifestError
+        Naming the field, the path it resolved to, and the fix.
+    """
+    problems = []
+    for i, inp in enumerate(manifest.inputs):
+        p = manifest.resolve(inp.path)
+        if not glob.has_magic(str(p)) and not (p.exists() or p.is_symlink()):
+            problems.append(
+                f"inputs[{i}].path: {p} does not exist (relative paths are taken from root {manifest.root_dir})"
+            )
+        if inp.labels.startswith("csv:"):
+            csv_path = manifest.resolve(inp.labels[4:])
+            if not csv_path.is_file():
+                problems.append(f"inputs[{i}].labels: label file {csv_path} does not exist")
+    if not manifest.model.train and not manifest.model_path.is_file():
+        problems.append(
+            f"model.path: {manifest.model_path} does not exist; point it at a trained model or set model.train: true"
+        )
+    if problems:
+        raise ManifestError(str(manifest.name), problems)
+
+
+def _display_path(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True, leave=True
+    )
+
+
+def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progress: bool) -> list[tuple[str, str]]:
+    """(content_hash, error) per file: from the path index when size and mtime match, else hashed."""
+    out: list[tuple[str, str]] = [("", f.error) if f.error else ("", "") for f in files]
+    todo = []
+    for i, f in enumerate(files):
+        if f.error:
+            continue
+        known = store.known_hash(str(f.path), f.size, f.mtime_ns)
+        if known:
+            out[i] = (known, "")
+        else:
+            todo.append(i)
+    if not todo:
+        return out
+
+    def one(i: int) -> tuple[int, str, str]:
+        try:
+            return i, hash_file(files[i].path), ""
+        except OSError as exc:
+            return i, "", f"cannot read: {exc.strerror or exc}"
+
+    # hashlib releases the GIL on large buffers: threads overlap I/O and hashing.
+    with ThreadPoolExecutor(max_workers=4) as pool, _bar(len(todo), "hashing", progress) as bar:
+        for i, h, err in pool.map(one, todo):
+            out[i] = (h, err)
+            if h:
+                f = files[i]
+                store.remember_hash(str(f.path), f.size, f.mtime_ns, h)
+            bar.update()
+    return out
+
+
+def _features(
+    manifest: Manifest, files: Sequence[SourceFile], store: FeatureStore, summary: JobSummary, *, progress: bool
+) -> list[FileOutcome]:
+    hashes = _content_hashes(files, store, progress=progress)
+    todo: dict[str, str] = {}  # content hash -> one path having it
+    waiting: Counter[str] = Counter()
+    for f, (h, _err) in zip(files, hashes, strict=True):
+        if h and store.get(h) is None:
+            todo.setdefault(h, str(f.path))
+            waiting[h] += 1
+    summary.n_cached = sum(1 for h, _ in hashes if h and h not in todo)
+    tasks = [ExtractTask(path, h) for h, path in todo.items()]
+    eng = manifest.engine
+    with _bar(len(files), "extracting", progress, initial=len(files) - sum(waiting.values())) as bar:
+        for batch in run_tasks(
+            tasks, spec=store.spec, backend=eng.backend, n_jobs=eng.n_jobs, batch_size=eng.batch_size
+        ):
+            store.add(batch)
+            summary.n_extracted += len(batch)
+            bar.update(sum(waiting[r.content_hash] for r in batch))
+    return [FileOutcome(f, h, store.get(h) if h else None, err) for f, (h, err) in zip(files, hashes, strict=True)]
+
+
+def _train(
+    manifest: Manifest, outcomes: Sequence[FileOutcome], labels: Sequence[Label], spec: FeatureSpec
+) -> tuple[TrainedModel, dict[str, Any], set[int]]:
+    classes = list(manifest.emotions)
+    use = [i for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)) if o.ok and lab.emotion in classes]
+    if len(use) < 2 * len(classes):
+        raise RuntimeError(
+            f"only {len(use)} usable labelled files for {len(classes)} emotions; need at least "
+            f"{2 * len(classes)}. Check inputs[].labels and emotions"
+        )
+    X = np.stack([outcomes[i].record.vector for i in use]).astype(np.float64)  # type: ignore[union-attr]
+    y = np.array([labels[i].emotion for i in use])
+    missing = sorted(set(classes) - set(y.tolist()))
+    if missing:
+        raise RuntimeError(f"no training files labelled {missing}; remove them from emotions or add such files")
+    speakers = [labels[i].speaker for i in use]
+    groups = np.array(speakers) if all(speakers) else None
+    params = manifest.model.mlp.model_dump()
+    log.info("training on %d files, %d features, classes %s", len(use), X.shape[1], classes)
+    metrics = evaluate(
+        X, y, groups, params=params, random_state=manifest.model.random_state, cv_folds=manifest.model.cv_folds
+    )
+    pipe = fit(build_pipeline(params, random_state=manifest.model.random_state), X, y)
+    meta = ModelMeta(
+        classes=classes,
+        feature_spec=spec.to_dict(),
+        training_fingerprint=training_fingerprint([outcomes[i].content_hash for i in use], y.tolist()),
+        n_train=len(use),
+        params={**params, "random_state": manifest.model.random_state, "job": manifest.name},
+        metrics=metrics,
+        versions=versions(),
+    )
+    model = save_model(pipe, meta, manifest.model_path)
+    sources = ", ".join(f"`{i.path}` (labels: {i.labels})" for i in manifest.inputs)
+    note = f"Trained on {sources}."
+    if any(i.labels == "ravdess" for i in manifest.inputs):
+        note += RAVDESS_NOTE
+    write_model_card(model, data_note=note)
+    return model, metrics, set(use)
+
+
+def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
+    """Run ``manifest`` to completion and write its reports.
+
+    Parameters
+    ----------
+    manifest : Manifest
+    progress : bool
+        Show tqdm progress bars (on stderr).
+
+    Returns
+    -------
+    JobSummary
+
+    Raises
+    ------
+    ManifestError
+        A path the manifest names is missing (before any work).
+    ModelError
+        The model cannot be loaded for this job (before any extraction).
+    """
+    t0 = time.perf_counter()
+    check_manifest_paths(manifest)
+    spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate)
+    classes = list(manifest.emotions)
+    model = (
+        None
+        if manifest.model.train
+        else load_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
+    )
+    summary = JobSummary(manifest.name)
+    files = discover([manifest.resolve(i.path) for i in manifest.inputs])
+    summary.n_files = len(files)
+    log.info("%s: %d files discovered", manifest.name, len(files))
+    label_fns: list[Callable[[Path], Label]] = [
+        label_source(i.labels, resolve=manifest.resolve) for i in manifest.inputs
+    ]
+    labels = [label_fns[f.input_index](f.path) for f in files]
+
+    with FeatureStore(manifest.cache_dir, spec) as store:
+        outcomes = _features(manifest, files, store, summary, progress=progress)
+
+    used: set[int] = set()
+    if model is None:
+        model, summary.metrics, used = _train(manifest, outcomes, labels, spec)
+    summary.model_id = model.id
+
+    ok_idx = [i for i, o in enumerate(outcomes) if o.ok]
+    proba = (
+        model.predict_proba(np.stack([outcomes[i].record.vector for i in ok_idx]).astype(np.float64))  # type: ignore[union-attr]
+        if ok_idx
+        else np.empty((0, len(classes)))
+    )
+    proba_of = dict(zip(ok_idx, proba, strict=True))
+    root = manifest.root_dir
+    rows = []
+    for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
+        rec = o.record
+        common: dict[str, Any] = {
+            "path": _display_path(o.source.path, root),
+            "true_label": lab.emotion or "",
+            "content_hash": o.content_hash,
+            "model": model.id,
+            "used_for_training": (i in used) if manifest.model.train else None,
+        }
+        if rec is not None:
+            common |= {"duration_s": rec.duration_s, "orig_sample_rate": rec.orig_sample_rate, "channels": rec.channels}
+        if i in proba_of:
+            p = proba_of[i]
+            k = int(np.argmax(p))
+            rows.append(
+                ReportRow(
+                    status="ok",
+                    label=classes[k],
+                    confidence=float(p[k]),
+                    probabilities=dict(zip(classes, map(float, p), strict=True)),
+                    **common,
+                )
+            )
+        else:
+            reason = o.error or (rec.error if rec is not None else "no features")
+            rows.append(ReportRow(status="error", error=reason, **common))
+            summary.failures.append((common["path"], reason))
+    summary.n_failed = len(summary.failures)
+    summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
+
+    out = manifest.output_dir
+    summary.reports = write_annotations(annotations_frame(rows, classes), out, manifest.output.formats)
+    if summary.metrics is not None:
+        write_json(out / "metrics.json", {"model": model.id, "classes": classes, **summary.metrics})
+        write_confusion_png(out / "confusion_matrix.png", summary.metrics, title=f"{manifest.name} ({model.id})")
+        summary.reports += [out / "metrics.json", out / "confusion_matrix.png"]
+    summary.seconds = time.perf_counter() - t0
+    write_json(
+        out / "summary.json",
+        {
+            "job": manifest.name,
+            "files": summary.n_files,
+            "from_cache": summary.n_cached,
+            "extracted": summary.n_extracted,
+            "failed": summary.n_failed,
+            "labels": summary.label_counts,
+            "model": model.id,
+            "feature_fingerprint": spec.fingerprint(),
+            "seconds": round(summary.seconds, 3),
+        },
+    )
+    summary.reports.append(out / "summary.json")
+    return summary

@@ -1,0 +1,292 @@
+"""Job manifests: YAML, safe-loaded, validated into typed records before any work.
+
+Every relative path in a manifest resolves against the manifest's ``root``,
+which itself is relative to the folder holding the manifest file (default
+``.``, that folder). The example jobs in ``jobs/`` set ``root: ..`` so that
+their paths read from the project root, whatever the current directory is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from batchser.features import FEATURE_DIMS
+
+__all__ = ["Manifest", "ManifestError", "load_manifest", "parse_manifest"]
+
+# A manifest is a few hundred bytes; anything larger is a mistake or an attack.
+MAX_MANIFEST_BYTES = 1 << 20
+
+RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be run. ``str(err)`` names each field and the fix."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid manifest {source}:\n{lines}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """One input: a directory (searched recursively), a file, or a glob pattern."""
+
+    path: str
+    labels: str = Field(
+        default="none",
+        description="none | ravdess | csv:<file with path,label columns>",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, v: str) -> str:
+        if v in ("none", "ravdess") or (v.startswith("csv:") and len(v) > 4):
+            return v
+        raise ValueError(
+            f"{v!r} is not a label source; use none, ravdess or csv:<path to a CSV with path,label columns>"
+        )
+
+
+class AudioSpec(_Strict):
+    sample_rate: Annotated[int, Field(ge=4000, le=192000)] = 16000
+
+
+class EngineSpec(_Strict):
+    backend: Literal["loky", "threading", "sequential", "dask"] = "loky"
+    n_jobs: int = -1
+    # Files per joblib task; None picks a size that keeps every worker busy
+    # while amortising per-task overhead.
+    batch_size: Annotated[int, Field(ge=1)] | None = None
+    # Dask only: "local" starts a LocalCluster, otherwise tcp://host:port.
+    scheduler: str | None = None
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _check_n_jobs(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("n_jobs=0 runs nothing; use -1 for all cores, or a positive count")
+        return v
+
+
+class MLPSpec(_Strict):
+    """MLPClassifier parameters; the defaults are the seed recipe's."""
+
+    alpha: float = 0.01
+    batch_size: int = 256
+    epsilon: float = 1e-8
+    hidden_layer_sizes: tuple[int, ...] = (300,)
+    learning_rate: Literal["constant", "invscaling", "adaptive"] = "adaptive"
+    max_iter: int = 500
+
+
+class ModelSpec(_Strict):
+    path: str
+    train: bool = False
+    random_state: int = 0
+    mlp: MLPSpec = MLPSpec()
+    # Actor-wise evaluation: number of folds of GroupKFold over speakers.
+    cv_folds: Annotated[int, Field(ge=2, le=24)] = 4
+
+
+class OutputSpec(_Strict):
+    dir: str
+    formats: list[Literal["csv", "parquet"]] = ["csv", "parquet"]
+
+    @field_validator("formats")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one report format is needed: csv, parquet")
+        return list(dict.fromkeys(v))
+
+
+class Manifest(_Strict):
+    """A validated job. Paths are kept as written; use :meth:`resolve` for absolute ones."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    root: str = "."
+    inputs: Annotated[list[InputSpec], Field(min_length=1)]
+    emotions: Annotated[list[str], Field(min_length=2)]
+    features: Annotated[list[str], Field(min_length=1)] = ["mfcc", "chroma", "mel"]
+    audio: AudioSpec = AudioSpec()
+    cache: str = "result/cache"
+    engine: EngineSpec = EngineSpec()
+    model: ModelSpec
+    output: OutputSpec
+    # Set by load_manifest: the folder the manifest file is in.
+    base_dir: Annotated[Path, Field(exclude=True)] = Path()
+
+    @field_validator("emotions")
+    @classmethod
+    def _check_emotions(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate emotions in {v}")
+        for e in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", e):
+                raise ValueError(f"emotion {e!r} must be lower-case letters, digits or _ (it becomes a column p_{e})")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _check_features(cls, v: list[str]) -> list[str]:
+        for f in v:
+            if f not in FEATURE_DIMS:
+                hint = difflib.get_close_matches(f, FEATURE_DIMS, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ValueError(f"unknown feature {f!r}{extra} Choose from {', '.join(FEATURE_DIMS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate features in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Manifest:
+        if any(i.labels == "ravdess" for i in self.inputs):
+            unknown = [e for e in self.emotions if e not in RAVDESS_EMOTIONS]
+            if unknown:
+                raise ValueError(
+                    f"emotions {unknown} do not exist in RAVDESS labels; choose from {', '.join(RAVDESS_EMOTIONS)}"
+                )
+        if self.model.train and all(i.labels == "none" for i in self.inputs):
+            raise ValueError(
+                "model.train is true but no input has labels; set labels: ravdess or csv:<file> on an input"
+            )
+        if self.engine.backend == "dask" and not self.engine.scheduler:
+            raise ValueError("engine.backend dask needs engine.scheduler: local or tcp://host:port")
+        return self
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def root_dir(self) -> Path:
+        return (self.base_dir / self.root).resolve()
+
+    def resolve(self, path: str | Path) -> Path:
+        """Absolute path for a manifest path (relative ones are taken from ``root``)."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root_dir / p).resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.resolve(self.cache)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.output.dir)
+
+    @property
+    def model_path(self) -> Path:
+        return self.resolve(self.model.path)
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model whose fields live at ``loc`` (for did-you-mean hints)."""
+    model: Any = Manifest
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        candidates = [ann, *args, *(a for arg in args for a in getattr(arg, "__args__", ()) or ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    where = _loc(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        known = [k for k in (parent.model_fields if parent else {}) if k != "base_dir"]
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"allowed keys here: {', '.join(known)}"
+        return f"{where}: unknown key; {fix}"
+    if kind == "missing":
+        return f"{where}: required field is missing; add it (see jobs/annotate.yaml for an example)"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg} (got {err.get('input')!r})" if kind != "value_error" else f"{where}: {msg}"
+
+
+def _reject_aliases(text: str, source: str) -> None:
+    # yaml.safe_load builds shared references for aliases, so a "billion laughs"
+    # document loads small but explodes when walked. Manifests never need them.
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ManifestError(source, ["YAML aliases (*name) are not allowed in manifests; write values out"])
+    except yaml.YAMLError as exc:
+        raise ManifestError(source, [f"not valid YAML: {exc}"]) from None
+
+
+def parse_manifest(text: str, *, base_dir: Path, source: str = "<string>") -> Manifest:
+    """Validate manifest ``text``.
+
+    Parameters
+    ----------
+    text : str
+        YAML document.
+    base_dir : Path
+        Folder that ``root`` is relative to (the manifest file's folder).
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    Manifest
+
+    Raises
+    ------
+    ManifestError
+        Listing every problem with its field and a fix.
+    """
+    if len(text.encode()) > MAX_MANIFEST_BYTES:
+        raise ManifestError(source, [f"manifest is larger than {MAX_MANIFEST_BYTES} bytes"])
+    _reject_aliases(text, source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # e.g. a !!python/... tag: safe_load refuses to build it
+        raise ManifestError(source, [f"not valid YAML for a manifest: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ManifestError(source, ["a manifest is a YAML mapping with keys name, inputs, emotions, model, output"])
+    if "base_dir" in data:
+        raise ManifestError(source, ["base_dir: unknown key; to move where relative paths start, set root"])
+    try:
+        return Manifest.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ManifestError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate the manifest file at ``path`` (see :func:`parse_manifest`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(str(p), [f"cannot read the manifest: {exc}"]) from None
+    return parse_manifest(text, base_dir=p.resolve().parent, source=str(p))

@@ -1,0 +1,349 @@
+"""Train, evaluate, save and load the emotion classifier.
+
+The model is a scikit-learn Pipeline (StandardScaler → MLPClassifier with the
+seed recipe's parameters). Files are written with skops, never pickle, beside
+a JSON sidecar holding the metadata and the SHA-256 of the model bytes;
+loading verifies that hash and accepts only an explicit list of types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn
+import skops.io as sio
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.model_selection import GroupKFold, train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from batchser.atomic import atomic_path, atomic_write_text
+
+__all__ = [
+    "ModelError",
+    "ModelMeta",
+    "TrainedModel",
+    "build_pipeline",
+    "evaluate",
+    "fit",
+    "load_model",
+    "save_model",
+    "write_model_card",
+]
+
+log = logging.getLogger(__name__)
+
+# Types a model file may hold beyond those skops trusts by default (plain
+# sklearn estimators, numpy arrays). Anything else is refused, so a model
+# file from a stranger cannot run code on load.
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    }
+)
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be used for this job; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a model file's sidecar records."""
+
+    classes: list[str]
+    feature_spec: dict[str, Any]
+    training_fingerprint: str
+    n_train: int
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    sha256: str = ""  # of the .skops bytes: integrity (skops bytes differ on every save)
+    weights_sha256: str = ""  # of the fitted numbers: identity, equal for equal retrains
+
+    @property
+    def feature_fingerprint(self) -> str:
+        return str(self.feature_spec["fingerprint"])
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    pipeline: Pipeline
+    meta: ModelMeta
+    path: Path
+
+    @property
+    def id(self) -> str:
+        """Short id for reports: model file name and the start of its weights' hash."""
+        return f"{self.path.stem}@{self.meta.weights_sha256[:12]}"
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, columns in ``meta.classes`` order."""
+        proba = self.pipeline.predict_proba(X)
+        order = [list(self.pipeline.classes_).index(c) for c in self.meta.classes]
+        return proba[:, order]
+
+
+def build_pipeline(params: dict[str, Any], *, random_state: int) -> Pipeline:
+    """StandardScaler → MLPClassifier(**params, random_state=random_state)."""
+    mlp = MLPClassifier(
+        **{**params, "hidden_layer_sizes": tuple(params["hidden_layer_sizes"])}, random_state=random_state
+    )
+    return Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
+
+
+def fit(pipe: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
+    """Fit ``pipe``; max_iter is the recipe's budget, so non-convergence is not news."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        return pipe.fit(X, y)
+
+
+def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    return {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        "labels": classes,
+    }
+
+
+def evaluate(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    *,
+    params: dict[str, Any],
+    random_state: int,
+    cv_folds: int = 4,
+) -> dict[str, Any]:
+    """Both evaluations of the recipe on labelled features.
+
+    Parameters
+    ----------
+    X, y : arrays
+        Features and labels.
+    groups : array or None
+        Speaker of each row; None skips the speaker-wise evaluation.
+    params : dict
+        MLPClassifier parameters.
+    random_state : int
+        Seed of the MLP.
+    cv_folds : int
+        GroupKFold folds over speakers.
+
+    Returns
+    -------
+    dict
+        ``random_split``: the seed's 75/25 split (random_state 7), no grouping.
+        ``actor_wise``: GroupKFold, every speaker tested once in a fold that did
+        not train on it; per-fold scores and scores of the pooled predictions.
+    """
+    classes = sorted(set(y.tolist()))
+    out: dict[str, Any] = {}
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=7)
+    pipe = fit(build_pipeline(params, random_state=random_state), X_tr, y_tr)
+    out["random_split"] = {
+        "method": "train_test_split(test_size=0.25, random_state=7)",
+        **_scores(y_te, pipe.predict(X_te), classes),
+    }
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    if n_groups < 2:
+        out["actor_wise"] = {"skipped": "needs speaker groups (RAVDESS names or a speaker column) with 2+ speakers"}
+        return out
+    folds = min(cv_folds, n_groups)
+    pred = np.empty_like(y)
+    per_fold = []
+    for k, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(X, y, groups)):
+        pipe = fit(build_pipeline(params, random_state=random_state), X[tr], y[tr])
+        pred[te] = pipe.predict(X[te])
+        per_fold.append(
+            {
+                "fold": k,
+                "test_speakers": sorted(set(groups[te].tolist())),
+                "accuracy": float(accuracy_score(y[te], pred[te])),
+                "macro_f1": float(f1_score(y[te], pred[te], average="macro", zero_division=0)),
+            }
+        )
+    accs = [f["accuracy"] for f in per_fold]
+    out["actor_wise"] = {
+        "method": f"GroupKFold(n_splits={folds}) over speakers",
+        **_scores(y, pred, classes),
+        "fold_accuracy_mean": float(np.mean(accs)),
+        "fold_accuracy_std": float(np.std(accs)),
+        "folds": per_fold,
+    }
+    return out
+
+
+def training_fingerprint(content_hashes: list[str], labels: list[str]) -> str:
+    """Hash of the (content, label) pairs a model was trained on, order-free."""
+    h = hashlib.sha256()
+    for ch, lab in sorted(zip(content_hashes, labels, strict=True)):
+        h.update(f"{ch}\t{lab}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    import librosa
+    import skops
+
+    return {
+        "python": platform.python_version(),
+        "sklearn": sklearn.__version__,
+        "librosa": librosa.__version__,
+        "numpy": np.__version__,
+        "skops": skops.__version__,
+    }
+
+
+def weights_digest(pipeline: Pipeline) -> str:
+    """SHA-256 of a fitted pipeline's numbers and classes, independent of file format."""
+    h = hashlib.sha256()
+    scaler, mlp = pipeline.named_steps["scale"], pipeline.named_steps["mlp"]
+    for arr in [scaler.mean_, scaler.scale_, *mlp.coefs_, *mlp.intercepts_]:
+        h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+    h.update("\x00".join(map(str, mlp.classes_)).encode())
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def save_model(pipeline: Pipeline, meta: ModelMeta, path: Path) -> TrainedModel:
+    """Write ``path`` (skops) and ``path.json`` (metadata with the file's SHA-256)."""
+    blob = sio.dumps(pipeline)
+    meta = ModelMeta(
+        **{
+            **asdict(meta),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "weights_sha256": weights_digest(pipeline),
+            "created": meta.created or datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+    atomic_write_text(_sidecar(path), json.dumps(asdict(meta), indent=2) + "\n")
+    return TrainedModel(pipeline, meta, path)
+
+
+def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> TrainedModel:
+    """Load a model written by :func:`save_model`, refusing anything unsafe or unfit.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.skops`` file; its ``.json`` sidecar must be beside it.
+    feature_fingerprint : str
+        The job's feature fingerprint; the model must have been trained on it.
+    classes : list of str
+        The job's emotions; must be the model's classes (any order).
+
+    Raises
+    ------
+    ModelError
+        Missing files, changed bytes, untrusted types, or a mismatch with the job.
+    """
+    side = _sidecar(path)
+    if not path.is_file():
+        raise ModelError(
+            f"model file {path} does not exist; train one with model.train: true (see jobs/train-ravdess.yaml)"
+        )
+    try:
+        meta = ModelMeta(**json.loads(side.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ModelError(
+            f"model metadata {side} is missing; batchser only loads models it saved with their sidecar"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"model metadata {side} is unreadable: {exc}") from None
+    blob = path.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != meta.sha256:
+        raise ModelError(
+            f"model file {path} changed since it was saved (sha256 {digest[:12]}…, expected "
+            f"{meta.sha256[:12]}…); refusing to load it. Retrain, or restore the original file"
+        )
+    untrusted = set(sio.get_untrusted_types(data=blob))
+    if not untrusted <= TRUSTED_TYPES:
+        raise ModelError(
+            f"model file {path} contains types batchser does not trust: {sorted(untrusted - TRUSTED_TYPES)}"
+        )
+    if meta.feature_fingerprint != feature_fingerprint:
+        raise ModelError(
+            f"model {path.name} was trained on features {meta.feature_spec.get('names')} at "
+            f"{meta.feature_spec.get('sample_rate')} Hz (fingerprint {meta.feature_fingerprint}); this job's "
+            f"features have fingerprint {feature_fingerprint}. Use the model's features and audio.sample_rate "
+            "in the manifest, or retrain with model.train: true"
+        )
+    if set(meta.classes) != set(classes):
+        raise ModelError(
+            f"model {path.name} predicts {meta.classes} but the job lists emotions {classes}; "
+            "make emotions match the model's classes"
+        )
+    pipeline = sio.loads(blob, trusted=sorted(untrusted))
+    meta = ModelMeta(**{**asdict(meta), "classes": list(classes)})
+    return TrainedModel(pipeline, meta, path)
+
+
+def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
+    return f"{ev[key]:.1%}" if key in ev else "n/a"
+
+
+def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
+    """Markdown card beside the model: data, license, both evaluations, how to reproduce."""
+    m = model.meta
+    rs, aw = m.metrics.get("random_split", {}), m.metrics.get("actor_wise", {})
+    fs = m.feature_spec
+    features = (
+        f"{', '.join(fs['names'])} ({fs['dim']} dims, per-file means) at {fs['sample_rate']} Hz, "
+        f"fingerprint `{m.feature_fingerprint}`"
+    )
+    hidden = tuple(m.params.get("hidden_layer_sizes", ()))
+    estimator = (
+        f"StandardScaler → MLPClassifier(hidden_layer_sizes={hidden}), random_state {m.params.get('random_state')}"
+    )
+    card = f"""# {model.path.name}
+
+Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id `{model.id}`.
+
+| | |
+|---|---|
+| classes | {", ".join(m.classes)} |
+| features | {features} |
+| model | {estimator} |
+| training files | {m.n_train} (training fingerprint `{m.training_fingerprint}`) |
+| random 75/25 split (seed recipe, random_state 7) | accuracy {_pct(rs)}, macro-F1 {_pct(rs, "macro_f1")} |
+| actor-wise ({aw.get("method", "skipped")}) | accuracy {_pct(aw)}, macro-F1 {_pct(aw, "macro_f1")} |
+| versions | {", ".join(f"{k} {v}" for k, v in m.versions.items())} |
+| sha256 of the file | `{m.sha256}` |
+| sha256 of the weights | `{m.weights_sha256}` (the id; equal for equal retrains) |
+
+{data_note}
+
+The actor-wise figure is the one to expect on speakers the model has never heard;
+the random split shares speakers between training and test and flatters the model.
+"""
+    path = model.path.with_suffix(".md")
+    atomic_write_text(path, card)
+    return path

@@ -1,0 +1,111 @@
+"""Reports: per-file annotations (CSV, Parquet), metrics and plots, written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from batchser.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+
+__all__ = ["ReportRow", "annotations_frame", "write_annotations", "write_confusion_png", "write_json"]
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One discovered file's line in the annotations report."""
+
+    path: str
+    status: str  # ok | error
+    error: str = ""
+    label: str = ""
+    confidence: float = math.nan
+    probabilities: dict[str, float] = field(default_factory=dict)
+    true_label: str = ""
+    duration_s: float = math.nan
+    orig_sample_rate: int = 0
+    channels: int = 0
+    content_hash: str = ""
+    model: str = ""
+    used_for_training: bool | None = None  # train jobs only
+
+
+def annotations_frame(rows: Sequence[ReportRow], classes: Sequence[str]) -> pd.DataFrame:
+    """The annotations table: fixed leading columns, then ``p_<class>`` in ``classes`` order."""
+    data: dict[str, Any] = {
+        "path": [r.path for r in rows],
+        "status": [r.status for r in rows],
+        "error": [r.error for r in rows],
+        "label": [r.label for r in rows],
+        "confidence": np.array([r.confidence for r in rows], dtype=np.float64),
+    }
+    for c in classes:
+        data[f"p_{c}"] = np.array([r.probabilities.get(c, math.nan) for r in rows], dtype=np.float64)
+    data |= {
+        "true_label": [r.true_label for r in rows],
+        "duration_s": np.array([r.duration_s for r in rows], dtype=np.float64),
+        "orig_sample_rate": np.array([r.orig_sample_rate for r in rows], dtype=np.int64),
+        "channels": np.array([r.channels for r in rows], dtype=np.int64),
+        "content_hash": [r.content_hash for r in rows],
+        "model": [r.model for r in rows],
+    }
+    if any(r.used_for_training is not None for r in rows):
+        data["used_for_training"] = [bool(r.used_for_training) for r in rows]
+    return pd.DataFrame(data)
+
+
+def write_annotations(frame: pd.DataFrame, out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """Write ``annotations.<fmt>`` for each format; returns the paths written."""
+    written = []
+    for fmt in formats:
+        target = out_dir / f"annotations.{fmt}"
+        with atomic_path(target) as tmp:
+            if fmt == "csv":
+                frame.to_csv(tmp, index=False, float_format="%.6g")
+            else:
+                frame.to_parquet(tmp, index=False)
+        written.append(target)
+    return written
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_confusion_png(path: Path, evaluations: dict[str, dict[str, Any]], *, title: str) -> None:
+    """One confusion-matrix panel per evaluation (row-normalised, counts annotated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {k: v for k, v in evaluations.items() if "confusion_matrix" in v}
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4.8), squeeze=False)
+    for ax, (name, ev) in zip(axes[0], panels.items(), strict=False):
+        cm = np.asarray(ev["confusion_matrix"], dtype=float)
+        labels = ev["labels"]
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(
+                    j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black"
+                )
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name.replace('_', ' ')}: acc {ev['accuracy']:.1%}, n={ev['n']}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

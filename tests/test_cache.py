@@ -1,0 +1,68 @@
+"""The Parquet feature store: real files, plain pandas readability, atomic parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from batchser.cache import FeatureRecord, FeatureStore, hash_file
+from batchser.features import FeatureSpec
+
+SPEC = FeatureSpec(("mfcc", "chroma"), 16000)
+
+
+def _rec(i: int, ok: bool = True) -> FeatureRecord:
+    vec = np.arange(SPEC.dim, dtype=np.float32) + i if ok else None
+    return FeatureRecord(f"h{i:04d}", "ok" if ok else "error", "" if ok else "cannot decode: x", 16000, 1, 1.5, vec)
+
+
+def test_roundtrip_and_pandas_readable(tmp_path: Path) -> None:
+    with FeatureStore(tmp_path, SPEC) as store:
+        store.add([_rec(i) for i in range(10)] + [_rec(99, ok=False)])
+        store.remember_hash("/a.wav", 10, 123, "h0000")
+    again = FeatureStore(tmp_path, SPEC)
+    assert len(again) == 11
+    np.testing.assert_array_equal(again.get("h0003").vector, np.arange(SPEC.dim, dtype=np.float32) + 3)
+    bad = again.get("h0099")
+    assert bad.status == "error" and bad.vector is None and bad.error == "cannot decode: x"
+    assert again.known_hash("/a.wav", 10, 123) == "h0000"
+    assert again.known_hash("/a.wav", 10, 124) is None  # touched file: hash again
+    df = pd.read_parquet(tmp_path / "features" / SPEC.fingerprint())
+    assert len(df) == 11 and list(df.columns[:3]) == ["content_hash", "status", "error"]
+    assert "mfcc_39" in df.columns and "chroma_11" in df.columns
+
+
+def test_other_fingerprint_does_not_see_rows(tmp_path: Path) -> None:
+    with FeatureStore(tmp_path, SPEC) as store:
+        store.add([_rec(1)])
+    assert len(FeatureStore(tmp_path, FeatureSpec(("mfcc", "chroma"), 22050))) == 0
+
+
+def test_parts_are_written_incrementally(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path, SPEC, flush_rows=4)
+    store.add([_rec(i) for i in range(10)])  # no close: as if the process died here
+    parts = list((tmp_path / "features" / SPEC.fingerprint()).glob("part-*.parquet"))
+    assert len(parts) == 1 and len(FeatureStore(tmp_path, SPEC)) == 10
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_compaction_keeps_every_row_once(tmp_path: Path) -> None:
+    for i in range(6):
+        with FeatureStore(tmp_path, SPEC, compact_parts=1000) as s:
+            s.add([_rec(i), _rec(100 + i)])
+    folder = tmp_path / "features" / SPEC.fingerprint()
+    assert len(list(folder.glob("part-*"))) == 6
+    with FeatureStore(tmp_path, SPEC, compact_parts=5) as s:
+        assert len(s) == 12
+    assert len(list(folder.glob("part-*"))) == 1
+    assert len(FeatureStore(tmp_path, SPEC)) == 12
+
+
+def test_hash_file(tmp_path: Path) -> None:
+    import hashlib
+
+    p = tmp_path / "x"
+    p.write_bytes(b"abc" * 1_000_000)
+    assert hash_file(p) == hashlib.sha256(b"abc" * 1_000_000).hexdigest()

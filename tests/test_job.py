@@ -1,0 +1,162 @@
+"""Whole jobs on generated audio: train, annotate, cache reuse, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import batchser.engine
+from batchser.cli import main
+from batchser.job import run_job
+from batchser.manifest import load_manifest
+from tests.conftest import speechlike, write_audio, write_manifest
+
+CLASSES = ["angry", "sad", "neutral", "happy"]
+
+
+@pytest.fixture
+def decode_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count real decodes in this process (the sequential engine runs here)."""
+    calls: list[str] = []
+    real = batchser.engine.load
+
+    def counting(path, **kw):  # type: ignore[no-untyped-def]
+        calls.append(str(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(batchser.engine, "load", counting)
+    return calls
+
+
+def test_train_then_annotate_then_rerun_from_cache(
+    tmp_path: Path, labelled_set: tuple[Path, Path], decode_counter: list[str]
+) -> None:
+    train = load_manifest(write_manifest(tmp_path, "train.yaml"))
+    s = run_job(train, progress=False)
+    assert (s.n_files, s.n_extracted, s.n_cached, s.n_failed) == (24, 24, 0, 0)
+    assert len(decode_counter) == 24
+    out = tmp_path / "reports"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["random_split"]["accuracy"] >= 0.8
+    assert metrics["actor_wise"]["method"].startswith("GroupKFold") and len(metrics["actor_wise"]["folds"]) == 3
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "models" / "m.skops").is_file() and (tmp_path / "models" / "m.md").is_file()
+    df = pd.read_parquet(out / "annotations.parquet")
+    assert df["used_for_training"].all() and (df["true_label"] != "").all()
+
+    # A second job with the same features: new output, same cache, no decoding at all.
+    decode_counter.clear()
+    annotate = load_manifest(
+        write_manifest(
+            tmp_path,
+            "annotate.yaml",
+            inputs=[{"path": "audio"}],
+            model={"path": "models/m.skops", "train": False},
+            output={"dir": "reports2"},
+        )
+    )
+    s2 = run_job(annotate, progress=False)
+    assert (s2.n_extracted, s2.n_cached) == (0, 24) and decode_counter == []
+    a = pd.read_csv(tmp_path / "reports2" / "annotations.csv", keep_default_na=False)
+    assert list(a.columns) == [
+        "path",
+        "status",
+        "error",
+        "label",
+        "confidence",
+        *[f"p_{c}" for c in CLASSES],
+        "true_label",
+        "duration_s",
+        "orig_sample_rate",
+        "channels",
+        "content_hash",
+        "model",
+    ]
+    assert (a["status"] == "ok").all() and (a["error"] == "").all()
+    probs = a[[f"p_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a["confidence"], probs.max(axis=1), rtol=1e-5)
+    assert (a["label"] == a["path"].str.split("/").str[1]).mean() >= 0.9  # folder name is the class
+    assert set(a["orig_sample_rate"]) == {8000, 16000, 22050, 44100}
+    assert a["model"].nunique() == 1 and a["model"][0].startswith("m@")
+
+    # A touched file is re-hashed, but its content is unchanged: still no decode.
+    some = tmp_path / "audio" / "sad" / "sad-0.flac"
+    some.touch()
+    s3 = run_job(annotate, progress=False)
+    assert (s3.n_extracted, s3.n_cached) == (0, 24) and decode_counter == []
+
+
+def test_bad_files_are_rows_not_crashes(tmp_path: Path, labelled_set: tuple[Path, Path]) -> None:
+    run_job(load_manifest(write_manifest(tmp_path, "train.yaml")), progress=False)
+    extra = tmp_path / "audio" / "mess"
+    extra.mkdir()
+    (extra / "empty.wav").write_bytes(b"")
+    (extra / "text.flac").write_text("not audio at all")
+    write_audio(extra / "silence.wav", np.zeros(16000, dtype=np.float32), 16000)
+    (extra / "dangling.wav").symlink_to(extra / "nowhere.wav")
+    m = load_manifest(
+        write_manifest(tmp_path, "a.yaml", inputs=[{"path": "audio"}], model={"path": "models/m.skops", "train": False})
+    )
+    s = run_job(m, progress=False)
+    assert s.n_files == 28
+    df = pd.read_csv(tmp_path / "reports" / "annotations.csv", keep_default_na=False).set_index("path")
+    errors = df[df.status == "error"]
+    assert set(errors.index) == {
+        "audio/mess/empty.wav",
+        "audio/mess/text.flac",
+        "audio/mess/dangling.wav",
+        "audio/mess/silence.wav",
+    }
+    assert errors.loc["audio/mess/silence.wav", "error"].startswith("silent")
+    assert errors.loc["audio/mess/dangling.wav", "error"].startswith("cannot stat")
+    assert "cannot decode" in errors.loc["audio/mess/text.flac", "error"]
+    assert (errors["label"] == "").all() and (errors["p_sad"] == "").all()
+    assert (df[df.status == "ok"].shape[0]) == 24
+
+
+def test_feature_change_recomputes_and_refuses_old_model(tmp_path: Path, labelled_set: tuple[Path, Path]) -> None:
+    run_job(load_manifest(write_manifest(tmp_path, "train.yaml")), progress=False)
+    p = write_manifest(
+        tmp_path,
+        "a.yaml",
+        features=["mfcc", "chroma", "mel", "contrast"],
+        model={"path": "models/m.skops", "train": False},
+    )
+    assert main(["run", "-q", str(p)]) == 1  # model trained on other features: refused before extraction
+
+
+def test_parallel_engine_equals_sequential(tmp_path: Path) -> None:
+    from batchser.engine import ExtractTask, run_tasks
+    from batchser.features import FeatureSpec
+
+    spec = FeatureSpec(("mfcc", "chroma", "mel"), 16000)
+    tasks = []
+    for i in range(12):
+        p = write_audio(tmp_path / f"{i}.wav", speechlike(CLASSES[i % 4], sr=22050, seed=i), 22050)
+        tasks.append(ExtractTask(str(p), f"h{i}"))
+    seq = {r.content_hash: r for b in run_tasks(tasks, spec=spec, backend="sequential") for r in b}
+    par = {
+        r.content_hash: r
+        for b in run_tasks(tasks, spec=spec, backend="loky", n_jobs=2, batch_size=2, in_process_below=0)
+        for r in b
+    }
+    assert seq.keys() == par.keys()
+    for h in seq:
+        np.testing.assert_array_equal(seq[h].vector, par[h].vector)
+
+
+def test_cli_run_prints_summary(
+    tmp_path: Path, labelled_set: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(write_manifest(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "24 files seen, 24 newly extracted, 0 from cache, 0 failed" in out
+    assert "random split: accuracy" in out and "report:" in out
+    assert main(["run", "--quiet", str(write_manifest(tmp_path))]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "extracting" not in captured.err

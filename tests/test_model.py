@@ -1,0 +1,114 @@
+"""Model files: skops with a hash-checked sidecar and a trusted-type list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from batchser.model import ModelError, ModelMeta, build_pipeline, evaluate, fit, load_model, save_model
+
+PARAMS = {
+    "alpha": 0.01,
+    "batch_size": 256,
+    "epsilon": 1e-8,
+    "hidden_layer_sizes": (16,),
+    "learning_rate": "adaptive",
+    "max_iter": 200,
+}
+SPEC = {"names": ["mfcc"], "sample_rate": 16000, "fingerprint": "fp1", "dim": 4}
+
+
+def _data(n: int = 80) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = np.array(["sad", "happy"] * (n // 2))
+    X = rng.normal(size=(n, 4)) + (y == "happy")[:, None] * 3.0
+    groups = np.array([f"s{i % 8}" for i in range(n)])
+    return X, y, groups
+
+
+def _saved(tmp_path: Path) -> Path:
+    X, y, _ = _data()
+    pipe = fit(build_pipeline(PARAMS, random_state=0), X, y)
+    meta = ModelMeta(
+        classes=["sad", "happy"], feature_spec=SPEC, training_fingerprint="t", n_train=len(y), params=PARAMS, metrics={}
+    )
+    save_model(pipe, meta, tmp_path / "m.skops")
+    return tmp_path / "m.skops"
+
+
+def test_roundtrip_predicts_in_job_class_order(tmp_path: Path) -> None:
+    m = load_model(_saved(tmp_path), feature_fingerprint="fp1", classes=["sad", "happy"])
+    X, y, _ = _data()
+    p = m.predict_proba(X)
+    assert p.shape == (len(y), 2) and np.allclose(p.sum(axis=1), 1)
+    assert (np.array(m.meta.classes)[p.argmax(axis=1)] == y).mean() > 0.9
+    assert m.id.startswith("m@") and len(m.id) == 14
+
+
+def test_changed_bytes_are_refused(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    blob = bytearray(path.read_bytes())
+    blob[-10] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match="changed since it was saved"):
+        load_model(path, feature_fingerprint="fp1", classes=["sad", "happy"])
+
+
+def test_missing_sidecar_is_refused(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    path.with_name("m.skops.json").unlink()
+    with pytest.raises(ModelError, match="sidecar"):
+        load_model(path, feature_fingerprint="fp1", classes=["sad", "happy"])
+
+
+def test_untrusted_types_are_refused_even_with_a_matching_hash(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    evil = Pipeline([("x", FunctionTransformer(func=os.system))])
+    path = tmp_path / "evil.skops"
+    blob = sio.dumps(evil)
+    path.write_bytes(blob)
+    meta = {
+        "classes": ["a", "b"],
+        "feature_spec": SPEC,
+        "training_fingerprint": "",
+        "n_train": 0,
+        "params": {},
+        "metrics": {},
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    (tmp_path / "evil.skops.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="does not trust"):
+        load_model(path, feature_fingerprint="fp1", classes=["a", "b"])
+
+
+def test_feature_and_class_mismatch(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    with pytest.raises(ModelError, match="fingerprint"):
+        load_model(path, feature_fingerprint="other", classes=["sad", "happy"])
+    with pytest.raises(ModelError, match="make emotions match"):
+        load_model(path, feature_fingerprint="fp1", classes=["sad", "angry"])
+
+
+def test_evaluate_reports_both_splits_without_speaker_leak() -> None:
+    X, y, groups = _data(160)
+    ev = evaluate(X, y, groups, params=PARAMS, random_state=0, cv_folds=4)
+    assert ev["random_split"]["n"] == 40 and ev["random_split"]["accuracy"] > 0.9
+    aw = ev["actor_wise"]
+    assert aw["n"] == 160 and len(aw["folds"]) == 4
+    tested = [s for f in aw["folds"] for s in f["test_speakers"]]
+    assert sorted(tested) == sorted(set(groups.tolist()))  # every speaker tested exactly once
+    assert np.array(aw["confusion_matrix"]).sum() == 160
+    assert set(aw["per_class"]) == {"happy", "sad"}
+
+
+def test_evaluate_without_groups_skips_actor_wise() -> None:
+    X, y, _ = _data()
+    assert "skipped" in evaluate(X, y, None, params=PARAMS, random_state=0)["actor_wise"]
