@@ -1,11 +1,13 @@
 """Decode any libsndfile-readable file, mix to mono, resample with soxr.
 
 One function does it, :func:`load`; failures raise :class:`AudioError` with a
-reason meant for the report's ``error`` column.
+reason meant for the report's ``error`` column, and oddities that still allow
+a label (a truncated file, clipping) come back as ``Audio.warnings``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -14,10 +16,16 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-__all__ = ["SILENCE_DBFS", "Audio", "AudioError", "load"]
+__all__ = ["MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "SILENCE_DBFS", "Audio", "AudioError", "load"]
 
 SILENCE_DBFS = -100
 SILENCE_PEAK = 10 ** (SILENCE_DBFS / 20)
+# Outside this range a header's rate is a lie or a corruption, not a recording.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
+# Decode in blocks: memory follows the data actually present, never the frame
+# count a (possibly lying) header claims.
+BLOCK_FRAMES = 1 << 18
+CLIP_FRACTION = 0.01  # warn when more than 1 % of samples sit at full scale
 
 
 class AudioError(Exception):
@@ -32,7 +40,8 @@ class Audio:
     sample_rate: int
     orig_sample_rate: int
     channels: int
-    duration_s: float  # of the original file
+    duration_s: float  # of the data decoded, at the original rate
+    warnings: tuple[str, ...] = ()
 
 
 def _open_error(exc: Exception) -> AudioError:
@@ -41,6 +50,51 @@ def _open_error(exc: Exception) -> AudioError:
     if ": " in msg and isinstance(exc, sf.LibsndfileError):
         msg = msg.split(": ", 1)[1]
     return AudioError(f"cannot decode: {msg}" if msg else f"cannot decode: {type(exc).__name__}")
+
+
+def _riff_shortfall(path: str | Path) -> tuple[int, int] | None:
+    """(declared, present) bytes of a WAV's data chunk when the file ends early.
+
+    libsndfile quietly clamps a truncated WAV to the bytes present, so the
+    header is read here: a cut-off download should be flagged, not hidden.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = os.fstat(fh.fileno()).st_size
+            pos = 12
+            while pos + 8 <= size:
+                fh.seek(pos)
+                chunk = fh.read(8)
+                cid, clen = chunk[:4], int.from_bytes(chunk[4:8], "little")
+                if cid == b"data":
+                    present = size - pos - 8
+                    # 0 and 0xFFFFFFFF mark a stream written without a final size.
+                    return (clen, present) if clen not in (0, 0xFFFFFFFF) and clen > present else None
+                pos += 8 + clen + (clen & 1)
+    except OSError:
+        return None
+    return None
+
+
+def _read_mono(f: sf.SoundFile) -> tuple[np.ndarray, int, int]:
+    """Mono float32 samples, frames decoded, and samples at full scale."""
+    blocks, frames, clipped = [], 0, 0
+    while True:
+        block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        if not np.isfinite(block).all():
+            raise AudioError("non-finite samples (NaN or inf) in the audio data")
+        clipped += int(np.count_nonzero(np.abs(block) >= 0.999))
+        frames += block.shape[0]
+        blocks.append(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy())
+        if block.shape[0] < BLOCK_FRAMES:
+            break
+    mono = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    return mono, frames, clipped
 
 
 def load(source: str | Path | BinaryIO, *, sample_rate: int) -> Audio:
@@ -56,32 +110,43 @@ def load(source: str | Path | BinaryIO, *, sample_rate: int) -> Audio:
     Returns
     -------
     Audio
+        With ``warnings`` for a truncated file (decoded up to where data ends)
+        or heavy clipping.
 
     Raises
     ------
     AudioError
         Unreadable, empty, non-finite or silent (peak below ``SILENCE_DBFS``)
-        audio, with the reason.
+        audio, or an implausible sample rate, with the reason.
     """
     try:
         with sf.SoundFile(source) as f:
-            orig_sr, channels = int(f.samplerate), int(f.channels)
-            data = f.read(dtype="float32", always_2d=True)
+            orig_sr, channels, declared = int(f.samplerate), int(f.channels), int(f.frames)
+            if not MIN_SAMPLE_RATE <= orig_sr <= MAX_SAMPLE_RATE:
+                raise AudioError(f"implausible sample rate {orig_sr} Hz in the header")
+            mono, frames, clipped = _read_mono(f)
+    except AudioError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         raise _open_error(exc) from None
     except OSError as exc:
         raise AudioError(f"cannot read: {exc.strerror or exc}") from None
-    if orig_sr <= 0:
-        raise AudioError(f"invalid sample rate {orig_sr} in header")
-    if data.shape[0] == 0:
+    except MemoryError:
+        raise AudioError("cannot decode: out of memory") from None
+    if frames == 0:
         raise AudioError("no audio samples (empty or header-only file)")
-    if not np.isfinite(data).all():
-        raise AudioError("non-finite samples (NaN or inf) in the audio data")
-    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     peak = float(np.abs(mono).max())
     if peak < SILENCE_PEAK:
         # Any emotion label for silence would be a guess; say so instead.
         raise AudioError(f"silent: peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
+    warnings = []
+    short = _riff_shortfall(source) if isinstance(source, (str, Path)) else None
+    if short is not None:
+        warnings.append(f"truncated: header declares {short[0]} bytes of audio, the file holds {short[1]}")
+    elif 0 < frames < declared:
+        warnings.append(f"truncated: header declares {declared / orig_sr:.3f} s, data holds {frames / orig_sr:.3f} s")
+    if clipped > CLIP_FRACTION * frames * channels:
+        warnings.append(f"clipped: {100 * clipped / (frames * channels):.0f}% of samples at full scale")
     if orig_sr != sample_rate:
         mono = librosa.resample(mono, orig_sr=orig_sr, target_sr=sample_rate, res_type="soxr_hq")
     return Audio(
@@ -89,5 +154,6 @@ def load(source: str | Path | BinaryIO, *, sample_rate: int) -> Audio:
         sample_rate=sample_rate,
         orig_sample_rate=orig_sr,
         channels=channels,
-        duration_s=data.shape[0] / orig_sr,
+        duration_s=frames / orig_sr,
+        warnings=tuple(warnings),
     )

@@ -35,11 +35,15 @@ import pyarrow.parquet as pq
 from batchser.atomic import atomic_path, atomic_write_text
 from batchser.features import FeatureSpec
 
-__all__ = ["FeatureRecord", "FeatureStore", "hash_file"]
+__all__ = ["CacheError", "FeatureRecord", "FeatureStore", "hash_file"]
 
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
+
+
+class CacheError(RuntimeError):
+    """The feature cache cannot be written (full disk, read-only folder)."""
 
 
 def hash_file(path: str | Path) -> str:
@@ -62,13 +66,14 @@ class FeatureRecord:
     channels: int
     duration_s: float
     vector: np.ndarray | None  # float32 (dim,), None on error
+    warning: str = ""  # labelled, but worth a look (truncated, clipped)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
-_META_COLUMNS = ("content_hash", "status", "error", "orig_sample_rate", "channels", "duration_s")
+_META_COLUMNS = ("content_hash", "status", "error", "warning", "orig_sample_rate", "channels", "duration_s")
 
 
 class _Parts:
@@ -101,10 +106,13 @@ class _Parts:
                 return
 
     def write(self, table: pa.Table) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-        with atomic_path(final) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(final) as tmp:
+                pq.write_table(table, tmp, compression="zstd")
+        except OSError as exc:
+            raise CacheError(f"cannot write to the feature cache {self.folder}: {exc.strerror or exc}") from None
         return final
 
     def compact(self, *, min_parts: int) -> None:
@@ -184,7 +192,8 @@ class FeatureStore:
         log.debug("cache %s: %d feature rows, %d known paths", self.root, len(self._records), len(self._path_hash))
 
     def _from_table(self, table: pa.Table) -> Iterator[tuple[str, FeatureRecord]]:
-        meta = table.select(list(_META_COLUMNS)).to_pydict()
+        meta = table.select([c for c in _META_COLUMNS if c in table.column_names]).to_pydict()
+        meta.setdefault("warning", [""] * table.num_rows)
         matrix = np.column_stack(
             [table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in self.columns]
         )
@@ -198,6 +207,7 @@ class FeatureStore:
                     content_hash=h,
                     status=meta["status"][i],
                     error=meta["error"][i] or "",
+                    warning=meta["warning"][i] or "",
                     orig_sample_rate=int(meta["orig_sample_rate"][i] or 0),
                     channels=int(meta["channels"][i] or 0),
                     duration_s=float(meta["duration_s"][i] or 0.0),
@@ -279,6 +289,7 @@ class FeatureStore:
             "content_hash": pa.array([r.content_hash for r in records], pa.string()),
             "status": pa.array([r.status for r in records], pa.string()),
             "error": pa.array([r.error for r in records], pa.string()),
+            "warning": pa.array([r.warning for r in records], pa.string()),
             "orig_sample_rate": pa.array([r.orig_sample_rate for r in records], pa.int32()),
             "channels": pa.array([r.channels for r in records], pa.int32()),
             "duration_s": pa.array([r.duration_s for r in records], pa.float64()),

@@ -11,9 +11,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from batchser.cache import CacheError
 from batchser.job import JobSummary, run_job
 from batchser.manifest import ManifestError, load_manifest
 from batchser.model import ModelError
+from batchser.report import ReportError
 
 __all__ = ["main"]
 
@@ -48,6 +50,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run_job(manifest, progress=not args.quiet)
     if not args.quiet:
         _print_summary(summary)
+    limit = manifest.fail_threshold
+    if limit is not None and summary.n_files and summary.n_failed / summary.n_files > limit:
+        print(
+            f"batchser: {summary.n_failed} of {summary.n_files} files failed "
+            f"({summary.n_failed / summary.n_files:.1%}), more than fail_threshold {limit:.1%}; "
+            "the reports are written",
+            file=sys.stderr,
+        )
+        return EXIT_FATAL
     return EXIT_OK
 
 
@@ -85,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_MANIFEST
-    except ModelError as exc:
+    except (ModelError, ReportError, CacheError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:

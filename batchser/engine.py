@@ -15,7 +15,7 @@ import joblib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from batchser.audio import AudioError, load
+from batchser.audio import Audio, AudioError, load
 from batchser.cache import FeatureRecord
 from batchser.features import FeatureSpec, extract
 
@@ -34,8 +34,19 @@ class ExtractTask:
     content_hash: str
 
 
-def _error(task: ExtractTask, reason: str) -> FeatureRecord:
-    return FeatureRecord(task.content_hash, "error", reason, 0, 0, 0.0, None)
+def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> FeatureRecord:
+    if audio is None:
+        return FeatureRecord(task.content_hash, "error", reason, 0, 0, 0.0, None)
+    return FeatureRecord(
+        task.content_hash,
+        "error",
+        reason,
+        audio.orig_sample_rate,
+        audio.channels,
+        audio.duration_s,
+        None,
+        "; ".join(audio.warnings),
+    )
 
 
 def extract_one(task: ExtractTask, *, spec: FeatureSpec) -> FeatureRecord:
@@ -44,30 +55,28 @@ def extract_one(task: ExtractTask, *, spec: FeatureSpec) -> FeatureRecord:
         audio = load(task.path, sample_rate=spec.sample_rate)
     except AudioError as exc:
         return _error(task, str(exc))
+    if audio.samples.size < spec.n_fft:
+        # Shorter than one analysis frame: the "mean over frames" would be one
+        # padded frame, and nobody conveys an emotion in that time.
+        need = spec.n_fft / spec.sample_rate
+        return _error(task, f"too short: {audio.duration_s:.3f} s, need at least {need:.3f} s", audio)
     try:
         vector = extract(audio.samples, spec=spec)
-    except Exception as exc:
+    except Exception as exc:  # one odd file must not end the job
         log.debug("feature extraction failed for %s", task.path, exc_info=True)
-        return FeatureRecord(
-            task.content_hash,
-            "error",
-            f"feature extraction failed: {type(exc).__name__}: {exc}",
-            audio.orig_sample_rate,
-            audio.channels,
-            audio.duration_s,
-            None,
-        )
+        return _error(task, f"feature extraction failed: {type(exc).__name__}: {exc}", audio)
     if not np.isfinite(vector).all():
-        return FeatureRecord(
-            task.content_hash,
-            "error",
-            "features are not finite",
-            audio.orig_sample_rate,
-            audio.channels,
-            audio.duration_s,
-            None,
-        )
-    return FeatureRecord(task.content_hash, "ok", "", audio.orig_sample_rate, audio.channels, audio.duration_s, vector)
+        return _error(task, "features are not finite", audio)
+    return FeatureRecord(
+        task.content_hash,
+        "ok",
+        "",
+        audio.orig_sample_rate,
+        audio.channels,
+        audio.duration_s,
+        vector,
+        "; ".join(audio.warnings),
+    )
 
 
 def _extract_batch(tasks: Sequence[ExtractTask], spec: FeatureSpec) -> list[FeatureRecord]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -105,11 +106,20 @@ def check_manifest_paths(manifest: Manifest) -> None:
         raise ManifestError(str(manifest.name), problems)
 
 
+def text_path(path: Path | str) -> str:
+    """A path as valid UTF-8 text: undecodable name bytes become ``\\xNN`` escapes.
+
+    Parquet, CSV and JSON need real Unicode; Python keeps such bytes as lone
+    surrogates, which cannot be encoded.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _display_path(path: Path, root: Path) -> str:
     try:
-        return path.relative_to(root).as_posix()
+        return text_path(path.relative_to(root).as_posix())
     except ValueError:
-        return path.as_posix()
+        return text_path(path.as_posix())
 
 
 def _bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
@@ -125,7 +135,7 @@ def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progres
     for i, f in enumerate(files):
         if f.error:
             continue
-        known = store.known_hash(str(f.path), f.size, f.mtime_ns)
+        known = store.known_hash(text_path(f.path), f.size, f.mtime_ns)
         if known:
             out[i] = (known, "")
         else:
@@ -145,7 +155,7 @@ def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progres
             out[i] = (h, err)
             if h:
                 f = files[i]
-                store.remember_hash(str(f.path), f.size, f.mtime_ns, h)
+                store.remember_hash(text_path(f.path), f.size, f.mtime_ns, h)
             bar.update()
     return out
 
@@ -279,7 +289,12 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
             "used_for_training": (i in used) if manifest.model.train else None,
         }
         if rec is not None:
-            common |= {"duration_s": rec.duration_s, "orig_sample_rate": rec.orig_sample_rate, "channels": rec.channels}
+            common |= {
+                "duration_s": rec.duration_s,
+                "orig_sample_rate": rec.orig_sample_rate,
+                "channels": rec.channels,
+                "warning": rec.warning,
+            }
         if i in proba_of:
             p = proba_of[i]
             k = int(np.argmax(p))

@@ -125,6 +125,9 @@ class Manifest(_Strict):
     engine: EngineSpec = EngineSpec()
     model: ModelSpec
     output: OutputSpec
+    # Fraction of files that may fail before the job exits 1 (after writing its
+    # reports); None never fails on per-file errors.
+    fail_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     # Set by load_manifest: the folder the manifest file is in.
     base_dir: Annotated[Path, Field(exclude=True)] = Path()
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,11 @@ import pandas as pd
 
 from batchser.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
-__all__ = ["ReportRow", "annotations_frame", "write_annotations", "write_confusion_png", "write_json"]
+__all__ = ["ReportError", "ReportRow", "annotations_frame", "write_annotations", "write_confusion_png", "write_json"]
+
+
+class ReportError(RuntimeError):
+    """Reports could not be written; the previous ones, if any, are untouched."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class ReportRow:
     path: str
     status: str  # ok | error
     error: str = ""
+    warning: str = ""
     label: str = ""
     confidence: float = math.nan
     probabilities: dict[str, float] = field(default_factory=dict)
@@ -43,6 +49,7 @@ def annotations_frame(rows: Sequence[ReportRow], classes: Sequence[str]) -> pd.D
         "path": [r.path for r in rows],
         "status": [r.status for r in rows],
         "error": [r.error for r in rows],
+        "warning": [r.warning for r in rows],
         "label": [r.label for r in rows],
         "confidence": np.array([r.confidence for r in rows], dtype=np.float64),
     }
@@ -62,11 +69,17 @@ def annotations_frame(rows: Sequence[ReportRow], classes: Sequence[str]) -> pd.D
 
 
 def write_annotations(frame: pd.DataFrame, out_dir: Path, formats: Sequence[str]) -> list[Path]:
-    """Write ``annotations.<fmt>`` for each format; returns the paths written."""
+    """Write ``annotations.<fmt>`` for each format; returns the paths written.
+
+    Raises
+    ------
+    ReportError
+        The folder is not writable or the disk is full; existing reports stay as they were.
+    """
     written = []
     for fmt in formats:
         target = out_dir / f"annotations.{fmt}"
-        with atomic_path(target) as tmp:
+        with _clear_errors(out_dir), atomic_path(target) as tmp:
             if fmt == "csv":
                 frame.to_csv(tmp, index=False, float_format="%.6g")
             else:
@@ -75,8 +88,19 @@ def write_annotations(frame: pd.DataFrame, out_dir: Path, formats: Sequence[str]
     return written
 
 
+@contextlib.contextmanager
+def _clear_errors(out_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise ReportError(
+            f"cannot write reports to {out_dir}: {exc.strerror or exc}; any previous reports there are untouched"
+        ) from None
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    with _clear_errors(path.parent):
+        atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_confusion_png(path: Path, evaluations: dict[str, dict[str, Any]], *, title: str) -> None:
@@ -108,4 +132,5 @@ def write_confusion_png(path: Path, evaluations: dict[str, dict[str, Any]], *, t
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    with _clear_errors(path.parent):
+        atomic_write_bytes(path, buf.getvalue())

@@ -66,6 +66,7 @@ def test_train_then_annotate_then_rerun_from_cache(
         "path",
         "status",
         "error",
+        "warning",
         "label",
         "confidence",
         *[f"p_{c}" for c in CLASSES],
