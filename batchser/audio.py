@@ -22,9 +22,9 @@ SILENCE_DBFS = -100
 SILENCE_PEAK = 10 ** (SILENCE_DBFS / 20)
 # Outside this range a header's rate is a lie or a corruption, not a recording.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
-# Decode in blocks: memory follows the data actually present, never the frame
-# count a (possibly lying) header claims.
-BLOCK_FRAMES = 1 << 18
+# Decode in blocks of about 1 Mi samples (4 MiB) whatever the channel count:
+# memory follows the data actually present, never what a header claims.
+BLOCK_SAMPLES = 1 << 20
 CLIP_FRACTION = 0.01  # warn when more than 1 % of samples sit at full scale
 
 
@@ -82,8 +82,9 @@ def _riff_shortfall(path: str | Path) -> tuple[int, int] | None:
 def _read_mono(f: sf.SoundFile) -> tuple[np.ndarray, int, int]:
     """Mono float32 samples, frames decoded, and samples at full scale."""
     blocks, frames, clipped = [], 0, 0
+    block_frames = max(1, BLOCK_SAMPLES // max(1, f.channels))
     while True:
-        block = f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)
+        block = f.read(block_frames, dtype="float32", always_2d=True)
         if block.shape[0] == 0:
             break
         if not np.isfinite(block).all():
@@ -91,7 +92,7 @@ def _read_mono(f: sf.SoundFile) -> tuple[np.ndarray, int, int]:
         clipped += int(np.count_nonzero(np.abs(block) >= 0.999))
         frames += block.shape[0]
         blocks.append(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy())
-        if block.shape[0] < BLOCK_FRAMES:
+        if block.shape[0] < block_frames:
             break
     mono = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
     return mono, frames, clipped
@@ -119,8 +120,11 @@ def load(source: str | Path | BinaryIO, *, sample_rate: int) -> Audio:
         Unreadable, empty, non-finite or silent (peak below ``SILENCE_DBFS``)
         audio, or an implausible sample rate, with the reason.
     """
+    # Bytes paths: soundfile encodes str paths strictly, and a name with bytes
+    # that are not UTF-8 (kept by Python as lone surrogates) would not open.
+    target = os.fsencode(source) if isinstance(source, (str, Path)) else source
     try:
-        with sf.SoundFile(source) as f:
+        with sf.SoundFile(target) as f:
             orig_sr, channels, declared = int(f.samplerate), int(f.channels), int(f.frames)
             if not MIN_SAMPLE_RATE <= orig_sr <= MAX_SAMPLE_RATE:
                 raise AudioError(f"implausible sample rate {orig_sr} Hz in the header")

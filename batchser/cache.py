@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -81,29 +82,40 @@ class _Parts:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.seen: set[str] = set()  # parts already read by this process
 
     def list(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
         return sorted(p for p in self.folder.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
 
-    def read_all(self) -> Iterator[pa.Table]:
+    def read_new(self) -> Iterator[pa.Table]:
+        """Parts not read before by this process (all of them, the first time)."""
         # A concurrent compaction may delete a part we listed: list again and go on.
-        done: set[str] = set()
         for _attempt in range(5):
             missing = False
             for p in self.list():
-                if p.name in done:
+                if p.name in self.seen:
                     continue
                 try:
                     table = pq.read_table(p)
                 except FileNotFoundError:
                     missing = True
                     continue
-                done.add(p.name)
+                self.seen.add(p.name)
                 yield table
             if not missing:
                 return
+
+    def remove_stale_temps(self, *, older_than_s: float = 3600.0) -> None:
+        """Delete temp files left by a killed writer (a live one renames within seconds)."""
+        if not self.folder.is_dir():
+            return
+        cutoff = time.time() - older_than_s
+        for p in self.folder.glob(".part-*.tmp"):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
 
     def write(self, table: pa.Table) -> Path:
         final = self.folder / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
@@ -113,6 +125,7 @@ class _Parts:
                 pq.write_table(table, tmp, compression="zstd")
         except OSError as exc:
             raise CacheError(f"cannot write to the feature cache {self.folder}: {exc.strerror or exc}") from None
+        self.seen.add(final.name)
         return final
 
     def compact(self, *, min_parts: int) -> None:
@@ -135,7 +148,8 @@ class _Parts:
             tables = [pq.read_table(p) for p in parts]
             if len(tables) < min_parts:
                 return
-            self.write(pa.concat_tables(tables, promote_options="default"))
+            merged = self.write(pa.concat_tables(tables, promote_options="default"))
+            self.seen.add(merged.name)
             for p in parts:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
@@ -164,8 +178,8 @@ class FeatureStore:
         root: Path,
         spec: FeatureSpec,
         *,
-        flush_rows: int = 512,
-        flush_seconds: float = 20.0,
+        flush_rows: int = 256,
+        flush_seconds: float = 1.0,
         compact_parts: int = 64,
     ) -> None:
         self.root = Path(root)
@@ -179,17 +193,50 @@ class FeatureStore:
         self._pending: list[FeatureRecord] = []
         self._pending_hashes: list[tuple[str, int, int, str]] = []
         self._oldest_pending = 0.0
-        self._load()
+        self._last_refresh = 0.0
+        # joblib may pull the next tasks (and so call lookup) from its dispatch
+        # thread while the main thread adds results.
+        self._lock = threading.RLock()
+        for parts in (self._features, self._hashes):
+            parts.remove_stale_temps()
+        self.refresh()
+        log.debug("cache %s: %d feature rows, %d known paths", self.root, len(self._records), len(self._path_hash))
 
     # -- reading -------------------------------------------------------------
-    def _load(self) -> None:
-        for table in self._hashes.read_all():
+    def refresh(self) -> int:
+        """Read parts written since the last call (by other jobs sharing the cache).
+
+        Returns
+        -------
+        int
+            Feature rows added.
+        """
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> int:
+        self._last_refresh = time.monotonic()
+        for table in self._hashes.read_new():
             d = table.to_pydict()
             for p, s, m, h in zip(d["path"], d["size"], d["mtime_ns"], d["content_hash"], strict=True):
-                self._path_hash[(p, s, m)] = h
-        for table in self._features.read_all():
+                self._path_hash.setdefault((p, s, m), h)
+        before = len(self._records)
+        for table in self._features.read_new():
             self._records.update(self._from_table(table))
-        log.debug("cache %s: %d feature rows, %d known paths", self.root, len(self._records), len(self._path_hash))
+        return len(self._records) - before
+
+    def lookup(self, content_hash: str, *, refresh_after_s: float = 0.25) -> FeatureRecord | None:
+        """Like :meth:`get`, but on a miss looks for new parts (at most every ``refresh_after_s``).
+
+        A job about to extract a file asks this first, so that two jobs on
+        one cache do not both compute what one of them already wrote.
+        """
+        with self._lock:
+            rec = self._records.get(content_hash)
+            if rec is None and time.monotonic() - self._last_refresh >= refresh_after_s:
+                self._refresh()
+                rec = self._records.get(content_hash)
+            return rec
 
     def _from_table(self, table: pa.Table) -> Iterator[tuple[str, FeatureRecord]]:
         meta = table.select([c for c in _META_COLUMNS if c in table.column_names]).to_pydict()
@@ -228,18 +275,20 @@ class FeatureStore:
     # -- writing ---------------------------------------------------------------
     def remember_hash(self, path: str, size: int, mtime_ns: int, content_hash: str) -> None:
         key = (path, size, mtime_ns)
-        if self._path_hash.get(key) != content_hash:
-            self._path_hash[key] = content_hash
-            self._pending_hashes.append((path, size, mtime_ns, content_hash))
-            self._maybe_flush()
+        with self._lock:
+            if self._path_hash.get(key) != content_hash:
+                self._path_hash[key] = content_hash
+                self._pending_hashes.append((path, size, mtime_ns, content_hash))
+                self._maybe_flush()
 
     def add(self, records: Iterable[FeatureRecord]) -> None:
-        for r in records:
-            if r.content_hash in self._records:
-                continue
-            self._records[r.content_hash] = r
-            self._pending.append(r)
-        self._maybe_flush()
+        with self._lock:
+            for r in records:
+                if r.content_hash in self._records:
+                    continue  # a concurrent job wrote it first
+                self._records[r.content_hash] = r
+                self._pending.append(r)
+            self._maybe_flush()
 
     def _maybe_flush(self) -> None:
         n = len(self._pending) + len(self._pending_hashes)
@@ -253,6 +302,10 @@ class FeatureStore:
 
     def flush(self) -> None:
         """Write buffered rows as new parts (hashes first: features refer to them)."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         if self._pending_hashes:
             p, s, m, h = zip(*self._pending_hashes, strict=True)
             self._hashes.write(

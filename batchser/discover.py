@@ -50,13 +50,13 @@ def _looks_like_audio(path: str) -> bool:
     return True
 
 
-def _candidate(path: str, *, explicit: bool) -> bool:
+def _candidate(path: str, *, explicit: bool, probe: bool) -> bool:
     if explicit:  # the manifest named this very file: it is reported whatever it is
         return True
     name = os.path.basename(path)
     if name.startswith("."):  # hidden files and our own temp files
         return False
-    return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS or _looks_like_audio(path)
+    return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS or (probe and _looks_like_audio(path))
 
 
 def _walk(root: str) -> Iterator[str]:
@@ -118,9 +118,10 @@ def discover(paths: Sequence[Path]) -> list[SourceFile]:
     for index, root in enumerate(paths):
         for path, explicit in _expand(root):
             key = os.path.abspath(path)
-            if key in seen or not _candidate(path, explicit=explicit):
+            if key in seen:
                 continue
+            # stat before any probe: opening a FIFO named like audio would block forever.
             rec = _stat(path, index)
-            if rec is not None:
+            if rec is not None and _candidate(path, explicit=explicit, probe=not rec.error):
                 seen[key] = rec
     return [seen[k] for k in sorted(seen)]

@@ -8,7 +8,8 @@ records. It never raises for a bad file: every failure becomes a record with
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import joblib
@@ -110,6 +111,7 @@ def run_tasks(
     n_jobs: int = -1,
     batch_size: int | None = None,
     in_process_below: int = IN_PROCESS_BELOW,
+    still_needed: Callable[[ExtractTask], bool] | None = None,
 ) -> Iterator[list[FeatureRecord]]:
     """Extract features for ``tasks``, yielding each finished batch as it completes.
 
@@ -126,6 +128,9 @@ def run_tasks(
         Files per task; None for :func:`default_batch_size`.
     in_process_below : int
         Fewer tasks than this run in this process, without starting workers.
+    still_needed : callable or None
+        Asked for each task just before its batch is dispatched; tasks it
+        rejects are dropped (another job has meanwhile done them).
 
     Yields
     ------
@@ -137,12 +142,28 @@ def run_tasks(
     workers = _n_workers(backend, n_jobs)
     size = batch_size or default_batch_size(len(tasks), workers)
     batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+    if still_needed is not None:
+        # Batches (contiguous runs of sorted paths) in random order: two jobs
+        # sharing a cache then rarely work on the same batch at once, and each
+        # skips what the other has written. In path order they would compute
+        # the same files in lockstep. Results are keyed by content hash, so
+        # the order changes nothing in the reports.
+        random.shuffle(batches)
+
+    def pending() -> Iterator[Sequence[ExtractTask]]:
+        # Consumed lazily (joblib dispatches ahead by pre_dispatch only), so the
+        # filter sees what other jobs wrote while this one was running.
+        for batch in batches:
+            kept = [t for t in batch if still_needed(t)] if still_needed else batch
+            if kept:
+                yield kept
+
     # Starting worker processes (each imports librosa) costs about as much as
     # extracting ~100 short files; below that, in-process is faster.
     if workers == 1 or len(batches) == 1 or len(tasks) < in_process_below:
-        for batch in batches:
+        for batch in pending():
             yield _extract_batch(batch, spec)
         return
     with joblib.parallel_config(backend=backend, n_jobs=workers):
-        parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="3 * n_jobs")
-        yield from parallel(joblib.delayed(_extract_batch)(b, spec) for b in batches)
+        parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
+        yield from parallel(joblib.delayed(_extract_batch)(b, spec) for b in pending())

@@ -170,16 +170,31 @@ def _features(
         if h and store.get(h) is None:
             todo.setdefault(h, str(f.path))
             waiting[h] += 1
-    summary.n_cached = sum(1 for h, _ in hashes if h and h not in todo)
     tasks = [ExtractTask(path, h) for h, path in todo.items()]
     eng = manifest.engine
+    extracted: set[str] = set()
     with _bar(len(files), "extracting", progress, initial=len(files) - sum(waiting.values())) as bar:
-        for batch in run_tasks(
-            tasks, spec=store.spec, backend=eng.backend, n_jobs=eng.n_jobs, batch_size=eng.batch_size
-        ):
+
+        def still_needed(task: ExtractTask) -> bool:
+            if store.lookup(task.content_hash) is None:
+                return True
+            bar.update(waiting[task.content_hash])  # a concurrent job did it meanwhile
+            return False
+
+        batches = run_tasks(
+            tasks,
+            spec=store.spec,
+            backend=eng.backend,
+            n_jobs=eng.n_jobs,
+            batch_size=eng.batch_size,
+            still_needed=still_needed,
+        )
+        for batch in batches:
             store.add(batch)
             summary.n_extracted += len(batch)
+            extracted.update(r.content_hash for r in batch)
             bar.update(sum(waiting[r.content_hash] for r in batch))
+    summary.n_cached = sum(1 for h, _ in hashes if h and h not in extracted)
     return [FileOutcome(f, h, store.get(h) if h else None, err) for f, (h, err) in zip(files, hashes, strict=True)]
 
 

@@ -1,0 +1,121 @@
+"""kill -9 in the middle of a job, and two jobs on one cache at once (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import yaml
+
+from tests.conftest import PROJECT
+
+MODEL = PROJECT / "result" / "models" / "ravdess-4emo.skops"
+N_FILES = 800
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """N_FILES distinct 2-second clips: harmonic tones with noise, 4 kinds."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    for i in range(N_FILES):
+        f0 = 90 + 1.5 * i
+        y = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 5)) * 0.2 + 0.02 * rng.standard_normal(t.size)
+        sf.write(root / f"clip-{i:04d}.wav", y.astype(np.float32), 16000, subtype="PCM_16")
+    return root
+
+
+def manifest(tmp: Path, corpus: Path, *, name: str, cache: Path, out: str) -> Path:
+    m = {
+        "name": name,
+        "inputs": [{"path": str(corpus)}],
+        "emotions": ["angry", "sad", "neutral", "happy"],
+        "cache": str(cache),
+        "engine": {"backend": "loky", "n_jobs": 2, "batch_size": 8},
+        "model": {"path": str(MODEL), "train": False},
+        "output": {"dir": str(tmp / out)},
+    }
+    p = tmp / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(m))
+    return p
+
+
+def start(job: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchser", "run", "-q", str(job)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: kill the job with its workers
+    )
+
+
+def cached_rows(cache: Path) -> int:
+    """Rows in every visible feature part; each must be a complete Parquet file."""
+    parts = list((cache / "features").glob("*/part-*.parquet"))
+    return sum(pq.read_metadata(p).num_rows for p in parts)
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_kill_9_then_resume_reuses_work_and_matches_an_uninterrupted_run(tmp_path: Path, corpus: Path) -> None:
+    cache = tmp_path / "cache"
+    job = manifest(tmp_path, corpus, name="interrupted", cache=cache, out="out")
+    proc = start(job)
+    deadline = time.monotonic() + 120
+    done_at_kill = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        done_at_kill = cached_rows(cache)  # reading while the job writes: no partial part may show
+        if done_at_kill >= N_FILES // 4:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the job finished before it could be killed: {proc.communicate()}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (tmp_path / "out").exists(), "a report appeared before the job finished"
+    kept = cached_rows(cache)
+    assert N_FILES // 4 <= kept < N_FILES
+
+    res = subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(job)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    s = summary(tmp_path / "out")
+    assert s["from_cache"] == kept and s["extracted"] == N_FILES - kept and s["failed"] == 0
+
+    ref_job = manifest(tmp_path, corpus, name="reference", cache=tmp_path / "cache2", out="ref")
+    assert subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(ref_job)]).returncode == 0
+    a = pd.read_parquet(tmp_path / "out" / "annotations.parquet")
+    b = pd.read_parquet(tmp_path / "ref" / "annotations.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_two_jobs_share_one_cache_at_once(tmp_path: Path, corpus: Path) -> None:
+    cache = tmp_path / "cache"
+    procs = [start(manifest(tmp_path, corpus, name=f"job{i}", cache=cache, out=f"out{i}")) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    s0, s1 = summary(tmp_path / "out0"), summary(tmp_path / "out1")
+    assert s0["files"] == s1["files"] == N_FILES and s0["failed"] == s1["failed"] == 0
+    # Work is shared: far less than the 2 x N of two jobs ignoring each other.
+    assert s0["extracted"] + s1["extracted"] <= 1.5 * N_FILES, (s0, s1)
+    feats = pd.read_parquet(next((cache / "features").iterdir()))
+    assert feats["content_hash"].nunique() == N_FILES  # nothing lost
+    a = pd.read_parquet(tmp_path / "out0" / "annotations.parquet")
+    b = pd.read_parquet(tmp_path / "out1" / "annotations.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    # A third run finds everything.
+    res = subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(procs and tmp_path / "job0.yaml")])
+    assert res.returncode == 0 and summary(tmp_path / "out0")["extracted"] == 0
