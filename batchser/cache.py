@@ -22,12 +22,14 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -156,6 +158,84 @@ class _Parts:
             log.info("compacted %d parts in %s", len(parts), self.folder)
 
 
+class _Claims:
+    """Which content hashes each running job is extracting, so others wait instead of repeating them.
+
+    Each job appends the hashes it is about to extract to its own file in
+    ``claims/<fingerprint>/`` and touches it every few seconds while it runs;
+    a file not touched for ``stale_s`` belongs to a job that died, and its
+    claims no longer count. The file is removed when the job closes the store,
+    after its last part is written.
+    """
+
+    def __init__(self, folder: Path, *, heartbeat_s: float = 2.0, stale_s: float = 30.0) -> None:
+        self.folder = folder
+        self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
+        self.own = folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.claims"
+        self._fh: IO[str] | None = None
+        self._offsets: dict[Path, int] = {}
+        self._owner: dict[str, Path] = {}  # hash -> claim file of another job
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _open(self) -> IO[str]:
+        if self._fh is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.own, "a", encoding="ascii")  # noqa: SIM115 - kept open for the job's life
+            self._beat = threading.Thread(target=self._heartbeat, name="batchser-claims", daemon=True)
+            self._beat.start()
+        return self._fh
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            with contextlib.suppress(OSError):
+                os.utime(self.own)
+
+    def add(self, content_hash: str) -> None:
+        fh = self._open()
+        fh.write(content_hash + "\n")
+        fh.flush()
+
+    def read_others(self) -> None:
+        if not self.folder.is_dir():
+            return
+        for p in self.folder.glob("*.claims"):
+            if p == self.own:
+                continue
+            with contextlib.suppress(OSError), open(p, encoding="ascii") as fh:
+                fh.seek(self._offsets.get(p, 0))
+                chunk = fh.read()
+                complete = chunk[: chunk.rfind("\n") + 1]  # a line being written is read next time
+                self._offsets[p] = self._offsets.get(p, 0) + len(complete)
+                for h in complete.split():
+                    self._owner.setdefault(h, p)
+
+    def held_by_live_job(self, content_hash: str) -> bool:
+        owner = self._owner.get(content_hash)
+        if owner is None:
+            return False
+        try:
+            return time.time() - owner.stat().st_mtime < self.stale_s
+        except FileNotFoundError:
+            return False  # its job finished (its parts are written) or was cleaned up
+
+    def remove_stale(self, *, older_than_s: float = 3600.0) -> None:
+        if self.folder.is_dir():
+            cutoff = time.time() - older_than_s
+            for p in self.folder.glob("*.claims"):
+                with contextlib.suppress(OSError):
+                    if p.stat().st_mtime < cutoff:
+                        p.unlink()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            with contextlib.suppress(FileNotFoundError):
+                self.own.unlink()
+
+
 class FeatureStore:
     """Feature rows and the path→hash index, for one :class:`FeatureSpec`.
 
@@ -186,6 +266,7 @@ class FeatureStore:
         self.spec = spec
         self.columns = spec.columns()
         self._features = _Parts(self.root / "features" / spec.fingerprint())
+        self._claims = _Claims(self.root / "claims" / spec.fingerprint())
         self._hashes = _Parts(self.root / "hashes")
         self.flush_rows, self.flush_seconds, self.compact_parts = flush_rows, flush_seconds, compact_parts
         self._records: dict[str, FeatureRecord] = {}
@@ -194,11 +275,13 @@ class FeatureStore:
         self._pending_hashes: list[tuple[str, int, int, str]] = []
         self._oldest_pending = 0.0
         self._last_refresh = 0.0
+        self._claims_read = 0.0
         # joblib may pull the next tasks (and so call lookup) from its dispatch
         # thread while the main thread adds results.
         self._lock = threading.RLock()
         for parts in (self._features, self._hashes):
             parts.remove_stale_temps()
+        self._claims.remove_stale()
         self.refresh()
         log.debug("cache %s: %d feature rows, %d known paths", self.root, len(self._records), len(self._path_hash))
 
@@ -216,6 +299,7 @@ class FeatureStore:
 
     def _refresh(self) -> int:
         self._last_refresh = time.monotonic()
+        self._claims.read_others()
         for table in self._hashes.read_new():
             d = table.to_pydict()
             for p, s, m, h in zip(d["path"], d["size"], d["mtime_ns"], d["content_hash"], strict=True):
@@ -271,6 +355,32 @@ class FeatureStore:
     def known_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
         """Content hash seen before for this exact path, size and mtime."""
         return self._path_hash.get((path, size, mtime_ns))
+
+    def claim(self, content_hash: str) -> bool:
+        """Take ``content_hash`` for extraction by this job.
+
+        Returns
+        -------
+        bool
+            False when it is already in the store (after a fresh look) or a
+            live job sharing the cache has claimed it: extract it only on True.
+        """
+        with self._lock:
+            if self.lookup(content_hash) is not None:
+                return False
+            now = time.monotonic()
+            if now - self._claims_read >= 0.05:  # cheap: a few appended lines per file
+                self._claims.read_others()
+                self._claims_read = now
+            if self._claims.held_by_live_job(content_hash):
+                return False
+            self._claims.add(content_hash)
+            return True
+
+    def held_elsewhere(self, content_hash: str) -> bool:
+        """Whether a live job sharing the cache is still extracting ``content_hash``."""
+        with self._lock:
+            return self._claims.held_by_live_job(content_hash)
 
     # -- writing ---------------------------------------------------------------
     def remember_hash(self, path: str, size: int, mtime_ns: int, content_hash: str) -> None:
@@ -353,6 +463,7 @@ class FeatureStore:
 
     def close(self) -> None:
         self.flush()
+        self._claims.release()
         self._hashes.compact(min_parts=self.compact_parts)
         self._features.compact(min_parts=self.compact_parts)
 
@@ -361,6 +472,9 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         # Flush even on Ctrl-C: what was extracted is kept for the resumed run.
-        self.flush()
-        if exc[0] is None:
-            self.close()
+        try:
+            self.flush()
+            if exc[0] is None:
+                self.close()
+        finally:
+            self._claims.release()

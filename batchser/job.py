@@ -77,6 +77,19 @@ class JobSummary:
     model_id: str = ""
     metrics: dict[str, Any] | None = None
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+
+
+class _StageClock:
+    """Wall time of consecutive stages, for summary.json and the benchmarks."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.into[stage] = self.into.get(stage, 0.0) + now - self.t
+        self.t = now
 
 
 def check_manifest_paths(manifest: Manifest) -> None:
@@ -173,27 +186,54 @@ def _features(
     tasks = [ExtractTask(path, h) for h, path in todo.items()]
     eng = manifest.engine
     extracted: set[str] = set()
+    deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
     with _bar(len(files), "extracting", progress, initial=len(files) - sum(waiting.values())) as bar:
 
         def still_needed(task: ExtractTask) -> bool:
-            if store.lookup(task.content_hash) is None:
+            if store.claim(task.content_hash):
                 return True
-            bar.update(waiting[task.content_hash])  # a concurrent job did it meanwhile
+            if store.get(task.content_hash) is None:
+                deferred.append(task)
+            else:
+                bar.update(waiting[task.content_hash])  # another job finished it meanwhile
             return False
 
-        batches = run_tasks(
-            tasks,
-            spec=store.spec,
-            backend=eng.backend,
-            n_jobs=eng.n_jobs,
-            batch_size=eng.batch_size,
-            still_needed=still_needed,
-        )
-        for batch in batches:
-            store.add(batch)
-            summary.n_extracted += len(batch)
-            extracted.update(r.content_hash for r in batch)
-            bar.update(sum(waiting[r.content_hash] for r in batch))
+        def extract(batch_tasks: list[ExtractTask]) -> None:
+            batches = run_tasks(
+                batch_tasks,
+                spec=store.spec,
+                backend=eng.backend,
+                n_jobs=eng.n_jobs,
+                batch_size=eng.batch_size,
+                still_needed=still_needed,
+            )
+            for batch in batches:
+                store.add(batch)
+                summary.n_extracted += len(batch)
+                extracted.update(r.content_hash for r in batch)
+                bar.update(sum(waiting[r.content_hash] for r in batch))
+
+        extract(tasks)
+        # Wait for what other jobs are extracting; take over from any that died.
+        while deferred:
+            # Our own finished rows must reach disk first: the job we wait for
+            # may be waiting for them.
+            store.flush()
+            store.refresh()
+            pending, orphans = [], []
+            for t in deferred:
+                if store.get(t.content_hash) is not None:
+                    bar.update(waiting[t.content_hash])
+                elif store.held_elsewhere(t.content_hash):
+                    pending.append(t)
+                else:
+                    orphans.append(t)
+            deferred[:] = pending
+            if orphans:
+                log.info("taking over %d files from a job that stopped", len(orphans))
+                extract(orphans)
+            elif deferred:
+                time.sleep(0.2)
     summary.n_cached = sum(1 for h, _ in hashes if h and h not in extracted)
     return [FileOutcome(f, h, store.get(h) if h else None, err) for f, (h, err) in zip(files, hashes, strict=True)]
 
@@ -260,6 +300,8 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
         The model cannot be loaded for this job (before any extraction).
     """
     t0 = time.perf_counter()
+    summary = JobSummary(manifest.name)
+    clock = _StageClock(summary.stages)
     check_manifest_paths(manifest)
     spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate)
     classes = list(manifest.emotions)
@@ -268,7 +310,7 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
         if manifest.model.train
         else load_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
     )
-    summary = JobSummary(manifest.name)
+    clock.lap("load_model")
     files = discover([manifest.resolve(i.path) for i in manifest.inputs])
     summary.n_files = len(files)
     log.info("%s: %d files discovered", manifest.name, len(files))
@@ -277,13 +319,18 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     ]
     labels = [label_fns[f.input_index](f.path) for f in files]
 
+    clock.lap("discover")
     with FeatureStore(manifest.cache_dir, spec) as store:
+        clock.lap("open_cache")
         outcomes = _features(manifest, files, store, summary, progress=progress)
+        clock.lap("features")
+    clock.lap("close_cache")
 
     used: set[int] = set()
     if model is None:
         model, summary.metrics, used = _train(manifest, outcomes, labels, spec)
     summary.model_id = model.id
+    clock.lap("train")
 
     ok_idx = [i for i, o in enumerate(outcomes) if o.ok]
     proba = (
@@ -329,12 +376,14 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     summary.n_failed = len(summary.failures)
     summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
 
+    clock.lap("predict")
     out = manifest.output_dir
     summary.reports = write_annotations(annotations_frame(rows, classes), out, manifest.output.formats)
     if summary.metrics is not None:
         write_json(out / "metrics.json", {"model": model.id, "classes": classes, **summary.metrics})
         write_confusion_png(out / "confusion_matrix.png", summary.metrics, title=f"{manifest.name} ({model.id})")
         summary.reports += [out / "metrics.json", out / "confusion_matrix.png"]
+    clock.lap("reports")
     summary.seconds = time.perf_counter() - t0
     write_json(
         out / "summary.json",
@@ -348,6 +397,7 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
             "model": model.id,
             "feature_fingerprint": spec.fingerprint(),
             "seconds": round(summary.seconds, 3),
+            "stage_seconds": {k: round(v, 4) for k, v in summary.stages.items()},
         },
     )
     summary.reports.append(out / "summary.json")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from batchser.cache import FeatureRecord, FeatureStore, hash_file
 from batchser.features import FeatureSpec
@@ -61,8 +65,35 @@ def test_compaction_keeps_every_row_once(tmp_path: Path) -> None:
 
 
 def test_hash_file(tmp_path: Path) -> None:
-    import hashlib
-
     p = tmp_path / "x"
     p.write_bytes(b"abc" * 1_000_000)
     assert hash_file(p) == hashlib.sha256(b"abc" * 1_000_000).hexdigest()
+
+
+def test_a_live_claim_defers_and_a_stale_one_is_taken_over(tmp_path: Path) -> None:
+    a, b = FeatureStore(tmp_path, SPEC), FeatureStore(tmp_path, SPEC)
+    assert a.claim("h0001") and a.claim("h0002")
+    time.sleep(0.06)  # claims of others are re-read at most every 50 ms
+    assert not b.claim("h0001") and b.held_elsewhere("h0001")
+    assert b.claim("h0003")
+    time.sleep(0.06)
+    assert not a.claim("h0003")
+    a.add([_rec(1)])
+    a.flush()
+    assert b.lookup("h0001", refresh_after_s=0) is not None and not b.claim("h0001")  # done: nothing to claim
+    # A claim file nobody touches for 30 s belongs to a job that died.
+    own = next(p for p in (tmp_path / "claims").rglob("*.claims") if "h0002" in p.read_text())
+    a._claims._stop.set()  # the heartbeat of a killed process stops too
+    old = time.time() - 60
+    os.utime(own, (old, old))
+    assert not b.held_elsewhere("h0002") and b.claim("h0002")
+    b.close()
+    assert not [p for p in (tmp_path / "claims").rglob("*.claims") if "h0003" in p.read_text()]  # released
+
+
+def test_claims_are_released_even_when_the_job_fails(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt), FeatureStore(tmp_path, SPEC) as s:
+        assert s.claim("h0001")
+        raise KeyboardInterrupt
+    assert not list((tmp_path / "claims").rglob("*.claims"))
+    assert FeatureStore(tmp_path, SPEC).claim("h0001")

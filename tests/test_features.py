@@ -83,3 +83,37 @@ def test_fingerprint_covers_names_order_and_rate() -> None:
 def test_unknown_feature() -> None:
     with pytest.raises(ValueError, match="unknown features"):
         FeatureSpec(("mfcc", "zcr"), 16000)
+
+
+def _tuning_inputs(ravdess: Path | None) -> list[tuple[np.ndarray, int]]:
+    rng = np.random.default_rng(0)
+    out = []
+    for sr in (8000, 16000, 22050, 44100):
+        t = np.arange(2 * sr) / sr
+        for i in range(8):
+            y = np.sin(2 * np.pi * (180 + 47.3 * i) * t) + 0.1 * rng.standard_normal(t.size)
+            out.append((y.astype(np.float32), sr))
+    if ravdess is not None:
+        out += [(load(f, sample_rate=16000).samples, 16000) for f in sorted(ravdess.glob("Actor_*/*.flac"))[::4]]
+    return out
+
+
+@pytest.mark.parametrize("real", [False, True], ids=["generated", "ravdess"])
+def test_estimate_tuning_is_librosas_bit_for_bit(real: bool, request: pytest.FixtureRequest) -> None:
+    from batchser.features import estimate_tuning
+
+    inputs = _tuning_inputs(request.getfixturevalue("ravdess_dir") if real else None)
+    for y, sr in inputs:
+        mag = np.abs(librosa.stft(y))
+        assert estimate_tuning(mag, sr=sr, n_fft=2048) == librosa.estimate_tuning(S=mag, sr=sr, n_fft=2048)
+
+
+def test_power_spectrogram_matches_librosa_stft() -> None:
+    from batchser.features import power_spectrogram
+
+    for n in (100, 2047, 2048, 16000, 33333):
+        y = speechlike("happy", sr=16000, seconds=n / 16000, seed=n)
+        ref = np.abs(librosa.stft(y)) ** 2
+        got = power_spectrogram(y, n_fft=2048, hop_length=512)
+        assert got.shape == ref.shape and got.flags.c_contiguous
+        assert np.max(np.abs(got - ref)) <= 1e-6 * ref.max()

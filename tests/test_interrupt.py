@@ -109,8 +109,9 @@ def test_two_jobs_share_one_cache_at_once(tmp_path: Path, corpus: Path) -> None:
         assert p.returncode == 0, err
     s0, s1 = summary(tmp_path / "out0"), summary(tmp_path / "out1")
     assert s0["files"] == s1["files"] == N_FILES and s0["failed"] == s1["failed"] == 0
-    # Work is shared: far less than the 2 x N of two jobs ignoring each other.
-    assert s0["extracted"] + s1["extracted"] <= 1.5 * N_FILES, (s0, s1)
+    # Work is shared through claims: about N in all, not the 2 x N of two jobs
+    # ignoring each other (a claim is seen within 50 ms, so a few may overlap).
+    assert s0["extracted"] + s1["extracted"] <= 1.05 * N_FILES, (s0, s1)
     feats = pd.read_parquet(next((cache / "features").iterdir()))
     assert feats["content_hash"].nunique() == N_FILES  # nothing lost
     a = pd.read_parquet(tmp_path / "out0" / "annotations.parquet")
