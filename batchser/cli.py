@@ -1,7 +1,8 @@
-"""Command line: ``python -m batchser run MANIFEST [--quiet]``.
+"""Command line: ``python -m batchser run MANIFEST [--quiet] [--watch]`` and ``capture``.
 
 Exit codes: 0 job completed (per-file failures are report rows), 2 invalid
-manifest (nothing was done), 1 any other fatal error.
+manifest or missing set-up (no PyAudio, no input device; nothing was done),
+1 any other fatal error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from batchser.cache import CacheError
-from batchser.job import JobSummary, run_job
-from batchser.manifest import ManifestError, load_manifest
+from batchser.capture import CaptureError, CaptureSetupError
+from batchser.job import JobSummary, run_job, watch_job
+from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
 from batchser.report import ReportError
 
@@ -47,6 +49,8 @@ def _print_summary(s: JobSummary) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
+    if args.watch:
+        return _watch(manifest, args)
     summary = run_job(manifest, progress=not args.quiet)
     if not args.quiet:
         _print_summary(summary)
@@ -62,6 +66,71 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _watch(manifest: Manifest, args: argparse.Namespace) -> int:
+    watching = False
+
+    def started(summary: JobSummary) -> None:
+        nonlocal watching
+        watching = True
+        if not args.quiet:
+            _print_summary(summary)
+            print(f"watching {manifest.queue_dir} for new clips; Ctrl-C stops", flush=True)
+
+    n = 0
+    try:
+        for row in watch_job(manifest, progress=not args.quiet, poll_s=args.poll, on_start=started):
+            n += 1
+            if args.quiet:
+                continue
+            if row.status == "ok":
+                print(f"{row.path}: {row.label} ({row.confidence:.0%}, {row.duration_s:.1f} s)", flush=True)
+            else:
+                print(f"{row.path}: error: {row.error}", flush=True)
+    except KeyboardInterrupt:
+        if not watching:
+            raise  # the first run was cut short: say so, exit 130
+        if not args.quiet:
+            print(f"stopped watching after {n} new clips; reports in {manifest.output_dir}", flush=True)
+    return EXIT_OK
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    from batchser.capture import list_input_devices, record_utterance
+    from batchser.queue import enqueue
+
+    if args.list_devices:
+        devices = list_input_devices()
+        if not devices:
+            print("no audio input devices found", file=sys.stderr)
+            return EXIT_MANIFEST
+        for d in devices:
+            mark = "*" if d.is_default else " "
+            print(f"{mark} {d.index:3d}  {d.name}  ({d.channels} ch, {d.default_sample_rate:g} Hz)")
+        return EXIT_OK
+    if args.manifest is None:
+        raise CaptureSetupError("capture needs a job manifest (its queue folder receives the clip), or --list-devices")
+    manifest = load_manifest(args.manifest)
+    if not args.quiet:
+        what = f"{args.seconds:g} s" if args.seconds else f"until {args.silence:g} s of silence"
+        print(f"recording ({what}); speak now", file=sys.stderr, flush=True)
+    clip = record_utterance(
+        sample_rate=manifest.audio.sample_rate,
+        device=args.device,
+        seconds=args.seconds,
+        threshold_db=args.threshold_db,
+        silence_s=args.silence,
+        wait_s=args.wait,
+        max_seconds=args.max_seconds,
+    )
+    path = enqueue(clip.samples, sample_rate=clip.sample_rate, queue_dir=manifest.queue_dir)
+    if not args.quiet:
+        print(f"queued {path} ({clip.duration_s:.2f} s from {clip.device}, stopped by {clip.stopped_by})")
+        print(f"label it with: python -m batchser run {args.manifest}")
+    else:
+        print(path)
+    return EXIT_OK
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from batchser.job import check_manifest_paths
 
@@ -72,6 +141,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchser", description="Batch speech-emotion annotation.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -79,7 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job manifest")
     run.add_argument("manifest", help="YAML job manifest, e.g. jobs/annotate.yaml")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary")
+    run.add_argument(
+        "--watch", action="store_true", help="after the run, label clips arriving in the queue; Ctrl-C stops"
+    )
+    run.add_argument("--poll", type=_positive, default=0.5, help="seconds between looks at the queue (default 0.5)")
     run.set_defaults(func=_cmd_run)
+    cap = sub.add_parser("capture", help="record one utterance into a job's queue (needs batchser[mic])")
+    cap.add_argument("manifest", nargs="?", help="job manifest whose queue folder receives the clip")
+    cap.add_argument("--list-devices", action="store_true", help="list input devices (* marks the default) and exit")
+    cap.add_argument("--device", help="input device index or (part of its) name; default: the default input")
+    cap.add_argument("--seconds", type=_positive, help="record this long instead of stopping at silence")
+    cap.add_argument("--threshold-db", type=float, default=-40.0, help="frame level counting as sound (dBFS, -40)")
+    cap.add_argument("--silence", type=_positive, default=1.0, help="quiet seconds that end the utterance (1.0)")
+    cap.add_argument("--wait", type=_positive, default=10.0, help="give up after this long without sound (10)")
+    cap.add_argument("--max-seconds", type=_positive, default=30.0, help="longest utterance (30)")
+    cap.add_argument("-q", "--quiet", action="store_true", help="print only the queued file's path")
+    cap.set_defaults(func=_cmd_capture)
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
     val.add_argument("-q", "--quiet", action="store_true")
@@ -96,10 +190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_MANIFEST
-    except (ModelError, ReportError, CacheError) as exc:
+    except CaptureSetupError as exc:
+        print(f"batchser: {exc}", file=sys.stderr)
+        return EXIT_MANIFEST
+    except (ModelError, ReportError, CacheError, CaptureError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
+        if args.func is _cmd_capture:
+            print("batchser: capture interrupted; nothing was queued", file=sys.stderr)
+            return 130
         print("batchser: interrupted; finished features are cached, rerun to resume", file=sys.stderr)
         return 130
     except Exception as exc:

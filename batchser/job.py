@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +37,10 @@ from batchser.model import (
     versions,
     write_model_card,
 )
+from batchser.queue import QueueWatcher
 from batchser.report import ReportRow, annotations_frame, write_annotations, write_confusion_png, write_json
 
-__all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job"]
+__all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job", "watch_job"]
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +280,151 @@ def _train(
     return model, metrics, set(use)
 
 
+@dataclass
+class _Run:
+    """A finished run, as a watch needs it to label more files into the same reports."""
+
+    manifest: Manifest
+    spec: FeatureSpec
+    model: TrainedModel
+    summary: JobSummary
+    files: list[SourceFile]
+    rows: list[ReportRow]
+
+
+def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], Label]]]:
+    paths = [manifest.resolve(i.path) for i in manifest.inputs]
+    fns = [label_source(i.labels, resolve=manifest.resolve) for i in manifest.inputs]
+    if manifest.queue_dir.is_dir():  # captured clips: no labels
+        paths.append(manifest.queue_dir)
+        fns.append(label_source("none", resolve=manifest.resolve))
+    return paths, fns
+
+
+def _annotate(
+    outcomes: Sequence[FileOutcome],
+    labels: Sequence[Label],
+    model: TrainedModel,
+    *,
+    root: Path,
+    train: bool,
+    used: Collection[int] = (),
+) -> list[ReportRow]:
+    """One report row per outcome: the model's label and probabilities, or why there are none."""
+    classes = list(model.meta.classes)
+    ok_idx = [i for i, o in enumerate(outcomes) if o.ok]
+    proba = (
+        model.predict_proba(np.stack([outcomes[i].record.vector for i in ok_idx]).astype(np.float64))  # type: ignore[union-attr]
+        if ok_idx
+        else np.empty((0, len(classes)))
+    )
+    proba_of = dict(zip(ok_idx, proba, strict=True))
+    rows = []
+    for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
+        rec = o.record
+        common: dict[str, Any] = {
+            "path": _display_path(o.source.path, root),
+            "true_label": lab.emotion or "",
+            "content_hash": o.content_hash,
+            "model": model.id,
+            "used_for_training": (i in used) if train else None,
+        }
+        if rec is not None:
+            common |= {
+                "duration_s": rec.duration_s,
+                "orig_sample_rate": rec.orig_sample_rate,
+                "channels": rec.channels,
+                "warning": rec.warning,
+            }
+        if i in proba_of:
+            p = proba_of[i]
+            k = int(np.argmax(p))
+            probabilities = dict(zip(classes, map(float, p), strict=True))
+            rows.append(
+                ReportRow(status="ok", label=classes[k], confidence=float(p[k]), probabilities=probabilities, **common)
+            )
+        else:
+            reason = o.error or (rec.error if rec is not None else "no features")
+            rows.append(ReportRow(status="error", error=reason, **common))
+    return rows
+
+
+def _tally(summary: JobSummary, rows: Sequence[ReportRow]) -> None:
+    summary.n_files = len(rows)
+    summary.failures = [(r.path, r.error) for r in rows if r.status != "ok"]
+    summary.n_failed = len(summary.failures)
+    summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
+
+
+def _write_annotations(run: _Run) -> list[Path]:
+    """annotations.* and summary.json for the rows so far (each file replaced atomically)."""
+    m, s = run.manifest, run.summary
+    out = m.output_dir
+    written = write_annotations(annotations_frame(run.rows, list(run.model.meta.classes)), out, m.output.formats)
+    write_json(
+        out / "summary.json",
+        {
+            "job": m.name,
+            "files": s.n_files,
+            "from_cache": s.n_cached,
+            "extracted": s.n_extracted,
+            "failed": s.n_failed,
+            "labels": s.label_counts,
+            "model": run.model.id,
+            "feature_fingerprint": run.spec.fingerprint(),
+            "seconds": round(s.seconds, 3),
+            "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
+        },
+    )
+    return [*written, out / "summary.json"]
+
+
+def _run(manifest: Manifest, *, progress: bool) -> _Run:
+    t0 = time.perf_counter()
+    summary = JobSummary(manifest.name)
+    clock = _StageClock(summary.stages)
+    check_manifest_paths(manifest)
+    spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate)
+    classes = list(manifest.emotions)
+    model = (
+        None
+        if manifest.model.train
+        else load_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
+    )
+    clock.lap("load_model")
+    paths, label_fns = _input_paths(manifest)
+    files = discover(paths)
+    log.info("%s: %d files discovered", manifest.name, len(files))
+    labels = [label_fns[f.input_index](f.path) for f in files]
+
+    clock.lap("discover")
+    with FeatureStore(manifest.cache_dir, spec) as store:
+        clock.lap("open_cache")
+        outcomes = _features(manifest, files, store, summary, progress=progress)
+        clock.lap("features")
+    clock.lap("close_cache")
+
+    used: set[int] = set()
+    if model is None:
+        model, summary.metrics, used = _train(manifest, outcomes, labels, spec)
+    summary.model_id = model.id
+    clock.lap("train")
+
+    rows = _annotate(outcomes, labels, model, root=manifest.root_dir, train=manifest.model.train, used=used)
+    _tally(summary, rows)
+    clock.lap("predict")
+    run = _Run(manifest, spec, model, summary, files, rows)
+    out = manifest.output_dir
+    if summary.metrics is not None:
+        write_json(out / "metrics.json", {"model": model.id, "classes": classes, **summary.metrics})
+        write_confusion_png(out / "confusion_matrix.png", summary.metrics, title=f"{manifest.name} ({model.id})")
+        summary.reports += [out / "metrics.json", out / "confusion_matrix.png"]
+    clock.lap("reports")  # summary.json, written last, holds every stage but its own write
+    summary.seconds = time.perf_counter() - t0
+    summary.reports = _write_annotations(run) + summary.reports
+    return run
+
+
 def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     """Run ``manifest`` to completion and write its reports.
 
@@ -299,106 +445,61 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     ModelError
         The model cannot be loaded for this job (before any extraction).
     """
-    t0 = time.perf_counter()
-    summary = JobSummary(manifest.name)
-    clock = _StageClock(summary.stages)
-    check_manifest_paths(manifest)
-    spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate)
-    classes = list(manifest.emotions)
-    model = (
-        None
-        if manifest.model.train
-        else load_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
-    )
-    clock.lap("load_model")
-    files = discover([manifest.resolve(i.path) for i in manifest.inputs])
-    summary.n_files = len(files)
-    log.info("%s: %d files discovered", manifest.name, len(files))
-    label_fns: list[Callable[[Path], Label]] = [
-        label_source(i.labels, resolve=manifest.resolve) for i in manifest.inputs
-    ]
-    labels = [label_fns[f.input_index](f.path) for f in files]
+    return _run(manifest, progress=progress).summary
 
-    clock.lap("discover")
-    with FeatureStore(manifest.cache_dir, spec) as store:
-        clock.lap("open_cache")
-        outcomes = _features(manifest, files, store, summary, progress=progress)
-        clock.lap("features")
-    clock.lap("close_cache")
 
-    used: set[int] = set()
-    if model is None:
-        model, summary.metrics, used = _train(manifest, outcomes, labels, spec)
-    summary.model_id = model.id
-    clock.lap("train")
+def watch_job(
+    manifest: Manifest,
+    *,
+    progress: bool = True,
+    poll_s: float = 0.5,
+    on_start: Callable[[JobSummary], None] | None = None,
+) -> Iterator[ReportRow]:
+    """Run ``manifest``, then label each clip that arrives in its queue, forever.
 
-    ok_idx = [i for i, o in enumerate(outcomes) if o.ok]
-    proba = (
-        model.predict_proba(np.stack([outcomes[i].record.vector for i in ok_idx]).astype(np.float64))  # type: ignore[union-attr]
-        if ok_idx
-        else np.empty((0, len(classes)))
-    )
-    proba_of = dict(zip(ok_idx, proba, strict=True))
-    root = manifest.root_dir
-    rows = []
-    for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
-        rec = o.record
-        common: dict[str, Any] = {
-            "path": _display_path(o.source.path, root),
-            "true_label": lab.emotion or "",
-            "content_hash": o.content_hash,
-            "model": model.id,
-            "used_for_training": (i in used) if manifest.model.train else None,
-        }
-        if rec is not None:
-            common |= {
-                "duration_s": rec.duration_s,
-                "orig_sample_rate": rec.orig_sample_rate,
-                "channels": rec.channels,
-                "warning": rec.warning,
-            }
-        if i in proba_of:
-            p = proba_of[i]
-            k = int(np.argmax(p))
-            rows.append(
-                ReportRow(
-                    status="ok",
-                    label=classes[k],
-                    confidence=float(p[k]),
-                    probabilities=dict(zip(classes, map(float, p), strict=True)),
-                    **common,
-                )
-            )
-        else:
-            reason = o.error or (rec.error if rec is not None else "no features")
-            rows.append(ReportRow(status="error", error=reason, **common))
-            summary.failures.append((common["path"], reason))
-    summary.n_failed = len(summary.failures)
-    summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
+    Each new clip is extracted (through the cache), labelled with the job's
+    model (a train job trains once, in the first run) and added to the
+    reports, which are rewritten atomically; a clip that changes is labelled
+    again and its row replaced. Close the iterator (or interrupt it) to stop:
+    the cache is flushed and the reports are complete at every step.
 
-    clock.lap("predict")
-    out = manifest.output_dir
-    summary.reports = write_annotations(annotations_frame(rows, classes), out, manifest.output.formats)
-    if summary.metrics is not None:
-        write_json(out / "metrics.json", {"model": model.id, "classes": classes, **summary.metrics})
-        write_confusion_png(out / "confusion_matrix.png", summary.metrics, title=f"{manifest.name} ({model.id})")
-        summary.reports += [out / "metrics.json", out / "confusion_matrix.png"]
-    clock.lap("reports")
-    summary.seconds = time.perf_counter() - t0
-    write_json(
-        out / "summary.json",
-        {
-            "job": manifest.name,
-            "files": summary.n_files,
-            "from_cache": summary.n_cached,
-            "extracted": summary.n_extracted,
-            "failed": summary.n_failed,
-            "labels": summary.label_counts,
-            "model": model.id,
-            "feature_fingerprint": spec.fingerprint(),
-            "seconds": round(summary.seconds, 3),
-            "stage_seconds": {k: round(v, 4) for k, v in summary.stages.items()},
-        },
-    )
-    summary.reports.append(out / "summary.json")
-    return summary
+    Parameters
+    ----------
+    manifest : Manifest
+    progress : bool
+        Progress bars for the first run.
+    poll_s : float
+        Seconds between looks at the queue folder.
+    on_start : callable or None
+        Called with the first run's summary before watching begins.
+
+    Yields
+    ------
+    ReportRow
+        One per new or changed clip, as soon as its reports are written.
+    """
+    run = _run(manifest, progress=progress)
+    if on_start is not None:
+        on_start(run.summary)
+    queue = manifest.queue_dir
+    watcher = QueueWatcher(queue, known=[f for f in run.files if f.path.is_relative_to(queue)], poll_s=poll_s)
+    where = {r.path: i for i, r in enumerate(run.rows)}
+    no_label = [Label()]
+    log.info("watching %s for new clips (every %g s)", queue, poll_s)
+    with FeatureStore(manifest.cache_dir, run.spec) as store:
+        for batch in watcher:
+            counts = JobSummary(manifest.name)
+            outcomes = _features(manifest, batch, store, counts, progress=False)
+            run.summary.n_extracted += counts.n_extracted
+            run.summary.n_cached += counts.n_cached
+            store.flush()  # another job (or the next run) sees these features at once
+            new = _annotate(outcomes, no_label * len(outcomes), run.model, root=manifest.root_dir, train=False)
+            for row in new:
+                if row.path in where:
+                    run.rows[where[row.path]] = row
+                else:
+                    where[row.path] = len(run.rows)
+                    run.rows.append(row)
+            _tally(run.summary, run.rows)
+            _write_annotations(run)
+            yield from new

@@ -125,6 +125,9 @@ class Manifest(_Strict):
     engine: EngineSpec = EngineSpec()
     model: ModelSpec
     output: OutputSpec
+    # Folder that `capture` records into; every run labels what is in it.
+    # None: data/queue/<name>.
+    queue: str | None = None
     # Fraction of files that may fail before the job exits 1 (after writing its
     # reports); None never fails on per-file errors.
     fail_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
@@ -190,6 +193,10 @@ class Manifest(_Strict):
     @property
     def model_path(self) -> Path:
         return self.resolve(self.model.path)
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.resolve(self.queue if self.queue is not None else f"data/queue/{self.name}")
 
 
 # -- loading ------------------------------------------------------------------

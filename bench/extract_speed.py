@@ -16,7 +16,8 @@ turns files into features (discovery, cache open, hashing/lookup, extraction, ca
 close) from the job's own summary.json: what a warm run saves is this stage; the rest
 (interpreter start, importing scikit-learn and skops, model load, reports) is fixed.
 "vs seed" is the seed's wall time over the row's (higher is better). "vs floor" is per-core
-efficiency: floor time / (row wall time x workers). Peak RSS is the largest single process.
+efficiency: floor time / (row wall time x workers). Peak RSS is the largest process of a
+batchser job (main or worker); "-" for rows measured in-process.
 Timings are medians over --repeats; the machine is shared, so compare ratios, not seconds.
 """
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -97,18 +97,19 @@ def run_job(files_dir: Path, cache: Path, out: Path, n_jobs: int) -> tuple[float
     wall = time.perf_counter() - t
     if code.returncode:
         raise RuntimeError(code.stderr)
-    # /usr/bin/time reports the job process; workers are its children, counted in ours.
-    rss_mib = max(int(code.stderr.strip().splitlines()[-1]), _children_rss_kib()) / 1024
+    # /usr/bin/time's %M is the largest RSS in the job's process tree (reaped workers
+    # included; Linux folds a reaped child's peak into its parent's).
+    rss_mib = int(code.stderr.strip().splitlines()[-1]) / 1024
     return wall, rss_mib, json.loads((out / "summary.json").read_text())
+
+
+def _mib(v: float) -> str:
+    return "-" if v != v else f"{v:.0f} MiB"  # NaN: measured in-process, not a job
 
 
 def feature_stage(summary: dict) -> float:
     st = summary["stage_seconds"]
     return sum(st[k] for k in ("discover", "open_cache", "features", "close_cache"))
-
-
-def _children_rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
 def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
@@ -214,7 +215,7 @@ def main() -> int:
     for r in rows:
         print(
             f"{r['corpus']:<12} {r['row']:<15} {r['files']:>5} {r['audio_s']:>8.0f} {r['wall_s']:>7.2f} "
-            f"{r['x_realtime']:>7.0f} {r['vs_seed']:>6.1f}x {r['vs_floor']:>7.0%} {r['peak_rss_mib']:>6.0f} MiB"
+            f"{r['x_realtime']:>7.0f} {r['vs_seed']:>6.1f}x {r['vs_floor']:>7.0%} {_mib(r['peak_rss_mib']):>9}"
         )
     for r in rows:
         if "warm_vs_cold" in r:
