@@ -2,4 +2,6 @@ import sys
 
 from batchser.cli import main
 
-sys.exit(main())
+# Guarded: Dask's worker processes re-import the main module when they start.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ a label (a truncated file, clipping) come back as ``Audio.warnings``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,18 +53,20 @@ def _open_error(exc: Exception) -> AudioError:
     return AudioError(f"cannot decode: {msg}" if msg else f"cannot decode: {type(exc).__name__}")
 
 
-def _riff_shortfall(path: str | Path) -> tuple[int, int] | None:
+def _riff_shortfall(path: str | Path | BinaryIO) -> tuple[int, int] | None:
     """(declared, present) bytes of a WAV's data chunk when the file ends early.
 
     libsndfile quietly clamps a truncated WAV to the bytes present, so the
     header is read here: a cut-off download should be flagged, not hidden.
     """
     try:
-        with open(path, "rb") as fh:
+        with contextlib.ExitStack() as stack:
+            fh = path if hasattr(path, "read") else stack.enter_context(open(path, "rb"))  # type: ignore[arg-type]
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(0)
             head = fh.read(12)
             if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
                 return None
-            size = os.fstat(fh.fileno()).st_size
             pos = 12
             while pos + 8 <= size:
                 fh.seek(pos)
@@ -74,7 +77,7 @@ def _riff_shortfall(path: str | Path) -> tuple[int, int] | None:
                     # 0 and 0xFFFFFFFF mark a stream written without a final size.
                     return (clen, present) if clen not in (0, 0xFFFFFFFF) and clen > present else None
                 pos += 8 + clen + (clen & 1)
-    except OSError:
+    except (OSError, ValueError):
         return None
     return None
 
@@ -144,7 +147,7 @@ def load(source: str | Path | BinaryIO, *, sample_rate: int) -> Audio:
         # Any emotion label for silence would be a guess; say so instead.
         raise AudioError(f"silent: peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
     warnings = []
-    short = _riff_shortfall(source) if isinstance(source, (str, Path)) else None
+    short = _riff_shortfall(source) if isinstance(source, (str, Path)) or source.seekable() else None
     if short is not None:
         warnings.append(f"truncated: header declares {short[0]} bytes of audio, the file holds {short[1]}")
     elif 0 < frames < declared:

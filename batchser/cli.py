@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from batchser.cache import CacheError
 from batchser.capture import CaptureError, CaptureSetupError
+from batchser.engine import EngineError
 from batchser.job import JobSummary, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaptureSetupError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_MANIFEST
-    except (ModelError, ReportError, CacheError, CaptureError) as exc:
+    except (ModelError, ReportError, CacheError, CaptureError, EngineError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:

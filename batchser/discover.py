@@ -3,6 +3,9 @@
 A file is audio when its extension is one libsndfile reads, or, for any other
 extension, when libsndfile can open its header. Files with an audio extension
 are always kept, even when broken: the report must say why they failed.
+An input naming a .zip/.tar/.tar.gz/.tgz (directly or through a glob) stands
+for the audio members inside it (by extension); an unreadable archive is one
+entry with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
+
+from batchser.archive import ArchiveError, is_archive, list_members, member_name
 
 __all__ = ["AUDIO_EXTENSIONS", "SourceFile", "discover"]
 
@@ -35,11 +40,17 @@ class SourceFile:
     could not even be stat'ed (a dangling link, a permission problem).
     """
 
-    path: Path  # absolute
+    path: Path  # absolute; for an archive member, the archive
     input_index: int  # which manifest input found it
-    size: int
-    mtime_ns: int
+    size: int  # bytes (of the member, inside an archive)
+    mtime_ns: int  # of the file (of the archive, for a member)
     error: str = ""
+    member: str = ""  # name inside the archive at ``path``; "" for a plain file
+
+    @property
+    def name(self) -> str:
+        """``path``, or ``archive::member``: how the file is named in reports and the hash index."""
+        return member_name(self.path, self.member) if self.member else str(self.path)
 
 
 def _looks_like_audio(path: str) -> bool:
@@ -80,6 +91,22 @@ def _stat(path: str, index: int) -> SourceFile | None:
     return SourceFile(Path(os.path.abspath(path)), index, st.st_size, st.st_mtime_ns)
 
 
+def _members(path: str, index: int) -> Iterator[SourceFile]:
+    rec = _stat(path, index)
+    if rec is None or rec.error:
+        if rec is not None:
+            yield rec
+        return
+    try:
+        members = list_members(Path(path))
+    except ArchiveError as exc:
+        yield SourceFile(rec.path, index, rec.size, rec.mtime_ns, str(exc))
+        return
+    for m in members:
+        if os.path.splitext(m.name)[1].lower() in AUDIO_EXTENSIONS:
+            yield SourceFile(rec.path, index, m.size, rec.mtime_ns, member=m.name)
+
+
 def _expand(path: Path) -> Iterator[tuple[str, bool]]:
     text = str(path)
     if glob.has_magic(text):
@@ -87,7 +114,7 @@ def _expand(path: Path) -> Iterator[tuple[str, bool]]:
             if os.path.isdir(hit):
                 yield from ((p, False) for p in _walk(hit))
             else:
-                yield hit, False
+                yield hit, is_archive(hit)  # a globbed archive is opened like a named one
     elif path.is_dir():
         yield from ((p, False) for p in _walk(text))
     elif path.exists() or path.is_symlink():
@@ -119,6 +146,10 @@ def discover(paths: Sequence[Path]) -> list[SourceFile]:
         for path, explicit in _expand(root):
             key = os.path.abspath(path)
             if key in seen:
+                continue
+            if explicit and is_archive(path):
+                for rec in _members(path, index):
+                    seen.setdefault(rec.name, rec)
                 continue
             # stat before any probe: opening a FIFO named like audio would block forever.
             rec = _stat(path, index)

@@ -7,20 +7,96 @@ records. It never raises for a bad file: every failure becomes a record with
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from batchser.archive import read_members
 from batchser.audio import Audio, AudioError, load
 from batchser.cache import FeatureRecord
 from batchser.features import FeatureSpec, extract
 
-__all__ = ["ExtractTask", "default_batch_size", "extract_one", "run_tasks"]
+__all__ = ["EngineError", "Executor", "ExtractTask", "default_batch_size", "extract_one", "open_executor", "run_tasks"]
+
+DASK_HINT = "install it with: pip install 'batchser[dask]'"
+CONNECT_TIMEOUT_S = 10  # a scheduler that is up answers in milliseconds; retries cover a busy one
+
+
+class EngineError(RuntimeError):
+    """The execution engine cannot start (a missing extra, an unreachable scheduler)."""
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where :func:`run_tasks` runs: a joblib backend and how many workers it has."""
+
+    backend: str
+    n_workers: int
+    description: str = ""
+
+
+@contextlib.contextmanager
+def open_executor(backend: str, *, n_jobs: int = -1, scheduler: str | None = None) -> Iterator[Executor]:
+    """Set up ``backend`` for the duration of a job.
+
+    For ``dask``, connects a ``distributed.Client`` to ``scheduler``
+    (``tcp://host:port``) or, for ``"local"``, starts a ``LocalCluster`` of
+    ``n_jobs`` single-threaded worker processes (-1: one per core) on loopback,
+    and closes what it started on exit. Other backends need no set-up.
+
+    Raises
+    ------
+    EngineError
+        dask/distributed is not installed, or the scheduler cannot be reached.
+    """
+    if backend != "dask":
+        yield Executor(backend, _n_workers(backend, n_jobs), backend)
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise EngineError(f"engine.backend dask needs dask.distributed ({exc}); {DASK_HINT}") from None
+    # distributed sets its loggers to INFO on import and would report every
+    # worker and connection; follow batchser's verbosity instead (INFO at -vv).
+    ours = logging.getLogger("batchser").getEffectiveLevel()
+    logging.getLogger("distributed").setLevel(logging.INFO if ours <= logging.DEBUG else logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        if scheduler == "local":
+            workers = joblib.cpu_count() if n_jobs < 0 else n_jobs
+            cluster: Any = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.WARNING,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"))
+            except (OSError, TimeoutError) as exc:
+                raise EngineError(
+                    f"cannot reach the Dask scheduler at {scheduler}: {exc}; start one "
+                    "(dask scheduler; dask worker <address>) or use engine.scheduler: local"
+                ) from None
+        threads = sum(client.nthreads().values())
+        if threads == 0:
+            raise EngineError(f"the Dask cluster at {scheduler} has no workers; start some with dask worker")
+        log.info("dask: %d worker threads at %s", threads, client.scheduler.address)
+        yield Executor("dask", threads, f"dask {client.scheduler.address}")
+
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +109,7 @@ class ExtractTask:
 
     path: str
     content_hash: str
+    member: str = ""  # name inside the archive at ``path``
 
 
 def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> FeatureRecord:
@@ -50,10 +127,10 @@ def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> Featur
     )
 
 
-def extract_one(task: ExtractTask, *, spec: FeatureSpec) -> FeatureRecord:
-    """Decode, resample and analyse one file; failures become error records."""
+def extract_one(task: ExtractTask, *, spec: FeatureSpec, data: bytes | None = None) -> FeatureRecord:
+    """Decode, resample and analyse one file (or archive member ``data``); failures become error records."""
     try:
-        audio = load(task.path, sample_rate=spec.sample_rate)
+        audio = load(task.path if data is None else io.BytesIO(data), sample_rate=spec.sample_rate)
     except AudioError as exc:
         return _error(task, str(exc))
     if audio.samples.size < spec.n_fft:
@@ -85,7 +162,17 @@ def _extract_batch(tasks: Sequence[ExtractTask], spec: FeatureSpec) -> list[Feat
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.
     with threadpool_limits(limits=1):
-        return [extract_one(t, spec=spec) for t in tasks]
+        out = {t: extract_one(t, spec=spec) for t in tasks if not t.member}
+        by_archive: dict[str, list[ExtractTask]] = {}
+        for t in tasks:
+            if t.member:
+                by_archive.setdefault(t.path, []).append(t)
+        for path, members in by_archive.items():
+            wanted = {t.member: t for t in members}
+            for name, data, err in read_members(Path(path), list(wanted)):
+                t = wanted[name]
+                out[t] = _error(t, err) if data is None else extract_one(t, spec=spec, data=data)
+        return [out[t] for t in tasks]
 
 
 def _n_workers(backend: str, n_jobs: int) -> int:
@@ -112,6 +199,7 @@ def run_tasks(
     batch_size: int | None = None,
     in_process_below: int = IN_PROCESS_BELOW,
     still_needed: Callable[[ExtractTask], bool] | None = None,
+    executor: Executor | None = None,
 ) -> Iterator[list[FeatureRecord]]:
     """Extract features for ``tasks``, yielding each finished batch as it completes.
 
@@ -131,6 +219,9 @@ def run_tasks(
     still_needed : callable or None
         Asked for each task just before its batch is dispatched; tasks it
         rejects are dropped (another job has meanwhile done them).
+    executor : Executor or None
+        From :func:`open_executor`; overrides ``backend`` and ``n_jobs``.
+        A Dask executor always runs on the cluster, however few the tasks.
 
     Yields
     ------
@@ -139,7 +230,10 @@ def run_tasks(
     """
     if not tasks:
         return
-    workers = _n_workers(backend, n_jobs)
+    if executor is not None:
+        backend, workers = executor.backend, executor.n_workers
+    else:
+        workers = _n_workers(backend, n_jobs)
     size = batch_size or default_batch_size(len(tasks), workers)
     batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
     if still_needed is not None:
@@ -160,10 +254,11 @@ def run_tasks(
 
     # Starting worker processes (each imports librosa) costs about as much as
     # extracting ~100 short files; below that, in-process is faster.
-    if workers == 1 or len(batches) == 1 or len(tasks) < in_process_below:
+    remote = backend == "dask"  # the user asked for the cluster: never second-guess it
+    if not remote and (workers == 1 or len(batches) == 1 or len(tasks) < in_process_below):
         for batch in pending():
             yield _extract_batch(batch, spec)
         return
-    with joblib.parallel_config(backend=backend, n_jobs=workers):
+    with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
         parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
         yield from parallel(joblib.delayed(_extract_batch)(b, spec) for b in pending())

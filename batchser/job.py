@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import importlib.util
 import logging
 import os
 import time
@@ -19,9 +21,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from batchser.archive import hash_members, member_name
 from batchser.cache import FeatureRecord, FeatureStore, hash_file
 from batchser.discover import SourceFile, discover
-from batchser.engine import ExtractTask, run_tasks
+from batchser.engine import Executor, ExtractTask, open_executor, run_tasks
 from batchser.features import FeatureSpec
 from batchser.labels import Label, label_source
 from batchser.manifest import Manifest, ManifestError
@@ -112,6 +115,8 @@ def check_manifest_paths(manifest: Manifest) -> None:
             csv_path = manifest.resolve(inp.labels[4:])
             if not csv_path.is_file():
                 problems.append(f"inputs[{i}].labels: label file {csv_path} does not exist")
+    if manifest.engine.backend == "dask" and importlib.util.find_spec("distributed") is None:
+        problems.append("engine.backend: dask needs dask.distributed; install it with pip install 'batchser[dask]'")
     if not manifest.model.train and not manifest.model_path.is_file():
         problems.append(
             f"model.path: {manifest.model_path} does not exist; point it at a trained model or set model.train: true"
@@ -129,11 +134,12 @@ def text_path(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _display_path(path: Path, root: Path) -> str:
+def _display_path(source: SourceFile, root: Path) -> str:
     try:
-        return text_path(path.relative_to(root).as_posix())
+        shown = source.path.relative_to(root).as_posix()
     except ValueError:
-        return text_path(path.as_posix())
+        shown = source.path.as_posix()
+    return text_path(member_name(shown, source.member) if source.member else shown)
 
 
 def _bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
@@ -149,42 +155,71 @@ def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progres
     for i, f in enumerate(files):
         if f.error:
             continue
-        known = store.known_hash(text_path(f.path), f.size, f.mtime_ns)
+        known = store.known_hash(text_path(f.name), f.size, f.mtime_ns)
         if known:
             out[i] = (known, "")
         else:
             todo.append(i)
     if not todo:
         return out
+    # Work units: a plain file, or every member wanted from one archive (one pass over it).
+    units: dict[str, list[int]] = {}
+    for i in todo:
+        units.setdefault(str(files[i].path) if files[i].member else f"\0{i}", []).append(i)
 
-    def one(i: int) -> tuple[int, str, str]:
-        try:
-            return i, hash_file(files[i].path), ""
-        except OSError as exc:
-            return i, "", f"cannot read: {exc.strerror or exc}"
+    def one(idx: list[int]) -> list[tuple[int, str, str]]:
+        f = files[idx[0]]
+        if not f.member:
+            try:
+                return [(idx[0], hash_file(f.path), "")]
+            except OSError as exc:
+                return [(idx[0], "", f"cannot read: {exc.strerror or exc}")]
+        got = hash_members(f.path, [files[i].member for i in idx])
+        return [(i, *got[files[i].member]) for i in idx]
 
     # hashlib releases the GIL on large buffers: threads overlap I/O and hashing.
     with ThreadPoolExecutor(max_workers=4) as pool, _bar(len(todo), "hashing", progress) as bar:
-        for i, h, err in pool.map(one, todo):
-            out[i] = (h, err)
-            if h:
-                f = files[i]
-                store.remember_hash(text_path(f.path), f.size, f.mtime_ns, h)
-            bar.update()
+        for results in pool.map(one, units.values()):
+            for i, h, err in results:
+                out[i] = (h, err)
+                if h:
+                    f = files[i]
+                    store.remember_hash(text_path(f.name), f.size, f.mtime_ns, h)
+            bar.update(len(results))
     return out
 
 
+class _Executors:
+    """The job's executor, opened on first use (a fully cached run starts no workers or cluster)."""
+
+    def __init__(self, stack: contextlib.ExitStack, manifest: Manifest) -> None:
+        self._stack, self._engine = stack, manifest.engine
+        self._executor: Executor | None = None
+
+    def get(self) -> Executor:
+        if self._executor is None:
+            e = self._engine
+            self._executor = self._stack.enter_context(open_executor(e.backend, n_jobs=e.n_jobs, scheduler=e.scheduler))
+        return self._executor
+
+
 def _features(
-    manifest: Manifest, files: Sequence[SourceFile], store: FeatureStore, summary: JobSummary, *, progress: bool
+    manifest: Manifest,
+    files: Sequence[SourceFile],
+    store: FeatureStore,
+    summary: JobSummary,
+    *,
+    executors: _Executors,
+    progress: bool,
 ) -> list[FileOutcome]:
     hashes = _content_hashes(files, store, progress=progress)
-    todo: dict[str, str] = {}  # content hash -> one path having it
+    todo: dict[str, SourceFile] = {}  # content hash -> one file having it
     waiting: Counter[str] = Counter()
     for f, (h, _err) in zip(files, hashes, strict=True):
         if h and store.get(h) is None:
-            todo.setdefault(h, str(f.path))
+            todo.setdefault(h, f)
             waiting[h] += 1
-    tasks = [ExtractTask(path, h) for h, path in todo.items()]
+    tasks = [ExtractTask(str(f.path), h, f.member) for h, f in todo.items()]
     eng = manifest.engine
     extracted: set[str] = set()
     deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
@@ -200,13 +235,14 @@ def _features(
             return False
 
         def extract(batch_tasks: list[ExtractTask]) -> None:
+            if not batch_tasks:
+                return
             batches = run_tasks(
                 batch_tasks,
                 spec=store.spec,
-                backend=eng.backend,
-                n_jobs=eng.n_jobs,
                 batch_size=eng.batch_size,
                 still_needed=still_needed,
+                executor=executors.get(),
             )
             for batch in batches:
                 store.add(batch)
@@ -323,7 +359,7 @@ def _annotate(
     for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
         rec = o.record
         common: dict[str, Any] = {
-            "path": _display_path(o.source.path, root),
+            "path": _display_path(o.source, root),
             "true_label": lab.emotion or "",
             "content_hash": o.content_hash,
             "model": model.id,
@@ -395,12 +431,15 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     paths, label_fns = _input_paths(manifest)
     files = discover(paths)
     log.info("%s: %d files discovered", manifest.name, len(files))
-    labels = [label_fns[f.input_index](f.path) for f in files]
+    labels = [label_fns[f.input_index](Path(f.name)) for f in files]
 
     clock.lap("discover")
-    with FeatureStore(manifest.cache_dir, spec) as store:
+    with contextlib.ExitStack() as stack, FeatureStore(manifest.cache_dir, spec) as store:
+        executors = _Executors(stack, manifest)
+        if manifest.engine.backend == "dask" and manifest.engine.scheduler != "local":
+            executors.get()  # an unreachable cluster fails the job before any hashing
         clock.lap("open_cache")
-        outcomes = _features(manifest, files, store, summary, progress=progress)
+        outcomes = _features(manifest, files, store, summary, executors=executors, progress=progress)
         clock.lap("features")
     clock.lap("close_cache")
 
@@ -486,10 +525,11 @@ def watch_job(
     where = {r.path: i for i, r in enumerate(run.rows)}
     no_label = [Label()]
     log.info("watching %s for new clips (every %g s)", queue, poll_s)
-    with FeatureStore(manifest.cache_dir, run.spec) as store:
+    with contextlib.ExitStack() as stack, FeatureStore(manifest.cache_dir, run.spec) as store:
+        executors = _Executors(stack, manifest)  # one cluster for the whole watch
         for batch in watcher:
             counts = JobSummary(manifest.name)
-            outcomes = _features(manifest, batch, store, counts, progress=False)
+            outcomes = _features(manifest, batch, store, counts, executors=executors, progress=False)
             run.summary.n_extracted += counts.n_extracted
             run.summary.n_cached += counts.n_cached
             store.flush()  # another job (or the next run) sees these features at once

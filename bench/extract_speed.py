@@ -11,6 +11,8 @@ Rows, all on the same files in this run:
   batchser cold  `python -m batchser run` on an empty cache (fresh process: interpreter,
                  worker start-up, hashing, cache writes, model, reports all included).
   batchser warm  the same job again: every feature from the cache.
+  dask cold      the cold job with engine.backend dask on a LocalCluster of the same number
+                 of single-threaded worker processes (when dask.distributed is installed).
 Besides whole-process wall time, the "feature stage" lines give the part of the job that
 turns files into features (discovery, cache open, hashing/lookup, extraction, cache
 close) from the job's own summary.json: what a warm run saves is this stage; the rest
@@ -38,6 +40,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import yaml
+
+try:
+    import distributed  # noqa: F401
+
+    HAVE_DASK = True
+except ImportError:
+    HAVE_DASK = False
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
@@ -76,13 +85,13 @@ def timed(fn, files: list[str]) -> tuple[float, list]:
     return time.perf_counter() - t, out
 
 
-def run_job(files_dir: Path, cache: Path, out: Path, n_jobs: int) -> tuple[float, float, dict]:
+def run_job(files_dir: Path, cache: Path, out: Path, n_jobs: int, backend: str = "loky") -> tuple[float, float, dict]:
     job = {
         "name": "bench",
         "inputs": [{"path": str(files_dir)}],
         "emotions": ["angry", "sad", "neutral", "happy"],
         "cache": str(cache),
-        "engine": {"backend": "loky", "n_jobs": n_jobs},
+        "engine": {"backend": backend, "n_jobs": n_jobs} | ({"scheduler": "local"} if backend == "dask" else {}),
         "model": {"path": str(MODEL), "train": False},
         "output": {"dir": str(out)},
     }
@@ -123,7 +132,9 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     from batchser.features import FeatureSpec
 
     rows: dict[str, list[float]] = {"seed": [], "floor": [], "cold": [], "warm": []}
-    stage: dict[str, list[float]] = {"cold": [], "warm": []}
+    stage: dict[str, list[float]] = {"cold": [], "warm": [], "dask": []}
+    if HAVE_DASK:
+        rows["dask"] = []
     rss: dict[str, float] = {}
     seed_vectors = None
     for r in range(repeats):
@@ -148,6 +159,12 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
             assert s["extracted"] == 0 and s["from_cache"] == len(files), s
             rows["warm"].append(wall)
             stage["warm"].append(feature_stage(s))
+            if HAVE_DASK:
+                log("  batchser cold on a dask LocalCluster …")
+                wall, rss["dask"], s = run_job(folder, tmp_p / "cache-dask", tmp_p / "dask", n_jobs, "dask")
+                assert s["extracted"] == len(files) and s["failed"] == 0, s
+                rows["dask"].append(wall)
+                stage["dask"].append(feature_stage(s))
             if r == 0:
                 store = FeatureStore(tmp_p / "cache", FeatureSpec(("mfcc", "chroma", "mel"), 16000))
                 rep = pd.read_parquet(tmp_p / "cold" / "annotations.parquet")
@@ -169,6 +186,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
         ("floor", "floor (1 core)", 1),
         ("cold", "batchser cold", n_jobs),
         ("warm", "batchser warm", n_jobs),
+        *((("dask", "dask cold", n_jobs),) if HAVE_DASK else ()),
     ):
         out.append(
             {
@@ -183,9 +201,12 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
                 "peak_rss_mib": rss.get(key, float("nan")),
             }
         )
-    out[-1]["warm_vs_cold"] = med["cold"] / med["warm"]
-    out[-1]["stage_cold"] = statistics.median(stage["cold"])
-    out[-1]["stage_warm"] = statistics.median(stage["warm"])
+    out[3]["warm_vs_cold"] = med["cold"] / med["warm"]
+    out[3]["stage_cold"] = statistics.median(stage["cold"])
+    out[3]["stage_warm"] = statistics.median(stage["warm"])
+    if HAVE_DASK:
+        out[4]["stage_dask"] = statistics.median(stage["dask"])
+        out[4]["stage_cold"] = out[3]["stage_cold"]
     out[0]["parity_max_rel"] = parity
     return out
 
@@ -222,6 +243,12 @@ def main() -> int:
             print(
                 f"{r['corpus']}: warm run {r['warm_vs_cold']:.1f}x faster than cold end to end; feature stage "
                 f"{r['stage_cold']:.2f} s cold, {r['stage_warm']:.3f} s warm: {r['stage_cold'] / r['stage_warm']:.0f}x"
+            )
+        if "stage_dask" in r:
+            print(
+                f"{r['corpus']}: dask LocalCluster vs loky, same {r['files']} files cold: feature stage "
+                f"{r['stage_dask']:.2f} s vs {r['stage_cold']:.2f} s ({r['stage_dask'] / r['stage_cold']:.2f}x; "
+                "cluster start-up included)"
             )
         if "parity_max_rel" in r:
             worst, n_over, n_all, abs_over = r["parity_max_rel"]

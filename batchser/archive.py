@@ -1,0 +1,167 @@
+"""Audio inside .zip and .tar (.tar.gz, .tgz) archives, read in place, never extracted to disk.
+
+A member is named ``<archive path>::<member name>`` in reports. Members are
+read into memory one at a time (capped at :data:`MAX_MEMBER_BYTES`), so
+nothing in an archive is ever written anywhere and a member name like
+``../../etc/x.wav`` is just a name. A compressed tar can only be read from the
+start: readers here take a whole list of wanted members and make one pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "MAX_MEMBER_BYTES",
+    "ArchiveError",
+    "Member",
+    "hash_members",
+    "is_archive",
+    "list_members",
+    "member_name",
+    "read_members",
+]
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# One member is decoded from memory; beyond this it is refused (a zip bomb, or
+# hours of audio better stored as a plain file and read in blocks).
+MAX_MEMBER_BYTES = 1 << 30
+SEPARATOR = "::"
+_CHUNK = 1 << 20
+
+
+# What a damaged archive raises while reading: bad headers or CRC, cut-off
+# data, corrupt compressed streams.
+_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError, zlib.error)
+
+
+class ArchiveError(Exception):
+    """The archive as a whole cannot be read; ``str()`` is the reason."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    size: int
+
+
+def is_archive(path: str | Path) -> bool:
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def member_name(archive: str | Path, member: str) -> str:
+    """How a member is named in reports, labels CSVs and the hash index."""
+    return f"{archive}{SEPARATOR}{member}"
+
+
+def _is_zip(path: Path) -> bool:
+    return str(path).lower().endswith(".zip")
+
+
+def list_members(path: Path) -> list[Member]:
+    """Regular-file members in archive order (directories and links left out).
+
+    Raises
+    ------
+    ArchiveError
+        Not a readable zip/tar, or a tar that ends early.
+    """
+    try:
+        if _is_zip(path):
+            with zipfile.ZipFile(path) as zf:
+                return [Member(i.filename, i.file_size) for i in zf.infolist() if not i.is_dir()]
+        with tarfile.open(path, mode="r:*") as tf:
+            return [Member(m.name, m.size) for m in tf.getmembers() if m.isreg()]
+    except _READ_ERRORS as exc:
+        raise ArchiveError(f"cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _streams(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, IO[bytes] | Exception]]:
+    """(name, open stream or why not) for each wanted member, in one pass over the archive."""
+    left = set(wanted)
+    try:
+        if _is_zip(path):
+            with zipfile.ZipFile(path) as zf:
+                for name in wanted:
+                    try:
+                        info = zf.getinfo(name)
+                        if info.file_size > MAX_MEMBER_BYTES:
+                            raise ArchiveError(f"member is {info.file_size} bytes, over the {MAX_MEMBER_BYTES} limit")
+                        with zf.open(info) as fh:
+                            yield name, fh
+                    except (KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError, ArchiveError) as exc:
+                        yield name, exc  # encrypted, unsupported compression, bad header
+                    left.discard(name)
+            return
+        with tarfile.open(path, mode="r:*") as tf:
+            for m in tf:
+                if not left:
+                    break
+                if m.name not in left or not m.isreg():
+                    continue
+                left.discard(m.name)
+                if m.size > MAX_MEMBER_BYTES:
+                    yield m.name, ArchiveError(f"member is {m.size} bytes, over the {MAX_MEMBER_BYTES} limit")
+                    continue
+                fh = tf.extractfile(m)
+                yield m.name, fh if fh is not None else ArchiveError("not a regular file")
+    except _READ_ERRORS as exc:
+        err = ArchiveError(f"cannot read archive: {getattr(exc, 'strerror', None) or exc}")
+        for name in sorted(left):
+            yield name, err
+        return
+    for name in sorted(left):
+        yield name, ArchiveError("member not found in the archive (did it change since discovery?)")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ArchiveError):
+        return str(exc)
+    return f"cannot read archive member: {type(exc).__name__}: {exc}"
+
+
+def read_members(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, bytes | None, str]]:
+    """(name, bytes or None, error) for each wanted member, in one pass.
+
+    A damaged member (bad CRC, truncated data) gives its error and the others
+    are still read.
+    """
+    for name, stream in _streams(path, wanted):
+        if isinstance(stream, Exception):
+            yield name, None, _reason(stream)
+            continue
+        try:
+            data = stream.read(MAX_MEMBER_BYTES + 1)
+        except _READ_ERRORS as exc:
+            yield name, None, _reason(exc)
+            continue
+        if len(data) > MAX_MEMBER_BYTES:
+            yield name, None, f"member is over the {MAX_MEMBER_BYTES} byte limit"
+        else:
+            yield name, data, ""
+
+
+def hash_members(path: Path, wanted: Collection[str]) -> dict[str, tuple[str, str]]:
+    """SHA-256 of each wanted member's bytes (the same as the file's outside the archive), or the error."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, stream in _streams(path, wanted):
+        if isinstance(stream, Exception):
+            out[name] = ("", _reason(stream))
+            continue
+        h = hashlib.sha256()
+        try:
+            while chunk := stream.read(_CHUNK):
+                h.update(chunk)
+        except _READ_ERRORS as exc:
+            out[name] = ("", _reason(exc))
+            continue
+        out[name] = (h.hexdigest(), "")
+    return out

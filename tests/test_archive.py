@@ -1,0 +1,141 @@
+"""Audio inside zip and tar archives: discovered, hashed and decoded in place, never extracted."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+from batchser.archive import hash_members, list_members, read_members
+from batchser.cache import hash_file
+from batchser.discover import discover
+from batchser.job import run_job
+from batchser.manifest import parse_manifest
+from tests.conftest import PROJECT, speechlike
+
+MODEL = PROJECT / "result" / "models" / "ravdess-4emo.skops"
+KINDS = ["angry", "sad", "neutral", "happy"]
+
+
+def _wav(kind: str, seed: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, speechlike(kind, sr=16000, seconds=1.0, seed=seed), 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def bundles(tmp_path: Path) -> Path:
+    """A zip, a tar.gz, a tar and a tgz of clips, a damaged member, broken archives, and one plain copy."""
+    d = tmp_path / "in"
+    d.mkdir()
+    clips = {f"sub/{k}-{i}.wav": _wav(k, i) for i, k in enumerate(KINDS)}
+    with zipfile.ZipFile(d / "bundle.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in clips.items():
+            zf.writestr(name, data)
+        zf.writestr("notes.txt", b"not audio, not listed")
+        zf.writestr("../escape.wav", _wav("sad", 9))  # a hostile name is only a name
+        zf.writestr("bad.wav", _wav("happy", 7))
+    # Flip bytes in the last member's compressed data: its CRC check fails on read.
+    raw = bytearray((d / "bundle.zip").read_bytes())
+    with zipfile.ZipFile(d / "bundle.zip") as zf:
+        info = zf.getinfo("bad.wav")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 100
+    raw[start : start + 8] = b"\xff" * 8
+    (d / "bundle.zip").write_bytes(bytes(raw))
+    for suffix, mode in ((".tar.gz", "w:gz"), (".tar", "w"), (".tgz", "w:gz")):
+        with tarfile.open(d / f"more{suffix}", mode) as tf:
+            for i, kind in enumerate(KINDS):
+                data = _wav(kind, 10 + i)
+                ti = tarfile.TarInfo(f"t/{kind}.wav")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    (d / "junk.zip").write_bytes(b"PK\x03\x04 this is not really a zip" * 10)
+    gz = (d / "more.tar.gz").read_bytes()
+    (d / "cut.tgz").write_bytes(gz[: len(gz) // 2])
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "same-as-zipped.wav").write_bytes(clips["sub/angry-0.wav"])
+    return d
+
+
+def _manifest(tmp: Path, inputs: list[str], *, cache: str = "cache", out: str = "out"):
+    m = {
+        "name": "arch",
+        "inputs": [{"path": p} for p in inputs],
+        "emotions": KINDS,
+        "cache": cache,
+        "engine": {"backend": "loky", "n_jobs": 2, "batch_size": 2},
+        "model": {"path": str(MODEL)},
+        "output": {"dir": out},
+    }
+    return parse_manifest(yaml.safe_dump(m), base_dir=tmp)
+
+
+def test_list_hash_and_read_members(bundles: Path) -> None:
+    names = [m.name for m in list_members(bundles / "bundle.zip")]
+    assert "sub/angry-0.wav" in names and "notes.txt" in names
+    hashes = hash_members(bundles / "more.tar.gz", ["t/sad.wav", "t/happy.wav", "t/none.wav"])
+    assert hashes["t/none.wav"][0] == "" and "not found" in hashes["t/none.wav"][1]
+    got = dict((n, d) for n, d, _ in read_members(bundles / "more.tar.gz", ["t/happy.wav", "t/sad.wav"]))
+    assert got["t/sad.wav"] == _wav("sad", 11)
+    assert hashes["t/sad.wav"] == (hashlib.sha256(_wav("sad", 11)).hexdigest(), "")
+
+
+def test_discover_expands_named_and_globbed_archives(bundles: Path) -> None:
+    files = discover([bundles / "bundle.zip", bundles / "more.*"])
+    named = {f.name.replace(str(bundles) + "/", "") for f in files}
+    assert "bundle.zip::sub/happy-3.wav" in named and "bundle.zip::notes.txt" not in named
+    assert {"more.tar.gz::t/angry.wav", "more.tar::t/angry.wav", "bundle.zip::../escape.wav"} <= named
+    # A plain directory walk does not open archives: they are not audio files.
+    assert not [f for f in discover([bundles]) if f.member]
+
+
+def test_a_job_over_archives(tmp_path: Path, bundles: Path) -> None:
+    before = sorted(p for p in tmp_path.rglob("*"))
+    inputs = ["in/bundle.zip", "in/more.tar.gz", "in/more.tar", "in/more.tgz", "in/junk.zip", "in/cut.tgz", "plain"]
+    s = run_job(_manifest(tmp_path, inputs), progress=False)
+    df = pd.read_parquet(tmp_path / "out" / "annotations.parquet").set_index("path")
+    # Nothing was extracted to disk: only the cache and the reports are new.
+    after = [p for p in tmp_path.rglob("*") if p not in before]
+    assert all(p.is_relative_to(tmp_path / "cache") or p.is_relative_to(tmp_path / "out") for p in after)
+    assert not (tmp_path / "escape.wav").exists()
+    ok = df[df["status"] == "ok"]
+    for k in KINDS:
+        assert f"in/bundle.zip::sub/{k}-{KINDS.index(k)}.wav" in ok.index
+        for suffix in (".tar.gz", ".tar", ".tgz"):
+            assert f"in/more{suffix}::t/{k}.wav" in ok.index
+    assert "in/bundle.zip::../escape.wav" in ok.index
+    bad = df.loc["in/bundle.zip::bad.wav"]
+    assert bad["status"] == "error" and "cannot read archive member" in bad["error"] and "CRC" in bad["error"]
+    assert df.loc["in/junk.zip", "status"] == "error" and "cannot read archive" in df.loc["in/junk.zip", "error"]
+    assert df.loc["in/cut.tgz", "status"] == "error" and "cannot read archive" in df.loc["in/cut.tgz", "error"]
+    assert not [p for p in df.index if p.startswith("in/cut.tgz::") or p.startswith("in/junk.zip::")]
+    # The same bytes inside and outside an archive are one cache row, extracted once;
+    # .tar, .tar.gz and .tgz hold the same four clips.
+    same = df.loc[["in/bundle.zip::sub/angry-0.wav", "plain/same-as-zipped.wav"], "content_hash"]
+    assert same.nunique() == 1 and same.iloc[0] == hash_file(tmp_path / "plain" / "same-as-zipped.wav")
+    assert df.loc["in/more.tar::t/sad.wav", "content_hash"] == df.loc["in/more.tgz::t/sad.wav", "content_hash"]
+    distinct = df.loc[df["content_hash"] != "", "content_hash"].nunique()
+    assert s.n_extracted == distinct == 4 + 1 + 4  # zip clips, escape, tar clips (bad.wav fails its CRC)
+    # Decoding from memory gives what decoding the file gives.
+    p = run_job(_manifest(tmp_path, ["plain"], cache="cache2", out="out2"), progress=False)
+    assert p.n_extracted == 1
+    ref = pd.read_parquet(tmp_path / "out2" / "annotations.parquet").set_index("path")
+    cols = ["label", "confidence", "p_angry", "p_sad", "p_neutral", "p_happy"]
+    pd.testing.assert_series_equal(
+        ref.loc["plain/same-as-zipped.wav", cols], df.loc["in/bundle.zip::sub/angry-0.wav", cols], check_names=False
+    )
+    # A second run reads no archive: hashes come from the index, features from the cache.
+    again = run_job(_manifest(tmp_path, inputs), progress=False)
+    assert again.n_extracted == 0 and again.n_cached == (df["content_hash"] != "").sum()
+    np.testing.assert_array_equal(
+        pd.read_parquet(tmp_path / "out" / "annotations.parquet")["confidence"].to_numpy(), df["confidence"].to_numpy()
+    )
