@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "SILENCE_DBFS", "Audio", "AudioError", "load"]
+__all__ = ["MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "SILENCE_DBFS", "Audio", "AudioError", "AudioStream", "load"]
 
 SILENCE_DBFS = -100
 SILENCE_PEAK = 10 ** (SILENCE_DBFS / 20)
@@ -123,45 +124,127 @@ def load(source: str | Path | BinaryIO, *, sample_rate: int) -> Audio:
         Unreadable, empty, non-finite or silent (peak below ``SILENCE_DBFS``)
         audio, or an implausible sample rate, with the reason.
     """
-    # Bytes paths: soundfile encodes str paths strictly, and a name with bytes
-    # that are not UTF-8 (kept by Python as lone surrogates) would not open.
-    target = os.fsencode(source) if isinstance(source, (str, Path)) else source
-    try:
-        with sf.SoundFile(target) as f:
-            orig_sr, channels, declared = int(f.samplerate), int(f.channels), int(f.frames)
-            if not MIN_SAMPLE_RATE <= orig_sr <= MAX_SAMPLE_RATE:
-                raise AudioError(f"implausible sample rate {orig_sr} Hz in the header")
-            mono, frames, clipped = _read_mono(f)
-    except AudioError:
-        raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
-        raise _open_error(exc) from None
-    except OSError as exc:
-        raise AudioError(f"cannot read: {exc.strerror or exc}") from None
-    except MemoryError:
-        raise AudioError("cannot decode: out of memory") from None
-    if frames == 0:
-        raise AudioError("no audio samples (empty or header-only file)")
-    peak = float(np.abs(mono).max())
-    if peak < SILENCE_PEAK:
-        # Any emotion label for silence would be a guess; say so instead.
-        raise AudioError(f"silent: peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
-    warnings = []
-    short = _riff_shortfall(source) if isinstance(source, (str, Path)) or source.seekable() else None
-    if short is not None:
-        warnings.append(f"truncated: header declares {short[0]} bytes of audio, the file holds {short[1]}")
-    elif 0 < frames < declared:
-        warnings.append(f"truncated: header declares {declared / orig_sr:.3f} s, data holds {frames / orig_sr:.3f} s")
-    if clipped > CLIP_FRACTION * frames * channels:
-        warnings.append(f"clipped: {100 * clipped / (frames * channels):.0f}% of samples at full scale")
-    if orig_sr != sample_rate:
-        # What librosa.resample(res_type="soxr_hq") calls, without its input checks (done above).
-        mono = soxr.resample(mono, orig_sr, sample_rate, quality="HQ")
-    return Audio(
-        samples=np.ascontiguousarray(mono, dtype=np.float32),
-        sample_rate=sample_rate,
-        orig_sample_rate=orig_sr,
-        channels=channels,
-        duration_s=frames / orig_sr,
-        warnings=tuple(warnings),
-    )
+    with AudioStream(source, sample_rate=sample_rate) as stream:
+        return stream.read_all()
+
+
+class AudioStream:
+    """An open audio file: decode it whole (:meth:`read_all`) or block by block, for files too long to hold.
+
+    Iterate once for mono float32 blocks at ``sample_rate``; afterwards ``frames``, ``peak`` and
+    ``warnings`` describe what was decoded. Memory is one block, whatever the
+    file's length. Use as a context manager.
+
+    Raises
+    ------
+    AudioError
+        On opening (unreadable file, implausible rate) or while decoding
+        (non-finite samples, a read error).
+    """
+
+    def __init__(self, source: str | Path | BinaryIO, *, sample_rate: int) -> None:
+        # Bytes paths: soundfile encodes str paths strictly, and a name with bytes
+        # that are not UTF-8 (kept by Python as lone surrogates) would not open.
+        target = os.fsencode(source) if isinstance(source, (str, Path)) else source
+        try:
+            self._f = sf.SoundFile(target)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+            raise _open_error(exc) from None
+        except OSError as exc:
+            raise AudioError(f"cannot read: {exc.strerror or exc}") from None
+        except MemoryError:
+            raise AudioError("cannot decode: out of memory") from None
+        self.source = source
+        self.sample_rate = sample_rate
+        self.orig_sample_rate, self.channels = int(self._f.samplerate), int(self._f.channels)
+        self.declared_frames = int(self._f.frames)
+        if not MIN_SAMPLE_RATE <= self.orig_sample_rate <= MAX_SAMPLE_RATE:
+            self._f.close()
+            raise AudioError(f"implausible sample rate {self.orig_sample_rate} Hz in the header")
+        self.frames = 0
+        self.peak = 0.0
+        self._clipped = 0
+
+    def read_all(self) -> Audio:
+        """Decode the whole file at once (see :func:`load`)."""
+        try:
+            mono, frames, clipped = _read_mono(self._f)
+        except AudioError:
+            raise
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+            raise _open_error(exc) from None
+        except OSError as exc:
+            raise AudioError(f"cannot read: {exc.strerror or exc}") from None
+        except MemoryError:
+            raise AudioError("cannot decode: out of memory") from None
+        self.frames, self._clipped = frames, clipped
+        if frames == 0:
+            raise AudioError("no audio samples (empty or header-only file)")
+        self.peak = float(np.abs(mono).max())
+        if self.peak < SILENCE_PEAK:
+            # Any emotion label for silence would be a guess; say so instead.
+            raise AudioError(f"silent: peak {20 * np.log10(max(self.peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
+        if self.orig_sample_rate != self.sample_rate:
+            # What librosa.resample(res_type="soxr_hq") calls, without its input checks (done above).
+            mono = soxr.resample(mono, self.orig_sample_rate, self.sample_rate, quality="HQ")
+        return Audio(
+            samples=np.ascontiguousarray(mono, dtype=np.float32),
+            sample_rate=self.sample_rate,
+            orig_sample_rate=self.orig_sample_rate,
+            channels=self.channels,
+            duration_s=frames / self.orig_sample_rate,
+            warnings=self.warnings,
+        )
+
+    @property
+    def declared_duration_s(self) -> float:
+        return self.declared_frames / self.orig_sample_rate
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        resampler = (
+            soxr.ResampleStream(self.orig_sample_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
+            if self.orig_sample_rate != self.sample_rate
+            else None
+        )
+        block_frames = max(1, BLOCK_SAMPLES // max(1, self.channels))
+        while True:
+            try:
+                block = self._f.read(block_frames, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+                raise _open_error(exc) from None
+            last = block.shape[0] < block_frames
+            if block.shape[0]:
+                if not np.isfinite(block).all():
+                    raise AudioError("non-finite samples (NaN or inf) in the audio data")
+                self._clipped += int(np.count_nonzero(np.abs(block) >= 0.999))
+                self.frames += block.shape[0]
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy()
+                self.peak = max(self.peak, float(np.abs(mono).max()))
+            else:
+                mono = np.zeros(0, dtype=np.float32)
+            out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+            if out.size:
+                yield np.ascontiguousarray(out, dtype=np.float32)
+            if last:
+                return
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        out = []
+        short = _riff_shortfall(self.source) if isinstance(self.source, (str, Path)) or self.source.seekable() else None
+        if short is not None:
+            out.append(f"truncated: header declares {short[0]} bytes of audio, the file holds {short[1]}")
+        elif 0 < self.frames < self.declared_frames:
+            out.append(
+                f"truncated: header declares {self.declared_duration_s:.3f} s, "
+                f"data holds {self.frames / self.orig_sample_rate:.3f} s"
+            )
+        if self._clipped > CLIP_FRACTION * self.frames * self.channels:
+            out.append(f"clipped: {100 * self._clipped / (self.frames * self.channels):.0f}% of samples at full scale")
+        return tuple(out)

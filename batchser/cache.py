@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from batchser.atomic import atomic_path, atomic_write_text
 from batchser.features import FeatureSpec
+from batchser.segments import Segments, SegmentSpec
 
 __all__ = ["CacheError", "FeatureRecord", "FeatureStore", "hash_file"]
 
@@ -68,15 +69,25 @@ class FeatureRecord:
     orig_sample_rate: int
     channels: int
     duration_s: float
-    vector: np.ndarray | None  # float32 (dim,), None on error
+    vector: np.ndarray | None  # float32 (dim,), None on error; a long file's: mean of its voiced windows
     warning: str = ""  # labelled, but worth a look (truncated, clipped)
+    segments: Segments | None = None  # per-window results of a long file
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
-_META_COLUMNS = ("content_hash", "status", "error", "warning", "orig_sample_rate", "channels", "duration_s")
+_META_COLUMNS = (
+    "content_hash",
+    "status",
+    "error",
+    "warning",
+    "orig_sample_rate",
+    "channels",
+    "duration_s",
+    "n_segments",
+)
 
 
 class _Parts:
@@ -258,15 +269,21 @@ class FeatureStore:
         root: Path,
         spec: FeatureSpec,
         *,
+        segments: SegmentSpec | None = None,
         flush_rows: int = 256,
         flush_seconds: float = 1.0,
         compact_parts: int = 64,
     ) -> None:
         self.root = Path(root)
         self.spec = spec
+        self.segment_spec = segments
         self.columns = spec.columns()
-        self._features = _Parts(self.root / "features" / spec.fingerprint())
-        self._claims = _Claims(self.root / "claims" / spec.fingerprint())
+        # Segmentation changes what a long file's row holds, so it is part of the key.
+        self.key = spec.fingerprint() + (f"-seg{segments.fingerprint()}" if segments is not None else "")
+        self._features = _Parts(self.root / "features" / self.key)
+        self._segments = _Parts(self.root / "segments" / self.key)
+        self._claims = _Claims(self.root / "claims" / self.key)
+        self._segment_rows: dict[str, Segments] = {}
         self._hashes = _Parts(self.root / "hashes")
         self.flush_rows, self.flush_seconds, self.compact_parts = flush_rows, flush_seconds, compact_parts
         self._records: dict[str, FeatureRecord] = {}
@@ -279,7 +296,7 @@ class FeatureStore:
         # joblib may pull the next tasks (and so call lookup) from its dispatch
         # thread while the main thread adds results.
         self._lock = threading.RLock()
-        for parts in (self._features, self._hashes):
+        for parts in (self._features, self._segments, self._hashes):
             parts.remove_stale_temps()
         self._claims.remove_stale()
         self.refresh()
@@ -305,6 +322,9 @@ class FeatureStore:
             for p, s, m, h in zip(d["path"], d["size"], d["mtime_ns"], d["content_hash"], strict=True):
                 self._path_hash.setdefault((p, s, m), h)
         before = len(self._records)
+        # Segments first: they are written before the rows that refer to them.
+        for table in self._segments.read_new():
+            self._segment_rows.update(self._segments_from_table(table))
         for table in self._features.read_new():
             self._records.update(self._from_table(table))
         return len(self._records) - before
@@ -328,10 +348,15 @@ class FeatureStore:
         matrix = np.column_stack(
             [table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in self.columns]
         )
+        n_segments = meta.get("n_segments") or [0] * table.num_rows
         for i, h in enumerate(meta["content_hash"]):
             if h in self._records:
                 continue
             ok = meta["status"][i] == "ok"
+            segs = self._segment_rows.get(h) if n_segments[i] else None
+            if n_segments[i] and (segs is None or len(segs) != n_segments[i]):
+                log.warning("cache row %s lacks its %d segments; it will be recomputed", h[:12], n_segments[i])
+                continue
             yield (
                 h,
                 FeatureRecord(
@@ -343,8 +368,44 @@ class FeatureStore:
                     channels=int(meta["channels"][i] or 0),
                     duration_s=float(meta["duration_s"][i] or 0.0),
                     vector=matrix[i] if ok else None,
+                    segments=segs,
                 ),
             )
+
+    def _segments_from_table(self, table: pa.Table) -> Iterator[tuple[str, Segments]]:
+        d = table.select(["content_hash", "start_s", "end_s", "voiced"]).to_pydict()
+        matrix = np.column_stack(
+            [table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in self.columns]
+        )
+        rows: dict[str, list[int]] = {}
+        for i, h in enumerate(d["content_hash"]):
+            rows.setdefault(h, []).append(i)
+        for h, idx in rows.items():
+            if h in self._segment_rows:
+                continue  # a duplicate written by a concurrent job
+            order = sorted(idx, key=lambda i: d["start_s"][i])
+            yield (
+                h,
+                Segments(
+                    start_s=np.array([d["start_s"][i] for i in order], dtype=np.float64),
+                    end_s=np.array([d["end_s"][i] for i in order], dtype=np.float64),
+                    voiced=np.array([d["voiced"][i] for i in order], dtype=bool),
+                    vectors=matrix[order],
+                ),
+            )
+
+    def _segments_table(self, records: list[FeatureRecord]) -> pa.Table:
+        segs = [(r.content_hash, r.segments) for r in records if r.segments is not None]
+        matrix = np.concatenate([g.vectors for _, g in segs]).astype(np.float32)
+        cols: dict[str, pa.Array] = {
+            "content_hash": pa.array([h for h, g in segs for _ in range(len(g))], pa.string()),
+            "start_s": pa.array(np.concatenate([g.start_s for _, g in segs]), pa.float64()),
+            "end_s": pa.array(np.concatenate([g.end_s for _, g in segs]), pa.float64()),
+            "voiced": pa.array(np.concatenate([g.voiced for _, g in segs]), pa.bool_()),
+        }
+        for j, name in enumerate(self.columns):
+            cols[name] = pa.array(matrix[:, j], pa.float32())
+        return pa.table(cols)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -431,6 +492,8 @@ class FeatureStore:
             self._pending_hashes = []
         if self._pending:
             self._write_spec()
+            if any(r.segments is not None for r in self._pending):
+                self._segments.write(self._segments_table(self._pending))  # before the rows naming them
             self._features.write(self._to_table(self._pending))
             self._pending = []
         self._oldest_pending = 0.0
@@ -438,7 +501,10 @@ class FeatureStore:
     def _write_spec(self) -> None:
         spec_file = self._features.folder / "_spec.json"  # "_": pyarrow dataset readers skip it
         if not spec_file.exists():
-            atomic_write_text(spec_file, json.dumps(self.spec.to_dict(), indent=2) + "\n")
+            info = self.spec.to_dict() | {"key": self.key}
+            if self.segment_spec is not None:
+                info["segments"] = asdict(self.segment_spec)
+            atomic_write_text(spec_file, json.dumps(info, indent=2) + "\n")
 
     def _to_table(self, records: list[FeatureRecord]) -> pa.Table:
         dim = self.spec.dim
@@ -456,6 +522,7 @@ class FeatureStore:
             "orig_sample_rate": pa.array([r.orig_sample_rate for r in records], pa.int32()),
             "channels": pa.array([r.channels for r in records], pa.int32()),
             "duration_s": pa.array([r.duration_s for r in records], pa.float64()),
+            "n_segments": pa.array([len(r.segments) if r.segments is not None else 0 for r in records], pa.int32()),
         }
         for j, name in enumerate(self.columns):
             cols[name] = pa.array(matrix[:, j], pa.float32(), mask=~valid)
@@ -465,6 +532,7 @@ class FeatureStore:
         self.flush()
         self._claims.release()
         self._hashes.compact(min_parts=self.compact_parts)
+        self._segments.compact(min_parts=self.compact_parts)
         self._features.compact(min_parts=self.compact_parts)
 
     def __enter__(self) -> FeatureStore:

@@ -21,9 +21,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from batchser.archive import read_members
-from batchser.audio import Audio, AudioError, load
+from batchser.audio import SILENCE_DBFS, SILENCE_PEAK, Audio, AudioError, AudioStream
 from batchser.cache import FeatureRecord
 from batchser.features import FeatureSpec, extract
+from batchser.segments import Segments, SegmentSpec, is_voiced, windows
 
 __all__ = ["EngineError", "Executor", "ExtractTask", "default_batch_size", "extract_one", "open_executor", "run_tasks"]
 
@@ -127,10 +128,55 @@ def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> Featur
     )
 
 
-def extract_one(task: ExtractTask, *, spec: FeatureSpec, data: bytes | None = None) -> FeatureRecord:
-    """Decode, resample and analyse one file (or archive member ``data``); failures become error records."""
+def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, seg: SegmentSpec) -> FeatureRecord:
+    """A long file, window by window as it decodes (memory: one window and one block)."""
+    sr = spec.sample_rate
+    starts, ends, voiced, vectors = [], [], [], []
+    blocks = windows(stream, sample_rate=sr, window_s=seg.window_s, hop_s=seg.hop_s, min_tail_s=seg.min_tail_s)
+    for start, samples in blocks:
+        if samples.size < spec.n_fft:
+            continue
+        vectors.append(extract(samples, spec=spec))
+        starts.append(start / sr)
+        ends.append((start + samples.size) / sr)
+        voiced.append(is_voiced(samples, sample_rate=sr, voiced_db=seg.voiced_db, fraction=seg.voiced_fraction))
+    duration = stream.frames / stream.orig_sample_rate
+    if stream.frames == 0:
+        raise AudioError("no audio samples (empty or header-only file)")
+    if stream.peak < SILENCE_PEAK:
+        raise AudioError(f"silent: peak {20 * np.log10(max(stream.peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
+    if not vectors:
+        raise AudioError(f"too short to segment: {duration:.3f} s")
+    segments = Segments(np.array(starts), np.array(ends), np.array(voiced, dtype=bool), np.stack(vectors))
+    if not np.isfinite(segments.vectors).all():
+        raise AudioError("features are not finite")
+    return FeatureRecord(
+        task.content_hash,
+        "ok",
+        "",
+        stream.orig_sample_rate,
+        stream.channels,
+        duration,
+        segments.summary_vector(),
+        "; ".join(stream.warnings),
+        segments,
+    )
+
+
+def extract_one(
+    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None = None, data: bytes | None = None
+) -> FeatureRecord:
+    """Decode, resample and analyse one file (or archive member ``data``); failures become error records.
+
+    With ``segments``, a file longer than ``segments.over_s`` is analysed
+    window by window (see :mod:`batchser.segments`) without loading it whole.
+    """
+    source = task.path if data is None else io.BytesIO(data)
     try:
-        audio = load(task.path if data is None else io.BytesIO(data), sample_rate=spec.sample_rate)
+        with AudioStream(source, sample_rate=spec.sample_rate) as stream:
+            if segments is not None and stream.declared_duration_s > segments.over_s:
+                return _extract_segmented(task, stream, spec=spec, seg=segments)
+            audio = stream.read_all()
     except AudioError as exc:
         return _error(task, str(exc))
     if audio.samples.size < spec.n_fft:
@@ -157,12 +203,14 @@ def extract_one(task: ExtractTask, *, spec: FeatureSpec, data: bytes | None = No
     )
 
 
-def _extract_batch(tasks: Sequence[ExtractTask], spec: FeatureSpec) -> list[FeatureRecord]:
+def _extract_batch(
+    tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None
+) -> list[FeatureRecord]:
     # One BLAS thread wherever the batch runs: n workers must not fight over n
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.
     with threadpool_limits(limits=1):
-        out = {t: extract_one(t, spec=spec) for t in tasks if not t.member}
+        out = {t: extract_one(t, spec=spec, segments=segments) for t in tasks if not t.member}
         by_archive: dict[str, list[ExtractTask]] = {}
         for t in tasks:
             if t.member:
@@ -171,7 +219,7 @@ def _extract_batch(tasks: Sequence[ExtractTask], spec: FeatureSpec) -> list[Feat
             wanted = {t.member: t for t in members}
             for name, data, err in read_members(Path(path), list(wanted)):
                 t = wanted[name]
-                out[t] = _error(t, err) if data is None else extract_one(t, spec=spec, data=data)
+                out[t] = _error(t, err) if data is None else extract_one(t, spec=spec, segments=segments, data=data)
         return [out[t] for t in tasks]
 
 
@@ -194,6 +242,7 @@ def run_tasks(
     tasks: Sequence[ExtractTask],
     *,
     spec: FeatureSpec,
+    segments: SegmentSpec | None = None,
     backend: str = "loky",
     n_jobs: int = -1,
     batch_size: int | None = None,
@@ -207,6 +256,8 @@ def run_tasks(
     ----------
     tasks : sequence of ExtractTask
     spec : FeatureSpec
+    segments : SegmentSpec or None
+        How long files are cut into windows; None analyses every file whole.
     backend : str
         A joblib backend name (``loky``, ``threading``, ``dask``…) or
         ``sequential`` for in-process work.
@@ -257,8 +308,8 @@ def run_tasks(
     remote = backend == "dask"  # the user asked for the cluster: never second-guess it
     if not remote and (workers == 1 or len(batches) == 1 or len(tasks) < in_process_below):
         for batch in pending():
-            yield _extract_batch(batch, spec)
+            yield _extract_batch(batch, spec, segments)
         return
     with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
         parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
-        yield from parallel(joblib.delayed(_extract_batch)(b, spec) for b in pending())
+        yield from parallel(joblib.delayed(_extract_batch)(b, spec, segments) for b in pending())

@@ -41,7 +41,16 @@ from batchser.model import (
     write_model_card,
 )
 from batchser.queue import QueueWatcher
-from batchser.report import ReportRow, annotations_frame, write_annotations, write_confusion_png, write_json
+from batchser.report import (
+    ReportRow,
+    SegmentRow,
+    annotations_frame,
+    segments_frame,
+    write_annotations,
+    write_confusion_png,
+    write_json,
+)
+from batchser.segments import SegmentSpec
 
 __all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job", "watch_job"]
 
@@ -240,6 +249,7 @@ def _features(
             batches = run_tasks(
                 batch_tasks,
                 spec=store.spec,
+                segments=store.segment_spec,
                 batch_size=eng.batch_size,
                 still_needed=still_needed,
                 executor=executors.get(),
@@ -326,6 +336,12 @@ class _Run:
     summary: JobSummary
     files: list[SourceFile]
     rows: list[ReportRow]
+    segment_rows: list[SegmentRow]
+
+
+def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
+    seg = manifest.segments
+    return None if seg is None else SegmentSpec(**seg.model_dump())
 
 
 def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], Label]]]:
@@ -345,16 +361,49 @@ def _annotate(
     root: Path,
     train: bool,
     used: Collection[int] = (),
-) -> list[ReportRow]:
-    """One report row per outcome: the model's label and probabilities, or why there are none."""
+) -> tuple[list[ReportRow], list[SegmentRow]]:
+    """One report row per outcome (the model's label and probabilities, or why there are none),
+    and one segment row per window of each long file.
+
+    A long file's row carries the mean probabilities of its voiced windows (of
+    all windows when none is voiced), the label they favour, and the most
+    frequent window label as ``dominant_label``.
+    """
     classes = list(model.meta.classes)
-    ok_idx = [i for i, o in enumerate(outcomes) if o.ok]
+    seg_rows: list[SegmentRow] = []
+    aggregated: dict[int, np.ndarray] = {}
+    dominant: dict[int, tuple[str, int]] = {}
+    for i, o in enumerate(outcomes):
+        segs = o.record.segments if o.ok and o.record is not None else None
+        if segs is None:
+            continue
+        p = model.predict_proba(segs.vectors.astype(np.float64))
+        use = segs.voiced if segs.voiced.any() else np.ones(len(segs), dtype=bool)
+        aggregated[i] = p[use].mean(axis=0)
+        seg_labels = [classes[k] for k in np.argmax(p, axis=1)]
+        counts = Counter(lab for lab, u in zip(seg_labels, use, strict=True) if u)
+        dominant[i] = (max(classes, key=lambda c: (counts[c], -classes.index(c))), len(segs))
+        path = _display_path(o.source, root)
+        for j in range(len(segs)):
+            k = int(np.argmax(p[j]))
+            seg_rows.append(
+                SegmentRow(
+                    path=path,
+                    start_s=float(segs.start_s[j]),
+                    end_s=float(segs.end_s[j]),
+                    voiced=bool(segs.voiced[j]),
+                    label=classes[k],
+                    confidence=float(p[j, k]),
+                    probabilities=dict(zip(classes, map(float, p[j]), strict=True)),
+                )
+            )
+    ok_idx = [i for i, o in enumerate(outcomes) if o.ok and i not in aggregated]
     proba = (
         model.predict_proba(np.stack([outcomes[i].record.vector for i in ok_idx]).astype(np.float64))  # type: ignore[union-attr]
         if ok_idx
         else np.empty((0, len(classes)))
     )
-    proba_of = dict(zip(ok_idx, proba, strict=True))
+    proba_of = dict(zip(ok_idx, proba, strict=True)) | aggregated
     rows = []
     for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
         rec = o.record
@@ -372,6 +421,8 @@ def _annotate(
                 "channels": rec.channels,
                 "warning": rec.warning,
             }
+        if i in dominant:
+            common |= {"dominant_label": dominant[i][0], "segments": dominant[i][1]}
         if i in proba_of:
             p = proba_of[i]
             k = int(np.argmax(p))
@@ -382,7 +433,7 @@ def _annotate(
         else:
             reason = o.error or (rec.error if rec is not None else "no features")
             rows.append(ReportRow(status="error", error=reason, **common))
-    return rows
+    return rows, seg_rows
 
 
 def _tally(summary: JobSummary, rows: Sequence[ReportRow]) -> None:
@@ -396,7 +447,10 @@ def _write_annotations(run: _Run) -> list[Path]:
     """annotations.* and summary.json for the rows so far (each file replaced atomically)."""
     m, s = run.manifest, run.summary
     out = m.output_dir
-    written = write_annotations(annotations_frame(run.rows, list(run.model.meta.classes)), out, m.output.formats)
+    classes = list(run.model.meta.classes)
+    written = write_annotations(annotations_frame(run.rows, classes), out, m.output.formats)
+    # Always written (empty when no file was long) so that no stale table outlives a run.
+    written += write_annotations(segments_frame(run.segment_rows, classes), out, m.output.formats, stem="segments")
     write_json(
         out / "summary.json",
         {
@@ -434,7 +488,10 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     labels = [label_fns[f.input_index](Path(f.name)) for f in files]
 
     clock.lap("discover")
-    with contextlib.ExitStack() as stack, FeatureStore(manifest.cache_dir, spec) as store:
+    with (
+        contextlib.ExitStack() as stack,
+        FeatureStore(manifest.cache_dir, spec, segments=_segment_spec(manifest)) as store,
+    ):
         executors = _Executors(stack, manifest)
         if manifest.engine.backend == "dask" and manifest.engine.scheduler != "local":
             executors.get()  # an unreachable cluster fails the job before any hashing
@@ -449,10 +506,10 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     summary.model_id = model.id
     clock.lap("train")
 
-    rows = _annotate(outcomes, labels, model, root=manifest.root_dir, train=manifest.model.train, used=used)
+    rows, seg_rows = _annotate(outcomes, labels, model, root=manifest.root_dir, train=manifest.model.train, used=used)
     _tally(summary, rows)
     clock.lap("predict")
-    run = _Run(manifest, spec, model, summary, files, rows)
+    run = _Run(manifest, spec, model, summary, files, rows, seg_rows)
     out = manifest.output_dir
     if summary.metrics is not None:
         write_json(out / "metrics.json", {"model": model.id, "classes": classes, **summary.metrics})
@@ -525,7 +582,10 @@ def watch_job(
     where = {r.path: i for i, r in enumerate(run.rows)}
     no_label = [Label()]
     log.info("watching %s for new clips (every %g s)", queue, poll_s)
-    with contextlib.ExitStack() as stack, FeatureStore(manifest.cache_dir, run.spec) as store:
+    with (
+        contextlib.ExitStack() as stack,
+        FeatureStore(manifest.cache_dir, run.spec, segments=_segment_spec(manifest)) as store,
+    ):
         executors = _Executors(stack, manifest)  # one cluster for the whole watch
         for batch in watcher:
             counts = JobSummary(manifest.name)
@@ -533,7 +593,11 @@ def watch_job(
             run.summary.n_extracted += counts.n_extracted
             run.summary.n_cached += counts.n_cached
             store.flush()  # another job (or the next run) sees these features at once
-            new = _annotate(outcomes, no_label * len(outcomes), run.model, root=manifest.root_dir, train=False)
+            new, new_segs = _annotate(
+                outcomes, no_label * len(outcomes), run.model, root=manifest.root_dir, train=False
+            )
+            changed = {r.path for r in new}
+            run.segment_rows = [r for r in run.segment_rows if r.path not in changed] + new_segs
             for row in new:
                 if row.path in where:
                     run.rows[where[row.path]] = row

@@ -100,6 +100,25 @@ class ModelSpec(_Strict):
     cv_folds: Annotated[int, Field(ge=2, le=24)] = 4
 
 
+class SegmentsSpec(_Strict):
+    """Long recordings: files over ``over_s`` are labelled window by window."""
+
+    over_s: Annotated[float, Field(gt=0)] = 10.0
+    window_s: Annotated[float, Field(ge=0.25)] = 4.0
+    hop_s: Annotated[float, Field(gt=0)] = 2.0
+    voiced_db: Annotated[float, Field(le=0)] = -45.0
+    voiced_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+    @model_validator(mode="after")
+    def _order(self) -> SegmentsSpec:
+        if not self.hop_s <= self.window_s <= self.over_s:
+            raise ValueError(
+                f"need hop_s <= window_s <= over_s, got {self.hop_s}, {self.window_s}, {self.over_s}; "
+                "for example over_s: 10, window_s: 4, hop_s: 2"
+            )
+        return self
+
+
 class OutputSpec(_Strict):
     dir: str
     formats: list[Literal["csv", "parquet"]] = ["csv", "parquet"]
@@ -125,6 +144,8 @@ class Manifest(_Strict):
     engine: EngineSpec = EngineSpec()
     model: ModelSpec
     output: OutputSpec
+    # null: every file is analysed whole, however long.
+    segments: SegmentsSpec | None = SegmentsSpec()
     # Folder that `capture` records into; every run labels what is in it.
     # None: data/queue/<name>.
     queue: str | None = None

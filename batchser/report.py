@@ -16,7 +16,16 @@ import pandas as pd
 
 from batchser.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
-__all__ = ["ReportError", "ReportRow", "annotations_frame", "write_annotations", "write_confusion_png", "write_json"]
+__all__ = [
+    "ReportError",
+    "ReportRow",
+    "SegmentRow",
+    "annotations_frame",
+    "segments_frame",
+    "write_annotations",
+    "write_confusion_png",
+    "write_json",
+]
 
 
 class ReportError(RuntimeError):
@@ -41,6 +50,21 @@ class ReportRow:
     content_hash: str = ""
     model: str = ""
     used_for_training: bool | None = None  # train jobs only
+    segments: int = 0  # windows of a long file (0: analysed whole)
+    dominant_label: str = ""  # a long file's most frequent label over voiced windows
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    """One window of a long file in the segments report."""
+
+    path: str
+    start_s: float
+    end_s: float
+    voiced: bool
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
 
 
 def annotations_frame(rows: Sequence[ReportRow], classes: Sequence[str]) -> pd.DataFrame:
@@ -62,14 +86,33 @@ def annotations_frame(rows: Sequence[ReportRow], classes: Sequence[str]) -> pd.D
         "channels": np.array([r.channels for r in rows], dtype=np.int64),
         "content_hash": [r.content_hash for r in rows],
         "model": [r.model for r in rows],
+        "segments": np.array([r.segments for r in rows], dtype=np.int64),
+        "dominant_label": [r.dominant_label for r in rows],
     }
     if any(r.used_for_training is not None for r in rows):
         data["used_for_training"] = [bool(r.used_for_training) for r in rows]
     return pd.DataFrame(data)
 
 
-def write_annotations(frame: pd.DataFrame, out_dir: Path, formats: Sequence[str]) -> list[Path]:
-    """Write ``annotations.<fmt>`` for each format; returns the paths written.
+def segments_frame(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pd.DataFrame:
+    """The segments table: path, start_s, end_s, voiced, label, confidence, ``p_<class>``."""
+    data: dict[str, Any] = {
+        "path": [r.path for r in rows],
+        "start_s": np.array([r.start_s for r in rows], dtype=np.float64),
+        "end_s": np.array([r.end_s for r in rows], dtype=np.float64),
+        "voiced": np.array([r.voiced for r in rows], dtype=bool),
+        "label": [r.label for r in rows],
+        "confidence": np.array([r.confidence for r in rows], dtype=np.float64),
+    }
+    for c in classes:
+        data[f"p_{c}"] = np.array([r.probabilities[c] for r in rows], dtype=np.float64)
+    return pd.DataFrame(data)
+
+
+def write_annotations(
+    frame: pd.DataFrame, out_dir: Path, formats: Sequence[str], *, stem: str = "annotations"
+) -> list[Path]:
+    """Write ``<stem>.<fmt>`` for each format; returns the paths written.
 
     Raises
     ------
@@ -78,7 +121,7 @@ def write_annotations(frame: pd.DataFrame, out_dir: Path, formats: Sequence[str]
     """
     written = []
     for fmt in formats:
-        target = out_dir / f"annotations.{fmt}"
+        target = out_dir / f"{stem}.{fmt}"
         with _clear_errors(out_dir), atomic_path(target) as tmp:
             if fmt == "csv":
                 frame.to_csv(tmp, index=False, float_format="%.6g")

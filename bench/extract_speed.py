@@ -130,6 +130,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
 
     from batchser.cache import FeatureStore
     from batchser.features import FeatureSpec
+    from batchser.segments import SegmentSpec
 
     rows: dict[str, list[float]] = {"seed": [], "floor": [], "cold": [], "warm": []}
     stage: dict[str, list[float]] = {"cold": [], "warm": [], "dask": []}
@@ -166,7 +167,8 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
                 rows["dask"].append(wall)
                 stage["dask"].append(feature_stage(s))
             if r == 0:
-                store = FeatureStore(tmp_p / "cache", FeatureSpec(("mfcc", "chroma", "mel"), 16000))
+                spec = FeatureSpec(("mfcc", "chroma", "mel"), 16000)
+                store = FeatureStore(tmp_p / "cache", spec, segments=SegmentSpec())  # the job's default key
                 rep = pd.read_parquet(tmp_p / "cold" / "annotations.parquet")
                 ours = np.stack([store.get(h).vector for h in rep.sort_values("path")["content_hash"]])
                 ref = np.stack(seed_vectors)

@@ -22,13 +22,13 @@ CLASSES = ["angry", "sad", "neutral", "happy"]
 def decode_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Count real decodes in this process (the sequential engine runs here)."""
     calls: list[str] = []
-    real = batchser.engine.load
 
-    def counting(path, **kw):  # type: ignore[no-untyped-def]
-        calls.append(str(path))
-        return real(path, **kw)
+    class Counting(batchser.engine.AudioStream):
+        def __init__(self, source, **kw):  # type: ignore[no-untyped-def]
+            calls.append(str(source))
+            super().__init__(source, **kw)
 
-    monkeypatch.setattr(batchser.engine, "load", counting)
+    monkeypatch.setattr(batchser.engine, "AudioStream", Counting)
     return calls
 
 
@@ -76,6 +76,8 @@ def test_train_then_annotate_then_rerun_from_cache(
         "channels",
         "content_hash",
         "model",
+        "segments",
+        "dominant_label",
     ]
     assert (a["status"] == "ok").all() and (a["error"] == "").all()
     probs = a[[f"p_{c}" for c in CLASSES]].to_numpy()

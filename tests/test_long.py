@@ -1,0 +1,138 @@
+"""Long recordings: a 30-minute file labelled window by window, streamed, in bounded memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+from batchser.audio import load
+from batchser.engine import ExtractTask, extract_one
+from batchser.features import FeatureSpec, extract
+from batchser.segments import SegmentSpec, windows
+from tests.conftest import PROJECT, speechlike
+
+MODEL = PROJECT / "result" / "models" / "ravdess-4emo.skops"
+SR = 16000
+PERIOD_S, SOUND_S = 12, 6  # each 12 s: 6 s of sound, then 6 s of silence
+KINDS = ["angry", "sad", "neutral", "happy"]
+
+
+def _long_file(path: Path, *, minutes: float, sr: int = SR) -> float:
+    """Sound/silence periods cycling through four signal kinds, written block by block."""
+    periods = round(minutes * 60 / PERIOD_S)
+    with sf.SoundFile(path, "w", samplerate=sr, channels=1, subtype="PCM_16") as f:
+        silence = np.zeros((PERIOD_S - SOUND_S) * sr, dtype=np.float32)
+        for i in range(periods):
+            f.write(speechlike(KINDS[i % 4], sr=sr, seconds=SOUND_S, seed=i).astype(np.float32))
+            f.write(silence)
+    return periods * PERIOD_S
+
+
+def _job(tmp: Path, inputs: list[str], *, out: str, backend: str = "sequential") -> Path:
+    m = {
+        "name": out,
+        "inputs": [{"path": p} for p in inputs],
+        "emotions": KINDS,
+        "cache": str(tmp / f"cache-{out}"),
+        "engine": {"backend": backend, "n_jobs": 1 if backend == "sequential" else 2},
+        "model": {"path": str(MODEL)},
+        "output": {"dir": str(tmp / out)},
+        "segments": {"over_s": 10, "window_s": 4, "hop_s": 2},
+    }
+    p = tmp / f"{out}.yaml"
+    p.write_text(yaml.safe_dump(m))
+    return p
+
+
+def _run_measured(manifest: Path) -> int:
+    """Run a job in a child process; its peak RSS in KiB (the job runs in-process: sequential)."""
+    proc = subprocess.Popen([sys.executable, "-m", "batchser", "run", "-q", str(manifest)], stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
+    return usage.ru_maxrss
+
+
+def test_windows_cover_the_stream_exactly() -> None:
+    x = np.arange(25 * 100, dtype=np.float32)
+    chunks = np.array_split(x, 9)
+    got = list(windows(iter(chunks), sample_rate=100, window_s=4, hop_s=2, min_tail_s=0.5))
+    assert [s for s, _ in got] == [0, 200, 400, 600, 800, 1000, 1200, 1400, 1600, 1800, 2000, 2100]
+    assert all(np.array_equal(w, x[s : s + 400]) for s, w in got)
+    # A tail shorter than min_tail_s gets no window of its own.
+    assert [s for s, _ in windows([x[:2420]], sample_rate=100, window_s=4, hop_s=2, min_tail_s=0.5)][-1] == 2000
+
+
+def test_a_30_minute_recording(tmp_path: Path) -> None:
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    total_s = _long_file(audio / "long.wav", minutes=30)
+    short = tmp_path / "short"
+    short.mkdir()
+    _long_file(short / "36s.wav", minutes=0.6)
+    sf.write(short / "clip.wav", speechlike("sad", sr=SR, seconds=3.0), SR, subtype="PCM_16")  # not segmented
+
+    # Memory follows the window, not the file: a 30-minute job peaks within 60 MiB of a 30-second one.
+    # (Decoding the whole file would add 110 MiB of float32 samples alone.)
+    rss_short = _run_measured(_job(tmp_path, [str(short)], out="short"))
+    rss_long = _run_measured(_job(tmp_path, [str(audio)], out="long"))
+    assert (rss_long - rss_short) / 1024 < 60, (rss_short, rss_long)
+
+    segs = pd.read_parquet(tmp_path / "long" / "segments.parquet")
+    row = pd.read_parquet(tmp_path / "long" / "annotations.parquet").iloc[0]
+    # Windows every hop, each 4 s, exactly; the file is a whole number of hops, so no tail window.
+    assert len(segs) == (total_s - 4) // 2 + 1 == row["segments"]
+    np.testing.assert_array_equal(segs["start_s"], np.arange(len(segs)) * 2.0)
+    np.testing.assert_array_equal(segs["end_s"] - segs["start_s"], 4.0)
+    # Voiced where the window overlaps sound (0-6 s of each 12 s), silent where it does not.
+    phase = segs["start_s"].to_numpy() % PERIOD_S
+    expected = (phase < SOUND_S) | (phase + 4 > PERIOD_S)
+    np.testing.assert_array_equal(segs["voiced"].to_numpy(), expected)
+    # The file's row is the mean over voiced windows, and its label and dominant label follow.
+    p_cols = [f"p_{k}" for k in KINDS]
+    mean = segs.loc[segs["voiced"], p_cols].mean().to_numpy()
+    np.testing.assert_allclose(row[p_cols].to_numpy(dtype=float), mean, rtol=1e-9)
+    assert row["label"] == KINDS[int(np.argmax(mean))] and row["confidence"] == pytest.approx(mean.max())
+    assert row["dominant_label"] == segs.loc[segs["voiced"], "label"].value_counts().idxmax()
+    assert row["duration_s"] == pytest.approx(total_s) and row["status"] == "ok"
+    assert (segs["path"] == row["path"]).all()
+
+    short_ann = pd.read_parquet(tmp_path / "short" / "annotations.parquet").set_index("path")
+    assert short_ann["segments"].to_dict() == {
+        "short/clip.wav": 0,
+        "short/36s.wav": (36 - 4) // 2 + 1,
+    }
+
+    # A rerun takes every window from the cache: no decoding at all.
+    res = subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(tmp_path / "long.yaml")])
+    assert res.returncode == 0
+    again = pd.read_parquet(tmp_path / "long" / "segments.parquet")
+    pd.testing.assert_frame_equal(segs, again)
+    assert yaml.safe_load((tmp_path / "long" / "summary.json").read_text())["extracted"] == 0
+
+
+def test_streamed_windows_match_windows_of_the_whole_decoded_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.flac"
+    _long_file(tmp_path / "a.wav", minutes=0.6, sr=48000)
+    y, _ = sf.read(tmp_path / "a.wav", dtype="float32")
+    sf.write(path, np.stack([y, 0.5 * y], axis=1), 48000, subtype="PCM_24")  # 24-bit stereo at 48 kHz
+    spec = FeatureSpec(("mfcc", "chroma", "mel"), SR)
+    rec = extract_one(ExtractTask(str(path), "h"), spec=spec, segments=SegmentSpec())
+    assert rec.ok and rec.channels == 2 and rec.orig_sample_rate == 48000 and rec.duration_s == pytest.approx(36)
+    whole = load(path, sample_rate=SR).samples  # decoded and resampled in one piece
+    segs = rec.segments
+    assert segs is not None and len(segs) == 17
+    for j in (0, 8, 16):
+        a, b = round(segs.start_s[j] * SR), round(segs.end_s[j] * SR)
+        ref = extract(whole[a:b], spec=spec)
+        np.testing.assert_allclose(segs.vectors[j], ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    # Shorter than over_s: one vector for the whole file, as before.
+    sf.write(tmp_path / "b.wav", y[: 48000 * 5], 48000)
+    assert extract_one(ExtractTask(str(tmp_path / "b.wav"), "h2"), spec=spec, segments=SegmentSpec()).segments is None
