@@ -31,9 +31,8 @@ from batchser.manifest import Manifest, ManifestError
 from batchser.model import (
     ModelMeta,
     TrainedModel,
-    build_pipeline,
     evaluate,
-    fit,
+    fit_model,
     load_model,
     save_model,
     training_fingerprint,
@@ -49,12 +48,15 @@ from batchser.report import (
     write_annotations,
     write_confusion_png,
     write_json,
+    write_reliability_png,
 )
 from batchser.segments import SegmentSpec
 
 __all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job", "watch_job"]
 
 log = logging.getLogger(__name__)
+
+UNCERTAIN = "uncertain"  # the label of a file under model.min_confidence
 
 RAVDESS_NOTE = (
     "\n\nData: RAVDESS speech (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391, "
@@ -304,16 +306,17 @@ def _train(
     groups = np.array(speakers) if all(speakers) else None
     params = manifest.model.mlp.model_dump()
     log.info("training on %d files, %d features, classes %s", len(use), X.shape[1], classes)
+    ms = manifest.model
     metrics = evaluate(
-        X, y, groups, params=params, random_state=manifest.model.random_state, cv_folds=manifest.model.cv_folds
+        X, y, groups, params=params, random_state=ms.random_state, cv_folds=ms.cv_folds, calibration=ms.calibration
     )
-    pipe = fit(build_pipeline(params, random_state=manifest.model.random_state), X, y)
+    pipe = fit_model(X, y, groups, params=params, random_state=ms.random_state, calibration=ms.calibration)
     meta = ModelMeta(
         classes=classes,
         feature_spec=spec.to_dict(),
         training_fingerprint=training_fingerprint([outcomes[i].content_hash for i in use], y.tolist()),
         n_train=len(use),
-        params={**params, "random_state": manifest.model.random_state, "job": manifest.name},
+        params={**params, "random_state": ms.random_state, "calibration": ms.calibration, "job": manifest.name},
         metrics=metrics,
         versions=versions(),
     )
@@ -361,14 +364,23 @@ def _annotate(
     root: Path,
     train: bool,
     used: Collection[int] = (),
+    min_confidence: float | None = None,
 ) -> tuple[list[ReportRow], list[SegmentRow]]:
     """One report row per outcome (the model's label and probabilities, or why there are none),
     and one segment row per window of each long file.
 
     A long file's row carries the mean probabilities of its voiced windows (of
     all windows when none is voiced), the label they favour, and the most
-    frequent window label as ``dominant_label``.
+    frequent window label as ``dominant_label``. A file (or window) whose top
+    probability is below ``min_confidence`` is labelled ``uncertain``; its
+    probabilities are still reported.
     """
+
+    def top(p: np.ndarray) -> tuple[str, float]:
+        k = int(np.argmax(p))
+        label = classes[k] if min_confidence is None or p[k] >= min_confidence else UNCERTAIN
+        return label, float(p[k])
+
     classes = list(model.meta.classes)
     seg_rows: list[SegmentRow] = []
     aggregated: dict[int, np.ndarray] = {}
@@ -385,15 +397,15 @@ def _annotate(
         dominant[i] = (max(classes, key=lambda c: (counts[c], -classes.index(c))), len(segs))
         path = _display_path(o.source, root)
         for j in range(len(segs)):
-            k = int(np.argmax(p[j]))
+            label, conf = top(p[j])
             seg_rows.append(
                 SegmentRow(
                     path=path,
                     start_s=float(segs.start_s[j]),
                     end_s=float(segs.end_s[j]),
                     voiced=bool(segs.voiced[j]),
-                    label=classes[k],
-                    confidence=float(p[j, k]),
+                    label=label,
+                    confidence=conf,
                     probabilities=dict(zip(classes, map(float, p[j]), strict=True)),
                 )
             )
@@ -425,11 +437,9 @@ def _annotate(
             common |= {"dominant_label": dominant[i][0], "segments": dominant[i][1]}
         if i in proba_of:
             p = proba_of[i]
-            k = int(np.argmax(p))
+            label, conf = top(p)
             probabilities = dict(zip(classes, map(float, p), strict=True))
-            rows.append(
-                ReportRow(status="ok", label=classes[k], confidence=float(p[k]), probabilities=probabilities, **common)
-            )
+            rows.append(ReportRow(status="ok", label=label, confidence=conf, probabilities=probabilities, **common))
         else:
             reason = o.error or (rec.error if rec is not None else "no features")
             rows.append(ReportRow(status="error", error=reason, **common))
@@ -506,7 +516,15 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     summary.model_id = model.id
     clock.lap("train")
 
-    rows, seg_rows = _annotate(outcomes, labels, model, root=manifest.root_dir, train=manifest.model.train, used=used)
+    rows, seg_rows = _annotate(
+        outcomes,
+        labels,
+        model,
+        root=manifest.root_dir,
+        train=manifest.model.train,
+        used=used,
+        min_confidence=manifest.model.min_confidence,
+    )
     _tally(summary, rows)
     clock.lap("predict")
     run = _Run(manifest, spec, model, summary, files, rows, seg_rows)
@@ -514,7 +532,8 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     if summary.metrics is not None:
         write_json(out / "metrics.json", {"model": model.id, "classes": classes, **summary.metrics})
         write_confusion_png(out / "confusion_matrix.png", summary.metrics, title=f"{manifest.name} ({model.id})")
-        summary.reports += [out / "metrics.json", out / "confusion_matrix.png"]
+        write_reliability_png(out / "reliability.png", summary.metrics, title=f"{manifest.name} ({model.id})")
+        summary.reports += [out / "metrics.json", out / "confusion_matrix.png", out / "reliability.png"]
     clock.lap("reports")  # summary.json, written last, holds every stage but its own write
     summary.seconds = time.perf_counter() - t0
     summary.reports = _write_annotations(run) + summary.reports
@@ -594,7 +613,12 @@ def watch_job(
             run.summary.n_cached += counts.n_cached
             store.flush()  # another job (or the next run) sees these features at once
             new, new_segs = _annotate(
-                outcomes, no_label * len(outcomes), run.model, root=manifest.root_dir, train=False
+                outcomes,
+                no_label * len(outcomes),
+                run.model,
+                root=manifest.root_dir,
+                train=False,
+                min_confidence=manifest.model.min_confidence,
             )
             changed = {r.path for r in new}
             run.segment_rows = [r for r in run.segment_rows if r.path not in changed] + new_segs

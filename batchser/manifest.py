@@ -98,6 +98,10 @@ class ModelSpec(_Strict):
     mlp: MLPSpec = MLPSpec()
     # Actor-wise evaluation: number of folds of GroupKFold over speakers.
     cv_folds: Annotated[int, Field(ge=2, le=24)] = 4
+    # Probability calibration fitted on held-out speakers; "none" is the seed recipe.
+    calibration: Literal["none", "sigmoid", "isotonic"] = "none"
+    # Files whose top probability is below this are labelled "uncertain".
+    min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
 
 
 class SegmentsSpec(_Strict):
@@ -160,6 +164,8 @@ class Manifest(_Strict):
     def _check_emotions(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"duplicate emotions in {v}")
+        if "uncertain" in v:
+            raise ValueError("'uncertain' is reserved for files under model.min_confidence; rename that emotion")
         for e in v:
             if not re.fullmatch(r"[a-z][a-z0-9_]*", e):
                 raise ValueError(f"emotion {e!r} must be lower-case letters, digits or _ (it becomes a column p_{e})")

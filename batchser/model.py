@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import sklearn
 import skops.io as sio
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-from sklearn.model_selection import GroupKFold, train_test_split
+from sklearn.model_selection import GroupKFold, StratifiedKFold, train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -35,8 +36,10 @@ __all__ = [
     "ModelMeta",
     "TrainedModel",
     "build_pipeline",
+    "calibration_table",
     "evaluate",
     "fit",
+    "fit_model",
     "load_model",
     "save_model",
     "write_model_card",
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 # file from a stranger cannot run code on load.
 TRUSTED_TYPES = frozenset(
     {
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
         "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
         "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
     }
@@ -112,6 +117,86 @@ def fit(pipe: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
         return pipe.fit(X, y)
 
 
+def fit_model(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None,
+    *,
+    params: dict[str, Any],
+    random_state: int,
+    calibration: str = "none",
+) -> Any:
+    """The recipe's pipeline, fitted, optionally wrapped in probability calibration.
+
+    Parameters
+    ----------
+    X, y : arrays
+    groups : array or None
+        Speakers. Calibration is fitted on predictions for speakers each inner
+        model did not train on (3-fold GroupKFold), as the model will meet
+        new speakers; without groups, stratified 3-fold.
+    params : dict
+        MLPClassifier parameters.
+    random_state : int
+    calibration : {"none", "sigmoid", "isotonic"}
+        ``CalibratedClassifierCV`` method; "none" is the plain seed recipe.
+        The network is fitted once on all rows; the calibrator on its inner
+        cross-validated predictions.
+
+    Returns
+    -------
+    estimator
+        With ``predict_proba`` and ``classes_``.
+    """
+    pipe = build_pipeline(params, random_state=random_state)
+    if calibration == "none":
+        return fit(pipe, X, y)
+    n_classes = len(set(y.tolist()))
+    cv: Any = StratifiedKFold(n_splits=3, shuffle=True, random_state=random_state)
+    if groups is not None and len(set(groups.tolist())) >= 3:
+        splits = list(GroupKFold(n_splits=3).split(X, y, groups))
+        # Speakers who each voice only some emotions can leave a class out of an
+        # inner training split, which calibration cannot handle; then stratify.
+        if all(len(set(y[tr].tolist())) == n_classes for tr, _ in splits):
+            cv = splits
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        # ensemble=False: one network fitted on all the data, calibrated on the
+        # inner folds' held-out predictions. An ensemble of the fold networks
+        # calibrates slightly better (ECE 0.034 vs 0.050 actor-wise on RAVDESS)
+        # but each member sees a third less data: 70 % vs 76 % on the random split.
+        return CalibratedClassifierCV(pipe, method=calibration, cv=cv, ensemble=False).fit(X, y)
+
+
+def calibration_table(proba: np.ndarray, y_true: np.ndarray, classes: list[str], *, n_bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error of the top label, and the reliability diagram's bins.
+
+    ECE = sum over equal-width confidence bins of (share of predictions in the
+    bin) x |accuracy in the bin - mean confidence in the bin|.
+    """
+    conf = proba.max(axis=1)
+    correct = np.asarray(classes)[proba.argmax(axis=1)] == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        m = which == b
+        if not m.any():
+            continue
+        acc, mean_conf = float(correct[m].mean()), float(conf[m].mean())
+        ece += m.mean() * abs(acc - mean_conf)
+        bins.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "n": int(m.sum()),
+                "confidence": mean_conf,
+                "accuracy": acc,
+            }
+        )
+    return {"ece": float(ece), "n_bins": n_bins, "bins": bins}
+
+
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return {
@@ -135,6 +220,7 @@ def evaluate(
     params: dict[str, Any],
     random_state: int,
     cv_folds: int = 4,
+    calibration: str = "none",
 ) -> dict[str, Any]:
     """Both evaluations of the recipe on labelled features.
 
@@ -150,6 +236,8 @@ def evaluate(
         Seed of the MLP.
     cv_folds : int
         GroupKFold folds over speakers.
+    calibration : str
+        See :func:`fit_model`; fitted inside each training fold only.
 
     Returns
     -------
@@ -160,11 +248,14 @@ def evaluate(
     """
     classes = sorted(set(y.tolist()))
     out: dict[str, Any] = {}
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, random_state=7)
-    pipe = fit(build_pipeline(params, random_state=random_state), X_tr, y_tr)
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=7)
+    g_tr = groups[idx_tr] if groups is not None else None
+    model = fit_model(X[idx_tr], y[idx_tr], g_tr, params=params, random_state=random_state, calibration=calibration)
+    proba = model.predict_proba(X[idx_te])
     out["random_split"] = {
         "method": "train_test_split(test_size=0.25, random_state=7)",
-        **_scores(y_te, pipe.predict(X_te), classes),
+        **_scores(y[idx_te], np.asarray(model.classes_)[proba.argmax(axis=1)], classes),
+        "calibration": calibration_table(proba, y[idx_te], list(model.classes_)),
     }
     n_groups = len(set(groups.tolist())) if groups is not None else 0
     if n_groups < 2:
@@ -172,10 +263,13 @@ def evaluate(
         return out
     folds = min(cv_folds, n_groups)
     pred = np.empty_like(y)
+    proba = np.zeros((len(y), len(classes)))
     per_fold = []
     for k, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(X, y, groups)):
-        pipe = fit(build_pipeline(params, random_state=random_state), X[tr], y[tr])
-        pred[te] = pipe.predict(X[te])
+        model = fit_model(X[tr], y[tr], groups[tr], params=params, random_state=random_state, calibration=calibration)
+        p = model.predict_proba(X[te])
+        proba[np.ix_(te, [classes.index(c) for c in model.classes_])] = p
+        pred[te] = np.asarray(model.classes_)[p.argmax(axis=1)]
         per_fold.append(
             {
                 "fold": k,
@@ -191,6 +285,7 @@ def evaluate(
         "fold_accuracy_mean": float(np.mean(accs)),
         "fold_accuracy_std": float(np.std(accs)),
         "folds": per_fold,
+        "calibration": calibration_table(proba, y, classes),
     }
     return out
 
@@ -216,13 +311,32 @@ def versions() -> dict[str, str]:
     }
 
 
-def weights_digest(pipeline: Pipeline) -> str:
-    """SHA-256 of a fitted pipeline's numbers and classes, independent of file format."""
-    h = hashlib.sha256()
+def _pipeline_arrays(pipeline: Pipeline) -> list[np.ndarray]:
     scaler, mlp = pipeline.named_steps["scale"], pipeline.named_steps["mlp"]
-    for arr in [scaler.mean_, scaler.scale_, *mlp.coefs_, *mlp.intercepts_]:
+    return [scaler.mean_, scaler.scale_, *mlp.coefs_, *mlp.intercepts_]
+
+
+def weights_digest(model: Any) -> str:
+    """SHA-256 of a fitted model's numbers and classes, independent of file format.
+
+    Covers the plain pipeline and a ``CalibratedClassifierCV`` of pipelines
+    (each inner pipeline and its per-class calibrators).
+    """
+    h = hashlib.sha256()
+    arrays: list[np.ndarray] = []
+    if isinstance(model, CalibratedClassifierCV):
+        for cc in model.calibrated_classifiers_:
+            arrays += _pipeline_arrays(cc.estimator)
+            for cal in cc.calibrators:
+                if hasattr(cal, "X_thresholds_"):  # isotonic
+                    arrays += [cal.X_thresholds_, cal.y_thresholds_]
+                else:  # sigmoid
+                    arrays.append(np.array([cal.a_, cal.b_]))
+    else:
+        arrays = _pipeline_arrays(model)
+    for arr in arrays:
         h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
-    h.update("\x00".join(map(str, mlp.classes_)).encode())
+    h.update("\x00".join(map(str, model.classes_)).encode())
     return h.hexdigest()
 
 
@@ -230,7 +344,7 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def save_model(pipeline: Pipeline, meta: ModelMeta, path: Path) -> TrainedModel:
+def save_model(pipeline: Any, meta: ModelMeta, path: Path) -> TrainedModel:
     """Write ``path`` (skops) and ``path.json`` (metadata with the file's SHA-256)."""
     blob = sio.dumps(pipeline)
     meta = ModelMeta(
@@ -310,6 +424,11 @@ def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
     return f"{ev[key]:.1%}" if key in ev else "n/a"
 
 
+def _ece(ev: dict[str, Any]) -> str:
+    cal = ev.get("calibration")
+    return f"{cal['ece']:.3f}" if cal else "n/a"
+
+
 def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
     """Markdown card beside the model: data, license, both evaluations, how to reproduce."""
     m = model.meta
@@ -323,6 +442,8 @@ def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
     estimator = (
         f"StandardScaler → MLPClassifier(hidden_layer_sizes={hidden}), random_state {m.params.get('random_state')}"
     )
+    if m.params.get("calibration", "none") != "none":
+        estimator = f"CalibratedClassifierCV({estimator}, method={m.params['calibration']}, 3-fold by speaker)"
     card = f"""# {model.path.name}
 
 Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id `{model.id}`.
@@ -335,6 +456,7 @@ Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id
 | training files | {m.n_train} (training fingerprint `{m.training_fingerprint}`) |
 | random 75/25 split (seed recipe, random_state 7) | accuracy {_pct(rs)}, macro-F1 {_pct(rs, "macro_f1")} |
 | actor-wise ({aw.get("method", "skipped")}) | accuracy {_pct(aw)}, macro-F1 {_pct(aw, "macro_f1")} |
+| probability calibration | {m.params.get("calibration", "none")}; ECE on held-out actors {_ece(aw)} |
 | versions | {", ".join(f"{k} {v}" for k, v in m.versions.items())} |
 | sha256 of the file | `{m.sha256}` |
 | sha256 of the weights | `{m.weights_sha256}` (the id; equal for equal retrains) |

@@ -25,6 +25,7 @@ __all__ = [
     "write_annotations",
     "write_confusion_png",
     "write_json",
+    "write_reliability_png",
 ]
 
 
@@ -170,6 +171,37 @@ def write_confusion_png(path: Path, evaluations: dict[str, dict[str, Any]], *, t
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{name.replace('_', ' ')}: acc {ev['accuracy']:.1%}, n={ev['n']}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with _clear_errors(path.parent):
+        atomic_write_bytes(path, buf.getvalue())
+
+
+def write_reliability_png(path: Path, evaluations: dict[str, dict[str, Any]], *, title: str) -> None:
+    """Reliability diagram per evaluation: accuracy against mean confidence per bin, with ECE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {k: v["calibration"] for k, v in evaluations.items() if "calibration" in v}
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.8 * max(1, len(panels)), 4.6), squeeze=False)
+    for ax, (name, cal) in zip(axes[0], panels.items(), strict=False):
+        bins = cal["bins"]
+        centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        width = 1.0 / cal["n_bins"]
+        ax.bar(centers, [b["accuracy"] for b in bins], width=width * 0.9, color="#4c72b0", label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="#dd8452", label="bin mean")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name.replace('_', ' ')}: ECE {cal['ece']:.3f}")
+        ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()

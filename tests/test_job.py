@@ -163,3 +163,35 @@ def test_cli_run_prints_summary(
     assert main(["run", "--quiet", str(write_manifest(tmp_path))]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and "extracting" not in captured.err
+
+
+def test_calibrated_training_reliability_diagram_and_min_confidence(
+    tmp_path: Path, labelled_set: tuple[Path, Path]
+) -> None:
+    model = {"path": "models/c.skops", "train": True, "mlp": {"max_iter": 300}, "calibration": "isotonic"}
+    s = run_job(load_manifest(write_manifest(tmp_path, "train.yaml", model=model)), progress=False)
+    assert s.n_failed == 0
+    out = tmp_path / "reports"
+    metrics = json.loads((out / "metrics.json").read_text())
+    cal = metrics["actor_wise"]["calibration"]
+    assert 0 <= cal["ece"] <= 1 and sum(b["n"] for b in cal["bins"]) == 24
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert "isotonic" in (tmp_path / "models" / "c.md").read_text()
+    # Annotating with a confidence floor: below it, "uncertain", probabilities kept.
+    # Mixtures of two classes' signals are what the model should hesitate on.
+    odd = tmp_path / "odd"
+    for i, (a, b) in enumerate([("angry", "happy"), ("sad", "neutral"), ("happy", "sad"), ("angry", "neutral")]):
+        y = 0.5 * speechlike(a, sr=16000, seed=50 + i) + 0.5 * speechlike(b, sr=16000, seed=60 + i)
+        write_audio(odd / f"mix-{i}.wav", y.astype(np.float32), 16000)
+    annotate = {"path": "models/c.skops", "train": False, "min_confidence": 0.95}
+    inputs = [{"path": "audio"}, {"path": "odd"}]
+    run_job(
+        load_manifest(write_manifest(tmp_path, "a.yaml", inputs=inputs, model=annotate, output={"dir": "ann"})),
+        progress=False,
+    )
+    df = pd.read_parquet(tmp_path / "ann" / "annotations.parquet")
+    low = df["confidence"] < 0.95
+    assert low.any() and not low.all(), df[["path", "confidence"]]
+    assert (df.loc[low, "label"] == "uncertain").all() and (df.loc[~low, "label"] != "uncertain").all()
+    probs = df[[f"p_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(df["confidence"], probs.max(axis=1))

@@ -11,7 +11,17 @@ import skops.io as sio
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from batchser.model import ModelError, ModelMeta, build_pipeline, evaluate, fit, load_model, save_model
+from batchser.model import (
+    ModelError,
+    ModelMeta,
+    build_pipeline,
+    calibration_table,
+    evaluate,
+    fit,
+    fit_model,
+    load_model,
+    save_model,
+)
 
 PARAMS = {
     "alpha": 0.01,
@@ -112,3 +122,28 @@ def test_evaluate_reports_both_splits_without_speaker_leak() -> None:
 def test_evaluate_without_groups_skips_actor_wise() -> None:
     X, y, _ = _data()
     assert "skipped" in evaluate(X, y, None, params=PARAMS, random_state=0)["actor_wise"]
+
+
+def test_calibration_table_by_hand() -> None:
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    cal = calibration_table(proba, np.array(["a", "b", "a", "b"]), ["a", "b"])
+    # One prediction per bin: |1 - 0.9|, |0 - 0.8|, |1 - 0.6|, |1 - 0.7|, each weighted 1/4.
+    assert cal["ece"] == pytest.approx((0.1 + 0.8 + 0.4 + 0.3) / 4)
+    assert [b["n"] for b in cal["bins"]] == [1, 1, 1, 1]
+    perfect = calibration_table(np.array([[1.0, 0.0]] * 5), np.array(["a"] * 5), ["a", "b"])
+    assert perfect["ece"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_calibrated_models_evaluate_save_and_load(tmp_path: Path, method: str) -> None:
+    X, y, groups = _data(160)
+    ev = evaluate(X, y, groups, params=PARAMS, random_state=0, cv_folds=4, calibration=method)
+    assert 0.0 <= ev["actor_wise"]["calibration"]["ece"] <= 1.0 and ev["actor_wise"]["accuracy"] > 0.9
+    assert sum(b["n"] for b in ev["actor_wise"]["calibration"]["bins"]) == 160
+    model = fit_model(X, y, groups, params=PARAMS, random_state=0, calibration=method)
+    meta = ModelMeta(
+        classes=["sad", "happy"], feature_spec=SPEC, training_fingerprint="t", n_train=len(y), params=PARAMS, metrics={}
+    )
+    save_model(model, meta, tmp_path / "c.skops")
+    loaded = load_model(tmp_path / "c.skops", feature_fingerprint="fp1", classes=["sad", "happy"])
+    np.testing.assert_allclose(loaded.predict_proba(X[:5]), model.predict_proba(X[:5])[:, [1, 0]])
