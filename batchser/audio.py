@@ -54,6 +54,21 @@ def _open_error(exc: Exception) -> AudioError:
     return AudioError(f"cannot decode: {msg}" if msg else f"cannot decode: {type(exc).__name__}")
 
 
+@contextlib.contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Turn what libsndfile or the OS raises while opening or reading into an :class:`AudioError`."""
+    try:
+        yield
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
+        raise _open_error(exc) from None
+    except OSError as exc:
+        raise AudioError(f"cannot read: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise AudioError("cannot decode: out of memory") from None
+
+
 def _riff_shortfall(path: str | Path | BinaryIO) -> tuple[int, int] | None:
     """(declared, present) bytes of a WAV's data chunk when the file ends early.
 
@@ -146,14 +161,8 @@ class AudioStream:
         # Bytes paths: soundfile encodes str paths strictly, and a name with bytes
         # that are not UTF-8 (kept by Python as lone surrogates) would not open.
         target = os.fsencode(source) if isinstance(source, (str, Path)) else source
-        try:
+        with _decode_errors():
             self._f = sf.SoundFile(target)
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
-            raise _open_error(exc) from None
-        except OSError as exc:
-            raise AudioError(f"cannot read: {exc.strerror or exc}") from None
-        except MemoryError:
-            raise AudioError("cannot decode: out of memory") from None
         self.source = source
         self.sample_rate = sample_rate
         self.orig_sample_rate, self.channels = int(self._f.samplerate), int(self._f.channels)
@@ -167,23 +176,11 @@ class AudioStream:
 
     def read_all(self) -> Audio:
         """Decode the whole file at once (see :func:`load`)."""
-        try:
+        with _decode_errors():
             mono, frames, clipped = _read_mono(self._f)
-        except AudioError:
-            raise
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
-            raise _open_error(exc) from None
-        except OSError as exc:
-            raise AudioError(f"cannot read: {exc.strerror or exc}") from None
-        except MemoryError:
-            raise AudioError("cannot decode: out of memory") from None
         self.frames, self._clipped = frames, clipped
-        if frames == 0:
-            raise AudioError("no audio samples (empty or header-only file)")
-        self.peak = float(np.abs(mono).max())
-        if self.peak < SILENCE_PEAK:
-            # Any emotion label for silence would be a guess; say so instead.
-            raise AudioError(f"silent: peak {20 * np.log10(max(self.peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
+        self.peak = float(np.abs(mono).max()) if frames else 0.0
+        self.check_decoded()
         if self.orig_sample_rate != self.sample_rate:
             # What librosa.resample(res_type="soxr_hq") calls, without its input checks (done above).
             mono = soxr.resample(mono, self.orig_sample_rate, self.sample_rate, quality="HQ")
@@ -195,6 +192,20 @@ class AudioStream:
             duration_s=frames / self.orig_sample_rate,
             warnings=self.warnings,
         )
+
+    def check_decoded(self) -> None:
+        """Refuse what was decoded when it holds nothing to label.
+
+        Raises
+        ------
+        AudioError
+            No samples, or a peak below ``SILENCE_DBFS``: any emotion label for
+            silence would be a guess, so say so instead.
+        """
+        if self.frames == 0:
+            raise AudioError("no audio samples (empty or header-only file)")
+        if self.peak < SILENCE_PEAK:
+            raise AudioError(f"silent: peak {20 * np.log10(max(self.peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
 
     @property
     def declared_duration_s(self) -> float:
@@ -214,10 +225,8 @@ class AudioStream:
         )
         block_frames = max(1, BLOCK_SAMPLES // max(1, self.channels))
         while True:
-            try:
+            with _decode_errors():
                 block = self._f.read(block_frames, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-                raise _open_error(exc) from None
             last = block.shape[0] < block_frames
             if block.shape[0]:
                 if not np.isfinite(block).all():

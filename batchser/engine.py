@@ -21,7 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from batchser.archive import read_members
-from batchser.audio import SILENCE_DBFS, SILENCE_PEAK, Audio, AudioError, AudioStream
+from batchser.audio import Audio, AudioError, AudioStream
 from batchser.cache import FeatureRecord
 from batchser.features import FeatureSpec, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, windows
@@ -141,10 +141,7 @@ def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureS
         ends.append((start + samples.size) / sr)
         voiced.append(is_voiced(samples, sample_rate=sr, voiced_db=seg.voiced_db, fraction=seg.voiced_fraction))
     duration = stream.frames / stream.orig_sample_rate
-    if stream.frames == 0:
-        raise AudioError("no audio samples (empty or header-only file)")
-    if stream.peak < SILENCE_PEAK:
-        raise AudioError(f"silent: peak {20 * np.log10(max(stream.peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
+    stream.check_decoded()
     if not vectors:
         raise AudioError(f"too short to segment: {duration:.3f} s")
     segments = Segments(np.array(starts), np.array(ends), np.array(voiced, dtype=bool), np.stack(vectors))

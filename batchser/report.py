@@ -147,13 +147,28 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
         atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def write_confusion_png(path: Path, evaluations: dict[str, dict[str, Any]], *, title: str) -> None:
-    """One confusion-matrix panel per evaluation (row-normalised, counts annotated)."""
+def _pyplot() -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_png(fig: Any, path: Path, *, title: str) -> None:
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _pyplot().close(fig)
+    with _clear_errors(path.parent):
+        atomic_write_bytes(path, buf.getvalue())
+
+
+def write_confusion_png(path: Path, evaluations: dict[str, dict[str, Any]], *, title: str) -> None:
+    """One confusion-matrix panel per evaluation (row-normalised, counts annotated)."""
+    plt = _pyplot()
     panels = {k: v for k, v in evaluations.items() if "confusion_matrix" in v}
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4.8), squeeze=False)
     for ax, (name, ev) in zip(axes[0], panels.items(), strict=False):
@@ -171,22 +186,12 @@ def write_confusion_png(path: Path, evaluations: dict[str, dict[str, Any]], *, t
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{name.replace('_', ' ')}: acc {ev['accuracy']:.1%}, n={ev['n']}")
-    fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with _clear_errors(path.parent):
-        atomic_write_bytes(path, buf.getvalue())
+    _save_png(fig, path, title=title)
 
 
 def write_reliability_png(path: Path, evaluations: dict[str, dict[str, Any]], *, title: str) -> None:
     """Reliability diagram per evaluation: accuracy against mean confidence per bin, with ECE."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels = {k: v["calibration"] for k, v in evaluations.items() if "calibration" in v}
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.8 * max(1, len(panels)), 4.6), squeeze=False)
     for ax, (name, cal) in zip(axes[0], panels.items(), strict=False):
@@ -202,10 +207,4 @@ def write_reliability_png(path: Path, evaluations: dict[str, dict[str, Any]], *,
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name.replace('_', ' ')}: ECE {cal['ece']:.3f}")
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with _clear_errors(path.parent):
-        atomic_write_bytes(path, buf.getvalue())
+    _save_png(fig, path, title=title)
