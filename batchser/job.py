@@ -56,6 +56,7 @@ __all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job", "watc
 
 log = logging.getLogger(__name__)
 
+PREDICT_CHUNK = 2048  # files per predict_proba call
 UNCERTAIN = "uncertain"  # the label of a file under model.min_confidence
 
 RAVDESS_NOTE = (
@@ -410,10 +411,15 @@ def _annotate(
                 )
             )
     ok_idx = [i for i, o in enumerate(outcomes) if o.ok and i not in aggregated]
-    proba = (
-        model.predict_proba(np.stack([outcomes[i].record.vector for i in ok_idx]).astype(np.float64))  # type: ignore[union-attr]
-        if ok_idx
-        else np.empty((0, len(classes)))
+    # In chunks: the network's float64 activations for all files at once would
+    # grow the job's peak memory with the archive (about 4 KB per file).
+    chunks = [ok_idx[k : k + PREDICT_CHUNK] for k in range(0, len(ok_idx), PREDICT_CHUNK)]
+    proba = np.concatenate(
+        [np.empty((0, len(classes)))]
+        + [
+            model.predict_proba(np.stack([outcomes[i].record.vector for i in c]).astype(np.float64))  # type: ignore[union-attr]
+            for c in chunks
+        ]
     )
     proba_of = dict(zip(ok_idx, proba, strict=True)) | aggregated
     rows = []
