@@ -10,9 +10,21 @@ scipy.fft only. ``tests/test_dsp.py`` checks each against librosa itself.
 
 from __future__ import annotations
 
-import numpy as np
+from functools import lru_cache
 
-__all__ = ["chroma_filters", "fft_frequencies", "hann", "mel_filters", "normalize", "pitch_tuning", "power_to_db"]
+import numpy as np
+import scipy.fft
+
+__all__ = [
+    "autocorr_pitch",
+    "chroma_filters",
+    "fft_frequencies",
+    "hann",
+    "mel_filters",
+    "normalize",
+    "pitch_tuning",
+    "power_to_db",
+]
 
 
 def hann(n: int) -> np.ndarray:
@@ -113,3 +125,88 @@ def pitch_tuning(frequencies: np.ndarray, *, resolution: float = 0.01, bins_per_
     bins = np.linspace(-0.5, 0.5, int(np.ceil(1.0 / resolution)) + 1)
     counts, tuning = np.histogram(residual, bins)
     return float(tuning[np.argmax(counts)])
+
+
+@lru_cache(maxsize=8)
+def _pitch_window(frame_length: int, n_fft: int, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    # Symmetric Hann without its zero end points, and its own normalised autocorrelation.
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(frame_length) + 1) / (frame_length + 1))).astype(np.float32)
+    spec = np.fft.rfft(window.astype(np.float64), n=n_fft)
+    r_win = np.fft.irfft(spec.real**2 + spec.imag**2, n=n_fft)[: max_lag + 1]
+    return window, (r_win / r_win[0]).astype(np.float32)
+
+
+def autocorr_pitch(
+    y: np.ndarray,
+    *,
+    sr: int,
+    frame_length: int,
+    hop_length: int,
+    fmin: float = 60.0,
+    fmax: float = 500.0,
+    frames: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch and periodicity per frame by windowed autocorrelation (Boersma 1993).
+
+    Not a librosa function: ``librosa.yin`` costs ~95 ms per 3.7 s clip, this
+    ~3 ms, and on RAVDESS the emotion model does as well with either. Frames
+    are centred like ``librosa.stft(center=True)``: frame ``k`` is centred on
+    sample ``k * hop_length``, so frame counts match an STFT with that hop.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (n,)
+        Mono samples.
+    sr : int
+        Sample rate.
+    frame_length, hop_length : int
+        Analysis frame and step in samples; the frame must hold the longest
+        period, ``sr / fmin``.
+    fmin, fmax : float
+        Pitch search range in Hz.
+    frames : np.ndarray of bool, shape (n_frames,), optional
+        Analyse only these frames (the others get f0 NaN, strength 0): the
+        caller knows which frames hold sound, and the cost is per frame.
+
+    Returns
+    -------
+    f0 : np.ndarray, shape (n_frames,)
+        Best pitch candidate in Hz in every analysed frame (voiced or not).
+    strength : np.ndarray, shape (n_frames,)
+        Its normalised autocorrelation in [0, 1]: near 1 for a periodic frame.
+        Praat's voicing threshold is 0.45.
+    """
+    lo, hi = int(sr // fmax), int(np.ceil(sr / fmin))
+    if hi >= frame_length:
+        raise ValueError(f"frame_length {frame_length} cannot hold a {fmin} Hz period ({hi} samples)")
+    padded = np.pad(np.asarray(y, dtype=np.float32), frame_length // 2)
+    n = 1 + (len(padded) - frame_length) // hop_length
+    step = padded.strides[0]
+    all_frames = np.lib.stride_tricks.as_strided(padded, (n, frame_length), (hop_length * step, step))
+    rows = np.arange(n) if frames is None else np.flatnonzero(frames[:n])
+    f0 = np.full(n, np.nan, dtype=np.float32)
+    strength = np.zeros(n, dtype=np.float32)
+    if rows.size == 0:
+        return f0, strength
+    block = all_frames[rows]
+    n_fft = 1 << int(np.ceil(np.log2(frame_length + hi)))  # no circular wrap up to lag hi
+    window, r_win = _pitch_window(frame_length, n_fft, hi + 1)
+    x = (block - block.mean(axis=1, keepdims=True)) * window
+    spec = scipy.fft.rfft(x, n=n_fft, axis=1, workers=1)
+    r = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=n_fft, axis=1, workers=1)[:, : hi + 2]
+    # Dividing by the window's own autocorrelation undoes its taper (Boersma's correction).
+    nr = r[:, 1:] / (np.maximum(r[:, :1], 1e-20) * r_win[1:])  # nr[:, j] is lag j + 1
+    # Whole multiples of the period correlate as well as the period itself (the
+    # correction can even push them past 1): cap at 1 and charge Praat's
+    # octave cost, 0.01 per octave of lag, so the shortest good period wins.
+    lags = np.arange(lo, hi + 1)
+    cand = np.minimum(nr[:, lo - 1 : hi], 1.0) - (0.01 * np.log2(lags * fmin / sr)).astype(np.float32)
+    k = np.argmax(cand, axis=1) + lo
+    idx = np.arange(rows.size)
+    a, b, c = nr[idx, k - 2], nr[idx, k - 1], nr[idx, k]
+    den = a - 2 * b + c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = np.where(np.abs(den) > 1e-12, 0.5 * (a - c) / den, 0.0)
+    f0[rows] = sr / (k + np.clip(shift, -0.5, 0.5))
+    strength[rows] = np.clip(np.nan_to_num(b, nan=0.0), 0.0, 1.0)
+    return f0, strength

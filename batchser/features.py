@@ -26,12 +26,50 @@ from scipy import sparse
 
 from batchser import dsp
 
-__all__ = ["FEATURE_DIMS", "FEATURE_VERSION", "FeatureSpec", "estimate_tuning", "extract", "power_spectrogram"]
+__all__ = [
+    "FEATURE_DIMS",
+    "FEATURE_VERSION",
+    "SPEECH_GROUPS",
+    "FeatureSpec",
+    "SpeechFrames",
+    "estimate_tuning",
+    "extract",
+    "power_spectrogram",
+    "speech_frames",
+]
 
 # Bump when a change alters any feature value: it invalidates every cache key.
 FEATURE_VERSION = 2
 
-FEATURE_DIMS: dict[str, int] = {"mfcc": 40, "chroma": 12, "mel": 128, "contrast": 7, "tonnetz": 6}
+FEATURE_DIMS: dict[str, int] = {
+    # The seed recipe's: means over 128 ms frames (n_fft 2048, hop 512).
+    "mfcc": 40,
+    "chroma": 12,
+    "mel": 128,
+    "contrast": 7,
+    "tonnetz": 6,
+    # Speech-rate statistics over 25 ms frames every 10 ms, active frames only
+    # (within 35 dB of the file's loudest frame); see ``speech_frames``.
+    "mfcc_stats": 80,  # 20 MFCCs: mean, std, mean |delta|, std of delta
+    "logmel_stats": 80,  # 40 log-mel bands: mean, std
+    "spectral_stats": 6,  # centroid, flatness, roll-off: mean, std
+    "prosody": 12,  # pitch level, range and movement; voicing; loudness; active time
+}
+SPEECH_GROUPS = frozenset({"mfcc_stats", "logmel_stats", "spectral_stats", "prosody"})
+
+# Speech-rate analysis: the usual ASR framing, 40 mel bands, 20 MFCCs, pitch
+# 75-500 Hz (Praat's default floor) in 40 ms frames (3 periods of 75 Hz).
+SPEECH = {
+    "win_s": 0.025,
+    "hop_s": 0.010,
+    "n_mels": 40,
+    "n_mfcc": 20,
+    "active_db": 35.0,
+    "fmin": 75.0,
+    "fmax": 500.0,
+    "pitch_win_s": 0.040,
+    "voicing": 0.45,
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +106,10 @@ class FeatureSpec:
 
     def fingerprint(self) -> str:
         """Stable short hash of everything that determines the feature values."""
-        blob = json.dumps({**asdict(self), "version": FEATURE_VERSION}, sort_keys=True)
+        params: dict[str, object] = {**asdict(self), "version": FEATURE_VERSION}
+        if SPEECH_GROUPS & set(self.names):  # so seed-only fingerprints (and caches) stay as they were
+            params["speech"] = SPEECH
+        blob = json.dumps(params, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, object]:
@@ -92,8 +133,11 @@ def _chroma_basis(sr: int, n_fft: int, tuning: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _window(n_fft: int) -> np.ndarray:
-    return dsp.hann(n_fft).astype(np.float32)
+def _window(n_fft: int, win_length: int | None = None) -> np.ndarray:
+    # librosa.stft: a periodic Hann of win_length, zero-padded to n_fft, centred.
+    win = win_length or n_fft
+    lpad = (n_fft - win) // 2
+    return np.pad(dsp.hann(win), (lpad, n_fft - win - lpad)).astype(np.float32)
 
 
 @lru_cache(maxsize=8)
@@ -106,18 +150,18 @@ def _tuning_band(sr: int, n_fft: int, fmin: float = 150.0, fmax: float = 4000.0)
 # -- the features -----------------------------------------------------------------
 
 
-def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
+def power_spectrogram(y: np.ndarray, *, n_fft: int, hop_length: int, win_length: int | None = None) -> np.ndarray:
     """|STFT|**2, shape (1 + n_fft // 2, frames), C-contiguous float32.
 
-    librosa.stft's framing (centred, zero-padded, periodic Hann), computed in
-    float32 with one real FFT per frame; within 2e-7 of librosa's magnitudes
-    relative to the spectrum's peak.
+    librosa.stft's framing (centred, zero-padded, periodic Hann of
+    ``win_length``, default ``n_fft``), computed in float32 with one real FFT
+    per frame; within 2e-7 of librosa's magnitudes relative to the spectrum's peak.
     """
     padded = np.pad(y, n_fft // 2)
     n_frames = 1 + (len(padded) - n_fft) // hop_length
     step = padded.strides[0]
     frames = np.lib.stride_tricks.as_strided(padded, shape=(n_frames, n_fft), strides=(hop_length * step, step))
-    spec = scipy.fft.rfft(frames * _window(n_fft), axis=-1, workers=1)
+    spec = scipy.fft.rfft(frames * _window(n_fft, win_length), axis=-1, workers=1)
     return np.ascontiguousarray((spec.real * spec.real + spec.imag * spec.imag).T)
 
 
@@ -161,6 +205,120 @@ def _chroma(mag: np.ndarray, *, sr: int, n_fft: int) -> np.ndarray:
     return dsp.normalize(raw, norm=np.inf, axis=-2)
 
 
+@dataclass(frozen=True)
+class SpeechFrames:
+    """Frame-wise speech descriptors at 25 ms / 10 ms, all with the same frame count.
+
+    ``active`` marks frames within ``SPEECH["active_db"]`` of the loudest one:
+    statistics are taken over them, so leading and trailing silence (half of
+    a RAVDESS clip) does not dilute them.
+    """
+
+    log_mel: np.ndarray  # (n_mels, frames), dB, top 80 dB
+    mfcc: np.ndarray  # (n_mfcc, frames)
+    level_db: np.ndarray  # (frames,) RMS level, dB re full scale
+    centroid: np.ndarray  # (frames,) Hz
+    flatness: np.ndarray  # (frames,) 0..1
+    rolloff: np.ndarray  # (frames,) Hz, 85 % of the magnitude below it
+    f0: np.ndarray  # (frames,) Hz, best candidate in every active frame (NaN elsewhere)
+    periodicity: np.ndarray  # (frames,) 0..1
+    active: np.ndarray  # (frames,) bool
+
+
+@lru_cache(maxsize=8)
+def _speech_framing(sr: int) -> tuple[int, int, int, int]:
+    win = round(SPEECH["win_s"] * sr)
+    hop = round(SPEECH["hop_s"] * sr)
+    n_fft = 1 << (win - 1).bit_length()
+    return win, hop, n_fft, round(SPEECH["pitch_win_s"] * sr)
+
+
+def speech_frames(y: np.ndarray, *, sr: int) -> SpeechFrames:
+    """Speech-rate descriptors of one mono signal, from one STFT and one autocorrelation.
+
+    The spectral ones follow librosa's definitions (``melspectrogram`` +
+    ``power_to_db``, ``mfcc``, ``rms``, ``spectral_centroid``,
+    ``spectral_flatness``, ``spectral_rolloff`` on ``stft(n_fft, hop,
+    win_length)``); ``tests/test_features.py`` checks them against librosa.
+    Pitch comes from :func:`batchser.dsp.autocorr_pitch`.
+    """
+    win, hop, n_fft, pitch_win = _speech_framing(sr)
+    power = power_spectrogram(y, n_fft=n_fft, hop_length=hop, win_length=win)
+    mag = np.sqrt(power)
+    log_mel = dsp.power_to_db(_mel_basis(sr, n_fft, int(SPEECH["n_mels"])) @ power)
+    mfcc = scipy.fft.dct(log_mel, axis=0, type=2, norm="ortho")[: int(SPEECH["n_mfcc"])]
+    # librosa.feature.rms(S=mag): the DC and Nyquist bins count once, the rest twice.
+    edge = power[0] + power[-1]
+    level_db = 10 * np.log10(np.maximum((2 * power.sum(axis=0) - edge) / n_fft**2, 1e-20))
+    freqs = _fft_freqs(sr, n_fft)
+    total = mag.sum(axis=0)
+    centroid = (freqs @ mag) / np.maximum(total, 1e-10)
+    floored = np.maximum(power, 1e-10)
+    flatness = np.exp(np.log(floored).mean(axis=0)) / floored.mean(axis=0)
+    below = np.cumsum(mag, axis=0) >= 0.85 * total
+    rolloff = freqs[np.argmax(below, axis=0)]
+    active = level_db > level_db.max() - SPEECH["active_db"]
+    f0, periodicity = dsp.autocorr_pitch(
+        y, sr=sr, frame_length=pitch_win, hop_length=hop, fmin=SPEECH["fmin"], fmax=SPEECH["fmax"], frames=active
+    )
+    return SpeechFrames(log_mel, mfcc, level_db, centroid, flatness, rolloff, f0, periodicity, active)
+
+
+@lru_cache(maxsize=8)
+def _fft_freqs(sr: int, n_fft: int) -> np.ndarray:
+    return dsp.fft_frequencies(sr=sr, n_fft=n_fft).astype(np.float32)
+
+
+def _spread(x: np.ndarray) -> np.ndarray:
+    """Mean and standard deviation of each row over frames."""
+    return np.concatenate([x.mean(axis=-1), x.std(axis=-1)])
+
+
+def _prosody(fr: SpeechFrames) -> np.ndarray:
+    # Pitch over voiced active frames, as log2(Hz) so that a range is an
+    # interval in octaves whatever the speaker's register. A file with under
+    # three voiced frames (whisper, noise) uses its three most periodic
+    # active frames: a real, if poor, estimate, and ``voiced`` says it is one.
+    voiced = fr.active & (fr.periodicity >= SPEECH["voicing"])
+    idx = np.flatnonzero(voiced)
+    if idx.size < 3:
+        act = np.flatnonzero(fr.active)
+        idx = np.sort(act[np.argsort(fr.periodicity[act])[-3:]])
+    pitch = np.log2(fr.f0[idx])
+    p10, p50, p90 = np.percentile(pitch, [10, 50, 90])
+    level = fr.level_db[fr.active]
+    l10, l90 = np.percentile(level, [10, 90])
+    return np.array(
+        [
+            p50,  # register
+            p90 - p10,  # range, octaves
+            p10,
+            p90,
+            pitch.std(),
+            np.abs(np.diff(pitch)).mean() if pitch.size > 1 else 0.0,  # movement
+            voiced.mean(),  # share of frames voiced
+            fr.active.mean(),  # share of frames active
+            level.mean(),
+            level.std(),
+            l90 - l10,  # dynamic range, dB
+            fr.active.sum() * SPEECH["hop_s"],  # active time, s
+        ]
+    )
+
+
+def _speech_group(name: str, fr: SpeechFrames) -> np.ndarray:
+    act = fr.active
+    if name == "mfcc_stats":
+        m = fr.mfcc[:, act]
+        delta = np.diff(m, axis=1) if m.shape[1] > 1 else np.zeros((m.shape[0], 1), m.dtype)
+        return np.concatenate([m.mean(axis=1), m.std(axis=1), np.abs(delta).mean(axis=1), delta.std(axis=1)])
+    if name == "logmel_stats":
+        return _spread(fr.log_mel[:, act])
+    if name == "spectral_stats":
+        return _spread(np.stack([fr.centroid[act], fr.flatness[act], fr.rolloff[act]]))
+    return _prosody(fr)
+
+
 def extract(y: np.ndarray, *, spec: FeatureSpec) -> np.ndarray:
     """Feature vector of one mono signal.
 
@@ -173,14 +331,21 @@ def extract(y: np.ndarray, *, spec: FeatureSpec) -> np.ndarray:
     Returns
     -------
     np.ndarray, shape (spec.dim,), float32
-        Means over frames of each feature group, concatenated in ``spec.names`` order.
+        Each group's per-file statistics (the seed's groups: means over
+        frames), concatenated in ``spec.names`` order.
     """
     sr, n_fft, hop = spec.sample_rate, spec.n_fft, spec.hop_length
-    power = power_spectrogram(y, n_fft=n_fft, hop_length=hop)
-    mag = np.sqrt(power) if {"chroma", "contrast"} & set(spec.names) else None
-    mel = _mel_basis(sr, n_fft) @ power if {"mfcc", "mel"} & set(spec.names) else None
+    names = set(spec.names)
+    seed = names - SPEECH_GROUPS
+    power = power_spectrogram(y, n_fft=n_fft, hop_length=hop) if seed else None
+    mag = np.sqrt(power) if {"chroma", "contrast"} & names else None
+    mel = _mel_basis(sr, n_fft) @ power if {"mfcc", "mel"} & names else None
+    speech = speech_frames(y, sr=sr) if SPEECH_GROUPS & names else None
     parts: list[np.ndarray] = []
     for name in spec.names:
+        if name in SPEECH_GROUPS:
+            parts.append(_speech_group(name, speech))  # type: ignore[arg-type]
+            continue
         if name == "mfcc":
             block = _mfcc(mel)
         elif name == "mel":

@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -29,8 +30,10 @@ from batchser.features import FeatureSpec
 from batchser.labels import Label, label_source
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import (
+    ModelError,
     ModelMeta,
     TrainedModel,
+    check_model,
     evaluate,
     fit_model,
     load_model,
@@ -51,6 +54,7 @@ from batchser.report import (
     write_reliability_png,
 )
 from batchser.segments import SegmentSpec
+from batchser.speakers import SpeakerNorm
 
 __all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job", "watch_job"]
 
@@ -308,20 +312,51 @@ def _train(
     params = manifest.model.mlp.model_dump()
     log.info("training on %d files, %d features, classes %s", len(use), X.shape[1], classes)
     ms = manifest.model
-    metrics = evaluate(
-        X, y, groups, params=params, random_state=ms.random_state, cv_folds=ms.cv_folds, calibration=ms.calibration
-    )
-    pipe = fit_model(X, y, groups, params=params, random_state=ms.random_state, calibration=ms.calibration)
+
+    def evaluate_and_fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
+        kw: dict[str, Any] = {"params": params, "random_state": ms.random_state, "calibration": ms.calibration}
+        return fit_model(X, y, groups, **kw), evaluate(X, y, groups, cv_folds=ms.cv_folds, **kw)
+
+    pipe, metrics = evaluate_and_fit(X, y, groups)
+    speaker_pipe = None
+    if ms.normalize == "speaker":
+        if groups is None:
+            raise ModelError(
+                "model.normalize: speaker needs the speaker of every training file: use labels: ravdess, "
+                "a label CSV with a speaker column, or inputs[].speaker: folder"
+            )
+        # Each speaker's statistics come from their own training files only.
+        norm = SpeakerNorm.fit(X, speakers, min_files=ms.min_speaker_files)
+        Xn, covered = norm.transform(X, speakers)
+        if len(norm.count) < 2:
+            raise ModelError(
+                f"model.normalize: speaker needs 2+ speakers with at least {ms.min_speaker_files} training "
+                f"files each; found {len(norm.count)}. Lower model.min_speaker_files or add recordings"
+            )
+        speaker_pipe, speaker_metrics = evaluate_and_fit(Xn[covered], y[covered], groups[covered])
+        # The headline figures are the speaker-normalised ones; the fallback's stay beside them.
+        metrics = {
+            **speaker_metrics,
+            "speaker_normalization": {"min_speaker_files": ms.min_speaker_files, "speakers": len(norm.count)},
+            "without_speaker_normalization": metrics,
+        }
     meta = ModelMeta(
         classes=classes,
         feature_spec=spec.to_dict(),
         training_fingerprint=training_fingerprint([outcomes[i].content_hash for i in use], y.tolist()),
         n_train=len(use),
-        params={**params, "random_state": ms.random_state, "calibration": ms.calibration, "job": manifest.name},
+        params={
+            **params,
+            "random_state": ms.random_state,
+            "calibration": ms.calibration,
+            "normalize": ms.normalize,
+            "min_speaker_files": ms.min_speaker_files,
+            "job": manifest.name,
+        },
         metrics=metrics,
         versions=versions(),
     )
-    model = save_model(pipe, meta, manifest.model_path)
+    model = save_model(pipe, meta, manifest.model_path, speaker_pipeline=speaker_pipe)
     sources = ", ".join(f"`{i.path}` (labels: {i.labels})" for i in manifest.inputs)
     note = f"Trained on {sources}."
     if any(i.labels == "ravdess" for i in manifest.inputs):
@@ -350,7 +385,10 @@ def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
 
 def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], Label]]]:
     paths = [manifest.resolve(i.path) for i in manifest.inputs]
-    fns = [label_source(i.labels, resolve=manifest.resolve) for i in manifest.inputs]
+    fns = [
+        label_source(i.labels, resolve=manifest.resolve, speaker=i.speaker, root=manifest.root_dir)
+        for i in manifest.inputs
+    ]
     if manifest.queue_dir.is_dir():  # captured clips: no labels
         paths.append(manifest.queue_dir)
         fns.append(label_source("none", resolve=manifest.resolve))
@@ -383,6 +421,8 @@ def _annotate(
         return label, float(p[k])
 
     classes = list(model.meta.classes)
+    norm = _speaker_norm(outcomes, labels, model)
+    normalized = {i for i, lab in enumerate(labels) if norm is not None and norm.covers(lab.speaker)}
     seg_rows: list[SegmentRow] = []
     aggregated: dict[int, np.ndarray] = {}
     dominant: dict[int, tuple[str, int]] = {}
@@ -390,7 +430,7 @@ def _annotate(
         segs = o.record.segments if o.ok and o.record is not None else None
         if segs is None:
             continue
-        p = model.predict_proba(segs.vectors.astype(np.float64))
+        p, _ = model.predict_proba_by_speaker(segs.vectors.astype(np.float64), [labels[i].speaker] * len(segs), norm)
         use = segs.voiced if segs.voiced.any() else np.ones(len(segs), dtype=bool)
         aggregated[i] = p[use].mean(axis=0)
         seg_labels = [classes[k] for k in np.argmax(p, axis=1)]
@@ -417,7 +457,11 @@ def _annotate(
     proba = np.concatenate(
         [np.empty((0, len(classes)))]
         + [
-            model.predict_proba(np.stack([outcomes[i].record.vector for i in c]).astype(np.float64))  # type: ignore[union-attr]
+            model.predict_proba_by_speaker(
+                np.stack([outcomes[i].record.vector for i in c]).astype(np.float64),  # type: ignore[union-attr]
+                [labels[i].speaker for i in c],
+                norm,
+            )[0]
             for c in chunks
         ]
     )
@@ -431,6 +475,7 @@ def _annotate(
             "content_hash": o.content_hash,
             "model": model.id,
             "used_for_training": (i in used) if train else None,
+            "speaker": lab.speaker or "",
         }
         if rec is not None:
             common |= {
@@ -445,11 +490,38 @@ def _annotate(
             p = proba_of[i]
             label, conf = top(p)
             probabilities = dict(zip(classes, map(float, p), strict=True))
-            rows.append(ReportRow(status="ok", label=label, confidence=conf, probabilities=probabilities, **common))
+            rows.append(
+                ReportRow(
+                    status="ok",
+                    label=label,
+                    confidence=conf,
+                    probabilities=probabilities,
+                    speaker_normalized=i in normalized,
+                    **common,
+                )
+            )
         else:
             reason = o.error or (rec.error if rec is not None else "no features")
             rows.append(ReportRow(status="error", error=reason, **common))
     return rows, seg_rows
+
+
+def _speaker_norm(outcomes: Sequence[FileOutcome], labels: Sequence[Label], model: TrainedModel) -> SpeakerNorm | None:
+    """Per-speaker statistics over this job's vectors: each short file's, each voiced window's."""
+    if model.speaker_pipeline is None:
+        return None
+    vectors: list[np.ndarray] = []
+    speakers: list[str | None] = []
+    for o, lab in zip(outcomes, labels, strict=True):
+        if not (o.ok and lab.speaker and o.record is not None):
+            continue
+        segs = o.record.segments
+        block = o.record.vector[None, :] if segs is None else segs.vectors[segs.voiced]  # type: ignore[index]
+        vectors.append(block)
+        speakers += [lab.speaker] * len(block)
+    if not vectors:
+        return None
+    return SpeakerNorm.fit(np.concatenate(vectors), speakers, min_files=model.min_speaker_files)
 
 
 def _tally(summary: JobSummary, rows: Sequence[ReportRow]) -> None:
@@ -485,6 +557,41 @@ def _write_annotations(run: _Run) -> list[Path]:
     return [*written, out / "summary.json"]
 
 
+class _Background:
+    """``fn(*args, **kw)`` on a daemon thread; :meth:`result` waits and returns or raises.
+
+    A daemon thread, unlike a thread pool's, does not hold up the exit of an
+    interrupted job while it finishes importing.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self._value: Any = None
+        self._error: Exception | None = None
+
+        def target() -> None:
+            try:
+                self._value = fn(*args, **kw)
+            except Exception as exc:  # noqa: BLE001 (re-raised by result())
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="batchser-model", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _import_training_stack() -> None:
+    import sklearn.calibration
+    import sklearn.metrics
+    import sklearn.model_selection
+    import sklearn.neural_network  # noqa: F401
+    import skops.io  # noqa: F401
+
+
 def _run(manifest: Manifest, *, progress: bool) -> _Run:
     t0 = time.perf_counter()
     summary = JobSummary(manifest.name)
@@ -492,12 +599,14 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     check_manifest_paths(manifest)
     spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate)
     classes = list(manifest.emotions)
-    model = (
-        None
-        if manifest.model.train
-        else load_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
-    )
-    clock.lap("load_model")
+    if manifest.model.train:
+        pending = _Background(_import_training_stack)
+    else:
+        # A wrong model fails here, before any work; loading it (3 s of importing
+        # scikit-learn and skops) overlaps with discovery, hashing and extraction.
+        check_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
+        pending = _Background(load_model, manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
+    clock.lap("check_model")
     paths, label_fns = _input_paths(manifest)
     files = discover(paths)
     log.info("%s: %d files discovered", manifest.name, len(files))
@@ -517,7 +626,11 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     clock.lap("close_cache")
 
     used: set[int] = set()
-    if model is None:
+    loaded = pending.result()
+    clock.lap("load_model")  # only the part of loading that did not overlap
+    if isinstance(loaded, TrainedModel):
+        model = loaded
+    else:
         model, summary.metrics, used = _train(manifest, outcomes, labels, spec)
     summary.model_id = model.id
     clock.lap("train")
@@ -564,7 +677,9 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     ManifestError
         A path the manifest names is missing (before any work).
     ModelError
-        The model cannot be loaded for this job (before any extraction).
+        The model does not fit this job: missing, changed, or trained on other
+        features or classes (before any extraction); or holding types batchser
+        does not trust (before any prediction).
     """
     return _run(manifest, progress=progress).summary
 

@@ -103,7 +103,18 @@ def _csv_source(csv_path: Path) -> Callable[[Path], Label]:
     return lambda path: table.get(os.path.normpath(path), Label())
 
 
-def label_source(spec: str, *, resolve: Callable[[str], Path]) -> Callable[[Path], Label]:
+def _folder_speaker(fn: Callable[[Path], Label], root: Path) -> Callable[[Path], Label]:
+    def label(path: Path) -> Label:
+        parent = path.parent  # for an archive member "x.zip::dir/a.wav": "x.zip::dir"
+        speaker = os.path.relpath(parent, root) if parent.is_relative_to(root) else str(parent)
+        return Label(emotion=fn(path).emotion, speaker=speaker)
+
+    return label
+
+
+def label_source(
+    spec: str, *, resolve: Callable[[str], Path], speaker: str = "labels", root: Path | None = None
+) -> Callable[[Path], Label]:
     """A function giving each file's :class:`Label` for a manifest ``labels`` value.
 
     Parameters
@@ -112,9 +123,16 @@ def label_source(spec: str, *, resolve: Callable[[str], Path]) -> Callable[[Path
         ``none``, ``ravdess`` or ``csv:<file>``.
     resolve : callable
         Turns a manifest-relative path into an absolute one.
+    speaker : {"labels", "folder"}
+        Where the speaker comes from: the label source, or the file's folder
+        (shown relative to ``root``).
+    root : Path or None
+        The job's root folder, for ``speaker="folder"``.
     """
     if spec == "none":
-        return lambda path: Label()
-    if spec == "ravdess":
-        return _ravdess
-    return _csv_source(resolve(spec.removeprefix("csv:")))
+        fn: Callable[[Path], Label] = lambda path: Label()  # noqa: E731
+    elif spec == "ravdess":
+        fn = _ravdess
+    else:
+        fn = _csv_source(resolve(spec.removeprefix("csv:")))
+    return _folder_speaker(fn, root or Path("/")) if speaker == "folder" else fn

@@ -48,6 +48,9 @@ class InputSpec(_Strict):
         default="none",
         description="none | ravdess | csv:<file with path,label columns>",
     )
+    # Who speaks, for model.normalize: speaker. "labels": the label source's
+    # (RAVDESS actor, a CSV's speaker column); "folder": the file's folder.
+    speaker: Literal["labels", "folder"] = "labels"
 
     @field_validator("labels")
     @classmethod
@@ -102,6 +105,11 @@ class ModelSpec(_Strict):
     calibration: Literal["none", "sigmoid", "isotonic"] = "none"
     # Files whose top probability is below this are labelled "uncertain".
     min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
+    # "speaker": standardise features over each speaker's own recordings
+    # (batchser.speakers); files of speakers with fewer than min_speaker_files
+    # recordings in the job use a second network trained without it.
+    normalize: Literal["none", "speaker"] = "none"
+    min_speaker_files: Annotated[int, Field(ge=2)] = 10
 
 
 class SegmentsSpec(_Strict):
@@ -142,7 +150,8 @@ class Manifest(_Strict):
     root: str = "."
     inputs: Annotated[list[InputSpec], Field(min_length=1)]
     emotions: Annotated[list[str], Field(min_length=2)]
-    features: Annotated[list[str], Field(min_length=1)] = ["mfcc", "chroma", "mel"]
+    # The shipped model's; the seed recipe's are [mfcc, chroma, mel].
+    features: Annotated[list[str], Field(min_length=1)] = ["mfcc_stats", "logmel_stats", "spectral_stats", "prosody"]
     audio: AudioSpec = AudioSpec()
     cache: str = "result/cache"
     engine: EngineSpec = EngineSpec()

@@ -4,6 +4,11 @@ The model is a scikit-learn Pipeline (StandardScaler → MLPClassifier with the
 seed recipe's parameters). Files are written with skops, never pickle, beside
 a JSON sidecar holding the metadata and the SHA-256 of the model bytes;
 loading verifies that hash and accepts only an explicit list of types.
+
+scikit-learn and skops are imported inside the functions that use them: the
+two cost about 3 s to import, more than a warm job's whole work, and a job
+checks a model's metadata (:func:`check_model`) before any extraction, then
+loads it (:func:`load_model`) in the background while files are analysed.
 """
 
 from __future__ import annotations
@@ -13,23 +18,19 @@ import json
 import logging
 import platform
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sklearn
-import skops.io as sio
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-from sklearn.model_selection import GroupKFold, StratifiedKFold, train_test_split
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 from batchser.atomic import atomic_path, atomic_write_text
+from batchser.speakers import SpeakerNorm
 
 __all__ = [
     "ModelError",
@@ -37,6 +38,7 @@ __all__ = [
     "TrainedModel",
     "build_pipeline",
     "calibration_table",
+    "check_model",
     "evaluate",
     "fit",
     "fit_model",
@@ -86,24 +88,65 @@ class ModelMeta:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    pipeline: Pipeline
+    """A loaded model: the network for any file, and optionally one for speaker-normalised files.
+
+    ``speaker_pipeline`` (``model.normalize: speaker``) was trained on features
+    standardised per speaker (:class:`batchser.speakers.SpeakerNorm`); files
+    whose speaker has too few recordings for such statistics go to ``pipeline``,
+    trained on the same data without that step.
+    """
+
+    pipeline: Any
     meta: ModelMeta
     path: Path
+    speaker_pipeline: Any | None = None
 
     @property
     def id(self) -> str:
         """Short id for reports: model file name and the start of its weights' hash."""
         return f"{self.path.stem}@{self.meta.weights_sha256[:12]}"
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities, columns in ``meta.classes`` order."""
-        proba = self.pipeline.predict_proba(X)
-        order = [list(self.pipeline.classes_).index(c) for c in self.meta.classes]
+    @property
+    def min_speaker_files(self) -> int:
+        return int(self.meta.params.get("min_speaker_files", 0))
+
+    def _proba(self, estimator: Any, X: np.ndarray) -> np.ndarray:
+        proba = estimator.predict_proba(X)
+        order = [list(estimator.classes_).index(c) for c in self.meta.classes]
         return proba[:, order]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities without speaker normalisation, columns in ``meta.classes`` order."""
+        return self._proba(self.pipeline, X)
+
+    def predict_proba_by_speaker(
+        self, X: np.ndarray, speakers: Sequence[str | None], norm: SpeakerNorm | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities, speaker-normalised wherever ``norm`` covers the row's speaker.
+
+        Returns
+        -------
+        proba : np.ndarray, shape (n, n_classes)
+        normalised : np.ndarray, shape (n,), bool
+            Rows that went through the speaker-normalised network.
+        """
+        if self.speaker_pipeline is None or norm is None:
+            return self.predict_proba(X), np.zeros(len(X), dtype=bool)
+        Xn, covered = norm.transform(X, speakers)
+        proba = np.empty((len(X), len(self.meta.classes)))
+        if (~covered).any():
+            proba[~covered] = self._proba(self.pipeline, X[~covered])
+        if covered.any():
+            proba[covered] = self._proba(self.speaker_pipeline, Xn[covered])
+        return proba, covered
 
 
 def build_pipeline(params: dict[str, Any], *, random_state: int) -> Pipeline:
     """StandardScaler → MLPClassifier(**params, random_state=random_state)."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     mlp = MLPClassifier(
         **{**params, "hidden_layer_sizes": tuple(params["hidden_layer_sizes"])}, random_state=random_state
     )
@@ -112,6 +155,8 @@ def build_pipeline(params: dict[str, Any], *, random_state: int) -> Pipeline:
 
 def fit(pipe: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
     """Fit ``pipe``; max_iter is the recipe's budget, so non-convergence is not news."""
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
         return pipe.fit(X, y)
@@ -148,6 +193,10 @@ def fit_model(
     estimator
         With ``predict_proba`` and ``classes_``.
     """
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GroupKFold, StratifiedKFold
+
     pipe = build_pipeline(params, random_state=random_state)
     if calibration == "none":
         return fit(pipe, X, y)
@@ -198,6 +247,8 @@ def calibration_table(proba: np.ndarray, y_true: np.ndarray, classes: list[str],
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return {
         "n": len(y_true),
@@ -246,6 +297,9 @@ def evaluate(
         ``actor_wise``: GroupKFold, every speaker tested once in a fold that did
         not train on it; per-fold scores and scores of the pooled predictions.
     """
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import GroupKFold, train_test_split
+
     classes = sorted(set(y.tolist()))
     out: dict[str, Any] = {}
     idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=7)
@@ -300,6 +354,7 @@ def training_fingerprint(content_hashes: list[str], labels: list[str]) -> str:
 
 def versions() -> dict[str, str]:
     import librosa
+    import sklearn
     import skops
 
     return {
@@ -319,9 +374,14 @@ def _pipeline_arrays(pipeline: Pipeline) -> list[np.ndarray]:
 def weights_digest(model: Any) -> str:
     """SHA-256 of a fitted model's numbers and classes, independent of file format.
 
-    Covers the plain pipeline and a ``CalibratedClassifierCV`` of pipelines
-    (each inner pipeline and its per-class calibrators).
+    Covers the plain pipeline, a ``CalibratedClassifierCV`` of pipelines
+    (each inner pipeline and its per-class calibrators), and the
+    ``{"global": …, "speaker": …}`` pair of a speaker-normalised model.
     """
+    from sklearn.calibration import CalibratedClassifierCV
+
+    if isinstance(model, dict):
+        return hashlib.sha256("".join(weights_digest(model[k]) for k in sorted(model)).encode()).hexdigest()
     h = hashlib.sha256()
     arrays: list[np.ndarray] = []
     if isinstance(model, CalibratedClassifierCV):
@@ -344,40 +404,30 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def save_model(pipeline: Any, meta: ModelMeta, path: Path) -> TrainedModel:
-    """Write ``path`` (skops) and ``path.json`` (metadata with the file's SHA-256)."""
-    blob = sio.dumps(pipeline)
+def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: Any | None = None) -> TrainedModel:
+    """Write ``path`` (skops) and ``path.json`` (metadata with the file's SHA-256).
+
+    With ``speaker_pipeline`` the file holds ``{"global": pipeline, "speaker": speaker_pipeline}``.
+    """
+    import skops.io as sio
+
+    content = pipeline if speaker_pipeline is None else {"global": pipeline, "speaker": speaker_pipeline}
+    blob = sio.dumps(content)
     meta = ModelMeta(
         **{
             **asdict(meta),
             "sha256": hashlib.sha256(blob).hexdigest(),
-            "weights_sha256": weights_digest(pipeline),
+            "weights_sha256": weights_digest(content),
             "created": meta.created or datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
     with atomic_path(path) as tmp:
         tmp.write_bytes(blob)
     atomic_write_text(_sidecar(path), json.dumps(asdict(meta), indent=2) + "\n")
-    return TrainedModel(pipeline, meta, path)
+    return TrainedModel(pipeline, meta, path, speaker_pipeline)
 
 
-def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> TrainedModel:
-    """Load a model written by :func:`save_model`, refusing anything unsafe or unfit.
-
-    Parameters
-    ----------
-    path : Path
-        The ``.skops`` file; its ``.json`` sidecar must be beside it.
-    feature_fingerprint : str
-        The job's feature fingerprint; the model must have been trained on it.
-    classes : list of str
-        The job's emotions; must be the model's classes (any order).
-
-    Raises
-    ------
-    ModelError
-        Missing files, changed bytes, untrusted types, or a mismatch with the job.
-    """
+def _read_checked(path: Path, *, feature_fingerprint: str, classes: list[str]) -> tuple[ModelMeta, bytes]:
     side = _sidecar(path)
     if not path.is_file():
         raise ModelError(
@@ -398,11 +448,6 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
             f"model file {path} changed since it was saved (sha256 {digest[:12]}…, expected "
             f"{meta.sha256[:12]}…); refusing to load it. Retrain, or restore the original file"
         )
-    untrusted = set(sio.get_untrusted_types(data=blob))
-    if not untrusted <= TRUSTED_TYPES:
-        raise ModelError(
-            f"model file {path} contains types batchser does not trust: {sorted(untrusted - TRUSTED_TYPES)}"
-        )
     if meta.feature_fingerprint != feature_fingerprint:
         raise ModelError(
             f"model {path.name} was trained on features {meta.feature_spec.get('names')} at "
@@ -415,9 +460,53 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
             f"model {path.name} predicts {meta.classes} but the job lists emotions {classes}; "
             "make emotions match the model's classes"
         )
-    pipeline = sio.loads(blob, trusted=sorted(untrusted))
+    return meta, blob
+
+
+def check_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> ModelMeta:
+    """Everything :func:`load_model` checks that needs no scikit-learn, in milliseconds.
+
+    The files exist, the bytes are those saved (SHA-256 in the sidecar), and
+    the model was trained on the job's features and classes. A job calls this
+    before any extraction, so a wrong model fails at once.
+
+    Raises
+    ------
+    ModelError
+    """
+    return _read_checked(path, feature_fingerprint=feature_fingerprint, classes=classes)[0]
+
+
+def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> TrainedModel:
+    """Load a model written by :func:`save_model`, refusing anything unsafe or unfit.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.skops`` file; its ``.json`` sidecar must be beside it.
+    feature_fingerprint : str
+        The job's feature fingerprint; the model must have been trained on it.
+    classes : list of str
+        The job's emotions; must be the model's classes (any order).
+
+    Raises
+    ------
+    ModelError
+        Missing files, changed bytes, untrusted types, or a mismatch with the job.
+    """
+    import skops.io as sio
+
+    meta, blob = _read_checked(path, feature_fingerprint=feature_fingerprint, classes=classes)
+    untrusted = set(sio.get_untrusted_types(data=blob))
+    if not untrusted <= TRUSTED_TYPES:
+        raise ModelError(
+            f"model file {path} contains types batchser does not trust: {sorted(untrusted - TRUSTED_TYPES)}"
+        )
+    content = sio.loads(blob, trusted=sorted(untrusted))
     meta = ModelMeta(**{**asdict(meta), "classes": list(classes)})
-    return TrainedModel(pipeline, meta, path)
+    if isinstance(content, dict):
+        return TrainedModel(content["global"], meta, path, content["speaker"])
+    return TrainedModel(content, meta, path)
 
 
 def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
@@ -435,7 +524,7 @@ def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
     rs, aw = m.metrics.get("random_split", {}), m.metrics.get("actor_wise", {})
     fs = m.feature_spec
     features = (
-        f"{', '.join(fs['names'])} ({fs['dim']} dims, per-file means) at {fs['sample_rate']} Hz, "
+        f"{', '.join(fs['names'])} ({fs['dim']} dims, per-file statistics) at {fs['sample_rate']} Hz, "
         f"fingerprint `{m.feature_fingerprint}`"
     )
     hidden = tuple(m.params.get("hidden_layer_sizes", ()))
@@ -444,6 +533,25 @@ def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
     )
     if m.params.get("calibration", "none") != "none":
         estimator = f"CalibratedClassifierCV({estimator}, method={m.params['calibration']}, 3-fold by speaker)"
+    fallback = m.metrics.get("without_speaker_normalization")
+    if fallback is not None:
+        fb = fallback.get("actor_wise", {})
+        normalization = (
+            f"per speaker (speakers with {m.params.get('min_speaker_files')}+ recordings in a job); "
+            f"other files use a second network trained without it: actor-wise accuracy {_pct(fb)}, "
+            f"macro-F1 {_pct(fb, 'macro_f1')}, ECE {_ece(fb)}"
+        )
+    else:
+        normalization = "none (StandardScaler over all training files)"
+    expect = (
+        "The actor-wise figure is the one to expect on speakers the model has never heard;\n"
+        "the random split shares speakers between training and test and flatters the model."
+    )
+    if fallback is not None:
+        expect += (
+            "\nThe actor-wise figure holds for speakers with enough recordings in the job, from several\n"
+            "emotions; files of other speakers get the second network's answers (see the README, Accuracy)."
+        )
     card = f"""# {model.path.name}
 
 Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id `{model.id}`.
@@ -453,6 +561,7 @@ Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id
 | classes | {", ".join(m.classes)} |
 | features | {features} |
 | model | {estimator} |
+| speaker normalisation | {normalization} |
 | training files | {m.n_train} (training fingerprint `{m.training_fingerprint}`) |
 | random 75/25 split (seed recipe, random_state 7) | accuracy {_pct(rs)}, macro-F1 {_pct(rs, "macro_f1")} |
 | actor-wise ({aw.get("method", "skipped")}) | accuracy {_pct(aw)}, macro-F1 {_pct(aw, "macro_f1")} |
@@ -463,8 +572,7 @@ Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id
 
 {data_note}
 
-The actor-wise figure is the one to expect on speakers the model has never heard;
-the random split shares speakers between training and test and flatters the model.
+{expect}
 """
     path = model.path.with_suffix(".md")
     atomic_write_text(path, card)

@@ -53,6 +53,8 @@ class ReportRow:
     used_for_training: bool | None = None  # train jobs only
     segments: int = 0  # windows of a long file (0: analysed whole)
     dominant_label: str = ""  # a long file's most frequent label over voiced windows
+    speaker: str = ""
+    speaker_normalized: bool = False  # labelled by the speaker-normalised network
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def annotations_frame(rows: Sequence[ReportRow], classes: Sequence[str]) -> pd.D
         "model": [r.model for r in rows],
         "segments": np.array([r.segments for r in rows], dtype=np.int64),
         "dominant_label": [r.dominant_label for r in rows],
+        "speaker": [r.speaker for r in rows],
+        "speaker_normalized": np.array([r.speaker_normalized for r in rows], dtype=bool),
     }
     if any(r.used_for_training is not None for r in rows):
         data["used_for_training"] = [bool(r.used_for_training) for r in rows]

@@ -13,6 +13,10 @@ Rows, all on the same files in this run:
   batchser warm  the same job again: every feature from the cache.
   dask cold      the cold job with engine.backend dask on a LocalCluster of the same number
                  of single-threaded worker processes (when dask.distributed is installed).
+  shipped cold   the cold job with the shipped model's features (speech-rate statistics and
+                 pitch, 178 dims) instead of the seed's: what labelling with the default model costs.
+The seed-feature rows label with a small model trained at the start on seed features (untimed),
+since the shipped model uses the richer set; prediction costs the same either way.
 Besides whole-process wall time, the "feature stage" lines give the part of the job that
 turns files into features (discovery, cache open, hashing/lookup, extraction, cache
 close) from the job's own summary.json: what a warm run saves is this stage; the rest
@@ -85,14 +89,32 @@ def timed(fn, files: list[str]) -> tuple[float, list]:
     return time.perf_counter() - t, out
 
 
-def run_job(files_dir: Path, cache: Path, out: Path, n_jobs: int, backend: str = "loky") -> tuple[float, float, dict]:
+SEED_FEATURES = ["mfcc", "chroma", "mel"]
+
+
+def shipped_features() -> list[str]:
+    return json.loads(MODEL.with_name(MODEL.name + ".json").read_text())["feature_spec"]["names"]
+
+
+def run_job(
+    files_dir: Path,
+    cache: Path,
+    out: Path,
+    n_jobs: int,
+    backend: str = "loky",
+    *,
+    model: Path,
+    features: list[str],
+    train: bool = False,
+) -> tuple[float, float, dict]:
     job = {
         "name": "bench",
-        "inputs": [{"path": str(files_dir)}],
+        "inputs": [{"path": str(files_dir), "labels": "ravdess" if train else "none"}],
         "emotions": ["angry", "sad", "neutral", "happy"],
+        "features": features,
         "cache": str(cache),
         "engine": {"backend": backend, "n_jobs": n_jobs} | ({"scheduler": "local"} if backend == "dask" else {}),
-        "model": {"path": str(MODEL), "train": False},
+        "model": {"path": str(model), "train": train},
         "output": {"dir": str(out)},
     }
     manifest = out.parent / f"{out.name}.yaml"
@@ -132,8 +154,21 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
-    rows: dict[str, list[float]] = {"seed": [], "floor": [], "cold": [], "warm": []}
-    stage: dict[str, list[float]] = {"cold": [], "warm": [], "dask": []}
+    rows: dict[str, list[float]] = {"seed": [], "floor": [], "cold": [], "warm": [], "shipped": []}
+    stage: dict[str, list[float]] = {"cold": [], "warm": [], "dask": [], "shipped": []}
+    model_dir = Path(tempfile.mkdtemp(prefix="batchser-bench-model-"))
+    seed_model = model_dir / "seed.skops"
+    log(f"  training a seed-feature model on {CORPORA / 'ravdess-48k'} (untimed) …")
+    run_job(
+        CORPORA / "ravdess-48k",
+        model_dir / "cache",
+        model_dir / "train",
+        n_jobs,
+        model=seed_model,
+        features=SEED_FEATURES,
+        train=True,
+    )
+    seed_job = {"model": seed_model, "features": SEED_FEATURES}
     if HAVE_DASK:
         rows["dask"] = []
     rss: dict[str, float] = {}
@@ -151,23 +186,30 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="batchser-bench-") as tmp:
             tmp_p = Path(tmp)
             log("  batchser cold …")
-            wall, rss["cold"], s = run_job(folder, tmp_p / "cache", tmp_p / "cold", n_jobs)
+            wall, rss["cold"], s = run_job(folder, tmp_p / "cache", tmp_p / "cold", n_jobs, **seed_job)
             assert s["extracted"] == len(files) and s["failed"] == 0, s
             rows["cold"].append(wall)
             stage["cold"].append(feature_stage(s))
             log("  batchser warm …")
-            wall, rss["warm"], s = run_job(folder, tmp_p / "cache", tmp_p / "warm", n_jobs)
+            wall, rss["warm"], s = run_job(folder, tmp_p / "cache", tmp_p / "warm", n_jobs, **seed_job)
             assert s["extracted"] == 0 and s["from_cache"] == len(files), s
             rows["warm"].append(wall)
             stage["warm"].append(feature_stage(s))
             if HAVE_DASK:
                 log("  batchser cold on a dask LocalCluster …")
-                wall, rss["dask"], s = run_job(folder, tmp_p / "cache-dask", tmp_p / "dask", n_jobs, "dask")
+                wall, rss["dask"], s = run_job(folder, tmp_p / "cache-dask", tmp_p / "dask", n_jobs, "dask", **seed_job)
                 assert s["extracted"] == len(files) and s["failed"] == 0, s
                 rows["dask"].append(wall)
                 stage["dask"].append(feature_stage(s))
+            log("  batchser cold with the shipped model's features …")
+            wall, rss["shipped"], s = run_job(
+                folder, tmp_p / "cache-shipped", tmp_p / "shipped", n_jobs, model=MODEL, features=shipped_features()
+            )
+            assert s["extracted"] == len(files) and s["failed"] == 0, s
+            rows["shipped"].append(wall)
+            stage["shipped"].append(feature_stage(s))
             if r == 0:
-                spec = FeatureSpec(("mfcc", "chroma", "mel"), 16000)
+                spec = FeatureSpec(tuple(SEED_FEATURES), 16000)
                 store = FeatureStore(tmp_p / "cache", spec, segments=SegmentSpec())  # the job's default key
                 rep = pd.read_parquet(tmp_p / "cold" / "annotations.parquet")
                 ours = np.stack([store.get(h).vector for h in rep.sort_values("path")["content_hash"]])
@@ -189,6 +231,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
         ("cold", "batchser cold", n_jobs),
         ("warm", "batchser warm", n_jobs),
         *((("dask", "dask cold", n_jobs),) if HAVE_DASK else ()),
+        ("shipped", "shipped cold", n_jobs),
     ):
         out.append(
             {
@@ -210,6 +253,8 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
         out[4]["stage_dask"] = statistics.median(stage["dask"])
         out[4]["stage_cold"] = out[3]["stage_cold"]
     out[0]["parity_max_rel"] = parity
+    out[-1]["stage_shipped"] = statistics.median(stage["shipped"])
+    out[-1]["stage_cold"] = out[3]["stage_cold"]
     return out
 
 
@@ -251,6 +296,11 @@ def main() -> int:
                 f"{r['corpus']}: dask LocalCluster vs loky, same {r['files']} files cold: feature stage "
                 f"{r['stage_dask']:.2f} s vs {r['stage_cold']:.2f} s ({r['stage_dask'] / r['stage_cold']:.2f}x; "
                 "cluster start-up included)"
+            )
+        if "stage_shipped" in r:
+            print(
+                f"{r['corpus']}: shipped model's features vs the seed's, same {r['files']} files cold: feature stage "
+                f"{r['stage_shipped']:.2f} s vs {r['stage_cold']:.2f} s ({r['stage_shipped'] / r['stage_cold']:.2f}x)"
             )
         if "parity_max_rel" in r:
             worst, n_over, n_all, abs_over = r["parity_max_rel"]

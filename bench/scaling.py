@@ -59,7 +59,8 @@ def per_file_seconds(files: list[Path]) -> float:
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
-    spec = FeatureSpec(("mfcc", "chroma", "mel"), SR)
+    sidecar = json.loads(MODEL.with_name(MODEL.name + ".json").read_text())
+    spec = FeatureSpec(tuple(sidecar["feature_spec"]["names"]), SR)  # what the job below extracts
     with threadpool_limits(1):
         extract_one(ExtractTask(str(files[0]), "warm"), spec=spec, segments=SegmentSpec())
         t = time.perf_counter()

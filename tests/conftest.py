@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "corpora"
 RAVDESS = SHARED / "ravdess"
 RAVDESS_48K = SHARED / "ravdess-48k"
+SHIPPED_MODEL = PROJECT / "result" / "models" / "ravdess-4emo.skops"
+# Jobs that load the shipped model must ask for the features it was trained on.
+SHIPPED_FEATURES: list[str] = json.loads((SHIPPED_MODEL.parent / (SHIPPED_MODEL.name + ".json")).read_text())[
+    "feature_spec"
+]["names"]
 
 
 def _need(path: Path) -> Path:
@@ -91,7 +97,7 @@ def manifest_dict(tmp_path: Path, **over: Any) -> dict[str, Any]:
         "name": "t",
         "inputs": [{"path": "audio", "labels": "csv:labels.csv"}],
         "emotions": ["angry", "sad", "neutral", "happy"],
-        "features": ["mfcc", "chroma", "mel"],
+        "features": SHIPPED_FEATURES,
         "audio": {"sample_rate": 16000},
         "cache": "cache",
         "engine": {"backend": "sequential", "n_jobs": 1},

@@ -44,3 +44,28 @@ def test_pitch_tuning() -> None:
         assert dsp.pitch_tuning(f) == librosa.pitch_tuning(f)
     with pytest.warns(UserWarning):
         assert dsp.pitch_tuning(np.zeros(3)) == librosa.pitch_tuning(np.zeros(3)) == 0.0
+
+
+@pytest.mark.parametrize("f0", [80.0, 110.0, 150.0, 220.0, 330.0, 490.0])
+def test_autocorr_pitch_finds_the_fundamental_not_a_multiple(f0: float) -> None:
+    sr = 16000
+    t = np.arange(sr) / sr
+    y = sum(a * np.sin(2 * np.pi * k * f0 * t) for k, a in ((1, 1.0), (2, 0.5), (3, 0.3))).astype(np.float32)
+    got, strength = dsp.autocorr_pitch(y, sr=sr, frame_length=640, hop_length=160, fmin=75, fmax=500)
+    inner = slice(5, -5)  # frames clear of the zero padding at the ends
+    assert np.abs(got[inner] / f0 - 1).max() < 0.01
+    assert strength[inner].min() > 0.9
+
+
+def test_autocorr_pitch_calls_noise_unvoiced_and_frames_like_an_stft() -> None:
+    sr = 16000
+    y = np.random.default_rng(0).standard_normal(int(2.3 * sr)).astype(np.float32)
+    f0, strength = dsp.autocorr_pitch(y, sr=sr, frame_length=640, hop_length=160, fmin=75, fmax=500)
+    assert np.median(strength) < 0.3 and np.mean(strength > 0.45) < 0.05
+    assert len(f0) == 1 + len(y) // 160  # as librosa.stft(hop_length=160, center=True)
+    assert ((f0 >= 75 * 0.99) & (f0 <= 500 * 1.01)).all()
+
+
+def test_autocorr_pitch_refuses_a_frame_shorter_than_the_longest_period() -> None:
+    with pytest.raises(ValueError, match=r"cannot hold a 60\.0 Hz period"):
+        dsp.autocorr_pitch(np.zeros(1000, np.float32), sr=16000, frame_length=256, hop_length=160, fmin=60.0)

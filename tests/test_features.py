@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from batchser.audio import load
-from batchser.features import FEATURE_DIMS, FeatureSpec, extract
-from tests.conftest import speechlike
+from batchser.features import FEATURE_DIMS, SPEECH, SPEECH_GROUPS, FeatureSpec, extract, speech_frames
+from tests.conftest import speechlike, tone
 
 
 def seed_features(y: np.ndarray, sr: int, names: tuple[str, ...]) -> np.ndarray:
@@ -32,7 +32,7 @@ def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(got - ref) / scale))
 
 
-ALL = tuple(FEATURE_DIMS)
+ALL = tuple(n for n in FEATURE_DIMS if n not in SPEECH_GROUPS)  # the seed's groups
 
 
 @pytest.mark.parametrize("kind", ["angry", "sad", "neutral", "happy"])
@@ -117,3 +117,72 @@ def test_power_spectrogram_matches_librosa_stft() -> None:
         got = power_spectrogram(y, n_fft=2048, hop_length=512)
         assert got.shape == ref.shape and got.flags.c_contiguous
         assert np.max(np.abs(got - ref)) <= 1e-6 * ref.max()
+
+
+# -- speech-rate statistics ---------------------------------------------------------
+
+SPEECH_SPEC = FeatureSpec(("mfcc_stats", "logmel_stats", "spectral_stats", "prosody"), 16000)
+
+
+def test_seed_fingerprints_do_not_change_with_the_speech_groups() -> None:
+    # Caches and models keyed on the seed's features must survive the new groups.
+    assert FeatureSpec(("mfcc", "chroma", "mel"), 16000).fingerprint() == "a9e37e73e5ec00a8"
+    assert SPEECH_SPEC.fingerprint() != FeatureSpec(("mfcc_stats",), 16000).fingerprint()
+
+
+def test_speech_frames_follow_librosa_definitions() -> None:
+    sr = 16000
+    y = speechlike("happy", sr=sr, seconds=1.2, seed=1) + 0.5 * speechlike("sad", sr=sr, seconds=1.2, seed=2)
+    fr = speech_frames(y, sr=sr)
+    kw = {"n_fft": 512, "hop_length": 160, "win_length": 400}
+    mag = np.abs(librosa.stft(y, **kw))
+    mel = librosa.feature.melspectrogram(S=mag**2, sr=sr, n_mels=40)
+    np.testing.assert_allclose(fr.log_mel, librosa.power_to_db(mel), atol=2e-3)
+    np.testing.assert_allclose(fr.mfcc, librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20), atol=5e-3)
+    rms = librosa.feature.rms(S=mag, frame_length=512)[0]
+    np.testing.assert_allclose(fr.level_db, 20 * np.log10(rms), atol=1e-3)
+    np.testing.assert_allclose(fr.centroid, librosa.feature.spectral_centroid(S=mag, sr=sr)[0], rtol=1e-4)
+    np.testing.assert_allclose(fr.flatness, librosa.feature.spectral_flatness(S=mag)[0], rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(fr.rolloff, librosa.feature.spectral_rolloff(S=mag, sr=sr)[0])
+    assert len(fr.f0) == len(fr.periodicity) == mag.shape[1] == fr.active.size
+
+
+def test_activity_ignores_the_silence_around_speech() -> None:
+    sr = 16000
+    y = np.concatenate([np.zeros(sr, np.float32), tone(200, sr=sr, seconds=1.0), np.zeros(sr, np.float32)])
+    fr = speech_frames(y + 1e-5 * np.random.default_rng(0).standard_normal(y.size).astype(np.float32), sr=sr)
+    assert abs(fr.active.sum() * SPEECH["hop_s"] - 1.0) < 0.05  # the tone's second, not the silence
+
+
+@pytest.mark.parametrize("f0", [100.0, 220.0])
+def test_prosody_reads_the_pitch_of_a_voice(f0: float) -> None:
+    sr = 16000
+    t = np.arange(2 * sr) / sr
+    vibrato = f0 * 2 ** (0.5 * np.sin(2 * np.pi * 2 * t) / 12)  # +-half a semitone
+    y = sum(0.3 / k * np.sin(2 * np.pi * k * np.cumsum(vibrato) / sr) for k in (1, 2, 3)).astype(np.float32)
+    pros = extract(y, spec=FeatureSpec(("prosody",), sr))
+    register, spread = pros[0], pros[1]
+    assert abs(register - np.log2(f0)) < 0.02  # within a quarter semitone
+    assert 0.04 < spread < 1 / 12 + 0.02  # about the vibrato's one-semitone swing, in octaves
+    assert pros[6] > 0.9  # voiced share
+
+
+def test_unvoiced_signal_still_gives_finite_features() -> None:
+    y = (0.3 * np.random.default_rng(1).standard_normal(16000)).astype(np.float32)
+    v = extract(y, spec=SPEECH_SPEC)
+    assert v.shape == (SPEECH_SPEC.dim,) == (178,) and np.isfinite(v).all()
+    assert v[-12 + 6] < 0.05  # voiced share: noise is not voiced
+
+
+def test_speech_statistics_do_not_depend_on_silence_padding() -> None:
+    # A clip and the same clip with a second of silence either side describe the same
+    # sound: statistics over active frames only. (Spreads and deltas still see the
+    # edge frames, so only levels are compared.)
+    sr = 16000
+    pad = np.zeros(sr, np.float32)
+    for kind in ("happy", "sad", "angry"):
+        y = speechlike(kind, sr=sr, seconds=1.0, seed=4)
+        a, b = (extract(x, spec=SPEECH_SPEC) for x in (y, np.concatenate([pad, y, pad])))
+        assert np.abs(a[80:120] - b[80:120]).max() < 1.0  # log-mel band means, dB
+        assert np.abs(a[-12:-6] - b[-12:-6]).max() < 0.02  # pitch register, range, movement (octaves)
+        assert abs(a[-1] - b[-1]) < 0.03  # active time, s

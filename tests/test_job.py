@@ -10,10 +10,15 @@ import pandas as pd
 import pytest
 
 import batchser.engine
+from batchser.cache import FeatureStore
 from batchser.cli import main
+from batchser.features import FeatureSpec
 from batchser.job import run_job
 from batchser.manifest import load_manifest
-from tests.conftest import speechlike, write_audio, write_manifest
+from batchser.model import load_model
+from batchser.segments import SegmentSpec
+from batchser.speakers import SpeakerNorm
+from tests.conftest import SHIPPED_FEATURES, speechlike, write_audio, write_manifest
 
 CLASSES = ["angry", "sad", "neutral", "happy"]
 
@@ -78,6 +83,8 @@ def test_train_then_annotate_then_rerun_from_cache(
         "model",
         "segments",
         "dominant_label",
+        "speaker",
+        "speaker_normalized",
     ]
     assert (a["status"] == "ok").all() and (a["error"] == "").all()
     probs = a[[f"p_{c}" for c in CLASSES]].to_numpy()
@@ -195,3 +202,119 @@ def test_calibrated_training_reliability_diagram_and_min_confidence(
     assert (df.loc[low, "label"] == "uncertain").all() and (df.loc[~low, "label"] != "uncertain").all()
     probs = df[[f"p_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(df["confidence"], probs.max(axis=1))
+
+
+def test_speaker_normalised_training_and_annotation(tmp_path: Path, labelled_set: tuple[Path, Path]) -> None:
+    # labelled_set: 3 speakers (CSV column) x 8 files.
+    model = {"path": "models/s.skops", "train": True, "mlp": {"max_iter": 300}, "normalize": "speaker"}
+    model["min_speaker_files"] = 5
+    s = run_job(load_manifest(write_manifest(tmp_path, "train.yaml", model=model)), progress=False)
+    assert s.n_failed == 0
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics["speaker_normalization"] == {"min_speaker_files": 5, "speakers": 3}
+    assert metrics["actor_wise"]["n"] == 24 and metrics["without_speaker_normalization"]["actor_wise"]["n"] == 24
+    assert "per speaker" in (tmp_path / "models" / "s.md").read_text()
+    df = pd.read_parquet(tmp_path / "reports" / "annotations.parquet")
+    assert set(df.speaker) == {"spk0", "spk1", "spk2"} and df.speaker_normalized.all()
+
+    # Annotating by folder: "many" has enough files for statistics, "few" does not.
+    rng = np.random.default_rng(7)
+    for i in range(6):
+        kind = CLASSES[i % 4]
+        write_audio(tmp_path / "new" / "many" / f"{kind}-{i}.wav", speechlike(kind, sr=16000, seed=300 + i), 16000)
+    for i in range(2):
+        y = speechlike(CLASSES[i], sr=16000, seed=400 + i) * rng.uniform(0.5, 1.0)
+        write_audio(tmp_path / "new" / "few" / f"x-{i}.wav", y.astype(np.float32), 16000)
+    job = write_manifest(
+        tmp_path,
+        "a.yaml",
+        inputs=[{"path": "new", "speaker": "folder"}],
+        model={"path": "models/s.skops", "train": False},
+        output={"dir": "ann"},
+    )
+    run_job(load_manifest(job), progress=False)
+    a = pd.read_parquet(tmp_path / "ann" / "annotations.parquet").set_index("path")
+    assert (a.status == "ok").all()
+    many, few = a[a.speaker == "new/many"], a[a.speaker == "new/few"]
+    assert len(many) == 6 and many.speaker_normalized.all()
+    assert len(few) == 2 and not few.speaker_normalized.any()
+
+    # The normalised rows are what the speaker network says about the speaker-standardised
+    # vectors; the others are the plain network's answer.
+    spec = FeatureSpec(tuple(load_manifest(job).features), 16000)
+    m = load_model(tmp_path / "models" / "s.skops", feature_fingerprint=spec.fingerprint(), classes=CLASSES)
+    assert m.speaker_pipeline is not None
+    with FeatureStore(tmp_path / "cache", spec, segments=SegmentSpec()) as store:
+        X = np.stack([store.get(h).vector for h in a.content_hash]).astype(np.float64)
+    speakers = a.speaker.tolist()
+    norm = SpeakerNorm.fit(X, speakers, min_files=5)
+    Xn, covered = norm.transform(X, speakers)
+    expect = np.where(covered[:, None], m._proba(m.speaker_pipeline, Xn), m.predict_proba(X))
+    np.testing.assert_allclose(a[[f"p_{c}" for c in CLASSES]].to_numpy(), expect, rtol=1e-6)
+
+
+def test_speaker_normalisation_without_speakers_fails_with_the_fix(
+    tmp_path: Path, labelled_set: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, csv = labelled_set
+    csv.write_text("\n".join(line.rsplit(",", 1)[0] for line in csv.read_text().splitlines()) + "\n")
+    model = {"path": "models/s.skops", "train": True, "normalize": "speaker"}
+    assert main(["run", "--quiet", str(write_manifest(tmp_path, "train.yaml", model=model))]) == 1
+    err = capsys.readouterr().err
+    assert "needs the speaker of every training file" in err and "speaker: folder" in err
+
+
+def test_an_untrusted_model_stops_the_job_before_any_prediction(
+    tmp_path: Path, labelled_set: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The type check runs in the background while files are analysed: the job
+    # must still refuse the model, write no report, and keep the features.
+    import hashlib
+    import os
+
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    job = write_manifest(tmp_path, "a.yaml", model={"path": "models/evil.skops", "train": False})
+    spec = FeatureSpec(tuple(load_manifest(job).features), 16000)
+    blob = sio.dumps(Pipeline([("x", FunctionTransformer(func=os.system))]))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "evil.skops").write_bytes(blob)
+    meta = {
+        "classes": CLASSES,
+        "feature_spec": spec.to_dict(),
+        "training_fingerprint": "",
+        "n_train": 0,
+        "params": {},
+        "metrics": {},
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    (tmp_path / "models" / "evil.skops.json").write_text(json.dumps(meta))
+    assert main(["run", "--quiet", str(job)]) == 1
+    assert "does not trust" in capsys.readouterr().err
+    assert not (tmp_path / "reports" / "annotations.csv").exists()
+    with FeatureStore(tmp_path / "cache", spec, segments=SegmentSpec()) as store:
+        assert len(store) == 24
+
+
+def test_a_model_is_checked_without_importing_scikit_learn(tmp_path: Path) -> None:
+    # What keeps a job's start-up short: the checks made before any work import neither
+    # scikit-learn nor skops; loading the model (which does) overlaps with extraction.
+    import subprocess
+    import sys
+
+    from tests.conftest import SHIPPED_MODEL
+
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import batchser.cli, batchser.job\n"
+        "from batchser.features import FeatureSpec\n"
+        "from batchser.model import check_model\n"
+        f"spec = FeatureSpec({tuple(SHIPPED_FEATURES)!r}, 16000)\n"
+        f"check_model(Path({str(SHIPPED_MODEL)!r}), feature_fingerprint=spec.fingerprint(), classes={CLASSES!r})\n"
+        "print(sorted(m for m in ('sklearn', 'skops') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -46,22 +46,21 @@ def test_shipped_model_labels_the_demo_set(tmp_path: Path) -> None:
 
 
 def test_training_on_ravdess_reaches_the_seed_accuracy(tmp_path: Path, ravdess_dir: Path) -> None:
-    job = _redirected(
-        tmp_path,
-        "train-ravdess.yaml",
-        model={"path": str(tmp_path / "m.skops"), "train": True, "random_state": 0, "calibration": "isotonic"},
-    )
+    shipped_model = yaml.safe_load((PROJECT / "jobs" / "train-ravdess.yaml").read_text())["model"]
+    job = _redirected(tmp_path, "train-ravdess.yaml", model={**shipped_model, "path": str(tmp_path / "m.skops")})
     m = load_manifest(job)
     assert m.resolve(m.inputs[0].path) == ravdess_dir
     s = run_job(m, progress=False)
     assert s.n_files == 1440 and s.n_failed == 0
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert metrics["random_split"]["accuracy"] >= 0.75  # the seed recipe's 75.21 %
+    assert metrics["random_split"]["accuracy"] >= 0.85  # the seed recipe's 75.21 %; measured 88.1 %
     aw = metrics["actor_wise"]
     assert aw["n"] == 672 and len(aw["folds"]) == 4
-    # Regression floors for the shipped configuration (measured: 52.1 %, ECE 0.050). Issue C's
-    # target of 75 % on unseen actors is not reached; see the README's Accuracy section.
-    assert aw["accuracy"] >= 0.48 and aw["calibration"]["ece"] <= 0.06
+    # Regression floors for the shipped configuration, below the measured figures on purpose
+    # (measured: 77.2 % on unseen actors, ECE 0.042; without speaker normalisation 65.9 %).
+    assert aw["accuracy"] >= 0.70 and aw["calibration"]["ece"] <= 0.05
+    assert metrics["speaker_normalization"]["speakers"] == 24
+    assert metrics["without_speaker_normalization"]["actor_wise"]["accuracy"] >= 0.62
     assert (tmp_path / "reports" / "reliability.png").is_file()
     # The committed model is what this job makes: same data, same seed, same card.
     shipped = json.loads((PROJECT / "result" / "models" / "ravdess-4emo.skops.json").read_text())
