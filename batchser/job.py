@@ -10,7 +10,6 @@ import glob
 import importlib.util
 import logging
 import os
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -33,7 +32,6 @@ from batchser.model import (
     ModelError,
     ModelMeta,
     TrainedModel,
-    check_model,
     evaluate,
     fit_model,
     load_model,
@@ -557,41 +555,6 @@ def _write_annotations(run: _Run) -> list[Path]:
     return [*written, out / "summary.json"]
 
 
-class _Background:
-    """``fn(*args, **kw)`` on a daemon thread; :meth:`result` waits and returns or raises.
-
-    A daemon thread, unlike a thread pool's, does not hold up the exit of an
-    interrupted job while it finishes importing.
-    """
-
-    def __init__(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self._value: Any = None
-        self._error: Exception | None = None
-
-        def target() -> None:
-            try:
-                self._value = fn(*args, **kw)
-            except Exception as exc:  # noqa: BLE001 (re-raised by result())
-                self._error = exc
-
-        self._thread = threading.Thread(target=target, name="batchser-model", daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-def _import_training_stack() -> None:
-    import sklearn.calibration
-    import sklearn.metrics
-    import sklearn.model_selection
-    import sklearn.neural_network  # noqa: F401
-    import skops.io  # noqa: F401
-
-
 def _run(manifest: Manifest, *, progress: bool) -> _Run:
     t0 = time.perf_counter()
     summary = JobSummary(manifest.name)
@@ -599,14 +562,12 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     check_manifest_paths(manifest)
     spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate)
     classes = list(manifest.emotions)
-    if manifest.model.train:
-        pending = _Background(_import_training_stack)
-    else:
-        # A wrong model fails here, before any work; loading it (3 s of importing
-        # scikit-learn and skops) overlaps with discovery, hashing and extraction.
-        check_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
-        pending = _Background(load_model, manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
-    clock.lap("check_model")
+    model = (
+        None
+        if manifest.model.train
+        else load_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
+    )
+    clock.lap("load_model")
     paths, label_fns = _input_paths(manifest)
     files = discover(paths)
     log.info("%s: %d files discovered", manifest.name, len(files))
@@ -626,11 +587,7 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     clock.lap("close_cache")
 
     used: set[int] = set()
-    loaded = pending.result()
-    clock.lap("load_model")  # only the part of loading that did not overlap
-    if isinstance(loaded, TrainedModel):
-        model = loaded
-    else:
+    if model is None:
         model, summary.metrics, used = _train(manifest, outcomes, labels, spec)
     summary.model_id = model.id
     clock.lap("train")
@@ -677,9 +634,7 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     ManifestError
         A path the manifest names is missing (before any work).
     ModelError
-        The model does not fit this job: missing, changed, or trained on other
-        features or classes (before any extraction); or holding types batchser
-        does not trust (before any prediction).
+        The model cannot be loaded for this job (before any extraction).
     """
     return _run(manifest, progress=progress).summary
 

@@ -7,13 +7,13 @@ loading verifies that hash and accepts only an explicit list of types.
 
 scikit-learn and skops are imported inside the functions that use them: the
 two cost about 3 s to import, more than a warm job's whole work, and a job
-checks a model's metadata (:func:`check_model`) before any extraction, then
-loads it (:func:`load_model`) in the background while files are analysed.
+that only labels never needs them (see :class:`NumpyNetwork`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import platform
@@ -35,10 +35,10 @@ from batchser.speakers import SpeakerNorm
 __all__ = [
     "ModelError",
     "ModelMeta",
+    "NumpyNetwork",
     "TrainedModel",
     "build_pipeline",
     "calibration_table",
-    "check_model",
     "evaluate",
     "fit",
     "fit_model",
@@ -80,10 +80,103 @@ class ModelMeta:
     created: str = ""
     sha256: str = ""  # of the .skops bytes: integrity (skops bytes differ on every save)
     weights_sha256: str = ""  # of the fitted numbers: identity, equal for equal retrains
+    arrays_sha256: str = ""  # of the .npz NumpyNetwork arrays jobs predict from ("" for older models)
 
     @property
     def feature_fingerprint(self) -> str:
         return str(self.feature_spec["fingerprint"])
+
+
+def _hidden(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(x, 0, out=x)
+    if name == "tanh":
+        return np.tanh(x, out=x)
+    if name == "logistic":
+        return 1.0 / (1.0 + np.exp(-x))
+    return x  # identity
+
+
+@dataclass(frozen=True)
+class NumpyNetwork:
+    """A fitted pipeline's numbers, predicting as scikit-learn does with numpy alone.
+
+    Labelling needs only a forward pass: standardise, the MLP's layers, softmax,
+    and for a calibrated model one isotonic or sigmoid map per class, then
+    renormalisation. Importing scikit-learn and skops to do that costs about
+    3 s, longer than a warm job's whole work, so :func:`save_model` also writes
+    these arrays (``<model>.skops.npz``, hash in the sidecar) and jobs predict
+    from them. ``tests/test_model.py`` checks equality with ``predict_proba``.
+
+    ``arrays`` holds ``mean``, ``scale``, ``coef_<i>``, ``intercept_<i>``, and
+    for calibration ``cal_x_<k>``/``cal_y_<k>`` (isotonic thresholds) or
+    ``cal_ab`` (sigmoid a, b per class).
+    """
+
+    classes_: np.ndarray
+    arrays: dict[str, np.ndarray]
+    activation: str
+    calibration: str  # none | isotonic | sigmoid
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        a = self.arrays
+        h = (np.asarray(X, dtype=np.float64) - a["mean"]) / a["scale"]
+        n_layers = sum(1 for k in a if k.startswith("coef_"))
+        for i in range(n_layers):
+            h = h @ a[f"coef_{i}"] + a[f"intercept_{i}"]
+            if i < n_layers - 1:
+                h = _hidden(self.activation, h)
+        n_classes = len(self.classes_)
+        if h.shape[1] == 1:  # binary: logistic output for the second class
+            p1 = 1.0 / (1.0 + np.exp(-h[:, 0]))
+            proba = np.stack([1.0 - p1, p1], axis=1)
+        else:
+            h = np.exp(h - h.max(axis=1, keepdims=True))
+            proba = h / h.sum(axis=1, keepdims=True)
+        if self.calibration == "none":
+            return proba
+        # sklearn.calibration._CalibratedClassifier.predict_proba, one-vs-rest.
+        out = np.zeros_like(proba)
+        for k in range(1 if n_classes == 2 else n_classes):
+            col = k + 1 if n_classes == 2 else k
+            f = proba[:, col]
+            if self.calibration == "isotonic":
+                xs, ys = a[f"cal_x_{k}"], a[f"cal_y_{k}"]
+                out[:, col] = np.interp(np.clip(f, xs[0], xs[-1]), xs, ys)
+            else:
+                ca, cb = a["cal_ab"][k]
+                out[:, col] = 1.0 / (1.0 + np.exp(ca * f + cb))
+        if n_classes == 2:
+            out[:, 0] = 1.0 - out[:, 1]
+        else:
+            total = out.sum(axis=1, keepdims=True)
+            out = np.divide(out, total, out=np.full_like(out, 1.0 / n_classes), where=total != 0)
+        out[(out > 1.0) & (out <= 1.0 + 1e-5)] = 1.0
+        return out
+
+
+def network_arrays(estimator: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays and settings of a fitted pipeline (optionally calibrated) for :class:`NumpyNetwork`."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    calibration, calibrators = "none", []
+    pipe = estimator
+    if isinstance(estimator, CalibratedClassifierCV):
+        if len(estimator.calibrated_classifiers_) != 1:
+            raise ModelError("only calibration with ensemble=False can be exported to arrays")
+        cc = estimator.calibrated_classifiers_[0]
+        pipe, calibrators, calibration = cc.estimator, cc.calibrators, cc.method
+    scaler, mlp = pipe.named_steps["scale"], pipe.named_steps["mlp"]
+    arrays = {"mean": scaler.mean_, "scale": scaler.scale_}
+    for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_, strict=True)):
+        arrays[f"coef_{i}"], arrays[f"intercept_{i}"] = w, b
+    if calibration == "isotonic":
+        for k, cal in enumerate(calibrators):
+            arrays[f"cal_x_{k}"], arrays[f"cal_y_{k}"] = cal.X_thresholds_, cal.y_thresholds_
+    elif calibration == "sigmoid":
+        arrays["cal_ab"] = np.array([[cal.a_, cal.b_] for cal in calibrators], dtype=np.float64)
+    arrays["classes"] = np.asarray(estimator.classes_).astype(str)
+    return arrays, {"activation": mlp.activation, "calibration": calibration}
 
 
 @dataclass(frozen=True)
@@ -404,6 +497,37 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def _arrays_file(path: Path) -> Path:
+    return path.with_name(path.name + ".npz")
+
+
+def _arrays_blob(estimators: dict[str, Any]) -> bytes:
+    flat: dict[str, np.ndarray] = {}
+    for role, est in estimators.items():
+        arrays, settings = network_arrays(est)
+        flat |= {f"{role}__{k}": v for k, v in arrays.items()}
+        flat |= {f"{role}__{k}": np.array(v) for k, v in settings.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **flat)
+    return buf.getvalue()
+
+
+def _networks_from(blob: bytes) -> dict[str, NumpyNetwork]:
+    # allow_pickle=False: numbers and strings only, nothing that runs on load.
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        flat = {k: npz[k] for k in npz.files}
+    out = {}
+    for role in sorted({k.split("__", 1)[0] for k in flat}):
+        part = {k.split("__", 1)[1]: v for k, v in flat.items() if k.startswith(f"{role}__")}
+        out[role] = NumpyNetwork(
+            classes_=part.pop("classes"),
+            activation=str(part.pop("activation")),
+            calibration=str(part.pop("calibration")),
+            arrays=part,
+        )
+    return out
+
+
 def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: Any | None = None) -> TrainedModel:
     """Write ``path`` (skops) and ``path.json`` (metadata with the file's SHA-256).
 
@@ -413,17 +537,21 @@ def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: 
 
     content = pipeline if speaker_pipeline is None else {"global": pipeline, "speaker": speaker_pipeline}
     blob = sio.dumps(content)
+    arrays_blob = _arrays_blob({"global": pipeline} | ({"speaker": speaker_pipeline} if speaker_pipeline else {}))
     meta = ModelMeta(
         **{
             **asdict(meta),
             "sha256": hashlib.sha256(blob).hexdigest(),
+            "arrays_sha256": hashlib.sha256(arrays_blob).hexdigest(),
             "weights_sha256": weights_digest(content),
             "created": meta.created or datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
     with atomic_path(path) as tmp:
         tmp.write_bytes(blob)
-    atomic_write_text(_sidecar(path), json.dumps(asdict(meta), indent=2) + "\n")
+    with atomic_path(_arrays_file(path)) as tmp:
+        tmp.write_bytes(arrays_blob)
+    atomic_write_text(_sidecar(path), json.dumps(asdict(meta), indent=2) + "\n")  # last: it vouches for both
     return TrainedModel(pipeline, meta, path, speaker_pipeline)
 
 
@@ -463,22 +591,13 @@ def _read_checked(path: Path, *, feature_fingerprint: str, classes: list[str]) -
     return meta, blob
 
 
-def check_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> ModelMeta:
-    """Everything :func:`load_model` checks that needs no scikit-learn, in milliseconds.
-
-    The files exist, the bytes are those saved (SHA-256 in the sidecar), and
-    the model was trained on the job's features and classes. A job calls this
-    before any extraction, so a wrong model fails at once.
-
-    Raises
-    ------
-    ModelError
-    """
-    return _read_checked(path, feature_fingerprint=feature_fingerprint, classes=classes)[0]
-
-
 def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> TrainedModel:
     """Load a model written by :func:`save_model`, refusing anything unsafe or unfit.
+
+    A model saved with its ``.npz`` arrays loads as :class:`NumpyNetwork`
+    objects in milliseconds, without importing scikit-learn or skops; an older
+    one is deserialised from the skops file with an explicit list of trusted
+    types. Either file is used only if its SHA-256 is the sidecar's.
 
     Parameters
     ----------
@@ -494,19 +613,34 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
     ModelError
         Missing files, changed bytes, untrusted types, or a mismatch with the job.
     """
+    meta, blob = _read_checked(path, feature_fingerprint=feature_fingerprint, classes=classes)
+    job_meta = ModelMeta(**{**asdict(meta), "classes": list(classes)})
+    if meta.arrays_sha256:
+        arrays_path = _arrays_file(path)
+        try:
+            arrays_blob = arrays_path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"model arrays {arrays_path} are missing; restore them or retrain") from None
+        digest = hashlib.sha256(arrays_blob).hexdigest()
+        if digest != meta.arrays_sha256:
+            raise ModelError(
+                f"model arrays {arrays_path} changed since they were saved (sha256 {digest[:12]}…, expected "
+                f"{meta.arrays_sha256[:12]}…); refusing to load them. Retrain, or restore the original file"
+            )
+        nets = _networks_from(arrays_blob)
+        return TrainedModel(nets["global"], job_meta, path, nets.get("speaker"))
+
     import skops.io as sio
 
-    meta, blob = _read_checked(path, feature_fingerprint=feature_fingerprint, classes=classes)
     untrusted = set(sio.get_untrusted_types(data=blob))
     if not untrusted <= TRUSTED_TYPES:
         raise ModelError(
             f"model file {path} contains types batchser does not trust: {sorted(untrusted - TRUSTED_TYPES)}"
         )
     content = sio.loads(blob, trusted=sorted(untrusted))
-    meta = ModelMeta(**{**asdict(meta), "classes": list(classes)})
     if isinstance(content, dict):
-        return TrainedModel(content["global"], meta, path, content["speaker"])
-    return TrainedModel(content, meta, path)
+        return TrainedModel(content["global"], job_meta, path, content["speaker"])
+    return TrainedModel(content, job_meta, path)
 
 
 def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:

@@ -14,6 +14,7 @@ from sklearn.preprocessing import FunctionTransformer
 from batchser.model import (
     ModelError,
     ModelMeta,
+    NumpyNetwork,
     build_pipeline,
     calibration_table,
     evaluate,
@@ -147,3 +148,60 @@ def test_calibrated_models_evaluate_save_and_load(tmp_path: Path, method: str) -
     save_model(model, meta, tmp_path / "c.skops")
     loaded = load_model(tmp_path / "c.skops", feature_fingerprint="fp1", classes=["sad", "happy"])
     np.testing.assert_allclose(loaded.predict_proba(X[:5]), model.predict_proba(X[:5])[:, [1, 0]])
+
+
+# -- numpy prediction from the saved arrays ---------------------------------------------
+
+
+def _multiclass(n: int = 240) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    y = np.array(["angry", "sad", "neutral", "happy"] * (n // 4))
+    centres = {c: rng.normal(size=6) * 1.5 for c in set(y)}
+    X = np.stack([centres[c] for c in y]) + rng.normal(size=(n, 6))
+    return X, y, np.array([f"s{i % 6}" for i in range(n)])
+
+
+@pytest.mark.parametrize("calibration", ["none", "isotonic", "sigmoid"])
+@pytest.mark.parametrize("binary", [False, True])
+def test_numpy_network_predicts_as_scikit_learn(tmp_path: Path, calibration: str, binary: bool) -> None:
+    X, y, groups = _data() if binary else _multiclass()
+    params = {**PARAMS, "activation": "tanh"} if binary else PARAMS
+    model = fit_model(X, y, groups, params=params, random_state=0, calibration=calibration)
+    classes = sorted(set(y.tolist()))
+    meta = ModelMeta(
+        classes=classes, feature_spec=SPEC, training_fingerprint="t", n_train=len(y), params=params, metrics={}
+    )
+    save_model(model, meta, tmp_path / "m.skops")
+    loaded = load_model(tmp_path / "m.skops", feature_fingerprint="fp1", classes=classes)
+    assert isinstance(loaded.pipeline, NumpyNetwork) and loaded.pipeline.calibration == calibration
+    # Inside and far outside the training range (calibration thresholds clip there).
+    probe = np.vstack([X, 10 * np.random.default_rng(9).normal(size=(50, X.shape[1]))])
+    np.testing.assert_allclose(loaded.pipeline.predict_proba(probe), model.predict_proba(probe), rtol=1e-12, atol=1e-14)
+
+
+def test_speaker_pair_round_trips_through_arrays(tmp_path: Path) -> None:
+    X, y, groups = _multiclass()
+    a = fit_model(X, y, groups, params=PARAMS, random_state=0, calibration="isotonic")
+    b = fit_model(X * 0.5, y, groups, params=PARAMS, random_state=1)
+    classes = sorted(set(y.tolist()))
+    meta = ModelMeta(
+        classes=classes, feature_spec=SPEC, training_fingerprint="t", n_train=len(y), params={}, metrics={}
+    )
+    saved = save_model(a, meta, tmp_path / "m.skops", speaker_pipeline=b)
+    loaded = load_model(tmp_path / "m.skops", feature_fingerprint="fp1", classes=classes)
+    assert loaded.meta.weights_sha256 == saved.meta.weights_sha256
+    np.testing.assert_allclose(loaded.predict_proba(X), a.predict_proba(X), rtol=1e-12)
+    np.testing.assert_allclose(loaded._proba(loaded.speaker_pipeline, X), b.predict_proba(X), rtol=1e-12)
+
+
+def test_changed_or_missing_arrays_are_refused(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    arrays = path.with_name("m.skops.npz")
+    blob = bytearray(arrays.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    arrays.write_bytes(bytes(blob))
+    with pytest.raises(ModelError, match=r"arrays .* changed since they were saved"):
+        load_model(path, feature_fingerprint="fp1", classes=["sad", "happy"])
+    arrays.unlink()
+    with pytest.raises(ModelError, match=r"arrays .* are missing"):
+        load_model(path, feature_fingerprint="fp1", classes=["sad", "happy"])
