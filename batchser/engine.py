@@ -8,11 +8,15 @@ records. It never raises for a bad file: every failure becomes a record with
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import logging
 import random
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,16 @@ from batchser.cache import FeatureRecord
 from batchser.features import FeatureSpec, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, windows
 
-__all__ = ["EngineError", "Executor", "ExtractTask", "default_batch_size", "extract_one", "open_executor", "run_tasks"]
+__all__ = [
+    "EngineError",
+    "Executor",
+    "ExtractTask",
+    "default_batch_size",
+    "extract_one",
+    "keep_freed_memory",
+    "open_executor",
+    "run_tasks",
+]
 
 DASK_HINT = "install it with: pip install 'batchser[dask]'"
 CONNECT_TIMEOUT_S = 10  # a scheduler that is up answers in milliseconds; retries cover a busy one
@@ -200,9 +213,43 @@ def extract_one(
     )
 
 
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
+
+
+@lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Let this process reuse freed memory for the next file's arrays instead of returning it.
+
+    Every file allocates a few arrays of about a megabyte (frames, spectrum,
+    power). glibc serves such sizes with fresh ``mmap`` pages or trims them
+    off the heap when freed, so each file pays hundreds of page faults to
+    zero memory it is about to overwrite: 0.8 of 2.5 ms per RAVDESS clip,
+    measured. Raising the mmap and trim thresholds (32 and 64 MiB) keeps them
+    on the heap; the process holds at most its own peak. Called once per
+    worker process; a no-op (False) where the C library is not glibc.
+
+    Returns
+    -------
+    bool
+        Whether the thresholds were set.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 def _extract_batch(
     tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None
 ) -> list[FeatureRecord]:
+    keep_freed_memory()
     # One BLAS thread wherever the batch runs: n workers must not fight over n
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.

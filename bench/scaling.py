@@ -55,12 +55,13 @@ def make_archive(folder: Path, n: int, clips: list[np.ndarray]) -> None:
 def per_file_seconds(files: list[Path]) -> float:
     from threadpoolctl import threadpool_limits
 
-    from batchser.engine import ExtractTask, extract_one
+    from batchser.engine import ExtractTask, extract_one, keep_freed_memory
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
     sidecar = json.loads(MODEL.with_name(MODEL.name + ".json").read_text())
     spec = FeatureSpec(tuple(sidecar["feature_spec"]["names"]), SR)  # what the job below extracts
+    keep_freed_memory()  # as in the job's workers
     with threadpool_limits(1):
         extract_one(ExtractTask(str(files[0]), "warm"), spec=spec, segments=SegmentSpec())
         t = time.perf_counter()

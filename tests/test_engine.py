@@ -1,0 +1,44 @@
+"""The engine's worker set-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import ctypes, sys
+import numpy as np
+from batchser.engine import keep_freed_memory
+
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in FIELDS.split()]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
+free_before = libc.mallinfo2().fordblks
+a = np.ones(1 << 20, dtype=np.float32)  # 4 MiB: glibc mmaps this size by default
+mapped = libc.mallinfo2().hblkhd
+del a
+kept = libc.mallinfo2().fordblks - free_before  # freed, and still the process's to reuse
+print(tuned, mapped >= 4 << 20, kept >= 3 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt thresholds are glibc's")
+@pytest.mark.parametrize(("mode", "expected"), [("tuned", "True False True"), ("default", "False True False")])
+def test_freed_arrays_stay_on_the_heap_in_a_tuned_process(mode: str, expected: str) -> None:
+    # A fresh interpreter each: the setting is process-wide and set once. The
+    # untuned control shows what the setting changes: a file-sized array is
+    # mmapped (page-faulted in, then unmapped) instead of reusing heap memory.
+    try:
+        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    except subprocess.CalledProcessError as exc:
+        if "mallinfo2" in exc.stderr:
+            pytest.skip("glibc older than 2.33 has no mallinfo2 to inspect the heap with")
+        raise
+    assert out.stdout.split() == expected.split()
