@@ -59,7 +59,7 @@ def hash_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FeatureRecord:
     """What extraction produced for one file content."""
 
@@ -169,13 +169,34 @@ class _Parts:
             log.info("compacted %d parts in %s", len(parts), self.folder)
 
 
+def _dead_here(claim_file: Path) -> bool:
+    """Whether a claim file's job ran on this host under a pid that no longer exists.
+
+    Claim files are named ``<host>-<pid>-<random>.claims``. A job on another
+    host, or one whose pid is alive (even if reused), counts as live until its
+    heartbeat goes stale; at worst a file is then extracted twice.
+    """
+    parts = claim_file.stem.rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = parts[1]
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
 class _Claims:
     """Which content hashes each running job is extracting, so others wait instead of repeating them.
 
     Each job appends the hashes it is about to extract to its own file in
     ``claims/<fingerprint>/`` and touches it every few seconds while it runs;
     a file not touched for ``stale_s`` belongs to a job that died, and its
-    claims no longer count. The file is removed when the job closes the store,
+    claims no longer count (at once when that job ran on this host and its
+    process is gone). The file is removed when the job closes the store,
     after its last part is written.
     """
 
@@ -225,6 +246,8 @@ class _Claims:
         owner = self._owner.get(content_hash)
         if owner is None:
             return False
+        if _dead_here(owner):
+            return False  # killed on this machine: no need to wait for its heartbeat to go stale
         try:
             return time.time() - owner.stat().st_mtime < self.stale_s
         except FileNotFoundError:
@@ -256,7 +279,9 @@ class FeatureStore:
         The cache folder (``cache:`` in the manifest), shared by jobs.
     spec : FeatureSpec
     flush_rows : int
-        Buffered rows that trigger writing a part.
+        Buffered rows that trigger writing a part. ``flush_seconds`` usually
+        comes first; a high bound keeps parts few (each costs a file write,
+        and 64 of them a compaction that reads every part back).
     flush_seconds : float
         Age of the oldest buffered row that triggers writing a part, so that an
         interrupted job loses at most this much work.
@@ -270,7 +295,7 @@ class FeatureStore:
         spec: FeatureSpec,
         *,
         segments: SegmentSpec | None = None,
-        flush_rows: int = 256,
+        flush_rows: int = 4096,
         flush_seconds: float = 1.0,
         compact_parts: int = 64,
     ) -> None:

@@ -32,7 +32,7 @@ AUDIO_EXTENSIONS = frozenset(
 ) - {".raw"}  # headerless PCM cannot be told from any other bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     """One discovered file.
 

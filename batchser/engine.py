@@ -117,7 +117,7 @@ log = logging.getLogger(__name__)
 IN_PROCESS_BELOW = 32
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExtractTask:
     """One file to decode and analyse; ``content_hash`` keys its cache row."""
 

@@ -11,9 +11,9 @@ import importlib.util
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ RAVDESS_NOTE = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileOutcome:
     """A discovered file with its content hash and feature record (or why it has none)."""
 
@@ -162,6 +162,21 @@ def _bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
     )
 
 
+def _map_ahead(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterator[Any], *, ahead: int) -> Iterator:
+    """``pool.map(fn, items)`` with at most ``ahead`` calls queued.
+
+    ``Executor.map`` submits every item at once, and a future per file of a
+    large archive weighs more than its hash.
+    """
+    queued: deque[Future[Any]] = deque()
+    for item in items:
+        queued.append(pool.submit(fn, item))
+        if len(queued) >= ahead:
+            yield queued.popleft().result()
+    while queued:
+        yield queued.popleft().result()
+
+
 def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progress: bool) -> list[tuple[str, str]]:
     """(content_hash, error) per file: from the path index when size and mtime match, else hashed."""
     out: list[tuple[str, str]] = [("", f.error) if f.error else ("", "") for f in files]
@@ -193,7 +208,7 @@ def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progres
 
     # hashlib releases the GIL on large buffers: threads overlap I/O and hashing.
     with ThreadPoolExecutor(max_workers=4) as pool, _bar(len(todo), "hashing", progress) as bar:
-        for results in pool.map(one, units.values()):
+        for results in _map_ahead(pool, one, iter(units.values()), ahead=64):
             for i, h, err in results:
                 out[i] = (h, err)
                 if h:
@@ -529,14 +544,22 @@ def _tally(summary: JobSummary, rows: Sequence[ReportRow]) -> None:
     summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
 
 
-def _write_annotations(run: _Run) -> list[Path]:
-    """annotations.* and summary.json for the rows so far (each file replaced atomically)."""
+def _write_annotations(run: _Run, clock: _StageClock | None = None, t0: float | None = None) -> list[Path]:
+    """annotations.* and summary.json for the rows so far (each file replaced atomically).
+
+    With ``clock``, the tables' writing counts as the ``reports`` stage and
+    ``t0`` (the job's start) sets the summary's total seconds.
+    """
     m, s = run.manifest, run.summary
     out = m.output_dir
     classes = list(run.model.meta.classes)
     written = write_annotations(annotations_frame(run.rows, classes), out, m.output.formats)
     # Always written (empty when no file was long) so that no stale table outlives a run.
     written += write_annotations(segments_frame(run.segment_rows, classes), out, m.output.formats, stem="segments")
+    if clock is not None:
+        clock.lap("reports")  # summary.json, written last, holds every stage but its own write
+    if t0 is not None:
+        s.seconds = time.perf_counter() - t0
     write_json(
         out / "summary.json",
         {
@@ -610,9 +633,7 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
         write_confusion_png(out / "confusion_matrix.png", summary.metrics, title=f"{manifest.name} ({model.id})")
         write_reliability_png(out / "reliability.png", summary.metrics, title=f"{manifest.name} ({model.id})")
         summary.reports += [out / "metrics.json", out / "confusion_matrix.png", out / "reliability.png"]
-    clock.lap("reports")  # summary.json, written last, holds every stage but its own write
-    summary.seconds = time.perf_counter() - t0
-    summary.reports = _write_annotations(run) + summary.reports
+    summary.reports = _write_annotations(run, clock, t0) + summary.reports
     return run
 
 

@@ -24,7 +24,7 @@ RAVDESS_EMOTION_CODES = {
 _RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Label:
     """What is known about a file before the model sees it."""
 

@@ -12,15 +12,16 @@ that only labels never needs them (see :class:`NumpyNetwork`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import platform
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -246,12 +247,21 @@ def build_pipeline(params: dict[str, Any], *, random_state: int) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("mlp", mlp)])
 
 
-def fit(pipe: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
-    """Fit ``pipe``; max_iter is the recipe's budget, so non-convergence is not news."""
+@contextlib.contextmanager
+def _expected_fit_warnings() -> Iterator[None]:
+    # max_iter is the recipe's budget, so non-convergence is not news; and a
+    # batch_size above a small training set's size is clipped to it, as meant.
     from sklearn.exceptions import ConvergenceWarning
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        warnings.filterwarnings("ignore", message="Got `batch_size` less than 1 or larger than sample size")
+        yield
+
+
+def fit(pipe: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
+    """Fit ``pipe``, without the warnings the recipe expects (see :func:`_expected_fit_warnings`)."""
+    with _expected_fit_warnings():
         return pipe.fit(X, y)
 
 
@@ -287,7 +297,6 @@ def fit_model(
         With ``predict_proba`` and ``classes_``.
     """
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
     pipe = build_pipeline(params, random_state=random_state)
@@ -301,8 +310,7 @@ def fit_model(
         # inner training split, which calibration cannot handle; then stratify.
         if all(len(set(y[tr].tolist())) == n_classes for tr, _ in splits):
             cv = splits
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+    with _expected_fit_warnings():
         # ensemble=False: one network fitted on all the data, calibrated on the
         # inner folds' held-out predictions. An ensemble of the fold networks
         # calibrates slightly better (ECE 0.034 vs 0.050 actor-wise on RAVDESS)
@@ -544,7 +552,7 @@ def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: 
             "sha256": hashlib.sha256(blob).hexdigest(),
             "arrays_sha256": hashlib.sha256(arrays_blob).hexdigest(),
             "weights_sha256": weights_digest(content),
-            "created": meta.created or datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
     with atomic_path(path) as tmp:

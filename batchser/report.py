@@ -33,7 +33,7 @@ class ReportError(RuntimeError):
     """Reports could not be written; the previous ones, if any, are untouched."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReportRow:
     """One discovered file's line in the annotations report."""
 
@@ -57,7 +57,7 @@ class ReportRow:
     speaker_normalized: bool = False  # labelled by the speaker-normalised network
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SegmentRow:
     """One window of a long file in the segments report."""
 

@@ -97,3 +97,23 @@ def test_claims_are_released_even_when_the_job_fails(tmp_path: Path) -> None:
         raise KeyboardInterrupt
     assert not list((tmp_path / "claims").rglob("*.claims"))
     assert FeatureStore(tmp_path, SPEC).claim("h0001")
+
+
+def test_claims_of_a_process_gone_from_this_host_are_taken_over_at_once(tmp_path: Path) -> None:
+    # A job killed with -9 leaves its claim file, still fresh; on the same host its
+    # pid is checked, so the resumed job need not wait for the heartbeat to go stale.
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = tmp_path / "claims" / SPEC.fingerprint()
+    folder.mkdir(parents=True)
+    host = socket.gethostname()
+    (folder / f"{host}-{gone.stdout.strip()}-deadbeef.claims").write_text("h0001\n")
+    (folder / f"{host}-{os.getppid()}-0badf00d.claims").write_text("h0002\n")  # alive: pytest's parent
+    (folder / f"elsewhere-{gone.stdout.strip()}-cafe0001.claims").write_text("h0003\n")  # another host: trusted
+    s = FeatureStore(tmp_path, SPEC)
+    assert not s.held_elsewhere("h0001") and s.claim("h0001")
+    assert s.held_elsewhere("h0002") and not s.claim("h0002")
+    assert s.held_elsewhere("h0003") and not s.claim("h0003")
