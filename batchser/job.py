@@ -248,7 +248,7 @@ def _features(
         if h and store.get(h) is None:
             todo.setdefault(h, f)
             waiting[h] += 1
-    tasks = [ExtractTask(str(f.path), h, f.member) for h, f in todo.items()]
+    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0)) for h, f in todo.items()]
     eng = manifest.engine
     extracted: set[str] = set()
     deferred: list[ExtractTask] = []  # claimed by another job sharing the cache

@@ -42,3 +42,16 @@ def test_freed_arrays_stay_on_the_heap_in_a_tuned_process(mode: str, expected: s
             pytest.skip("glibc older than 2.33 has no mallinfo2 to inspect the heap with")
         raise
     assert out.stdout.split() == expected.split()
+
+
+def test_small_jobs_run_in_process_and_large_ones_start_workers() -> None:
+    from batchser.engine import ExtractTask, too_small_for_workers
+
+    def tasks(n: int, size: int) -> list[ExtractTask]:
+        return [ExtractTask(f"f{i}.wav", f"h{i}", size=size) for i in range(n)]
+
+    assert too_small_for_workers(tasks(31, 50 << 20))  # few files, however large
+    assert too_small_for_workers(tasks(120, 400_000))  # RAVDESS 48 kHz: 48 MB
+    assert not too_small_for_workers(tasks(120, 2 << 20))  # 240 MB of audio: worth workers
+    assert not too_small_for_workers(tasks(1440, 37_000))  # the 16 kHz corpus: many files
+    assert not too_small_for_workers(tasks(10, 1000), in_process_below=0)  # forced
