@@ -1,0 +1,117 @@
+"""Long recordings: throughput and memory of a 1-hour file against short clips, in one run.
+
+    python bench/long_file.py                 # a 60-minute file made from RAVDESS clips
+    python bench/long_file.py --minutes 20 --quiet
+
+The long file is RAVDESS clips (../shared/corpora/ravdess) written back to back as
+one 16 kHz 16-bit WAV in a temp dir. Rows, one process, one BLAS thread, the shipped
+model's features (what `python -m batchser run` computes by default):
+
+  clips            300 RAVDESS clips, one after another (each decoded whole)
+  long, default    the long file with the default segmentation (4 s windows every 2 s:
+                   every second of audio is analysed twice)
+  long, no overlap the same with hop_s = window_s (every second analysed once)
+
+"x real time" is audio seconds per wall second; "vs clips" divides it by the clips'
+rate (the issue's target is 80 %). Peak RSS growth is this process's maximum RSS after
+the row minus before it: the long file is decoded block by block, never held whole.
+Medians over --repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess"
+MODEL = ROOT / "result" / "models" / "ravdess-4emo.skops"
+
+
+def write_long(path: Path, clips: list[Path], seconds: float) -> float:
+    sr, total, i = 16000, 0, 0
+    with sf.SoundFile(path, "w", sr, 1, "PCM_16") as out:
+        while total < seconds * sr:
+            y, clip_sr = sf.read(clips[i % len(clips)], dtype="float32", always_2d=True)
+            assert clip_sr == sr
+            out.write(y.mean(axis=1))
+            total, i = total + len(y), i + 1
+    return total / sr
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quiet", action="store_true", help="print only the table")
+    args = ap.parse_args()
+    if not CORPUS.is_dir():
+        print(f"needs the RAVDESS corpus in {CORPUS}", file=sys.stderr)
+        return 2
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+
+    from threadpoolctl import threadpool_limits
+
+    from batchser.engine import ExtractTask, extract_one, keep_freed_memory
+    from batchser.features import FeatureSpec
+    from batchser.segments import SegmentSpec
+
+    keep_freed_memory()  # as in the job's workers
+    names = json.loads(MODEL.with_name(MODEL.name + ".json").read_text())["feature_spec"]["names"]
+    spec = FeatureSpec(tuple(names), 16000)
+    files = sorted(CORPUS.rglob("*.flac"))
+    mono16k = [f for f in files if sf.info(f).samplerate == 16000 and sf.info(f).channels == 1]
+    clips = mono16k[:300]
+    clip_audio = sum(sf.info(f).duration for f in clips)
+    default = SegmentSpec()
+    no_overlap = SegmentSpec(hop_s=default.window_s)
+    with tempfile.TemporaryDirectory(prefix="batchser-long-") as tmp, threadpool_limits(1):
+        long = Path(tmp) / "long.wav"
+        log(f"writing a {args.minutes:.0f}-minute file …")
+        long_audio = write_long(long, mono16k, args.minutes * 60)
+        rows: dict[str, list[float]] = {"clips": [], "long, default": [], "long, no overlap": []}
+        growth: dict[str, float] = {}
+        windows: dict[str, int] = {}
+        for r in range(args.repeats):
+            log(f"repeat {r + 1}/{args.repeats} …")
+            before = peak_mib()
+            t = time.perf_counter()
+            for i, f in enumerate(clips):
+                extract_one(ExtractTask(str(f), f"c{i}"), spec=spec, segments=default)
+            rows["clips"].append(time.perf_counter() - t)
+            growth["clips"] = max(growth.get("clips", 0.0), peak_mib() - before)
+            for key, seg in (("long, default", default), ("long, no overlap", no_overlap)):
+                before = peak_mib()
+                t = time.perf_counter()
+                rec = extract_one(ExtractTask(str(long), "long"), spec=spec, segments=seg)
+                rows[key].append(time.perf_counter() - t)
+                assert rec.status == "ok" and rec.segments is not None, rec.error
+                windows[key] = len(rec.segments)
+                growth[key] = max(growth.get(key, 0.0), peak_mib() - before)
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    clip_rate = clip_audio / med["clips"]
+    print(f"one process, one BLAS thread; features {', '.join(names)}; medians of {args.repeats}")
+    print(f"{'row':<17} {'audio s':>8} {'wall s':>7} {'x real':>7} {'vs clips':>8} {'windows':>7} {'RSS growth':>10}")
+    for key, audio in (("clips", clip_audio), ("long, default", long_audio), ("long, no overlap", long_audio)):
+        rate = audio / med[key]
+        print(
+            f"{key:<17} {audio:>8.0f} {med[key]:>7.2f} {rate:>7.0f} {rate / clip_rate:>7.0%} "
+            f"{windows.get(key, len(clips)):>7} {growth[key]:>6.0f} MiB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
