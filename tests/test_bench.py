@@ -1,0 +1,52 @@
+"""The benchmark scripts still run and print what the README quotes (tiny sizes; no timing asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import PROJECT
+
+
+def bench(script: str, *args: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, str(PROJECT / "bench" / script), *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=PROJECT,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def row(lines: list[str], start: str) -> list[str]:
+    found = [line.split() for line in lines if line.lstrip().startswith(start)]
+    assert len(found) == 1, (start, lines)
+    return found[0]
+
+
+def test_extract_speed_compares_seed_floor_and_jobs(ravdess48_dir: Path) -> None:
+    lines = bench("extract_speed.py", "--corpus", "ravdess-48k", "--repeats", "1")
+    for label in ("seed loop", "floor (1 core)", "batchser cold", "batchser warm", "shipped cold"):
+        cells = row(lines, f"ravdess-48k  {label}")
+        assert cells[len(label.split()) + 1] == "120"  # files
+        assert float(cells[len(label.split()) + 3]) > 0  # wall s
+    parity = row(lines, "ravdess-48k: features vs seed loop")
+    assert float(parity[parity.index("difference") + 1].rstrip(";")) < 1e-2
+
+
+def test_scaling_reports_both_sizes(ravdess_dir: Path) -> None:
+    lines = bench("scaling.py", "--sizes", "40,80")
+    assert [line.split()[0] for line in lines[2:]] == ["40", "80"]
+    first, second = row(lines, "40"), row(lines, "80")
+    assert first[4] == first[7] == "1.00x"  # files/s and peak RSS relative to the first size
+    assert float(second[3]) > 0 and second[6] == "MiB" and second[7].endswith("x")
+
+
+def test_long_file_is_analysed_window_by_window(ravdess_dir: Path) -> None:
+    lines = bench("long_file.py", "--minutes", "0.5", "--repeats", "1")
+    default, flat = row(lines, "long, default"), row(lines, "long, no overlap")
+    # 30 s in 4 s windows: every 2 s with overlap (15), every 4 s without (8).
+    assert int(default[-3]) == 15 and int(flat[-3]) == 8
