@@ -80,7 +80,7 @@ class ModelMeta:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     sha256: str = ""  # of the .skops bytes: integrity (skops bytes differ on every save)
-    weights_sha256: str = ""  # of the fitted numbers: identity, equal for equal retrains
+    weights_sha256: str = ""  # of the fitted numbers: identity, equal for retrains on the same data, versions and CPU
     arrays_sha256: str = ""  # of the .npz NumpyNetwork arrays jobs predict from ("" for older models)
 
     @property
@@ -710,7 +710,7 @@ Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id
 | probability calibration | {m.params.get("calibration", "none")}; ECE on held-out actors {_ece(aw)} |
 | versions | {", ".join(f"{k} {v}" for k, v in m.versions.items())} |
 | sha256 of the file | `{m.sha256}` |
-| sha256 of the weights | `{m.weights_sha256}` (the id; equal for equal retrains) |
+| sha256 of the weights | `{m.weights_sha256}` (the id; equal for retrains on the same data, versions and CPU) |
 
 {data_note}
 

@@ -17,15 +17,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from _common import RAVDESS, have, progress_log
 from joblib import Parallel, delayed
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import GroupKFold
 
-ROOT = Path(__file__).resolve().parents[1]
-RAVDESS = ROOT.parent / "shared" / "corpora" / "ravdess"
 SEED = ("mfcc", "chroma", "mel")
 SHIPPED = ("mfcc_stats", "logmel_stats", "spectral_stats", "prosody")
 FOUR = ("angry", "sad", "neutral", "happy")
@@ -85,14 +83,11 @@ def main() -> int:
     ap.add_argument("--n-jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args()
-    if not RAVDESS.is_dir():
-        print(f"needs the RAVDESS corpus in {RAVDESS}", file=sys.stderr)
+    if not have(RAVDESS, "the RAVDESS corpus"):
         return 2
     from batchser.labels import parse_ravdess
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    log = progress_log(args.quiet)
 
     paths = sorted(str(p) for p in RAVDESS.rglob("*.flac"))
     names = [parse_ravdess(p) for p in paths]

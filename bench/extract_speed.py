@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import yaml
+from _common import CORPORA, MODEL, have, progress_log, shipped_features
 
 try:
     import distributed  # noqa: F401
@@ -54,10 +55,6 @@ try:
     HAVE_DASK = True
 except ImportError:
     HAVE_DASK = False
-
-ROOT = Path(__file__).resolve().parents[1]
-CORPORA = ROOT.parent / "shared" / "corpora"
-MODEL = ROOT / "result" / "models" / "ravdess-4emo.skops"
 
 
 def seed_features(path: str) -> np.ndarray:
@@ -93,10 +90,6 @@ def timed(fn, files: list[str]) -> tuple[float, list]:
 
 
 SEED_FEATURES = ["mfcc", "chroma", "mel"]
-
-
-def shipped_features() -> list[str]:
-    return json.loads(MODEL.with_name(MODEL.name + ".json").read_text())["feature_spec"]["names"]
 
 
 def run_job(
@@ -274,13 +267,9 @@ def main() -> int:
     ap.add_argument("--n-jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args()
-    if not CORPORA.is_dir():
-        print(f"needs the corpora in {CORPORA}", file=sys.stderr)
+    if not have(CORPORA, "the corpora"):
         return 2
-
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+    log = progress_log(args.quiet)
 
     from batchser.engine import keep_freed_memory
 

@@ -21,7 +21,6 @@ Medians over --repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -30,10 +29,7 @@ import time
 from pathlib import Path
 
 import soundfile as sf
-
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess"
-MODEL = ROOT / "result" / "models" / "ravdess-4emo.skops"
+from _common import RAVDESS, have, progress_log, shipped_features
 
 
 def write_long(path: Path, clips: list[Path], seconds: float) -> float:
@@ -57,10 +53,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args()
-    if not CORPUS.is_dir():
-        print(f"needs the RAVDESS corpus in {CORPUS}", file=sys.stderr)
+    if not have(RAVDESS, "the RAVDESS corpus"):
         return 2
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log = progress_log(args.quiet)
 
     from threadpoolctl import threadpool_limits
 
@@ -69,9 +64,9 @@ def main() -> int:
     from batchser.segments import SegmentSpec
 
     keep_freed_memory()  # as in the job's workers
-    names = json.loads(MODEL.with_name(MODEL.name + ".json").read_text())["feature_spec"]["names"]
+    names = shipped_features()
     spec = FeatureSpec(tuple(names), 16000)
-    files = sorted(CORPUS.rglob("*.flac"))
+    files = sorted(RAVDESS.rglob("*.flac"))
     mono16k = [f for f in files if sf.info(f).samplerate == 16000 and sf.info(f).channels == 1]
     clips = mono16k[:300]
     clip_audio = sum(sf.info(f).duration for f in clips)

@@ -34,10 +34,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
+from _common import MODEL, RAVDESS, have, progress_log, shipped_features
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpora" / "ravdess"
-MODEL = ROOT / "result" / "models" / "ravdess-4emo.skops"
 SR = 16000
 
 
@@ -60,8 +58,7 @@ def per_file_seconds(files: list[Path]) -> float:
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
-    sidecar = json.loads(MODEL.with_name(MODEL.name + ".json").read_text())
-    spec = FeatureSpec(tuple(sidecar["feature_spec"]["names"]), SR)  # what the job below extracts
+    spec = FeatureSpec(tuple(shipped_features()), SR)  # what the job below extracts
     keep_freed_memory()  # as in the job's workers
     with threadpool_limits(1):
         extract_one(ExtractTask(str(files[0]), "warm"), spec=spec, segments=SegmentSpec())
@@ -102,13 +99,12 @@ def main() -> int:
     ap.add_argument("--n-jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args()
-    if not CORPUS.is_dir():
-        print(f"needs the RAVDESS corpus in {CORPUS}", file=sys.stderr)
+    if not have(RAVDESS, "the RAVDESS corpus"):
         return 2
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log = progress_log(args.quiet)
     sizes = [int(s) for s in args.sizes.split(",")]
     clips = []
-    for p in sorted(CORPUS.rglob("*.flac")):
+    for p in sorted(RAVDESS.rglob("*.flac")):
         y, sr = sf.read(p, dtype="float32", always_2d=True)
         if sr == SR and len(y) > 2 * SR:
             clips.append(y.mean(axis=1))
