@@ -563,6 +563,17 @@ def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: 
     return TrainedModel(pipeline, meta, path, speaker_pipeline)
 
 
+def _check_sha256(blob: bytes, expected: str, what: str, *, plural: bool = False) -> None:
+    """Refuse ``blob`` unless its SHA-256 is the one the sidecar recorded at save time."""
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != expected:
+        they, them = ("they were", "them") if plural else ("it was", "it")
+        raise ModelError(
+            f"{what} changed since {they} saved (sha256 {digest[:12]}…, expected {expected[:12]}…); "
+            f"refusing to load {them}. Retrain, or restore the original file"
+        )
+
+
 def _read_checked(path: Path, *, feature_fingerprint: str, classes: list[str]) -> tuple[ModelMeta, bytes]:
     side = _sidecar(path)
     if not path.is_file():
@@ -578,12 +589,7 @@ def _read_checked(path: Path, *, feature_fingerprint: str, classes: list[str]) -
     except (ValueError, TypeError) as exc:
         raise ModelError(f"model metadata {side} is unreadable: {exc}") from None
     blob = path.read_bytes()
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != meta.sha256:
-        raise ModelError(
-            f"model file {path} changed since it was saved (sha256 {digest[:12]}…, expected "
-            f"{meta.sha256[:12]}…); refusing to load it. Retrain, or restore the original file"
-        )
+    _check_sha256(blob, meta.sha256, f"model file {path}")
     if meta.feature_fingerprint != feature_fingerprint:
         raise ModelError(
             f"model {path.name} was trained on features {meta.feature_spec.get('names')} at "
@@ -629,12 +635,7 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
             arrays_blob = arrays_path.read_bytes()
         except FileNotFoundError:
             raise ModelError(f"model arrays {arrays_path} are missing; restore them or retrain") from None
-        digest = hashlib.sha256(arrays_blob).hexdigest()
-        if digest != meta.arrays_sha256:
-            raise ModelError(
-                f"model arrays {arrays_path} changed since they were saved (sha256 {digest[:12]}…, expected "
-                f"{meta.arrays_sha256[:12]}…); refusing to load them. Retrain, or restore the original file"
-            )
+        _check_sha256(arrays_blob, meta.arrays_sha256, f"model arrays {arrays_path}", plural=True)
         nets = _networks_from(arrays_blob)
         return TrainedModel(nets["global"], job_meta, path, nets.get("speaker"))
 

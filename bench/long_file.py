@@ -67,7 +67,7 @@ def main() -> int:
     names = shipped_features()
     spec = FeatureSpec(tuple(names), 16000)
     files = sorted(RAVDESS.rglob("*.flac"))
-    mono16k = [f for f in files if sf.info(f).samplerate == 16000 and sf.info(f).channels == 1]
+    mono16k = [f for f in files if (i := sf.info(f)).samplerate == 16000 and i.channels == 1]
     clips = mono16k[:300]
     clip_audio = sum(sf.info(f).duration for f in clips)
     default = SegmentSpec()
