@@ -5,7 +5,8 @@ scipy.signal and numba: 2-3 s per worker process, longer than extracting a
 few hundred clips. These functions repeat librosa 0.11's definitions
 (Slaney mel bank, chroma bank, periodic Hann window, power_to_db, normalize,
 pitch_tuning) with the same dtype steps, so a worker imports numpy and
-scipy.fft only. ``tests/test_dsp.py`` checks each against librosa itself.
+scipy.fft only, and the job's main process not even scipy.fft.
+``tests/test_dsp.py`` checks each against librosa itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
 
 __all__ = [
     "autocorr_pitch",
@@ -191,6 +191,8 @@ def autocorr_pitch(
     block = all_frames[rows]
     n_fft = 1 << int(np.ceil(np.log2(frame_length + hi)))  # no circular wrap up to lag hi
     window, r_win = _pitch_window(frame_length, n_fft, hi + 1)
+    import scipy.fft  # here, not at the top: see batchser.features
+
     x = (block - block.mean(axis=1, keepdims=True)) * window
     spec = scipy.fft.rfft(x, n=n_fft, axis=1, workers=1)
     r = scipy.fft.irfft(spec.real**2 + spec.imag**2, n=n_fft, axis=1, workers=1)[:, : hi + 2]

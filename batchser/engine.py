@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from batchser.archive import read_members
 from batchser.audio import Audio, AudioError, AudioStream
 from batchser.cache import FeatureRecord
-from batchser.features import FeatureSpec, extract
+from batchser.features import FeatureSpec, SlidingExtractor, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, windows
 
 __all__ = [
@@ -147,12 +147,13 @@ def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> Featur
 def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, seg: SegmentSpec) -> FeatureRecord:
     """A long file, window by window as it decodes (memory: one window and one block)."""
     sr = spec.sample_rate
+    sliding = SlidingExtractor(spec)  # overlapping windows share their common frames
     starts, ends, voiced, vectors = [], [], [], []
     blocks = windows(stream, sample_rate=sr, window_s=seg.window_s, hop_s=seg.hop_s, min_tail_s=seg.min_tail_s)
     for start, samples in blocks:
         if samples.size < spec.n_fft:
             continue
-        vectors.append(extract(samples, spec=spec))
+        vectors.append(sliding.extract(start, samples))
         starts.append(start / sr)
         ends.append((start + samples.size) / sr)
         voiced.append(is_voiced(samples, sample_rate=sr, voiced_db=seg.voiced_db, fraction=seg.voiced_fraction))

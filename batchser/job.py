@@ -44,8 +44,8 @@ from batchser.queue import QueueWatcher
 from batchser.report import (
     ReportRow,
     SegmentRow,
-    annotations_frame,
-    segments_frame,
+    annotations_table,
+    segments_table,
     write_annotations,
     write_confusion_png,
     write_json,
@@ -553,9 +553,9 @@ def _write_annotations(run: _Run, clock: _StageClock | None = None, t0: float | 
     m, s = run.manifest, run.summary
     out = m.output_dir
     classes = list(run.model.meta.classes)
-    written = write_annotations(annotations_frame(run.rows, classes), out, m.output.formats)
+    written = write_annotations(annotations_table(run.rows, classes), out, m.output.formats)
     # Always written (empty when no file was long) so that no stale table outlives a run.
-    written += write_annotations(segments_frame(run.segment_rows, classes), out, m.output.formats, stem="segments")
+    written += write_annotations(segments_table(run.segment_rows, classes), out, m.output.formats, stem="segments")
     if clock is not None:
         clock.lap("reports")  # summary.json, written last, holds every stage but its own write
     if t0 is not None:

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 
 from batchser.audio import load
-from batchser.features import FEATURE_DIMS, SPEECH, SPEECH_GROUPS, FeatureSpec, extract, speech_frames
+from batchser.features import (
+    FEATURE_DIMS,
+    SPEECH,
+    SPEECH_GROUPS,
+    FeatureSpec,
+    SlidingExtractor,
+    _shared_frames,
+    extract,
+    speech_frames,
+)
+from batchser.segments import windows
 from tests.conftest import speechlike, tone
 
 
@@ -130,9 +140,10 @@ def test_seed_fingerprints_do_not_change_with_the_speech_groups() -> None:
     assert SPEECH_SPEC.fingerprint() != FeatureSpec(("mfcc_stats",), 16000).fingerprint()
 
 
-def test_speech_frames_follow_librosa_definitions() -> None:
+@pytest.mark.parametrize("seconds", [1.2, 3.0])  # under and over 200 frames (two ways to sum for the roll-off)
+def test_speech_frames_follow_librosa_definitions(seconds: float) -> None:
     sr = 16000
-    y = speechlike("happy", sr=sr, seconds=1.2, seed=1) + 0.5 * speechlike("sad", sr=sr, seconds=1.2, seed=2)
+    y = speechlike("happy", sr=sr, seconds=seconds, seed=1) + 0.5 * speechlike("sad", sr=sr, seconds=seconds, seed=2)
     fr = speech_frames(y, sr=sr)
     kw = {"n_fft": 512, "hop_length": 160, "win_length": 400}
     mag = np.abs(librosa.stft(y, **kw))
@@ -186,3 +197,41 @@ def test_speech_statistics_do_not_depend_on_silence_padding() -> None:
         assert np.abs(a[80:120] - b[80:120]).max() < 1.0  # log-mel band means, dB
         assert np.abs(a[-12:-6] - b[-12:-6]).max() < 0.02  # pitch register, range, movement (octaves)
         assert abs(a[-1] - b[-1]) < 0.03  # active time, s
+
+
+def _sliding_vs_independent(y: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    chunks = [y[i : i + 7919] for i in range(0, y.size, 7919)]  # blocks that cut windows anywhere
+    wins = list(windows(chunks, sample_rate=spec.sample_rate, window_s=4.0, hop_s=2.0, min_tail_s=0.5))
+    sliding = SlidingExtractor(spec)
+    shared = np.stack([sliding.extract(start, w) for start, w in wins])
+    alone = np.stack([extract(w, spec=spec) for _, w in wins])
+    return shared, alone, [start for start, _ in wins]
+
+
+def test_overlapping_windows_share_frames_and_equal_independent_ones() -> None:
+    # Sound that comes and goes, loud and faint (a frame's activity is relative to
+    # its window's loudest, so it changes between windows, and with it which frames
+    # get a pitch), and a tail window off the 2 s grid.
+    sr = 16000
+    parts = []
+    for i, (kind, gain) in enumerate([("happy", 1), ("sad", 0.02), ("angry", 1), ("neutral", 0.01), ("sad", 1)]):
+        y = gain * speechlike(kind, sr=sr, seconds=1.3 + 0.4 * i, seed=i)
+        parts += [y, np.zeros(int(0.7 * sr), np.float32)]
+    y = np.concatenate([*parts, speechlike("sad", sr=sr, seconds=1.1, seed=9)])
+    spec = FeatureSpec(("mfcc_stats", "logmel_stats", "spectral_stats", "prosody", "mfcc"), sr)
+    shared, alone, starts = _sliding_vs_independent(y, spec)
+    assert len(starts) >= 6 and starts[-1] % (2 * sr) != 0  # the tail window cannot share
+    np.testing.assert_allclose(shared, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+    # What is shared: every frame of the overlap but the two at each window edge,
+    # whose 512-sample STFT frame reads padding zeros in one of the windows.
+    prev = speech_frames(y[: 4 * sr], sr=sr)
+    cur, old = _shared_frames(prev, 2 * sr, 4 * sr, hop=160, half=256)
+    assert cur.tolist() == list(range(2, 199)) and (old - cur == 200).all()
+    assert _shared_frames(prev, 2 * sr + 1, 4 * sr, hop=160, half=256)[0].size == 0  # off the frame grid
+
+
+def test_overlapping_windows_of_real_speech_equal_independent_ones(ravdess_dir: Path) -> None:
+    files = sorted(ravdess_dir.rglob("*.flac"))[::97][:8]
+    y = np.concatenate([load(f, sample_rate=16000).samples for f in files])
+    shared, alone, _ = _sliding_vs_independent(y, FeatureSpec(tuple(sorted(SPEECH_GROUPS)), 16000))
+    np.testing.assert_allclose(shared, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())

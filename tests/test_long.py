@@ -123,16 +123,18 @@ def test_streamed_windows_match_windows_of_the_whole_decoded_file(tmp_path: Path
     _long_file(tmp_path / "a.wav", minutes=0.6, sr=48000)
     y, _ = sf.read(tmp_path / "a.wav", dtype="float32")
     sf.write(path, np.stack([y, 0.5 * y], axis=1), 48000, subtype="PCM_24")  # 24-bit stereo at 48 kHz
-    spec = FeatureSpec(("mfcc", "chroma", "mel"), SR)
-    rec = extract_one(ExtractTask(str(path), "h"), spec=spec, segments=SegmentSpec())
-    assert rec.ok and rec.channels == 2 and rec.orig_sample_rate == 48000 and rec.duration_s == pytest.approx(36)
     whole = load(path, sample_rate=SR).samples  # decoded and resampled in one piece
-    segs = rec.segments
-    assert segs is not None and len(segs) == 17
-    for j in (0, 8, 16):
-        a, b = round(segs.start_s[j] * SR), round(segs.end_s[j] * SR)
-        ref = extract(whole[a:b], spec=spec)
-        np.testing.assert_allclose(segs.vectors[j], ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+    # The seed's features, and the speech-rate ones, whose frames overlapping windows share.
+    for names in (("mfcc", "chroma", "mel"), ("mfcc_stats", "logmel_stats", "spectral_stats", "prosody")):
+        spec = FeatureSpec(names, SR)
+        rec = extract_one(ExtractTask(str(path), "h"), spec=spec, segments=SegmentSpec())
+        assert rec.ok and rec.channels == 2 and rec.orig_sample_rate == 48000 and rec.duration_s == pytest.approx(36)
+        segs = rec.segments
+        assert segs is not None and len(segs) == 17
+        for j in (0, 1, 8, 16):
+            a, b = round(segs.start_s[j] * SR), round(segs.end_s[j] * SR)
+            ref = extract(whole[a:b], spec=spec)
+            np.testing.assert_allclose(segs.vectors[j], ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
     # Shorter than over_s: one vector for the whole file, as before.
     sf.write(tmp_path / "b.wav", y[: 48000 * 5], 48000)
     assert extract_one(ExtractTask(str(tmp_path / "b.wav"), "h2"), spec=spec, segments=SegmentSpec()).segments is None
