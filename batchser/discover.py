@@ -82,17 +82,18 @@ def _walk(root: str) -> Iterator[str]:
 
 
 def _stat(path: str, index: int) -> SourceFile | None:
+    """``path`` (absolute and normalised) as a SourceFile; None when it is no regular file."""
     try:
         st = os.stat(path)
     except OSError as exc:
-        return SourceFile(Path(os.path.abspath(path)), index, -1, -1, f"cannot stat: {exc.strerror}")
+        return SourceFile(Path(path), index, -1, -1, f"cannot stat: {exc.strerror}")
     if not stat.S_ISREG(st.st_mode):
         return None  # a directory named like audio, a fifo, …
-    return SourceFile(Path(os.path.abspath(path)), index, st.st_size, st.st_mtime_ns)
+    return SourceFile(Path(path), index, st.st_size, st.st_mtime_ns)
 
 
 def _members(path: str, index: int) -> Iterator[SourceFile]:
-    rec = _stat(path, index)
+    rec = _stat(os.path.abspath(path), index)
     if rec is None or rec.error:
         if rec is not None:
             yield rec
@@ -152,7 +153,7 @@ def discover(paths: Sequence[Path]) -> list[SourceFile]:
                     seen.setdefault(rec.name, rec)
                 continue
             # stat before any probe: opening a FIFO named like audio would block forever.
-            rec = _stat(path, index)
+            rec = _stat(key, index)
             if rec is not None and _candidate(path, explicit=explicit, probe=not rec.error):
                 seen[key] = rec
     return [seen[k] for k in sorted(seen)]

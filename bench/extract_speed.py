@@ -136,7 +136,7 @@ def _mib(v: float) -> str:
 
 def feature_stage(summary: dict) -> float:
     st = summary["stage_seconds"]
-    return sum(st[k] for k in ("discover", "open_cache", "features", "close_cache"))
+    return sum(st[k] for k in ("discover", "open_cache", "hash", "features", "close_cache"))
 
 
 def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
