@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 RAVDESS = CORPORA / "ravdess"
 MODEL = ROOT / "result" / "models" / "ravdess-4emo.skops"
+SEED_FEATURES = ["mfcc", "chroma", "mel"]
+EMOTIONS = ["angry", "sad", "neutral", "happy"]
 
 
 def shipped_features() -> list[str]:
@@ -34,3 +42,66 @@ def progress_log(quiet: bool) -> Callable[[str], None]:
             print(msg, file=sys.stderr, flush=True)
 
     return log
+
+
+def seed_features(path: str) -> np.ndarray:
+    """The notebook's extract_feature: librosa.load(sr=16000), mfcc(y), chroma_stft(S=|stft|), melspectrogram(y)."""
+    import librosa
+
+    y, sr = librosa.load(path, sr=16000)
+    stft = np.abs(librosa.stft(y))
+    return np.concatenate(
+        [
+            np.mean(librosa.feature.mfcc(y=y, sr=sr, n_mfcc=40).T, axis=0),
+            np.mean(librosa.feature.chroma_stft(S=stft, sr=sr).T, axis=0),
+            np.mean(librosa.feature.melspectrogram(y=y, sr=sr).T, axis=0),
+        ]
+    )
+
+
+def run_job(job: dict[str, Any], manifest: Path) -> tuple[float, float, dict[str, Any]]:
+    """Run ``job`` as ``python -m batchser run -q`` in a fresh process.
+
+    Returns wall seconds, peak RSS in MiB (/usr/bin/time's %M: the largest
+    process of the job's tree, reaped workers included, since Linux folds a
+    reaped child's peak into its parent's) and the job's summary.json.
+    """
+    manifest.write_text(yaml.safe_dump(job))
+    t = time.perf_counter()
+    res = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "batchser", "run", "-q", str(manifest)],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t
+    if res.returncode:
+        raise RuntimeError(res.stderr)
+    rss_mib = int(res.stderr.strip().splitlines()[-1]) / 1024
+    summary = json.loads((Path(job["output"]["dir"]) / "summary.json").read_text())
+    return wall, rss_mib, summary
+
+
+def feature_stage(summary: dict[str, Any]) -> float:
+    """Seconds the job spent turning files into features (from discovery to closing the cache)."""
+    st = summary["stage_seconds"]
+    return sum(st[k] for k in ("discover", "open_cache", "hash", "features", "close_cache"))
+
+
+def train_seed_model(work: Path) -> Path:
+    """A 4-emotion model on the seed's features, trained on the 120 48 kHz RAVDESS files (untimed).
+
+    The seed-feature rows label with it, so that they compare like with like
+    (the shipped model uses the speech-rate features).
+    """
+    model = work / "seed.skops"
+    job = {
+        "name": "seed-model",
+        "inputs": [{"path": str(CORPORA / "ravdess-48k"), "labels": "ravdess"}],
+        "emotions": EMOTIONS,
+        "features": SEED_FEATURES,
+        "cache": str(work / "seed-cache"),
+        "model": {"path": str(model), "train": True},
+        "output": {"dir": str(work / "seed-train")},
+    }
+    run_job(job, work / "seed-train.yaml")
+    return model

@@ -33,10 +33,9 @@ Timings are medians over --repeats; the machine is shared, so compare ratios, no
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,8 +45,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-import yaml
-from _common import CORPORA, MODEL, have, progress_log, shipped_features
+from _common import (
+    CORPORA,
+    EMOTIONS,
+    MODEL,
+    SEED_FEATURES,
+    feature_stage,
+    have,
+    progress_log,
+    seed_features,
+    shipped_features,
+    train_seed_model,
+)
+from _common import run_job as run_job_in_process
 
 try:
     import distributed  # noqa: F401
@@ -55,20 +65,6 @@ try:
     HAVE_DASK = True
 except ImportError:
     HAVE_DASK = False
-
-
-def seed_features(path: str) -> np.ndarray:
-    import librosa
-
-    y, sr = librosa.load(path, sr=16000)
-    stft = np.abs(librosa.stft(y))
-    return np.concatenate(
-        [
-            np.mean(librosa.feature.mfcc(y=y, sr=sr, n_mfcc=40).T, axis=0),
-            np.mean(librosa.feature.chroma_stft(S=stft, sr=sr).T, axis=0),
-            np.mean(librosa.feature.melspectrogram(y=y, sr=sr).T, axis=0),
-        ]
-    )
 
 
 def floor_one(path: str) -> None:
@@ -89,9 +85,6 @@ def timed(fn, files: list[str]) -> tuple[float, list]:
     return time.perf_counter() - t, out
 
 
-SEED_FEATURES = ["mfcc", "chroma", "mel"]
-
-
 def run_job(
     files_dir: Path,
     cache: Path,
@@ -101,42 +94,22 @@ def run_job(
     *,
     model: Path,
     features: list[str],
-    train: bool = False,
 ) -> tuple[float, float, dict]:
     job = {
         "name": "bench",
-        "inputs": [{"path": str(files_dir), "labels": "ravdess" if train else "none"}],
-        "emotions": ["angry", "sad", "neutral", "happy"],
+        "inputs": [{"path": str(files_dir), "labels": "none"}],
+        "emotions": EMOTIONS,
         "features": features,
         "cache": str(cache),
         "engine": {"backend": backend, "n_jobs": n_jobs} | ({"scheduler": "local"} if backend == "dask" else {}),
-        "model": {"path": str(model), "train": train},
+        "model": {"path": str(model)},
         "output": {"dir": str(out)},
     }
-    manifest = out.parent / f"{out.name}.yaml"
-    manifest.write_text(yaml.safe_dump(job))
-    t = time.perf_counter()
-    code = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "batchser", "run", "-q", str(manifest)],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t
-    if code.returncode:
-        raise RuntimeError(code.stderr)
-    # /usr/bin/time's %M is the largest RSS in the job's process tree (reaped workers
-    # included; Linux folds a reaped child's peak into its parent's).
-    rss_mib = int(code.stderr.strip().splitlines()[-1]) / 1024
-    return wall, rss_mib, json.loads((out / "summary.json").read_text())
+    return run_job_in_process(job, out.parent / f"{out.name}.yaml")
 
 
 def _mib(v: float) -> str:
     return "-" if v != v else f"{v:.0f} MiB"  # NaN: measured in-process, not a job
-
-
-def feature_stage(summary: dict) -> float:
-    st = summary["stage_seconds"]
-    return sum(st[k] for k in ("discover", "open_cache", "hash", "features", "close_cache"))
 
 
 def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
@@ -153,17 +126,8 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     rows: dict[str, list[float]] = {"seed": [], "floor": [], "cold": [], "warm": [], "shipped": []}
     stage: dict[str, list[float]] = {"cold": [], "warm": [], "dask": [], "shipped": []}
     model_dir = Path(tempfile.mkdtemp(prefix="batchser-bench-model-"))
-    seed_model = model_dir / "seed.skops"
     log(f"  training a seed-feature model on {CORPORA / 'ravdess-48k'} (untimed) …")
-    run_job(
-        CORPORA / "ravdess-48k",
-        model_dir / "cache",
-        model_dir / "train",
-        n_jobs,
-        model=seed_model,
-        features=SEED_FEATURES,
-        train=True,
-    )
+    seed_model = train_seed_model(model_dir)
     seed_job = {"model": seed_model, "features": SEED_FEATURES}
     if HAVE_DASK:
         rows["dask"] = []
@@ -257,6 +221,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     out[0]["parity_max_rel"] = parity
     out[-1]["stage_shipped"] = statistics.median(stage["shipped"])
     out[-1]["stage_cold"] = out[3]["stage_cold"]
+    shutil.rmtree(model_dir, ignore_errors=True)
     return out
 
 

@@ -1,6 +1,7 @@
 """Scaling: does throughput hold, and memory stay flat, from 1,000 to 20,000 files?
 
     python bench/scaling.py                          # 1000, 5000, 20000 files
+    python bench/scaling.py --sizes 1000,20000 --features seed
     python bench/scaling.py --sizes 1000,2000 --quiet
 
 Each archive is made from RAVDESS clips (../shared/corpora/ravdess): file i is a
@@ -9,33 +10,49 @@ little noise, written as 16-bit WAV, so every file has distinct content (the
 cache cannot collapse copies) and all archives have the same clip mix. For
 each size, one cold `python -m batchser run` with an empty cache in a fresh
 process, 2 workers; the job's own summary.json gives the feature stage.
+`--features shipped` (default) extracts what a default job does; `--features
+seed` the seed's groups, labelled with a model trained on them (untimed), and
+adds the seed's librosa loop as a baseline.
 
-Columns: files/s over the feature stage and over the whole run (relative to
-the smallest size), peak RSS of the job's process tree (from /usr/bin/time)
-relative to the smallest size, and overhead: 1 - (files x in-process seconds
-per file / workers) / feature-stage seconds, where the per-file time is
-measured in this process on up to 1,000 files spread over the first archive,
-one BLAS thread. It counts everything the job does beyond pure extraction,
-split in two: "hashing" (the job's hash stage: SHA-256 of every new file, the
-cache key) and "engine" (the rest: worker start-up, task dispatch and results
-through joblib, cache writes, waiting on the slowest worker).
+Columns: files/s over the feature stage (relative to the smallest size); peak
+RSS of the job's process tree (from /usr/bin/time), relative to the smallest
+size and as KB per extra file; overhead: 1 - (files x in-process seconds per
+file / workers) / feature-stage seconds, where the per-file time is measured
+in this process on up to 1,000 files spread over the first archive, one BLAS
+thread. It counts everything the job does beyond pure extraction, split in
+two: "hashing" (the job's hash stage: SHA-256 of every new file, the cache
+key) and "engine" (the rest: worker start-up, task dispatch and results
+through joblib, cache writes, waiting on the slowest worker). "vs seed"
+(seed features only): the seed loop's seconds per file, measured on the same
+sample in this process, times the files, over the job's whole wall time.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import yaml
-from _common import MODEL, RAVDESS, have, progress_log, shipped_features
+from _common import (
+    EMOTIONS,
+    MODEL,
+    RAVDESS,
+    SEED_FEATURES,
+    feature_stage,
+    have,
+    progress_log,
+    seed_features,
+    shipped_features,
+    train_seed_model,
+)
+from _common import run_job as run_job_in_process
 
 SR = 16000
 
@@ -52,14 +69,14 @@ def make_archive(folder: Path, n: int, clips: list[np.ndarray]) -> None:
         sf.write(sub / f"f{i:06d}.wav", y, SR, subtype="PCM_16")
 
 
-def per_file_seconds(files: list[Path]) -> float:
+def per_file_seconds(files: list[Path], features: list[str]) -> float:
     from threadpoolctl import threadpool_limits
 
     from batchser.engine import ExtractTask, extract_one, keep_freed_memory
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
-    spec = FeatureSpec(tuple(shipped_features()), SR)  # what the job below extracts
+    spec = FeatureSpec(tuple(features), SR)  # what the job below extracts
     keep_freed_memory()  # as in the job's workers
     with threadpool_limits(1):
         extract_one(ExtractTask(str(files[0]), "warm"), spec=spec, segments=SegmentSpec())
@@ -69,35 +86,41 @@ def per_file_seconds(files: list[Path]) -> float:
     return (time.perf_counter() - t) / len(files)
 
 
-def run_job(folder: Path, work: Path, n_jobs: int) -> tuple[float, float, dict]:
+def run_job(folder: Path, work: Path, n_jobs: int, *, model: Path, features: list[str]) -> tuple[float, float, dict]:
     job = {
         "name": "scaling",
         "inputs": [{"path": str(folder)}],
-        "emotions": ["angry", "sad", "neutral", "happy"],
+        "emotions": EMOTIONS,
+        "features": features,
         "cache": str(work / "cache"),
         "engine": {"backend": "loky", "n_jobs": n_jobs},
-        "model": {"path": str(MODEL)},
+        "model": {"path": str(model)},
         "output": {"dir": str(work / "out"), "formats": ["parquet"]},
     }
-    manifest = work / "job.yaml"
-    manifest.write_text(yaml.safe_dump(job))
-    t = time.perf_counter()
-    res = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "batchser", "run", "-q", str(manifest)],
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t
-    if res.returncode:
-        raise RuntimeError(res.stderr)
-    summary = json.loads((work / "out" / "summary.json").read_text())
-    return wall, int(res.stderr.strip().splitlines()[-1]) / 1024, summary
+    return run_job_in_process(job, work / "job.yaml")
+
+
+def seed_loop_seconds(files: list[Path]) -> float:
+    """Seconds per file of the notebook's librosa loop, one process, after an untimed first call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seed_features(str(files[0]))  # numba compiles librosa's kernels on first use
+        t = time.perf_counter()
+        for f in files:
+            seed_features(str(f))
+    return (time.perf_counter() - t) / len(files)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,5000,20000")
     ap.add_argument("--n-jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument(
+        "--features",
+        choices=["shipped", "seed"],
+        default="shipped",
+        help="the shipped model's features (a default job), or the seed's with the seed loop as baseline",
+    )
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args()
     if not have(RAVDESS, "the RAVDESS corpus"):
@@ -110,7 +133,13 @@ def main() -> int:
         if sr == SR and len(y) > 2 * SR:
             clips.append(y.mean(axis=1))
     rows = []
+    seed_pf = float("nan")
     with tempfile.TemporaryDirectory(prefix="batchser-scaling-") as tmp:
+        if args.features == "seed":
+            log("training a seed-feature model (untimed) …")
+            features, model = SEED_FEATURES, train_seed_model(Path(tmp))
+        else:
+            features, model = shipped_features(), MODEL
         for n in sizes:
             folder, work = Path(tmp) / f"in-{n}", Path(tmp) / f"work-{n}"
             folder.mkdir()
@@ -120,30 +149,26 @@ def main() -> int:
             if not rows:
                 every = sorted(folder.rglob("*.wav"))
                 sample = every[:: max(1, len(every) // 1000)]  # spread: clips differ in cost
-                per_file = per_file_seconds(sample)
+                per_file = per_file_seconds(sample, features)
                 log(f"in-process extraction: {per_file * 1000:.2f} ms per file")
+                if args.features == "seed":
+                    seed_pf = seed_loop_seconds(sample)
+                    log(f"seed loop: {seed_pf * 1000:.2f} ms per file")
             log(f"{n} files: cold run …")
-            wall, rss, s = run_job(folder, work, args.n_jobs)
+            wall, rss, s = run_job(folder, work, args.n_jobs, model=model, features=features)
             assert s["extracted"] == n and s["failed"] == 0, s
-            st = s["stage_seconds"]
-            stage = sum(st[k] for k in ("discover", "open_cache", "hash", "features", "close_cache"))
+            stage = feature_stage(s)
             pure = n * per_file / args.n_jobs
-            rows.append((n, wall, stage, rss, 1 - pure / stage, st["hash"] / stage))
+            rows.append((n, wall, stage, rss, 1 - pure / stage, s["stage_seconds"]["hash"] / stage))
             subprocess.run(["rm", "-rf", str(folder), str(work)], check=True)
     n0, _, st0, r0, _, _ = rows[0]
-    print(f"machine: {os.cpu_count()} cores, {args.n_jobs} workers; in-process {per_file * 1000:.2f} ms per file")
-    head = [
-        "files",
-        "wall s",
-        "stage s",
-        "files/s",
-        "vs first",
-        "peak RSS",
-        "vs first",
-        "overhead",
-        "hashing",
-        "engine",
-    ]
+    print(
+        f"machine: {os.cpu_count()} cores, {args.n_jobs} workers; {args.features} features; in-process "
+        f"{per_file * 1000:.2f} ms per file"
+        + (f"; seed loop {seed_pf * 1000:.2f} ms per file" if seed_pf == seed_pf else "")
+    )
+    head = ["files", "wall s", "stage s", "files/s", "vs first", "peak RSS", "vs first", "KB/file"]
+    head += ["overhead", "hashing", "engine"] + (["vs seed"] if seed_pf == seed_pf else [])
     print(" ".join(f"{h:>9}" for h in head))
     for n, wall, stage, rss, over, hashing in rows:
         cells = [
@@ -154,10 +179,13 @@ def main() -> int:
             f"{(n / stage) / (n0 / st0):.2f}x",
             f"{rss:.0f} MiB",
             f"{rss / r0:.2f}x",
+            f"{(rss - r0) * 1024 / (n - n0):.1f}" if n > n0 else "-",  # peak RSS growth per extra file
             f"{over:.0%}",
             f"{hashing:.0%}",
             f"{over - hashing:.0%}",
         ]
+        if seed_pf == seed_pf:
+            cells.append(f"{n * seed_pf / wall:.1f}x")  # the seed loop's time for these files over the job's
         print(" ".join(f"{c:>9}" for c in cells))
     return 0
 

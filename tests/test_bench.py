@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PROJECT
 
 
@@ -37,12 +39,15 @@ def test_extract_speed_compares_seed_floor_and_jobs(ravdess48_dir: Path) -> None
     assert float(parity[parity.index("difference") + 1].rstrip(";")) < 1e-2
 
 
-def test_scaling_reports_both_sizes(ravdess_dir: Path) -> None:
-    lines = bench("scaling.py", "--sizes", "40,80")
+@pytest.mark.parametrize("features", ["shipped", "seed"])
+def test_scaling_reports_both_sizes(ravdess_dir: Path, features: str) -> None:
+    lines = bench("scaling.py", "--sizes", "40,80", "--features", features)
     assert [line.split()[0] for line in lines[2:]] == ["40", "80"]
     first, second = row(lines, "40"), row(lines, "80")
     assert first[4] == first[7] == "1.00x"  # files/s and peak RSS relative to the first size
     assert float(second[3]) > 0 and second[6] == "MiB" and second[7].endswith("x")
+    if features == "seed":  # the seed loop's time for the same files over the job's
+        assert lines[1].split()[-2:] == ["vs", "seed"] and float(second[-1].rstrip("x")) > 0
 
 
 def test_long_file_is_analysed_window_by_window(ravdess_dir: Path) -> None:
