@@ -593,7 +593,7 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     summary = JobSummary(manifest.name)
     clock = _StageClock(summary.stages)
     check_manifest_paths(manifest)
-    spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate)
+    spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate, chroma_tuning=manifest.chroma_tuning)
     classes = list(manifest.emotions)
     model = (
         None

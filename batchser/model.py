@@ -591,11 +591,13 @@ def _read_checked(path: Path, *, feature_fingerprint: str, classes: list[str]) -
     blob = path.read_bytes()
     _check_sha256(blob, meta.sha256, f"model file {path}")
     if meta.feature_fingerprint != feature_fingerprint:
+        tuning = meta.feature_spec.get("chroma_tuning")
+        pinned = "" if tuning is None else f", chroma_tuning {tuning}"
         raise ModelError(
             f"model {path.name} was trained on features {meta.feature_spec.get('names')} at "
-            f"{meta.feature_spec.get('sample_rate')} Hz (fingerprint {meta.feature_fingerprint}); this job's "
-            f"features have fingerprint {feature_fingerprint}. Use the model's features and audio.sample_rate "
-            "in the manifest, or retrain with model.train: true"
+            f"{meta.feature_spec.get('sample_rate')} Hz{pinned} (fingerprint {meta.feature_fingerprint}); this "
+            f"job's features have fingerprint {feature_fingerprint}. Use the model's features, audio.sample_rate "
+            "and chroma_tuning in the manifest, or retrain with model.train: true"
         )
     if set(meta.classes) != set(classes):
         raise ModelError(

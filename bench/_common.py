@@ -59,6 +59,14 @@ def seed_features(path: str) -> np.ndarray:
     )
 
 
+def seed_chroma(path: str, *, tuning: float | None = None) -> np.ndarray:
+    """The seed's chroma means, with ``tuning`` given to chroma_stft (None: estimated, as the seed)."""
+    import librosa
+
+    y, sr = librosa.load(path, sr=16000)
+    return np.mean(librosa.feature.chroma_stft(S=np.abs(librosa.stft(y)), sr=sr, tuning=tuning).T, axis=0)
+
+
 def run_job(job: dict[str, Any], manifest: Path) -> tuple[float, float, dict[str, Any]]:
     """Run ``job`` as ``python -m batchser run -q`` in a fresh process.
 
@@ -87,15 +95,17 @@ def feature_stage(summary: dict[str, Any]) -> float:
     return sum(st[k] for k in ("discover", "open_cache", "hash", "features", "close_cache"))
 
 
-def train_seed_model(work: Path) -> Path:
+def train_seed_model(work: Path, *, chroma_tuning: float | None = None) -> Path:
     """A 4-emotion model on the seed's features, trained on the 120 48 kHz RAVDESS files (untimed).
 
     The seed-feature rows label with it, so that they compare like with like
     (the shipped model uses the speech-rate features).
     """
+    work.mkdir(parents=True, exist_ok=True)
     model = work / "seed.skops"
     job = {
         "name": "seed-model",
+        "chroma_tuning": chroma_tuning,
         "inputs": [{"path": str(CORPORA / "ravdess-48k"), "labels": "ravdess"}],
         "emotions": EMOTIONS,
         "features": SEED_FEATURES,

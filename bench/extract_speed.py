@@ -8,6 +8,10 @@ Rows, all on the same files in this run:
                  melspectrogram(y), means over frames; one file after another, one process.
   floor (1 core) decode + resample + one STFT per file and nothing else, one process, one
                  BLAS thread: the work no extractor can skip.
+  batchser 1 core  batchser's extractor (engine._extract_batch: decode, resample, features,
+                 records) over the same files in this process, one BLAS thread: its "vs
+                 floor" is the per-core efficiency of the extraction itself.
+  pinned 1 core  the same with chroma's tuning pinned at 0.0 (manifest chroma_tuning: 0.0).
   batchser cold  `python -m batchser run` on an empty cache (fresh process: interpreter,
                  worker start-up, hashing, cache writes, model, reports all included).
   batchser warm  the same job again: every feature from the cache.
@@ -15,11 +19,14 @@ Rows, all on the same files in this run:
                  of single-threaded worker processes (when dask.distributed is installed).
   shipped cold   the cold job with the shipped model's features (speech-rate statistics and
                  pitch, 178 dims) instead of the seed's: what labelling with the default model costs.
+  pinned cold    the cold job with chroma_tuning: 0.0 (and a model trained so).
 The seed loop and the floor run with the allocator setting batchser's workers use
 (batchser.engine.keep_freed_memory: freed arrays stay on the heap instead of being
 page-faulted in again for every file), so neither baseline pays a cost batchser avoids.
 The seed-feature rows label with a small model trained at the start on seed features (untimed),
 since the shipped model uses the richer set; prediction costs the same either way.
+Parity: the cold job's vectors against the seed loop's; the pinned job's against the seed
+loop's with chroma_stft(tuning=0.0).
 Besides whole-process wall time, the "feature stage" lines give the part of the job that
 turns files into features (discovery, cache open, hashing/lookup, extraction, cache
 close) from the job's own summary.json: what a warm run saves is this stage; the rest
@@ -34,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -53,6 +59,7 @@ from _common import (
     feature_stage,
     have,
     progress_log,
+    seed_chroma,
     seed_features,
     shipped_features,
     train_seed_model,
@@ -94,9 +101,11 @@ def run_job(
     *,
     model: Path,
     features: list[str],
+    chroma_tuning: float | None = None,
 ) -> tuple[float, float, dict]:
     job = {
         "name": "bench",
+        "chroma_tuning": chroma_tuning,
         "inputs": [{"path": str(files_dir), "labels": "none"}],
         "emotions": EMOTIONS,
         "features": features,
@@ -112,6 +121,23 @@ def _mib(v: float) -> str:
     return "-" if v != v else f"{v:.0f} MiB"  # NaN: measured in-process, not a job
 
 
+def _parity(ours: np.ndarray, ref: np.ndarray) -> tuple[float, int, int, float]:
+    """Worst relative difference, how many values exceed 1e-3, of how many, their worst absolute difference."""
+    scale = np.maximum(np.abs(ref), 1e-6 * np.abs(ref).max(axis=1, keepdims=True))
+    rel = np.abs(ours - ref) / scale
+    over = rel > 1e-3
+    return float(rel.max()), int(over.sum()), ours.size, float(np.abs(ours - ref)[over].max(initial=0.0))
+
+
+def _job_vectors(cache: Path, report: Path, spec) -> np.ndarray:
+    from batchser.cache import FeatureStore
+    from batchser.segments import SegmentSpec
+
+    store = FeatureStore(cache, spec, segments=SegmentSpec())  # the job's default key
+    rep = pd.read_parquet(report)
+    return np.stack([store.get(h).vector for h in rep.sort_values("path")["content_hash"]])
+
+
 def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     folder = CORPORA / name
     files = sorted(str(p) for p in folder.rglob("*") if p.suffix in (".wav", ".flac"))
@@ -119,110 +145,119 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     log(f"{name}: {len(files)} files, {audio_s / 60:.1f} min of audio")
     from threadpoolctl import threadpool_limits
 
-    from batchser.cache import FeatureStore
+    from batchser.engine import ExtractTask, _extract_batch
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
-    rows: dict[str, list[float]] = {"seed": [], "floor": [], "cold": [], "warm": [], "shipped": []}
-    stage: dict[str, list[float]] = {"cold": [], "warm": [], "dask": [], "shipped": []}
-    model_dir = Path(tempfile.mkdtemp(prefix="batchser-bench-model-"))
-    log(f"  training a seed-feature model on {CORPORA / 'ravdess-48k'} (untimed) …")
-    seed_model = train_seed_model(model_dir)
-    seed_job = {"model": seed_model, "features": SEED_FEATURES}
-    if HAVE_DASK:
-        rows["dask"] = []
+    spec = FeatureSpec(tuple(SEED_FEATURES), 16000)
+    pinned = FeatureSpec(tuple(SEED_FEATURES), 16000, chroma_tuning=0.0)
+    tasks = [ExtractTask(f, str(i)) for i, f in enumerate(files)]
+
+    def extractor(s: FeatureSpec):
+        return lambda: _extract_batch(tasks, s, SegmentSpec())
+
+    keys = ["seed", "floor", "extractor", "extractor_a440", "cold", "warm", "shipped", "a440"]
+    keys += ["dask"] if HAVE_DASK else []
+    rows: dict[str, list[float]] = {k: [] for k in keys}
+    stage: dict[str, list[float]] = {k: [] for k in ("cold", "warm", "dask", "shipped", "a440")}
     rss: dict[str, float] = {}
-    seed_vectors = None
-    # Untimed first calls: librosa compiles its numba kernels and both fill their caches
-    # on first use, which would charge one repeat's seed row with seconds of set-up.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        seed_features(files[0])
-    floor_one(files[0])
-    for r in range(repeats):
-        log(f"  repeat {r + 1}/{repeats}: seed loop …")
+    parity: dict[str, tuple[float, int, int, float]] = {}
+
+    def job(work: Path, key: str, cache: str, **kw) -> dict:
+        log(f"  batchser {key} …")
+        wall, rss[key], summary = run_job(folder, work / cache, work / key, n_jobs, **kw)
+        rows[key].append(wall)
+        stage[key].append(feature_stage(summary))
+        return summary
+
+    with tempfile.TemporaryDirectory(prefix="batchser-bench-model-") as md:
+        log(f"  training seed-feature models on {CORPORA / 'ravdess-48k'} (untimed) …")
+        seed_job = {"model": train_seed_model(Path(md) / "est"), "features": SEED_FEATURES}
+        a440_job = {"model": train_seed_model(Path(md) / "a440", chroma_tuning=0.0), "features": SEED_FEATURES}
+        # Untimed first calls: librosa compiles its numba kernels and every row fills its
+        # caches on first use, which would charge one repeat with seconds of set-up.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t, vecs = timed(seed_features, files)
-        rows["seed"].append(t)
-        seed_vectors = seed_vectors or vecs
-        log("  floor …")
+            seed_vectors = [seed_features(f) for f in files[:1]]
+        floor_one(files[0])
         with threadpool_limits(1):
-            rows["floor"].append(timed(floor_one, files)[0])
-        with tempfile.TemporaryDirectory(prefix="batchser-bench-") as tmp:
-            tmp_p = Path(tmp)
-            log("  batchser cold …")
-            wall, rss["cold"], s = run_job(folder, tmp_p / "cache", tmp_p / "cold", n_jobs, **seed_job)
-            assert s["extracted"] == len(files) and s["failed"] == 0, s
-            rows["cold"].append(wall)
-            stage["cold"].append(feature_stage(s))
-            log("  batchser warm …")
-            wall, rss["warm"], s = run_job(folder, tmp_p / "cache", tmp_p / "warm", n_jobs, **seed_job)
-            assert s["extracted"] == 0 and s["from_cache"] == len(files), s
-            rows["warm"].append(wall)
-            stage["warm"].append(feature_stage(s))
-            if HAVE_DASK:
-                log("  batchser cold on a dask LocalCluster …")
-                wall, rss["dask"], s = run_job(folder, tmp_p / "cache-dask", tmp_p / "dask", n_jobs, "dask", **seed_job)
+            _extract_batch(tasks[:1], spec, SegmentSpec())
+        for r in range(repeats):
+            log(f"  repeat {r + 1}/{repeats}: seed loop …")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t, seed_vectors = timed(seed_features, files)
+            rows["seed"].append(t)
+            log("  floor and batchser's extractor in this process …")
+            with threadpool_limits(1):
+                rows["floor"].append(timed(floor_one, files)[0])
+                for key, s in (("extractor", spec), ("extractor_a440", pinned)):
+                    t = time.perf_counter()
+                    extractor(s)()
+                    rows[key].append(time.perf_counter() - t)
+            with tempfile.TemporaryDirectory(prefix="batchser-bench-") as tmp:
+                tmp_p = Path(tmp)
+
+                s = job(tmp_p, "cold", "cache", **seed_job)
                 assert s["extracted"] == len(files) and s["failed"] == 0, s
-                rows["dask"].append(wall)
-                stage["dask"].append(feature_stage(s))
-            log("  batchser cold with the shipped model's features …")
-            wall, rss["shipped"], s = run_job(
-                folder, tmp_p / "cache-shipped", tmp_p / "shipped", n_jobs, model=MODEL, features=shipped_features()
-            )
-            assert s["extracted"] == len(files) and s["failed"] == 0, s
-            rows["shipped"].append(wall)
-            stage["shipped"].append(feature_stage(s))
-            if r == 0:
-                spec = FeatureSpec(tuple(SEED_FEATURES), 16000)
-                store = FeatureStore(tmp_p / "cache", spec, segments=SegmentSpec())  # the job's default key
-                rep = pd.read_parquet(tmp_p / "cold" / "annotations.parquet")
-                ours = np.stack([store.get(h).vector for h in rep.sort_values("path")["content_hash"]])
-                ref = np.stack(seed_vectors)
-                scale = np.maximum(np.abs(ref), 1e-6 * np.abs(ref).max(axis=1, keepdims=True))
-                rel = np.abs(ours - ref) / scale
-                over = rel > 1e-3
-                parity = (
-                    float(rel.max()),
-                    int(over.sum()),
-                    ours.size,
-                    float(np.abs(ours - ref)[over].max(initial=0.0)),
-                )
+                s = job(tmp_p, "warm", "cache", **seed_job)
+                assert s["extracted"] == 0 and s["from_cache"] == len(files), s
+                if HAVE_DASK:
+                    s = job(tmp_p, "dask", "cache-dask", backend="dask", **seed_job)
+                    assert s["extracted"] == len(files) and s["failed"] == 0, s
+                s = job(tmp_p, "shipped", "cache-shipped", model=MODEL, features=shipped_features())
+                assert s["extracted"] == len(files) and s["failed"] == 0, s
+                s = job(tmp_p, "a440", "cache-a440", chroma_tuning=0.0, **a440_job)
+                assert s["extracted"] == len(files) and s["failed"] == 0, s
+                if r == 0:
+                    ref = np.stack(seed_vectors)
+                    parity["seed"] = _parity(
+                        _job_vectors(tmp_p / "cache", tmp_p / "cold" / "annotations.parquet", spec), ref
+                    )
+                    # Pinned: the seed's chroma_stft at the same tuning (mfcc and mel as the seed's).
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ref[:, 40:52] = np.stack([seed_chroma(f, tuning=0.0) for f in files])
+                    ours = _job_vectors(tmp_p / "cache-a440", tmp_p / "a440" / "annotations.parquet", pinned)
+                    parity["a440"] = _parity(ours, ref)
     med = {k: statistics.median(v) for k, v in rows.items()}
-    out = []
-    for key, label, workers in (
-        ("seed", "seed loop", 1),
-        ("floor", "floor (1 core)", 1),
-        ("cold", "batchser cold", n_jobs),
-        ("warm", "batchser warm", n_jobs),
-        *((("dask", "dask cold", n_jobs),) if HAVE_DASK else ()),
-        ("shipped", "shipped cold", n_jobs),
-    ):
-        out.append(
-            {
-                "corpus": name,
-                "row": label,
-                "files": len(files),
-                "audio_s": audio_s,
-                "wall_s": med[key],
-                "x_realtime": audio_s / med[key],
-                "vs_seed": med["seed"] / med[key],
-                "vs_floor": med["floor"] / (med[key] * workers),
-                "peak_rss_mib": rss.get(key, float("nan")),
-            }
-        )
-    out[3]["warm_vs_cold"] = med["cold"] / med["warm"]
-    out[3]["stage_cold"] = statistics.median(stage["cold"])
-    out[3]["stage_warm"] = statistics.median(stage["warm"])
+    labels = {
+        "seed": "seed loop",
+        "floor": "floor (1 core)",
+        "extractor": "batchser 1 core",
+        "extractor_a440": "pinned 1 core",
+        "cold": "batchser cold",
+        "warm": "batchser warm",
+        "dask": "dask cold",
+        "shipped": "shipped cold",
+        "a440": "pinned cold",
+    }
+    out: dict[str, dict] = {}
+    for key in keys:
+        workers = n_jobs if key in stage else 1
+        out[key] = {
+            "corpus": name,
+            "row": labels[key],
+            "files": len(files),
+            "audio_s": audio_s,
+            "wall_s": med[key],
+            "x_realtime": audio_s / med[key],
+            "vs_seed": med["seed"] / med[key],
+            "vs_floor": med["floor"] / (med[key] * workers),
+            "peak_rss_mib": rss.get(key, float("nan")),
+        }
+    cold = statistics.median(stage["cold"])
+    out["warm"] |= {
+        "warm_vs_cold": med["cold"] / med["warm"],
+        "stage_cold": cold,
+        "stage_warm": statistics.median(stage["warm"]),
+    }
     if HAVE_DASK:
-        out[4]["stage_dask"] = statistics.median(stage["dask"])
-        out[4]["stage_cold"] = out[3]["stage_cold"]
-    out[0]["parity_max_rel"] = parity
-    out[-1]["stage_shipped"] = statistics.median(stage["shipped"])
-    out[-1]["stage_cold"] = out[3]["stage_cold"]
-    shutil.rmtree(model_dir, ignore_errors=True)
-    return out
+        out["dask"] |= {"stage_dask": statistics.median(stage["dask"]), "stage_cold": cold}
+    out["shipped"] |= {"stage_shipped": statistics.median(stage["shipped"]), "stage_cold": cold}
+    out["seed"]["parity"] = ("features vs seed loop", parity["seed"])
+    out["a440"]["parity"] = ("tuning pinned at 0.0 vs seed loop with chroma_stft(tuning=0.0)", parity["a440"])
+    return list(out.values())
 
 
 def main() -> int:
@@ -268,10 +303,10 @@ def main() -> int:
                 f"{r['corpus']}: shipped model's features vs the seed's, same {r['files']} files cold: feature stage "
                 f"{r['stage_shipped']:.2f} s vs {r['stage_cold']:.2f} s ({r['stage_shipped'] / r['stage_cold']:.2f}x)"
             )
-        if "parity_max_rel" in r:
-            worst, n_over, n_all, abs_over = r["parity_max_rel"]
+        if "parity" in r:
+            what, (worst, n_over, n_all, abs_over) = r["parity"]
             print(
-                f"{r['corpus']}: features vs seed loop: max relative difference {worst:.1e}; {n_over} of {n_all} "
+                f"{r['corpus']}: {what}: max relative difference {worst:.1e}; {n_over} of {n_all} "
                 f"values above 1e-3 relative, their largest absolute difference {abs_over:.1e}"
             )
     return 0

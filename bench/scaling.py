@@ -2,6 +2,7 @@
 
     python bench/scaling.py                          # 1000, 5000, 20000 files
     python bench/scaling.py --sizes 1000,20000 --features seed
+    python bench/scaling.py --sizes 1000,20000 --features seed --chroma-tuning 0.0
     python bench/scaling.py --sizes 1000,2000 --quiet
 
 Each archive is made from RAVDESS clips (../shared/corpora/ravdess): file i is a
@@ -12,7 +13,8 @@ each size, one cold `python -m batchser run` with an empty cache in a fresh
 process, 2 workers; the job's own summary.json gives the feature stage.
 `--features shipped` (default) extracts what a default job does; `--features
 seed` the seed's groups, labelled with a model trained on them (untimed), and
-adds the seed's librosa loop as a baseline.
+adds the seed's librosa loop as a baseline; `--chroma-tuning 0.0` pins chroma's
+tuning in the job (manifest chroma_tuning), the baseline staying the seed's loop.
 
 Columns: files/s over the feature stage (relative to the smallest size); peak
 RSS of the job's process tree (from /usr/bin/time), relative to the smallest
@@ -69,14 +71,14 @@ def make_archive(folder: Path, n: int, clips: list[np.ndarray]) -> None:
         sf.write(sub / f"f{i:06d}.wav", y, SR, subtype="PCM_16")
 
 
-def per_file_seconds(files: list[Path], features: list[str]) -> float:
+def per_file_seconds(files: list[Path], features: list[str], chroma_tuning: float | None) -> float:
     from threadpoolctl import threadpool_limits
 
     from batchser.engine import ExtractTask, extract_one, keep_freed_memory
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
-    spec = FeatureSpec(tuple(features), SR)  # what the job below extracts
+    spec = FeatureSpec(tuple(features), SR, chroma_tuning=chroma_tuning)  # what the job below extracts
     keep_freed_memory()  # as in the job's workers
     with threadpool_limits(1):
         extract_one(ExtractTask(str(files[0]), "warm"), spec=spec, segments=SegmentSpec())
@@ -86,9 +88,12 @@ def per_file_seconds(files: list[Path], features: list[str]) -> float:
     return (time.perf_counter() - t) / len(files)
 
 
-def run_job(folder: Path, work: Path, n_jobs: int, *, model: Path, features: list[str]) -> tuple[float, float, dict]:
+def run_job(
+    folder: Path, work: Path, n_jobs: int, *, model: Path, features: list[str], chroma_tuning: float | None
+) -> tuple[float, float, dict]:
     job = {
         "name": "scaling",
+        "chroma_tuning": chroma_tuning,
         "inputs": [{"path": str(folder)}],
         "emotions": EMOTIONS,
         "features": features,
@@ -121,8 +126,13 @@ def main() -> int:
         default="shipped",
         help="the shipped model's features (a default job), or the seed's with the seed loop as baseline",
     )
+    ap.add_argument(
+        "--chroma-tuning", type=float, default=None, help="with --features seed: pin chroma's tuning (e.g. 0.0)"
+    )
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args()
+    if args.chroma_tuning is not None and args.features != "seed":
+        ap.error("--chroma-tuning needs --features seed (the shipped features have no chroma)")
     if not have(RAVDESS, "the RAVDESS corpus"):
         return 2
     log = progress_log(args.quiet)
@@ -137,7 +147,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="batchser-scaling-") as tmp:
         if args.features == "seed":
             log("training a seed-feature model (untimed) …")
-            features, model = SEED_FEATURES, train_seed_model(Path(tmp))
+            features, model = SEED_FEATURES, train_seed_model(Path(tmp), chroma_tuning=args.chroma_tuning)
         else:
             features, model = shipped_features(), MODEL
         for n in sizes:
@@ -149,13 +159,15 @@ def main() -> int:
             if not rows:
                 every = sorted(folder.rglob("*.wav"))
                 sample = every[:: max(1, len(every) // 1000)]  # spread: clips differ in cost
-                per_file = per_file_seconds(sample, features)
+                per_file = per_file_seconds(sample, features, args.chroma_tuning)
                 log(f"in-process extraction: {per_file * 1000:.2f} ms per file")
                 if args.features == "seed":
                     seed_pf = seed_loop_seconds(sample)
                     log(f"seed loop: {seed_pf * 1000:.2f} ms per file")
             log(f"{n} files: cold run …")
-            wall, rss, s = run_job(folder, work, args.n_jobs, model=model, features=features)
+            wall, rss, s = run_job(
+                folder, work, args.n_jobs, model=model, features=features, chroma_tuning=args.chroma_tuning
+            )
             assert s["extracted"] == n and s["failed"] == 0, s
             stage = feature_stage(s)
             pure = n * per_file / args.n_jobs
@@ -163,7 +175,9 @@ def main() -> int:
             subprocess.run(["rm", "-rf", str(folder), str(work)], check=True)
     n0, _, st0, r0, _, _ = rows[0]
     print(
-        f"machine: {os.cpu_count()} cores, {args.n_jobs} workers; {args.features} features; in-process "
+        f"machine: {os.cpu_count()} cores, {args.n_jobs} workers; {args.features} features"
+        + ("" if args.chroma_tuning is None else f" (chroma tuning pinned at {args.chroma_tuning})")
+        + "; in-process "
         f"{per_file * 1000:.2f} ms per file"
         + (f"; seed loop {seed_pf * 1000:.2f} ms per file" if seed_pf == seed_pf else "")
     )

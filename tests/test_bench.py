@@ -31,12 +31,14 @@ def row(lines: list[str], start: str) -> list[str]:
 
 def test_extract_speed_compares_seed_floor_and_jobs(ravdess48_dir: Path) -> None:
     lines = bench("extract_speed.py", "--corpus", "ravdess-48k", "--repeats", "1")
-    for label in ("seed loop", "floor (1 core)", "batchser cold", "batchser warm", "shipped cold"):
+    labels = ("seed loop", "floor (1 core)", "batchser 1 core", "pinned 1 core", "batchser cold", "batchser warm")
+    for label in (*labels, "shipped cold", "pinned cold"):
         cells = row(lines, f"ravdess-48k  {label}")
         assert cells[len(label.split()) + 1] == "120"  # files
         assert float(cells[len(label.split()) + 3]) > 0  # wall s
-    parity = row(lines, "ravdess-48k: features vs seed loop")
-    assert float(parity[parity.index("difference") + 1].rstrip(";")) < 1e-2
+    for what in ("features vs seed loop", "tuning pinned at 0.0 vs seed loop"):
+        parity = row(lines, f"ravdess-48k: {what}")
+        assert float(parity[parity.index("difference") + 1].rstrip(";")) < 1e-2
 
 
 @pytest.mark.parametrize("features", ["shipped", "seed"])

@@ -235,3 +235,21 @@ def test_overlapping_windows_of_real_speech_equal_independent_ones(ravdess_dir: 
     y = np.concatenate([load(f, sample_rate=16000).samples for f in files])
     shared, alone, _ = _sliding_vs_independent(y, FeatureSpec(tuple(sorted(SPEECH_GROUPS)), 16000))
     np.testing.assert_allclose(shared, alone, rtol=1e-5, atol=1e-6 * np.abs(alone).max())
+
+
+def test_pinned_chroma_tuning_is_librosa_chroma_at_that_tuning() -> None:
+    sr = 16000
+    y = speechlike("neutral", sr=sr, seconds=2.0, seed=5)  # a tone a few per cent off 440 Hz
+    stft = np.abs(librosa.stft(y))
+    assert abs(librosa.estimate_tuning(S=stft, sr=sr)) > 0.05  # so that pinning changes something
+    pinned = FeatureSpec(("chroma",), sr, chroma_tuning=0.0)
+    got = extract(y, spec=pinned)
+    ref = np.mean(librosa.feature.chroma_stft(S=stft, sr=sr, tuning=0.0), axis=1)
+    assert _rel_err(got, ref) < 1e-4
+    assert np.abs(extract(y, spec=FeatureSpec(("chroma",), sr)) - got).max() > 1e-3  # estimated differs
+    # Unset keeps the fingerprint (and caches, models) of before the option; a pinned value is its own key.
+    assert FeatureSpec(("mfcc", "chroma", "mel"), 16000).fingerprint() == "a9e37e73e5ec00a8"
+    assert pinned.fingerprint() != FeatureSpec(("chroma",), sr).fingerprint()
+    assert "chroma_tuning" not in FeatureSpec(("chroma",), sr).to_dict() and pinned.to_dict()["chroma_tuning"] == 0.0
+    with pytest.raises(ValueError, match="chroma_tuning"):
+        FeatureSpec(("chroma",), sr, chroma_tuning=0.5)

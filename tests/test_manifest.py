@@ -56,6 +56,8 @@ def _problems(tmp_path: Path, **over: object) -> str:
         ({"inputs": [{"path": "a", "labels": "none"}]}, ["no input has labels", "labels: ravdess"]),
         ({"inputs": [{"path": "a", "labels": "ravdess"}], "emotions": ["angry", "bored"]}, ["'bored'", "RAVDESS"]),
         ({"engine": {"backend": "dask"}}, ["engine.scheduler"]),
+        ({"chroma_tuning": 0.7, "features": ["chroma"]}, ["chroma_tuning", "less than 0.5"]),
+        ({"chroma_tuning": 0.0, "features": ["mfcc", "mel"]}, ["chroma_tuning", "remove chroma_tuning or add chroma"]),
     ],
 )
 def test_each_mistake_names_field_and_fix(tmp_path: Path, over: dict, expected: list[str]) -> None:
