@@ -55,3 +55,24 @@ def test_small_jobs_run_in_process_and_large_ones_start_workers() -> None:
     assert not too_small_for_workers(tasks(120, 2 << 20))  # 240 MB of audio: worth workers
     assert not too_small_for_workers(tasks(1440, 37_000))  # the 16 kHz corpus: many files
     assert not too_small_for_workers(tasks(10, 1000), in_process_below=0)  # forced
+
+
+def test_batches_run_with_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two workers on two cores must not each start a multi-threaded BLAS, and a
+    # threaded matmul would sum in another order (features would differ by backend).
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from batchser import engine
+    from batchser.features import FeatureSpec
+
+    if not threadpool_info():
+        pytest.skip("numpy has no BLAS thread pool to limit here")
+    seen = []
+    monkeypatch.setattr(
+        engine, "extract_one", lambda task, **kw: seen.append(max(i["num_threads"] for i in threadpool_info()))
+    )
+    tasks = [engine.ExtractTask("a.wav", "h1"), engine.ExtractTask("b.wav", "h2")]
+    with threadpool_limits(limits=2):  # what a process would otherwise run with
+        engine._extract_batch(tasks, FeatureSpec(("mfcc",), 16000))
+        assert max(i["num_threads"] for i in threadpool_info()) == 2  # restored after the batch
+    assert seen == [1, 1]
