@@ -44,6 +44,7 @@ __all__ = ["CacheError", "FeatureRecord", "FeatureStore", "hash_file"]
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
+_hash_buffers = threading.local()
 
 
 class CacheError(RuntimeError):
@@ -52,10 +53,15 @@ class CacheError(RuntimeError):
 
 def hash_file(path: str | Path) -> str:
     """SHA-256 of a file's bytes, hex."""
+    # Into one buffer per thread: read(1 MiB) allocates a fresh 1 MiB per file
+    # and shrinks it to the file's size (5 % slower on 2-second clips).
+    buf = getattr(_hash_buffers, "view", None)
+    if buf is None:
+        buf = _hash_buffers.view = memoryview(bytearray(_HASH_CHUNK))
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(buf[:n])
     return h.hexdigest()
 
 
