@@ -635,6 +635,9 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
         min_confidence=manifest.model.min_confidence,
     )
     _tally(summary, rows)
+    # The feature vectors (in the outcomes and the closed store) are not needed
+    # for the reports: free them before the report tables are built.
+    del outcomes, store
     clock.lap("predict")
     run = _Run(manifest, spec, model, summary, files, rows, seg_rows)
     out = manifest.output_dir
