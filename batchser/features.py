@@ -182,12 +182,12 @@ def power_spectrogram(
     per frame; within 2e-7 of librosa's magnitudes relative to the spectrum's peak.
     ``frames`` (indices) computes only those columns.
     """
+    import scipy.fft
+
     padded = np.pad(y, n_fft // 2)
     n_frames = 1 + (len(padded) - n_fft) // hop_length
     step = padded.strides[0]
     framed = np.lib.stride_tricks.as_strided(padded, shape=(n_frames, n_fft), strides=(hop_length * step, step))
-    import scipy.fft
-
     if frames is not None:
         framed = framed[frames]
     spec = scipy.fft.rfft(framed * _window(n_fft, win_length), axis=-1, workers=1)
