@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import io
 import logging
 import random
@@ -22,7 +23,7 @@ from typing import Any
 
 import joblib
 import numpy as np
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from batchser.archive import read_members
 from batchser.audio import Audio, AudioError, AudioStream
@@ -250,14 +251,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-@lru_cache(maxsize=1)
-def _threadpools() -> ThreadpoolController:
-    # Found once per process: threadpool_limits() scans the loaded libraries on
-    # every call (0.7 ms, a batch's worth of 1 % of its time); the BLAS it must
-    # limit is numpy's, loaded before any batch runs.
-    return ThreadpoolController()
-
-
 def _extract_batch(
     tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None
 ) -> list[FeatureRecord]:
@@ -265,7 +258,7 @@ def _extract_batch(
     # One BLAS thread wherever the batch runs: n workers must not fight over n
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.
-    with _threadpools().limit(limits=1):
+    with threadpool_limits(limits=1):
         out = {t: extract_one(t, spec=spec, segments=segments) for t in tasks if not t.member}
         by_archive: dict[str, list[ExtractTask]] = {}
         for t in tasks:
@@ -382,4 +375,22 @@ def run_tasks(
         return
     with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
         parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
-        yield from parallel(joblib.delayed(_extract_batch)(b, spec, segments) for b in pending())
+        for batch in parallel(joblib.delayed(_extract_batch)(b, spec, segments) for b in pending()):
+            yield _compact(batch)
+
+
+def _compact(batch: list[FeatureRecord]) -> list[FeatureRecord]:
+    """The batch with its vectors as rows of one array.
+
+    A vector unpickled from a worker is a view, through a memoryview, of its
+    own bytearray: 460 bytes of wrappers around 712 of data, kept for every
+    file until the job ends. One array per batch holds the same numbers.
+    """
+    ok = [i for i, r in enumerate(batch) if r.vector is not None]
+    if not ok:
+        return batch
+    matrix = np.stack([batch[i].vector for i in ok])  # type: ignore[misc]
+    out = list(batch)
+    for row, i in zip(matrix, ok, strict=True):
+        out[i] = dataclasses.replace(batch[i], vector=row)
+    return out

@@ -488,7 +488,8 @@ def _annotate(
             for c in chunks
         ]
     )
-    proba_of = dict(zip(ok_idx, proba, strict=True)) | aggregated
+    # Row numbers, not row views: a view per file weighs more than its 4 numbers.
+    proba_row = {i: k for k, i in enumerate(ok_idx)}
     rows = []
     for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
         rec = o.record
@@ -509,8 +510,8 @@ def _annotate(
             }
         if i in dominant:
             common |= {"dominant_label": dominant[i][0], "segments": dominant[i][1]}
-        if i in proba_of:
-            p = proba_of[i]
+        if i in proba_row or i in aggregated:
+            p = proba[proba_row[i]] if i in proba_row else aggregated[i]
             label, conf = top(p)
             probabilities = dict(zip(classes, map(float, p), strict=True))
             rows.append(

@@ -130,7 +130,8 @@ def label_source(
         The job's root folder, for ``speaker="folder"``.
     """
     if spec == "none":
-        fn: Callable[[Path], Label] = lambda path: Label()  # noqa: E731
+        unknown = Label()  # one shared record (frozen), not one per file
+        fn: Callable[[Path], Label] = lambda path: unknown  # noqa: E731
     elif spec == "ravdess":
         fn = _ravdess
     else:

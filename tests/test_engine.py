@@ -76,3 +76,21 @@ def test_batches_run_with_one_blas_thread(monkeypatch: pytest.MonkeyPatch) -> No
         engine._extract_batch(tasks, FeatureSpec(("mfcc",), 16000))
         assert max(i["num_threads"] for i in threadpool_info()) == 2  # restored after the batch
     assert seen == [1, 1]
+
+
+def test_received_batches_keep_their_vectors_in_one_array() -> None:
+    import numpy as np
+
+    from batchser.cache import FeatureRecord
+    from batchser.engine import _compact
+
+    def rec(h: str, v: np.ndarray | None) -> FeatureRecord:
+        return FeatureRecord(h, "ok" if v is not None else "error", "" if v is not None else "bad", 16000, 1, 1.0, v)
+
+    vectors = [np.arange(4, dtype=np.float32) + k for k in range(3)]
+    batch = [rec("a", vectors[0]), rec("b", None), rec("c", vectors[1]), rec("d", vectors[2])]
+    out = _compact(batch)
+    assert [r.content_hash for r in out] == ["a", "b", "c", "d"] and out[1] is batch[1]
+    got = [r.vector for r in out if r.vector is not None]
+    assert all(np.array_equal(g, v) for g, v in zip(got, vectors, strict=True))
+    assert got[0].base is got[1].base is got[2].base is not None  # rows of one array, not three
