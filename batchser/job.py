@@ -510,8 +510,8 @@ def _annotate(
             }
         if i in dominant:
             common |= {"dominant_label": dominant[i][0], "segments": dominant[i][1]}
-        if i in proba_row or i in aggregated:
-            p = proba[proba_row[i]] if i in proba_row else aggregated[i]
+        p = proba[proba_row[i]] if i in proba_row else aggregated.get(i)
+        if p is not None:
             label, conf = top(p)
             probabilities = dict(zip(classes, map(float, p), strict=True))
             rows.append(

@@ -153,9 +153,6 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     pinned = FeatureSpec(tuple(SEED_FEATURES), 16000, chroma_tuning=0.0)
     tasks = [ExtractTask(f, str(i)) for i, f in enumerate(files)]
 
-    def extractor(s: FeatureSpec):
-        return lambda: _extract_batch(tasks, s, SegmentSpec())
-
     keys = ["seed", "floor", "extractor", "extractor_a440", "cold", "warm", "shipped", "a440"]
     keys += ["dask"] if HAVE_DASK else []
     rows: dict[str, list[float]] = {k: [] for k in keys}
@@ -178,7 +175,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
         # caches on first use, which would charge one repeat with seconds of set-up.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            seed_vectors = [seed_features(f) for f in files[:1]]
+            seed_features(files[0])
         floor_one(files[0])
         with threadpool_limits(1):
             _extract_batch(tasks[:1], spec, SegmentSpec())
@@ -193,7 +190,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
                 rows["floor"].append(timed(floor_one, files)[0])
                 for key, s in (("extractor", spec), ("extractor_a440", pinned)):
                     t = time.perf_counter()
-                    extractor(s)()
+                    _extract_batch(tasks, s, SegmentSpec())
                     rows[key].append(time.perf_counter() - t)
             with tempfile.TemporaryDirectory(prefix="batchser-bench-") as tmp:
                 tmp_p = Path(tmp)

@@ -9,8 +9,9 @@ model's features (what `python -m batchser run` computes by default):
 
   clips            300 RAVDESS clips, one after another (each decoded whole)
   long, default    the long file with the default segmentation (4 s windows every 2 s:
-                   every second of audio is analysed twice)
-  long, no overlap the same with hop_s = window_s (every second analysed once)
+                   every second of audio is in two windows, which share the frames
+                   they have in common; see batchser.features.SlidingExtractor)
+  long, no overlap the same with hop_s = window_s (every second in one window)
 
 "x real time" is audio seconds per wall second; "vs clips" divides it by the clips'
 rate (the issue's target is 80 %). Peak RSS growth is this process's maximum RSS after
