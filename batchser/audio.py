@@ -31,7 +31,20 @@ CLIP_FRACTION = 0.01  # warn when more than 1 % of samples sit at full scale
 
 
 class AudioError(Exception):
-    """A file that cannot be turned into usable audio; ``str()`` is the reason."""
+    """A file that cannot be turned into usable audio; ``str()`` is the reason.
+
+    ``transient`` is true when the cause was the system (a read error, a file
+    gone or locked), not the bytes: such a failure is retried by the next run,
+    never cached as the file's verdict.
+    """
+
+    def __init__(self, reason: str, *, transient: bool = False) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+# libsndfile's SFE_SYSTEM: the OS failed it (open or read), the bytes said nothing.
+_SFE_SYSTEM = 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,8 @@ def _open_error(exc: Exception) -> AudioError:
     # libsndfile's messages start with the file name; keep only the reason.
     if ": " in msg and isinstance(exc, sf.LibsndfileError):
         msg = msg.split(": ", 1)[1]
+    if isinstance(exc, sf.LibsndfileError) and exc.code == _SFE_SYSTEM:
+        return AudioError(f"cannot read: {msg or 'system error'}", transient=True)
     return AudioError(f"cannot decode: {msg}" if msg else f"cannot decode: {type(exc).__name__}")
 
 
@@ -64,9 +79,9 @@ def _decode_errors() -> Iterator[None]:
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         raise _open_error(exc) from None
     except OSError as exc:
-        raise AudioError(f"cannot read: {exc.strerror or exc}") from None
+        raise AudioError(f"cannot read: {exc.strerror or exc}", transient=True) from None
     except MemoryError:
-        raise AudioError("cannot decode: out of memory") from None
+        raise AudioError("cannot decode: out of memory", transient=True) from None
 
 
 def _riff_shortfall(path: str | Path | BinaryIO) -> tuple[int, int] | None:

@@ -2,27 +2,34 @@
 
 Layout under the cache folder::
 
-    hashes/part-*.parquet                  path, size, mtime_ns -> content_hash
+    hashes/part-*.parquet                  path, size, mtime_ns, ctime_ns -> content_hash
     features/<fingerprint>/_spec.json      the FeatureSpec behind the fingerprint
     features/<fingerprint>/part-*.parquet  content_hash, status, error, orig_sample_rate,
                                            channels, duration_s, <one float32 column per dim>
+    quarantine/                            parts that failed their checksum, set aside
 
 A feature row is keyed by (content hash of the file's bytes, feature fingerprint):
 renamed or copied files share it, and any change of features or parameters
 misses. Parts are written whole to a dot-temp file and renamed, so readers
-(plain ``pandas.read_parquet`` on the folder works) never see a partial part.
-Rows for failed decodes are kept too: a rerun does not decode a broken file again.
+(plain ``pandas.read_parquet`` on the folder works) never see a partial part;
+each part's name carries the SHA-256 of its bytes, checked on every read.
+Rows for files the bytes cannot be labelled from are kept too (a rerun does not
+decode a broken file again); failures of one run (a read error, a file that
+vanished or changed during the job) are never kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -35,11 +42,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchser.atomic import atomic_path, atomic_write_text
+from batchser.atomic import atomic_write_text, fsync_dir
 from batchser.features import FeatureSpec
 from batchser.segments import Segments, SegmentSpec
 
-__all__ = ["CacheError", "FeatureRecord", "FeatureStore", "hash_file"]
+__all__ = ["CacheError", "FeatureRecord", "FeatureStore", "FileChangedError", "hash_file"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,29 @@ class CacheError(RuntimeError):
     """The feature cache cannot be written (full disk, read-only folder)."""
 
 
-def hash_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, hex."""
+class FileChangedError(OSError):
+    """A file's size or modification time moved while it was being read."""
+
+
+def hash_file(path: str | Path, *, expect: tuple[int, int, int] | None = None) -> str:
+    """SHA-256 of a file's bytes, hex.
+
+    Parameters
+    ----------
+    path : str or Path
+    expect : (size, mtime_ns, ctime_ns) or None
+        What the file was when it was listed. The hash is refused unless the
+        open file has them before and after the read: the path index
+        stores the hash under them, and a hash of other bytes there would be
+        trusted by every later job.
+
+    Raises
+    ------
+    FileChangedError
+        The file is not (or no longer) what ``expect`` says.
+    OSError
+        It cannot be read.
+    """
     # Into one buffer per thread: read(1 MiB) allocates a fresh 1 MiB per file
     # and shrinks it to the file's size (5 % slower on 2-second clips).
     buf = getattr(_hash_buffers, "view", None)
@@ -60,8 +88,13 @@ def hash_file(path: str | Path) -> str:
         buf = _hash_buffers.view = memoryview(bytearray(_HASH_CHUNK))
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as fh:
+        before = os.fstat(fh.fileno()) if expect is not None else None
         while n := fh.readinto(buf):
             h.update(buf[:n])
+        if expect is not None:
+            after = os.fstat(fh.fileno())
+            if any((st.st_size, st.st_mtime_ns, st.st_ctime_ns) != expect for st in (before, after)):  # type: ignore[union-attr]
+                raise FileChangedError(f"{path} changed while it was being read")
     return h.hexdigest()
 
 
@@ -70,7 +103,9 @@ class FeatureRecord:
     """What extraction produced for one file content."""
 
     content_hash: str
-    status: str  # "ok" | "error"
+    # "ok"; "error": the bytes cannot be labelled (cached: a rerun gives the same);
+    # "retry": this run could not read them (I/O error, file changed), never cached.
+    status: str
     error: str
     orig_sample_rate: int
     channels: int
@@ -96,24 +131,76 @@ _META_COLUMNS = (
 )
 
 
-def _read_part(path: Path) -> pa.Table:
+# part-<time ns>-<pid>-<first 32 hex of the SHA-256 of the file's bytes>.parquet:
+# the checksum travels with the part in the one rename that publishes it.
+# Parquet pages carry no checksum, so without it a flipped bit is a wrong label.
+_PART_NAME = re.compile(r"^part-\d{20}-\d+-(?P<sha>[0-9a-f]{32})\.parquet$")
+_MAX_PART_BYTES = 4 << 30  # far above any part this store writes (4,096 rows)
+
+
+def _read_verified(path: Path) -> bytes | None:
+    """The bytes of part ``path`` when they match the checksum in its name, else None.
+
+    Opened without following links and without blocking, and read only when
+    it is a regular file: a FIFO or device named like a part must not hang a job.
+
+    Raises
+    ------
+    FileNotFoundError
+        The part is gone (a concurrent compaction removed it).
+    """
+    m = _PART_NAME.match(path.name)
+    if m is None:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_PART_BYTES:
+            return None
+        data = fh.read()
+    return data if hashlib.sha256(data).hexdigest()[:32] == m["sha"] else None
+
+
+def _parse_part(data: bytes) -> pa.Table:
     # ParquetFile, not pq.read_table: the latter goes through pyarrow.dataset,
     # which imports pandas (0.3 s per job with its teardown) to read one file.
-    with pq.ParquetFile(path) as f:
+    with pq.ParquetFile(pa.BufferReader(data)) as f:
         return f.read()
 
 
 class _Parts:
-    """A folder of immutable Parquet parts, appended by atomic renames."""
+    """A folder of immutable, checksummed Parquet parts, appended by atomic renames.
 
-    def __init__(self, folder: Path) -> None:
+    A part that fails its checksum or does not parse is moved to
+    ``<cache>/quarantine/`` with a warning naming it, and its rows are simply
+    missing (so recomputed). Files this store did not write (other names,
+    folders, FIFOs, links) are never opened; a ``part-*`` among them is named
+    in a warning once.
+    """
+
+    def __init__(self, folder: Path, quarantine: Path) -> None:
         self.folder = folder
-        self.seen: set[str] = set()  # parts already read by this process
+        self.quarantine = quarantine
+        self.seen: set[str] = set()  # parts already read (or set aside) by this process
 
     def list(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        return sorted(p for p in self.folder.iterdir() if p.name.startswith("part-") and p.suffix == ".parquet")
+        out = []
+        for entry in os.scandir(self.folder):
+            if not entry.name.startswith("part-"):
+                continue
+            if _PART_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+                out.append(Path(entry.path))
+            elif entry.name not in self.seen:
+                self.seen.add(entry.name)
+                log.warning(
+                    "ignoring %s in the feature cache: not a part batchser wrote (parts are regular files named "
+                    "part-<time>-<pid>-<checksum>.parquet; caches from before checksums are recomputed); "
+                    "move it away",
+                    entry.path,
+                )
+        return sorted(out)
 
     def read_new(self) -> Iterator[pa.Table]:
         """Parts not read before by this process (all of them, the first time)."""
@@ -124,14 +211,39 @@ class _Parts:
                 if p.name in self.seen:
                     continue
                 try:
-                    table = _read_part(p)
+                    table = self._read(p)
                 except FileNotFoundError:
                     missing = True
                     continue
                 self.seen.add(p.name)
-                yield table
+                if table is not None:
+                    yield table
             if not missing:
                 return
+
+    def _read(self, path: Path) -> pa.Table | None:
+        """The part's table, or None after quarantining a damaged one."""
+        data = _read_verified(path)
+        reason = "its bytes do not match the checksum in its name"
+        if data is not None:
+            try:
+                return _parse_part(data)
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                reason = f"it does not parse ({exc})"
+        self._set_aside(path, reason)
+        return None
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        if not path.exists():
+            raise FileNotFoundError(path)
+        target = self.quarantine / f"{path.parent.name}-{path.name}"
+        try:
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        except OSError as exc:
+            log.warning("damaged cache part %s (%s) could not be moved aside: %s", path, reason, exc.strerror)
+            return
+        log.warning("damaged cache part %s: %s; moved to %s, its rows will be recomputed", path, reason, target)
 
     def remove_stale_temps(self, *, older_than_s: float = 3600.0) -> None:
         """Delete temp files left by a killed writer (a live one renames within seconds)."""
@@ -144,15 +256,28 @@ class _Parts:
                     p.unlink()
 
     def write(self, table: pa.Table) -> Path:
-        final = self.folder / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = self.folder / f".part-{uuid.uuid4().hex[:12]}.tmp"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(final) as tmp:
+            try:
                 # No dictionary encoding: float features and hashes hardly repeat,
                 # so it costs 60 % of the write time and makes parts 40 % larger.
                 pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
+                with open(tmp, "rb") as fh:
+                    data = fh.read()
+                    os.fsync(fh.fileno())
+                digest = hashlib.sha256(data).hexdigest()[:32]
+                final = self.folder / f"part-{time.time_ns():020d}-{os.getpid()}-{digest}.parquet"
+                os.replace(tmp, final)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            fsync_dir(self.folder)
         except OSError as exc:
-            raise CacheError(f"cannot write to the feature cache {self.folder}: {exc.strerror or exc}") from None
+            raise CacheError(
+                f"cannot write to the feature cache {self.folder}: {exc.strerror or exc}"
+                f"{' (the disk is full)' if exc.errno == errno.ENOSPC else ''}"
+            ) from None
         self.seen.add(final.name)
         return final
 
@@ -161,7 +286,8 @@ class _Parts:
 
         Held under an exclusive lock so two jobs never compact at once; the
         merged part is renamed in before the old ones are removed, and readers
-        drop duplicate keys, so a reader in between sees every row.
+        drop duplicate keys, so a reader in between sees every row. A damaged
+        part is quarantined, not merged.
         """
         parts = self.list()
         if len(parts) < min_parts:
@@ -173,15 +299,23 @@ class _Parts:
             except BlockingIOError:
                 return  # another job is compacting
             parts = self.list()
-            tables = [_read_part(p) for p in parts]
-            if len(tables) < min_parts:
+            if len(parts) < min_parts:
+                return
+            tables, merged_parts = [], []
+            for p in parts:
+                with contextlib.suppress(FileNotFoundError):
+                    table = self._read(p)
+                    if table is not None:
+                        tables.append(table)
+                        merged_parts.append(p)
+            if not tables:
                 return
             merged = self.write(pa.concat_tables(tables, promote_options="default"))
             self.seen.add(merged.name)
-            for p in parts:
+            for p in merged_parts:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
-            log.info("compacted %d parts in %s", len(parts), self.folder)
+            log.info("compacted %d parts in %s", len(merged_parts), self.folder)
 
 
 def _dead_here(claim_file: Path) -> bool:
@@ -320,16 +454,17 @@ class FeatureStore:
         self.columns = spec.columns()
         # Segmentation changes what a long file's row holds, so it is part of the key.
         self.key = spec.fingerprint() + (f"-seg{segments.fingerprint()}" if segments is not None else "")
-        self._features = _Parts(self.root / "features" / self.key)
-        self._segments = _Parts(self.root / "segments" / self.key)
+        quarantine = self.root / "quarantine"
+        self._features = _Parts(self.root / "features" / self.key, quarantine)
+        self._segments = _Parts(self.root / "segments" / self.key, quarantine)
         self._claims = _Claims(self.root / "claims" / self.key)
         self._segment_rows: dict[str, Segments] = {}
-        self._hashes = _Parts(self.root / "hashes")
+        self._hashes = _Parts(self.root / "hashes", quarantine)
         self.flush_rows, self.flush_seconds, self.compact_parts = flush_rows, flush_seconds, compact_parts
         self._records: dict[str, FeatureRecord] = {}
-        self._path_hash: dict[tuple[str, int, int], str] = {}
+        self._path_hash: dict[tuple[str, int, int, int], str] = {}
         self._pending: list[FeatureRecord] = []
-        self._pending_hashes: list[tuple[str, int, int, str]] = []
+        self._pending_hashes: list[tuple[str, int, int, int, str]] = []
         self._oldest_pending = 0.0
         self._last_refresh = 0.0
         self._claims_read = 0.0
@@ -359,8 +494,12 @@ class FeatureStore:
         self._claims.read_others()
         for table in self._hashes.read_new():
             d = table.to_pydict()
-            for p, s, m, h in zip(d["path"], d["size"], d["mtime_ns"], d["content_hash"], strict=True):
-                self._path_hash.setdefault((p, s, m), h)
+            if "ctime_ns" not in d:
+                continue  # written before the index knew ctimes: not enough to trust
+            for p, s, m, c, h in zip(
+                d["path"], d["size"], d["mtime_ns"], d["ctime_ns"], d["content_hash"], strict=True
+            ):
+                self._path_hash.setdefault((p, s, m, c), h)
         before = len(self._records)
         # Segments first: they are written before the rows that refer to them.
         for table in self._segments.read_new():
@@ -453,9 +592,9 @@ class FeatureStore:
     def get(self, content_hash: str) -> FeatureRecord | None:
         return self._records.get(content_hash)
 
-    def known_hash(self, path: str, size: int, mtime_ns: int) -> str | None:
-        """Content hash seen before for this exact path, size and mtime."""
-        return self._path_hash.get((path, size, mtime_ns))
+    def known_hash(self, path: str, stamp: tuple[int, int, int]) -> str | None:
+        """Content hash seen before for this exact path and (size, mtime_ns, ctime_ns)."""
+        return self._path_hash.get((path, *stamp))
 
     def claim(self, content_hash: str) -> bool:
         """Take ``content_hash`` for extraction by this job.
@@ -484,19 +623,20 @@ class FeatureStore:
             return self._claims.held_by_live_job(content_hash)
 
     # -- writing ---------------------------------------------------------------
-    def remember_hash(self, path: str, size: int, mtime_ns: int, content_hash: str) -> None:
-        key = (path, size, mtime_ns)
+    def remember_hash(self, path: str, stamp: tuple[int, int, int], content_hash: str) -> None:
+        key = (path, *stamp)
         with self._lock:
             if self._path_hash.get(key) != content_hash:
                 self._path_hash[key] = content_hash
-                self._pending_hashes.append((path, size, mtime_ns, content_hash))
+                self._pending_hashes.append((*key, content_hash))
                 self._maybe_flush()
 
     def add(self, records: Iterable[FeatureRecord]) -> None:
+        """Keep ``records`` (written out with the next flush); "retry" records are never kept."""
         with self._lock:
             for r in records:
-                if r.content_hash in self._records:
-                    continue  # a concurrent job wrote it first
+                if r.status == "retry" or r.content_hash in self._records:
+                    continue  # a per-run failure, or a concurrent job wrote it first
                 self._records[r.content_hash] = r
                 self._pending.append(r)
             self._maybe_flush()
@@ -518,13 +658,14 @@ class FeatureStore:
 
     def _flush(self) -> None:
         if self._pending_hashes:
-            p, s, m, h = zip(*self._pending_hashes, strict=True)
+            p, s, m, c, h = zip(*self._pending_hashes, strict=True)
             self._hashes.write(
                 pa.table(
                     {
                         "path": pa.array(p, pa.string()),
                         "size": pa.array(s, pa.int64()),
                         "mtime_ns": pa.array(m, pa.int64()),
+                        "ctime_ns": pa.array(c, pa.int64()),
                         "content_hash": pa.array(h, pa.string()),
                     }
                 )

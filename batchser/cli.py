@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from batchser.cache import CacheError
 from batchser.capture import CaptureError, CaptureSetupError
 from batchser.engine import EngineError
-from batchser.job import JobSummary, run_job, watch_job
+from batchser.job import JobSummary, NoInputError, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
 from batchser.report import ReportError
@@ -133,7 +133,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from batchser.job import check_manifest_paths
+    from batchser.paths import check_manifest_paths
 
     m = load_manifest(args.manifest)
     check_manifest_paths(m)
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaptureSetupError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_MANIFEST
-    except (ModelError, ReportError, CacheError, CaptureError, EngineError) as exc:
+    except (ModelError, ReportError, CacheError, CaptureError, EngineError, NoInputError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:

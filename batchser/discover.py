@@ -46,6 +46,14 @@ class SourceFile:
     mtime_ns: int  # of the file (of the archive, for a member)
     error: str = ""
     member: str = ""  # name inside the archive at ``path``; "" for a plain file
+    # Status-change time (of the archive, for a member): unlike mtime no program
+    # can set it back, so a rewrite that restores size and mtime still shows.
+    ctime_ns: int = 0
+
+    @property
+    def stamp(self) -> tuple[int, int, int]:
+        """(size, mtime_ns, ctime_ns): what the path index trusts a content hash under."""
+        return (self.size, self.mtime_ns, self.ctime_ns)
 
     @property
     def name(self) -> str:
@@ -89,7 +97,7 @@ def _stat(path: str, index: int) -> SourceFile | None:
         return SourceFile(Path(path), index, -1, -1, f"cannot stat: {exc.strerror}")
     if not stat.S_ISREG(st.st_mode):
         return None  # a directory named like audio, a fifo, …
-    return SourceFile(Path(path), index, st.st_size, st.st_mtime_ns)
+    return SourceFile(Path(path), index, st.st_size, st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 
 
 def _members(path: str, index: int) -> Iterator[SourceFile]:
@@ -101,11 +109,11 @@ def _members(path: str, index: int) -> Iterator[SourceFile]:
     try:
         members = list_members(Path(path))
     except ArchiveError as exc:
-        yield SourceFile(rec.path, index, rec.size, rec.mtime_ns, str(exc))
+        yield SourceFile(rec.path, index, rec.size, rec.mtime_ns, str(exc), ctime_ns=rec.ctime_ns)
         return
     for m in members:
         if os.path.splitext(m.name)[1].lower() in AUDIO_EXTENSIONS:
-            yield SourceFile(rec.path, index, m.size, rec.mtime_ns, member=m.name)
+            yield SourceFile(rec.path, index, m.size, rec.mtime_ns, member=m.name, ctime_ns=rec.ctime_ns)
 
 
 def _expand(path: Path) -> Iterator[tuple[str, bool]]:

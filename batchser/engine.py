@@ -11,8 +11,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import hashlib
 import io
 import logging
+import os
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from batchser.archive import read_members
 from batchser.audio import Audio, AudioError, AudioStream
-from batchser.cache import FeatureRecord
+from batchser.cache import FeatureRecord, hash_file
 from batchser.features import FeatureSpec, SlidingExtractor, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, windows
 
@@ -128,6 +130,20 @@ class ExtractTask:
     content_hash: str
     member: str = ""  # name inside the archive at ``path``
     size: int = 0  # bytes, to judge whether starting workers pays (0: unknown)
+    # Check that the bytes decoded are the ones ``content_hash`` names (the
+    # job's tasks do; a cache row must describe what its key says).
+    verify: bool = False
+
+
+VANISHED = "vanished: the file was removed or renamed after it was listed; rerun to label it"
+CHANGED = "changed during the job: its bytes are not those hashed when it was listed; rerun to label the new content"
+
+
+def _retry(task: ExtractTask, reason: str) -> FeatureRecord:
+    """A failure of this run, not of the bytes: reported, never cached, retried next run."""
+    if reason.startswith("cannot read") and not os.path.lexists(task.path):
+        reason = VANISHED
+    return FeatureRecord(task.content_hash, "retry", reason, 0, 0, 0.0, None)
 
 
 def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> FeatureRecord:
@@ -181,11 +197,36 @@ def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureS
 def extract_one(
     task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None = None, data: bytes | None = None
 ) -> FeatureRecord:
-    """Decode, resample and analyse one file (or archive member ``data``); failures become error records.
+    """Decode, resample and analyse one file (or archive member ``data``); failures become records.
 
     With ``segments``, a file longer than ``segments.over_s`` is analysed
     window by window (see :mod:`batchser.segments`) without loading it whole.
+    A failure the bytes decide (undecodable, silent, too short) is an
+    ``"error"`` record; one of this run (a read error, a file that vanished,
+    or with ``task.verify`` bytes that are no longer those of
+    ``task.content_hash``) is a ``"retry"`` record, which the cache never keeps.
     """
+    if task.verify and data is not None and hashlib.sha256(data).hexdigest() != task.content_hash:
+        return _retry(task, CHANGED)
+    record = _decode_and_extract(task, spec=spec, segments=segments, data=data)
+    if task.verify and data is None and record.status != "retry":
+        # The hash was taken when the file was listed and the decoder read it
+        # again since: hash it once more (0.05 ms a clip, from the page cache)
+        # so that features of other bytes never land under this key.
+        try:
+            now = hash_file(task.path)
+        except FileNotFoundError:
+            return _retry(task, VANISHED)
+        except OSError as exc:
+            return _retry(task, f"cannot read: {exc.strerror or exc}; rerun to retry")
+        if now != task.content_hash:
+            return _retry(task, CHANGED)
+    return record
+
+
+def _decode_and_extract(
+    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None, data: bytes | None
+) -> FeatureRecord:
     source = task.path if data is None else io.BytesIO(data)
     try:
         with AudioStream(source, sample_rate=spec.sample_rate) as stream:
@@ -193,7 +234,7 @@ def extract_one(
                 return _extract_segmented(task, stream, spec=spec, seg=segments)
             audio = stream.read_all()
     except AudioError as exc:
-        return _error(task, str(exc))
+        return _retry(task, str(exc)) if exc.transient else _error(task, str(exc))
     if audio.samples.size < spec.n_fft:
         # Shorter than one analysis frame: the "mean over frames" would be one
         # padded frame, and nobody conveys an emotion in that time.
@@ -268,7 +309,8 @@ def _extract_batch(
             wanted = {t.member: t for t in members}
             for name, data, err in read_members(Path(path), list(wanted)):
                 t = wanted[name]
-                out[t] = _error(t, err) if data is None else extract_one(t, spec=spec, segments=segments, data=data)
+                # These bytes hashed fine when listed: failing to read them now is this run's problem.
+                out[t] = _retry(t, err) if data is None else extract_one(t, spec=spec, segments=segments, data=data)
         return [out[t] for t in tasks]
 
 

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
-import importlib.util
 import logging
 import os
 import time
@@ -27,12 +25,12 @@ import pandas  # noqa: F401
 from tqdm.auto import tqdm
 
 from batchser.archive import hash_members, member_name
-from batchser.cache import FeatureRecord, FeatureStore, hash_file
+from batchser.cache import FeatureRecord, FeatureStore, FileChangedError, hash_file
 from batchser.discover import SourceFile, discover
-from batchser.engine import Executor, ExtractTask, open_executor, run_tasks
+from batchser.engine import CHANGED, VANISHED, Executor, ExtractTask, open_executor, run_tasks
 from batchser.features import FeatureSpec
 from batchser.labels import Label, label_source
-from batchser.manifest import Manifest, ManifestError
+from batchser.manifest import Manifest
 from batchser.model import (
     ModelError,
     ModelMeta,
@@ -45,11 +43,14 @@ from batchser.model import (
     versions,
     write_model_card,
 )
+from batchser.paths import check_manifest_paths
 from batchser.queue import QueueWatcher
 from batchser.report import (
     ReportRow,
+    ReportSet,
     SegmentRow,
     annotations_table,
+    file_digests,
     segments_table,
     write_annotations,
     write_confusion_png,
@@ -59,7 +60,7 @@ from batchser.report import (
 from batchser.segments import SegmentSpec
 from batchser.speakers import SpeakerNorm
 
-__all__ = ["FileOutcome", "JobSummary", "check_manifest_paths", "run_job", "watch_job"]
+__all__ = ["FileOutcome", "JobSummary", "NoInputError", "check_manifest_paths", "run_job", "watch_job"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ RAVDESS_NOTE = (
     "https://doi.org/10.1371/journal.pone.0196391), Zenodo record 1188976, licensed CC BY-NC-SA 4.0. "
     "This model is derived from it: non-commercial use, share alike, attribute the authors."
 )
+
+
+class NoInputError(RuntimeError):
+    """The inputs exist but hold no audio: nothing to label, and earlier reports are left alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,35 +118,6 @@ class _StageClock:
         now = time.perf_counter()
         self.into[stage] = self.into.get(stage, 0.0) + now - self.t
         self.t = now
-
-
-def check_manifest_paths(manifest: Manifest) -> None:
-    """Fail before any work when a path the manifest names is not there.
-
-    Raises
-    ------
-    ManifestError
-        Naming the field, the path it resolved to, and the fix.
-    """
-    problems = []
-    for i, inp in enumerate(manifest.inputs):
-        p = manifest.resolve(inp.path)
-        if not glob.has_magic(str(p)) and not (p.exists() or p.is_symlink()):
-            problems.append(
-                f"inputs[{i}].path: {p} does not exist (relative paths are taken from root {manifest.root_dir})"
-            )
-        if inp.labels.startswith("csv:"):
-            csv_path = manifest.resolve(inp.labels[4:])
-            if not csv_path.is_file():
-                problems.append(f"inputs[{i}].labels: label file {csv_path} does not exist")
-    if manifest.engine.backend == "dask" and importlib.util.find_spec("distributed") is None:
-        problems.append("engine.backend: dask needs dask.distributed; install it with pip install 'batchser[dask]'")
-    if not manifest.model.train and not manifest.model_path.is_file():
-        problems.append(
-            f"model.path: {manifest.model_path} does not exist; point it at a trained model or set model.train: true"
-        )
-    if problems:
-        raise ManifestError(str(manifest.name), problems)
 
 
 def text_path(path: Path | str) -> str:
@@ -190,7 +166,7 @@ def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progres
     for i, f in enumerate(files):
         if f.error:
             continue
-        known = store.known_hash(text_path(f.name), f.size, f.mtime_ns)
+        known = store.known_hash(text_path(f.name), f.stamp)
         if known:
             out[i] = (known, "")
         else:
@@ -206,7 +182,11 @@ def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progres
         f = files[idx[0]]
         if not f.member:
             try:
-                return [(idx[0], hash_file(f.path), "")]
+                return [(idx[0], hash_file(f.path, expect=f.stamp), "")]
+            except FileNotFoundError:
+                return [(idx[0], "", VANISHED)]
+            except FileChangedError:
+                return [(idx[0], "", CHANGED)]
             except OSError as exc:
                 return [(idx[0], "", f"cannot read: {exc.strerror or exc}")]
         got = hash_members(f.path, [files[i].member for i in idx])
@@ -219,7 +199,7 @@ def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progres
                 out[i] = (h, err)
                 if h:
                     f = files[i]
-                    store.remember_hash(text_path(f.name), f.size, f.mtime_ns, h)
+                    store.remember_hash(text_path(f.name), f.stamp, h)
             bar.update(len(results))
     return out
 
@@ -257,7 +237,8 @@ def _features(
         if h and store.get(h) is None:
             todo.setdefault(h, f)
             waiting[h] += 1
-    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0)) for h, f in todo.items()]
+    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True) for h, f in todo.items()]
+    retry: dict[str, FeatureRecord] = {}  # this run's read failures: reported, never cached
     eng = manifest.engine
     extracted: set[str] = set()
     deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
@@ -287,6 +268,7 @@ def _features(
                 store.add(batch)
                 summary.n_extracted += len(batch)
                 extracted.update(r.content_hash for r in batch)
+                retry.update((r.content_hash, r) for r in batch if r.status == "retry")
                 bar.update(sum(waiting[r.content_hash] for r in batch))
 
         extract(tasks)
@@ -311,7 +293,10 @@ def _features(
             elif deferred:
                 time.sleep(0.2)
     summary.n_cached = sum(1 for h, _ in hashes if h and h not in extracted)
-    return [FileOutcome(f, h, store.get(h) if h else None, err) for f, (h, err) in zip(files, hashes, strict=True)]
+    return [
+        FileOutcome(f, h, (store.get(h) or retry.get(h)) if h else None, err)
+        for f, (h, err) in zip(files, hashes, strict=True)
+    ]
 
 
 def _train(
@@ -526,7 +511,9 @@ def _annotate(
             )
         else:
             reason = o.error or (rec.error if rec is not None else "no features")
-            rows.append(ReportRow(status="error", error=reason, **common))
+            # "retry": this run could not read the file (it vanished, changed, or the disk failed).
+            status = "retry" if rec is not None and rec.status == "retry" else "error"
+            rows.append(ReportRow(status=status, error=reason, **common))
     return rows, seg_rows
 
 
@@ -555,41 +542,53 @@ def _tally(summary: JobSummary, rows: Sequence[ReportRow]) -> None:
     summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
 
 
-def _write_annotations(run: _Run, clock: _StageClock | None = None, t0: float | None = None) -> list[Path]:
-    """annotations.* and summary.json for the rows so far (each file replaced atomically).
+def _write_reports(
+    run: _Run, clock: _StageClock | None = None, t0: float | None = None, *, metrics: bool = False
+) -> list[Path]:
+    """annotations.*, segments.* (when any file was long), with ``metrics`` metrics.json and its
+    plots, and summary.json naming them all with their hashes: moved into place as one set.
 
     With ``clock``, the tables' writing counts as the ``reports`` stage and
     ``t0`` (the job's start) sets the summary's total seconds.
     """
-    m, s = run.manifest, run.summary
-    out = m.output_dir
-    classes = list(run.model.meta.classes)
-    written = write_annotations(annotations_table(run.rows, classes), out, m.output.formats)
-    # Always written (empty when no file was long) so that no stale table outlives a run.
-    written += write_annotations(segments_table(run.segment_rows, classes), out, m.output.formats, stem="segments")
-    if clock is not None:
-        clock.lap("reports")  # summary.json, written last, holds every stage but its own write
-    if t0 is not None:
-        s.seconds = time.perf_counter() - t0
-    write_json(
-        out / "summary.json",
-        {
-            "job": m.name,
-            "files": s.n_files,
-            "from_cache": s.n_cached,
-            "extracted": s.n_extracted,
-            "failed": s.n_failed,
-            "labels": s.label_counts,
-            "model": run.model.id,
-            "feature_fingerprint": run.spec.fingerprint(),
-            "seconds": round(s.seconds, 3),
-            "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
-        },
-    )
-    return [*written, out / "summary.json"]
+    m, s, model = run.manifest, run.summary, run.model
+    classes = list(model.meta.classes)
+    with ReportSet(m.output_dir) as rs:
+        written = write_annotations(annotations_table(run.rows, classes), rs.stage, m.output.formats)
+        # Always written (empty when no file was long) so that no stale table outlives a run.
+        written += write_annotations(
+            segments_table(run.segment_rows, classes), rs.stage, m.output.formats, stem="segments"
+        )
+        if metrics and s.metrics is not None:
+            title = f"{m.name} ({model.id})"
+            write_json(rs.stage / "metrics.json", {"model": model.id, "classes": classes, **s.metrics})
+            write_confusion_png(rs.stage / "confusion_matrix.png", s.metrics, title=title)
+            write_reliability_png(rs.stage / "reliability.png", s.metrics, title=title)
+            written += [rs.stage / "metrics.json", rs.stage / "confusion_matrix.png", rs.stage / "reliability.png"]
+        if clock is not None:
+            clock.lap("reports")  # summary.json, written last, holds every stage but its own write
+        if t0 is not None:
+            s.seconds = time.perf_counter() - t0
+        write_json(
+            rs.stage / "summary.json",
+            {
+                "job": m.name,
+                "files": s.n_files,
+                "from_cache": s.n_cached,
+                "extracted": s.n_extracted,
+                "failed": s.n_failed,
+                "labels": s.label_counts,
+                "model": model.id,
+                "feature_fingerprint": run.spec.fingerprint(),
+                "seconds": round(s.seconds, 3),
+                "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
+                "reports": file_digests(written),
+            },
+        )
+        return rs.commit()
 
 
-def _run(manifest: Manifest, *, progress: bool) -> _Run:
+def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _Run:
     t0 = time.perf_counter()
     summary = JobSummary(manifest.name)
     clock = _StageClock(summary.stages)
@@ -605,6 +604,13 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     paths, label_fns = _input_paths(manifest)
     files = discover(paths)
     log.info("%s: %d files discovered", manifest.name, len(files))
+    if not files and not (manifest.allow_empty or allow_empty):
+        where = ", ".join(str(manifest.resolve(i.path)) for i in manifest.inputs)
+        raise NoInputError(
+            f"no audio files found in {where}; nothing was labelled and the reports in {manifest.output_dir} "
+            "are left as they were. Check the path (an unmounted share? an empty folder?), or set "
+            "allow_empty: true in the manifest to write empty reports"
+        )
     labels = [label_fns[f.input_index](Path(f.name) if f.member else f.path) for f in files]
 
     clock.lap("discover")
@@ -641,13 +647,7 @@ def _run(manifest: Manifest, *, progress: bool) -> _Run:
     del outcomes, store
     clock.lap("predict")
     run = _Run(manifest, spec, model, summary, files, rows, seg_rows)
-    out = manifest.output_dir
-    if summary.metrics is not None:
-        write_json(out / "metrics.json", {"model": model.id, "classes": classes, **summary.metrics})
-        write_confusion_png(out / "confusion_matrix.png", summary.metrics, title=f"{manifest.name} ({model.id})")
-        write_reliability_png(out / "reliability.png", summary.metrics, title=f"{manifest.name} ({model.id})")
-        summary.reports += [out / "metrics.json", out / "confusion_matrix.png", out / "reliability.png"]
-    summary.reports = _write_annotations(run, clock, t0) + summary.reports
+    summary.reports = _write_reports(run, clock, t0, metrics=True)
     return run
 
 
@@ -670,6 +670,8 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
         A path the manifest names is missing (before any work).
     ModelError
         The model cannot be loaded for this job (before any extraction).
+    NoInputError
+        The inputs hold no audio file (and ``allow_empty`` is false).
     """
     return _run(manifest, progress=progress).summary
 
@@ -704,7 +706,7 @@ def watch_job(
     ReportRow
         One per new or changed clip, as soon as its reports are written.
     """
-    run = _run(manifest, progress=progress)
+    run = _run(manifest, progress=progress, allow_empty=True)  # the queue is empty until clips arrive
     if on_start is not None:
         on_start(run.summary)
     queue = manifest.queue_dir
@@ -740,5 +742,5 @@ def watch_job(
                     where[row.path] = len(run.rows)
                     run.rows.append(row)
             _tally(run.summary, run.rows)
-            _write_annotations(run)
+            _write_reports(run)
             yield from new

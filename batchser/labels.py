@@ -1,4 +1,4 @@
-"""Ground-truth labels for training and evaluation: RAVDESS file names, CSV, none."""
+"""Ground-truth labels for training and evaluation: path patterns, CSV/TSV tables, RAVDESS names, none."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Label", "RavdessName", "label_source", "parse_ravdess"]
+__all__ = ["Label", "RavdessName", "label_source", "parse_ravdess", "read_table"]
 
 RAVDESS_EMOTION_CODES = {
     "01": "neutral",
@@ -30,6 +31,14 @@ class Label:
 
     emotion: str | None = None
     speaker: str | None = None  # groups for actor-wise evaluation
+    corpus: str | None = None  # the input's corpus (inputs[].corpus)
+
+    @property
+    def group(self) -> str | None:
+        """The speaker, qualified by corpus: two corpora may both have a speaker "A"."""
+        if self.speaker is None:
+            return None
+        return f"{self.corpus}/{self.speaker}" if self.corpus else self.speaker
 
 
 @dataclass(frozen=True)
@@ -81,26 +90,82 @@ def _ravdess(path: Path) -> Label:
     return Label(emotion=r.emotion, speaker=f"actor{r.actor:02d}")
 
 
-def _csv_source(csv_path: Path) -> Callable[[Path], Label]:
-    """Labels from a CSV with columns ``path,label`` (and optional ``speaker``).
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a CSV or TSV label table.
 
-    Paths in the CSV are relative to the CSV's folder, or absolute.
+    UTF-8 (a BOM is skipped); the delimiter is a tab for ``.tsv``/``.tab``,
+    otherwise sniffed among ``,``, ``;`` and tab from the header line.
+
+    Raises
+    ------
+    ValueError
+        Unreadable, not UTF-8, or with duplicate column names; the message names the file.
     """
     try:
-        with csv_path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"path", "label"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"label CSV {csv_path} lacks column(s) {sorted(missing)}; it needs path,label")
-            table = {
-                os.path.normpath(csv_path.parent / row["path"]): Label(
-                    emotion=(row["label"] or "").strip() or None, speaker=(row.get("speaker") or "").strip() or None
-                )
-                for row in reader
-            }
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise ValueError(f"cannot read label CSV {csv_path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read label table {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"label table {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+    header = text.split("\n", 1)[0]
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else max((",", ";", "\t"), key=header.count)
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"label table {path} has duplicate column names: {columns}")
+    reader.fieldnames = columns
+    return columns, [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+
+
+def _table_source(
+    table_path: Path,
+    *,
+    path_column: str = "path",
+    emotion_column: str = "label",
+    speaker_column: str | None = None,
+    mapping: dict[str, str] | None = None,
+) -> Callable[[Path], Label]:
+    """Labels from a CSV/TSV table: one row per file, paths relative to the table's folder (or absolute)."""
+    columns, rows = read_table(table_path)
+    wanted = [path_column, emotion_column] + ([speaker_column] if speaker_column else [])
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise ValueError(
+            f"label table {table_path} lacks column(s) {missing}; it has {columns}. "
+            "Name the columns with path_column, emotion_column and speaker_column"
+        )
+    if speaker_column is None and "speaker" in columns:
+        speaker_column = "speaker"
+    mapping = mapping or {}
+    table: dict[str, Label] = {}
+    for row in rows:
+        emotion = row[emotion_column] or None
+        table[os.path.normpath(table_path.parent / row[path_column])] = Label(
+            emotion=mapping.get(emotion, emotion) if emotion else None,
+            speaker=(row.get(speaker_column) or None) if speaker_column else None,
+        )
     return lambda path: table.get(os.path.normpath(path), Label())
+
+
+def _pattern_source(pattern: str, mapping: dict[str, str], input_root: Path) -> Callable[[Path], Label]:
+    """Labels from the file's path relative to its input: ``re.search`` with groups ``emotion``, ``speaker``."""
+    rx = re.compile(pattern)
+    base = input_root if input_root.is_dir() else input_root.parent
+
+    def label(path: Path) -> Label:
+        text = str(path)
+        if "::" in text:  # an archive member: match its name inside the archive
+            text = text.split("::", 1)[1]
+        elif path.is_relative_to(base):
+            text = path.relative_to(base).as_posix()
+        m = rx.search(text)
+        if m is None:
+            return Label()
+        groups = m.groupdict()
+        emotion = groups.get("emotion")
+        return Label(emotion=mapping.get(emotion, emotion) if emotion else None, speaker=groups.get("speaker"))
+
+    return label
 
 
 def _folder_speaker(fn: Callable[[Path], Label], root: Path) -> Callable[[Path], Label]:
@@ -113,14 +178,23 @@ def _folder_speaker(fn: Callable[[Path], Label], root: Path) -> Callable[[Path],
 
 
 def label_source(
-    spec: str, *, resolve: Callable[[str], Path], speaker: str = "labels", root: Path | None = None
+    spec: Any,
+    *,
+    resolve: Callable[[str], Path],
+    speaker: str = "labels",
+    root: Path | None = None,
+    input_root: Path | None = None,
+    corpus: str | None = None,
 ) -> Callable[[Path], Label]:
     """A function giving each file's :class:`Label` for a manifest ``labels`` value.
 
     Parameters
     ----------
-    spec : str
-        ``none``, ``ravdess`` or ``csv:<file>``.
+    spec : str or LabelSpec
+        ``none``, ``ravdess``, ``csv:<file>``, or a mapping with ``pattern``
+        (searched in the path relative to the input; named groups ``emotion``
+        and ``speaker``) or ``table`` (a CSV/TSV with chosen columns), and a
+        ``map`` from the corpus's emotion names to the job's.
     resolve : callable
         Turns a manifest-relative path into an absolute one.
     speaker : {"labels", "folder"}
@@ -128,12 +202,40 @@ def label_source(
         (shown relative to ``root``).
     root : Path or None
         The job's root folder, for ``speaker="folder"``.
+    input_root : Path or None
+        The input's own path, that ``pattern`` matches relative to.
+    corpus : str or None
+        The input's corpus name, carried by every label.
     """
-    if spec == "none":
-        unknown = Label()  # one shared record (frozen), not one per file
-        fn: Callable[[Path], Label] = lambda path: unknown  # noqa: E731
-    elif spec == "ravdess":
-        fn = _ravdess
+    if isinstance(spec, str):
+        if spec == "none":
+            unknown = Label(corpus=corpus)  # one shared record (frozen), not one per file
+            fn: Callable[[Path], Label] = lambda path: unknown  # noqa: E731
+        elif spec == "ravdess":
+            fn = _ravdess
+        else:
+            fn = _table_source(resolve(spec.removeprefix("csv:")))
+    elif spec.pattern is not None:
+        fn = _pattern_source(spec.pattern, dict(spec.map), input_root or Path("/"))
     else:
-        fn = _csv_source(resolve(spec.removeprefix("csv:")))
-    return _folder_speaker(fn, root or Path("/")) if speaker == "folder" else fn
+        fn = _table_source(
+            resolve(spec.table),
+            path_column=spec.path_column,
+            emotion_column=spec.emotion_column,
+            speaker_column=spec.speaker_column,
+            mapping=dict(spec.map),
+        )
+    if speaker == "folder":
+        fn = _folder_speaker(fn, root or Path("/"))
+    if corpus is None:
+        return fn
+    tagged: dict[Label, Label] = {}  # labels repeat: share one tagged record per distinct label
+
+    def with_corpus(path: Path) -> Label:
+        lab = fn(path)
+        out = tagged.get(lab)
+        if out is None:
+            out = tagged[lab] = Label(emotion=lab.emotion, speaker=lab.speaker, corpus=corpus)
+        return out
+
+    return with_corpus

@@ -40,26 +40,101 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LabelSpec(_Strict):
+    """Where a corpus keeps its labels: a pattern over file paths, or a CSV/TSV table.
+
+    ``pattern`` is searched (``re.search``) in each file's path relative to
+    the input, ``/``-separated, so it can read folder names as well as file
+    names; its named groups ``emotion`` (required) and ``speaker`` (optional)
+    give the labels. ``table`` names a CSV or TSV file with one row per file.
+    ``map`` renames the corpus's emotion names to the job's (``a: angry``);
+    names it does not list are kept as they are, and files whose emotion is
+    not in ``emotions`` are not trained on.
+    """
+
+    pattern: str | None = None
+    table: str | None = None
+    path_column: str = "path"
+    emotion_column: str = "label"
+    speaker_column: str | None = None
+    map: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LabelSpec:
+        if (self.pattern is None) == (self.table is None):
+            raise ValueError(
+                "give exactly one of pattern (a regular expression over file paths) or table (a CSV/TSV file)"
+            )
+        if self.pattern is not None:
+            try:
+                rx = re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
+            if "emotion" not in rx.groupindex:
+                raise ValueError(
+                    f"pattern {self.pattern!r} needs a named group (?P<emotion>...) (and may have (?P<speaker>...))"
+                )
+            unknown = sorted(set(rx.groupindex) - {"emotion", "speaker"})
+            if unknown:
+                raise ValueError(f"pattern groups {unknown} mean nothing here; use emotion and speaker")
+        return self
+
+
+def corpus_name(path: str) -> str:
+    """The default corpus name of an input: its last path component without glob or extension."""
+    parts = [p for p in re.split(r"[\\/]", path) if p and not any(c in p for c in "*?[") and p not in (".", "..")]
+    stem = parts[-1] if parts else "input"
+    for suffix in (".tar.gz", ".tgz", ".zip", ".tar"):
+        if stem.lower().endswith(suffix):
+            return stem[: -len(suffix)] or "input"
+    return stem.split(".")[0] or stem
+
+
 class InputSpec(_Strict):
     """One input: a directory (searched recursively), a file, or a glob pattern."""
 
     path: str
-    labels: str = Field(
+    labels: str | LabelSpec = Field(
         default="none",
-        description="none | ravdess | csv:<file with path,label columns>",
+        description="none | ravdess | csv:<file with path,label columns> | {pattern: ..., map: ...} | {table: ...}",
     )
     # Who speaks, for model.normalize: speaker. "labels": the label source's
-    # (RAVDESS actor, a CSV's speaker column); "folder": the file's folder.
+    # (RAVDESS actor, a CSV's speaker column, a pattern's speaker group); "folder": the file's folder.
     speaker: Literal["labels", "folder"] = "labels"
+    # Which corpus (recording conditions, language) the files come from: reports
+    # carry it and leave-one-corpus-out evaluation holds each one out in turn.
+    # Default: the input path's last component.
+    corpus: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] | None = None
+    # Whether speaker ids can be trusted to normalise by (false for a corpus
+    # where each speaker shows one emotion: their statistics would hold it).
+    speaker_normalization: bool = True
 
     @field_validator("labels")
     @classmethod
-    def _check_labels(cls, v: str) -> str:
+    def _check_labels(cls, v: str | LabelSpec) -> str | LabelSpec:
+        if isinstance(v, LabelSpec):
+            return v
         if v in ("none", "ravdess") or (v.startswith("csv:") and len(v) > 4):
             return v
         raise ValueError(
-            f"{v!r} is not a label source; use none, ravdess or csv:<path to a CSV with path,label columns>"
+            f"{v!r} is not a label source; use none, ravdess, csv:<path to a CSV with path,label columns>, "
+            "or a mapping with pattern or table"
         )
+
+    @property
+    def corpus_name(self) -> str:
+        return self.corpus or corpus_name(self.path)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels != "none"
+
+    @property
+    def label_file(self) -> str | None:
+        """The label table this input reads, as written in the manifest."""
+        if isinstance(self.labels, LabelSpec):
+            return self.labels.table
+        return self.labels[4:] if self.labels.startswith("csv:") else None
 
 
 class AudioSpec(_Strict):
@@ -168,8 +243,12 @@ class Manifest(_Strict):
     # Fraction of files that may fail before the job exits 1 (after writing its
     # reports); None never fails on per-file errors.
     fail_threshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    # Set by load_manifest: the folder the manifest file is in.
+    # A run that finds no audio is an error (and leaves earlier reports alone);
+    # true writes empty reports instead, for inputs that are empty on purpose.
+    allow_empty: bool = False
+    # Set by load_manifest: the folder the manifest file is in, and the file.
     base_dir: Annotated[Path, Field(exclude=True)] = Path()
+    manifest_file: Annotated[Path | None, Field(exclude=True)] = None
 
     @field_validator("emotions")
     @classmethod
@@ -203,7 +282,7 @@ class Manifest(_Strict):
                 raise ValueError(
                     f"emotions {unknown} do not exist in RAVDESS labels; choose from {', '.join(RAVDESS_EMOTIONS)}"
                 )
-        if self.model.train and all(i.labels == "none" for i in self.inputs):
+        if self.model.train and not any(i.has_labels for i in self.inputs):
             raise ValueError(
                 "model.train is true but no input has labels; set labels: ravdess or csv:<file> on an input"
             )
@@ -274,7 +353,7 @@ def _describe(err: dict[str, Any]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1])
-        known = [k for k in (parent.model_fields if parent else {}) if k != "base_dir"]
+        known = [k for k in (parent.model_fields if parent else {}) if k not in _INTERNAL]
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         fix = f"did you mean {hint[0]!r}?" if hint else f"allowed keys here: {', '.join(known)}"
         return f"{where}: unknown key; {fix}"
@@ -295,7 +374,12 @@ def _reject_aliases(text: str, source: str) -> None:
         raise ManifestError(source, [f"not valid YAML: {exc}"]) from None
 
 
-def parse_manifest(text: str, *, base_dir: Path, source: str = "<string>") -> Manifest:
+_INTERNAL = ("base_dir", "manifest_file")  # set by the loader, never by the YAML
+
+
+def parse_manifest(
+    text: str, *, base_dir: Path, source: str = "<string>", manifest_file: Path | None = None
+) -> Manifest:
     """Validate manifest ``text``.
 
     Parameters
@@ -306,6 +390,8 @@ def parse_manifest(text: str, *, base_dir: Path, source: str = "<string>") -> Ma
         Folder that ``root`` is relative to (the manifest file's folder).
     source : str
         Name used in error messages.
+    manifest_file : Path or None
+        The file ``text`` came from; a job refuses to write over it.
 
     Returns
     -------
@@ -325,10 +411,11 @@ def parse_manifest(text: str, *, base_dir: Path, source: str = "<string>") -> Ma
         raise ManifestError(source, [f"not valid YAML for a manifest: {exc}"]) from None
     if not isinstance(data, dict):
         raise ManifestError(source, ["a manifest is a YAML mapping with keys name, inputs, emotions, model, output"])
-    if "base_dir" in data:
-        raise ManifestError(source, ["base_dir: unknown key; to move where relative paths start, set root"])
+    for key in _INTERNAL:
+        if key in data:
+            raise ManifestError(source, [f"{key}: unknown key; to move where relative paths start, set root"])
     try:
-        return Manifest.model_validate({**data, "base_dir": base_dir})
+        return Manifest.model_validate({**data, "base_dir": base_dir, "manifest_file": manifest_file})
     except ValidationError as exc:
         raise ManifestError(source, [_describe(e) for e in exc.errors()]) from None
 
@@ -340,4 +427,4 @@ def load_manifest(path: str | Path) -> Manifest:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(str(p), [f"cannot read the manifest: {exc}"]) from None
-    return parse_manifest(text, base_dir=p.resolve().parent, source=str(p))
+    return parse_manifest(text, base_dir=p.resolve().parent, source=str(p), manifest_file=p.resolve())

@@ -2,8 +2,9 @@
 
 The model is a scikit-learn Pipeline (StandardScaler → MLPClassifier with the
 seed recipe's parameters). Files are written with skops, never pickle, beside
-a JSON sidecar holding the metadata and the SHA-256 of the model bytes;
-loading verifies that hash and accepts only an explicit list of types.
+batchser's metadata and prediction arrays inside the same file (one unit,
+replaced by one rename); loading verifies the recorded hashes and accepts only
+an explicit list of types.
 
 scikit-learn and skops are imported inside the functions that use them: the
 two cost about 3 s to import, more than a warm job's whole work, and a job
@@ -19,6 +20,7 @@ import json
 import logging
 import platform
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -44,6 +46,7 @@ __all__ = [
     "fit",
     "fit_model",
     "load_model",
+    "read_meta",
     "save_model",
     "write_model_card",
 ]
@@ -69,7 +72,7 @@ class ModelError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """What a model file's sidecar records."""
+    """What a model file records about itself (stored inside it)."""
 
     classes: list[str]
     feature_spec: dict[str, Any]
@@ -106,7 +109,7 @@ class NumpyNetwork:
     and for a calibrated model one isotonic or sigmoid map per class, then
     renormalisation. Importing scikit-learn and skops to do that costs about
     3 s, longer than a warm job's whole work, so :func:`save_model` also writes
-    these arrays (``<model>.skops.npz``, hash in the sidecar) and jobs predict
+    these arrays (inside the model file, with their hash) and jobs predict
     from them. ``tests/test_model.py`` checks equality with ``predict_proba``.
 
     ``arrays`` holds ``mean``, ``scale``, ``coef_<i>``, ``intercept_<i>``, and
@@ -509,6 +512,13 @@ def _arrays_file(path: Path) -> Path:
     return path.with_name(path.name + ".npz")
 
 
+# Entries batchser adds to the skops zip: the model file is one unit, replaced
+# by one rename, so a save that is killed leaves the old model or the new one,
+# never a new network beside old metadata. skops ignores entries it did not write.
+_META_ENTRY = "batchser/meta.json"
+_ARRAYS_ENTRY = "batchser/arrays.npz"
+
+
 def _arrays_blob(estimators: dict[str, Any]) -> bytes:
     flat: dict[str, np.ndarray] = {}
     for role, est in estimators.items():
@@ -537,9 +547,14 @@ def _networks_from(blob: bytes) -> dict[str, NumpyNetwork]:
 
 
 def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: Any | None = None) -> TrainedModel:
-    """Write ``path`` (skops) and ``path.json`` (metadata with the file's SHA-256).
+    """Write the model to ``path`` as one file: skops, with batchser's metadata and arrays inside.
 
-    With ``speaker_pipeline`` the file holds ``{"global": pipeline, "speaker": speaker_pipeline}``.
+    The file is written whole beside ``path`` and renamed over it, so a save
+    that is killed leaves the previous model as it was. Files of the older
+    three-file layout (``.json``, ``.npz`` beside it) are removed after the
+    switch, since they describe the model it replaced.
+
+    With ``speaker_pipeline`` the skops part holds ``{"global": pipeline, "speaker": speaker_pipeline}``.
     """
     import skops.io as sio
 
@@ -555,16 +570,21 @@ def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: 
             "created": meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
+    buf = io.BytesIO(blob)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(_META_ENTRY, json.dumps(asdict(meta), indent=2) + "\n")
+        zf.writestr(_ARRAYS_ENTRY, arrays_blob)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed
+        stale.unlink(missing_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(blob)
-    with atomic_path(_arrays_file(path)) as tmp:
-        tmp.write_bytes(arrays_blob)
-    atomic_write_text(_sidecar(path), json.dumps(asdict(meta), indent=2) + "\n")  # last: it vouches for both
+        tmp.write_bytes(buf.getvalue())
+    for old in (_sidecar(path), _arrays_file(path)):
+        old.unlink(missing_ok=True)
     return TrainedModel(pipeline, meta, path, speaker_pipeline)
 
 
 def _check_sha256(blob: bytes, expected: str, what: str, *, plural: bool = False) -> None:
-    """Refuse ``blob`` unless its SHA-256 is the one the sidecar recorded at save time."""
+    """Refuse ``blob`` unless its SHA-256 is the one recorded at save time."""
     digest = hashlib.sha256(blob).hexdigest()
     if digest != expected:
         they, them = ("they were", "them") if plural else ("it was", "it")
@@ -574,22 +594,74 @@ def _check_sha256(blob: bytes, expected: str, what: str, *, plural: bool = False
         )
 
 
-def _read_checked(path: Path, *, feature_fingerprint: str, classes: list[str]) -> tuple[ModelMeta, bytes]:
-    side = _sidecar(path)
-    if not path.is_file():
-        raise ModelError(
-            f"model file {path} does not exist; train one with model.train: true (see jobs/train-ravdess.yaml)"
-        )
+@dataclass(frozen=True)
+class _ModelFile:
+    """A model file's parts as read from disk, checked against their recorded hashes."""
+
+    meta: ModelMeta
+    skops: bytes  # the whole file: skops reads its own entries and ignores batchser's
+    arrays: bytes | None  # NumpyNetwork arrays; None for models saved before them
+
+
+def _read_meta(side: Path) -> ModelMeta:
     try:
-        meta = ModelMeta(**json.loads(side.read_text(encoding="utf-8")))
+        return ModelMeta(**json.loads(side.read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise ModelError(
-            f"model metadata {side} is missing; batchser only loads models it saved with their sidecar"
+            f"model file {side.with_suffix('')} is damaged or not a batchser model: no metadata inside it, and "
+            f"the metadata of the older layout ({side.name}) is missing; batchser only loads models it saved"
         ) from None
     except (ValueError, TypeError) as exc:
         raise ModelError(f"model metadata {side} is unreadable: {exc}") from None
-    blob = path.read_bytes()
+
+
+def _read_file(path: Path) -> _ModelFile:
+    """Read a model in either layout: one file (metadata inside), or the older three files."""
+    if path.is_dir():
+        raise ModelError(f"model path {path} is a folder; point model.path at the .skops file inside it")
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(
+            f"model file {path} does not exist; train one with model.train: true (see jobs/train-ravdess.yaml)"
+        ) from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            names = set(zf.namelist())
+            if _META_ENTRY in names:
+                meta = ModelMeta(**json.loads(zf.read(_META_ENTRY).decode("utf-8")))
+                arrays = zf.read(_ARRAYS_ENTRY) if _ARRAYS_ENTRY in names else None
+                if arrays is not None:
+                    _check_sha256(arrays, meta.arrays_sha256, f"model arrays in {path}", plural=True)
+                return _ModelFile(meta, blob, arrays)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, EOFError) as exc:
+        raise ModelError(f"model file {path} is damaged or not a batchser model: {exc}") from None
+    # The older layout: metadata and arrays beside the skops file, hashes in the metadata.
+    meta = _read_meta(_sidecar(path))
     _check_sha256(blob, meta.sha256, f"model file {path}")
+    arrays = None
+    if meta.arrays_sha256:
+        arrays_path = _arrays_file(path)
+        try:
+            arrays = arrays_path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"model arrays {arrays_path} are missing; restore them or retrain") from None
+        _check_sha256(arrays, meta.arrays_sha256, f"model arrays {arrays_path}", plural=True)
+    return _ModelFile(meta, blob, arrays)
+
+
+def read_meta(path: Path) -> ModelMeta:
+    """The metadata of the model at ``path`` (classes, features, metrics), checked like :func:`load_model`.
+
+    Raises
+    ------
+    ModelError
+        Missing, damaged or changed files.
+    """
+    return _read_file(Path(path)).meta
+
+
+def _check_fit(meta: ModelMeta, path: Path, *, feature_fingerprint: str, classes: list[str]) -> None:
     if meta.feature_fingerprint != feature_fingerprint:
         tuning = meta.feature_spec.get("chroma_tuning")
         pinned = "" if tuning is None else f", chroma_tuning {tuning}"
@@ -604,21 +676,20 @@ def _read_checked(path: Path, *, feature_fingerprint: str, classes: list[str]) -
             f"model {path.name} predicts {meta.classes} but the job lists emotions {classes}; "
             "make emotions match the model's classes"
         )
-    return meta, blob
 
 
 def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> TrainedModel:
     """Load a model written by :func:`save_model`, refusing anything unsafe or unfit.
 
-    A model saved with its ``.npz`` arrays loads as :class:`NumpyNetwork`
-    objects in milliseconds, without importing scikit-learn or skops; an older
-    one is deserialised from the skops file with an explicit list of trusted
-    types. Either file is used only if its SHA-256 is the sidecar's.
+    A model with its NumpyNetwork arrays loads in milliseconds, without
+    importing scikit-learn or skops; an older one is deserialised from the
+    skops part with an explicit list of trusted types. Each part is used only
+    if its SHA-256 is the one recorded at save time.
 
     Parameters
     ----------
     path : Path
-        The ``.skops`` file; its ``.json`` sidecar must be beside it.
+        The ``.skops`` file.
     feature_fingerprint : str
         The job's feature fingerprint; the model must have been trained on it.
     classes : list of str
@@ -629,26 +700,21 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
     ModelError
         Missing files, changed bytes, untrusted types, or a mismatch with the job.
     """
-    meta, blob = _read_checked(path, feature_fingerprint=feature_fingerprint, classes=classes)
-    job_meta = ModelMeta(**{**asdict(meta), "classes": list(classes)})
-    if meta.arrays_sha256:
-        arrays_path = _arrays_file(path)
-        try:
-            arrays_blob = arrays_path.read_bytes()
-        except FileNotFoundError:
-            raise ModelError(f"model arrays {arrays_path} are missing; restore them or retrain") from None
-        _check_sha256(arrays_blob, meta.arrays_sha256, f"model arrays {arrays_path}", plural=True)
-        nets = _networks_from(arrays_blob)
+    mf = _read_file(path)
+    _check_fit(mf.meta, path, feature_fingerprint=feature_fingerprint, classes=classes)
+    job_meta = ModelMeta(**{**asdict(mf.meta), "classes": list(classes)})
+    if mf.arrays is not None:
+        nets = _networks_from(mf.arrays)
         return TrainedModel(nets["global"], job_meta, path, nets.get("speaker"))
 
     import skops.io as sio
 
-    untrusted = set(sio.get_untrusted_types(data=blob))
+    untrusted = set(sio.get_untrusted_types(data=mf.skops))
     if not untrusted <= TRUSTED_TYPES:
         raise ModelError(
             f"model file {path} contains types batchser does not trust: {sorted(untrusted - TRUSTED_TYPES)}"
         )
-    content = sio.loads(blob, trusted=sorted(untrusted))
+    content = sio.loads(mf.skops, trusted=sorted(untrusted))
     if isinstance(content, dict):
         return TrainedModel(content["global"], job_meta, path, content["speaker"])
     return TrainedModel(content, job_meta, path)

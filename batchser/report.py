@@ -1,12 +1,25 @@
-"""Reports: per-file annotations (CSV, Parquet), metrics and plots, written atomically."""
+"""Reports: per-file annotations (CSV, Parquet), metrics and plots, written as one set.
+
+A job's reports are written into a staging folder inside ``output.dir`` and
+moved into place together by :class:`ReportSet`, ``summary.json`` last with
+the SHA-256 of every other file it belongs with. A job killed while writing
+leaves the previous set; one killed while moving files in is completed by the
+next job that opens the folder (the staging folder holds a commit record).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
+import logging
 import math
+import os
+import re
+import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +29,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchser.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from batchser.atomic import atomic_path, atomic_write_bytes, atomic_write_text, fsync_dir
 
 __all__ = [
     "ReportError",
     "ReportRow",
+    "ReportSet",
     "SegmentRow",
     "annotations_table",
+    "file_digests",
+    "recover_reports",
     "segments_table",
     "write_annotations",
     "write_confusion_png",
@@ -31,8 +47,105 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+
 class ReportError(RuntimeError):
     """Reports could not be written; the previous ones, if any, are untouched."""
+
+
+_STAGING = ".batchser-staging-"
+_COMMIT = "COMMIT"
+_SUMMARY = "summary.json"
+_STALE_TMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # atomic_path's temp names
+
+
+def _finish(stage: Path, out_dir: Path) -> list[Path]:
+    """Move a committed staging folder's files into ``out_dir`` (summary.json last), then drop it."""
+    names = json.loads((stage / _COMMIT).read_text(encoding="utf-8"))
+    moved = []
+    for name in names:
+        src = stage / name
+        if src.exists():  # a resumed commit: some are in place already
+            os.replace(src, out_dir / name)
+        moved.append(out_dir / name)
+    fsync_dir(out_dir)
+    shutil.rmtree(stage, ignore_errors=True)
+    return moved
+
+
+def recover_reports(out_dir: Path) -> None:
+    """Complete or discard what a killed job left in ``out_dir``.
+
+    A staging folder with a commit record was being moved in: finish it, so
+    the set is whole. One without was still being written: remove it, the
+    previous set stands. Stray temp files of single-file writes go too.
+    """
+    if not out_dir.is_dir():
+        return
+    for entry in out_dir.iterdir():
+        if entry.name.startswith(_STAGING) and entry.is_dir():
+            if _owner_alive(entry.name):
+                continue  # another job on this host is writing right now
+            if (entry / _COMMIT).is_file():
+                log.warning("completing the reports an interrupted job was moving into %s", out_dir)
+                _finish(entry, out_dir)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+        elif _STALE_TMP.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
+def _owner_alive(name: str) -> bool:
+    pid = name.removeprefix(_STAGING).split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def file_digests(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """``{name: {"sha256": …, "bytes": …}}`` for summary.json, to check a report set is one run's."""
+    out = {}
+    for p in paths:
+        data = p.read_bytes()
+        out[p.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    return out
+
+
+class ReportSet:
+    """Reports written together: each into ``stage``, then moved into ``out_dir`` by :meth:`commit`.
+
+    Use as a context manager; leaving it without a commit removes the staging
+    folder and leaves the previous reports as they were.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.stage = out_dir / f"{_STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> ReportSet:
+        with _clear_errors(self.out_dir):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            recover_reports(self.out_dir)
+            self.stage.mkdir()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into place, ``summary.json`` last; returns their final paths."""
+        names = sorted(p.name for p in self.stage.iterdir() if p.name != _COMMIT)
+        names.sort(key=lambda n: n == _SUMMARY)  # stable: summary.json last
+        with _clear_errors(self.out_dir):
+            atomic_write_text(self.stage / _COMMIT, json.dumps(names))
+            return _finish(self.stage, self.out_dir)
 
 
 @dataclass(frozen=True, slots=True)

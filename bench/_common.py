@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from batchser.model import read_meta
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 RAVDESS = CORPORA / "ravdess"
@@ -23,7 +25,7 @@ EMOTIONS = ["angry", "sad", "neutral", "happy"]
 
 def shipped_features() -> list[str]:
     """The feature groups the shipped model was trained on: what a default job extracts."""
-    return json.loads(MODEL.with_name(MODEL.name + ".json").read_text())["feature_spec"]["names"]
+    return list(read_meta(MODEL).feature_spec["names"])
 
 
 def have(folder: Path, what: str) -> bool:

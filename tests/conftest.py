@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +10,15 @@ import pytest
 import soundfile as sf
 import yaml
 
+from batchser.model import read_meta
+
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared" / "corpora"
 RAVDESS = SHARED / "ravdess"
 RAVDESS_48K = SHARED / "ravdess-48k"
 SHIPPED_MODEL = PROJECT / "result" / "models" / "ravdess-4emo.skops"
 # Jobs that load the shipped model must ask for the features it was trained on.
-SHIPPED_FEATURES: list[str] = json.loads((SHIPPED_MODEL.parent / (SHIPPED_MODEL.name + ".json")).read_text())[
-    "feature_spec"
-]["names"]
+SHIPPED_FEATURES: list[str] = read_meta(SHIPPED_MODEL).feature_spec["names"]
 
 
 def _need(path: Path) -> Path:

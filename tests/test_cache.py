@@ -25,14 +25,15 @@ def _rec(i: int, ok: bool = True) -> FeatureRecord:
 def test_roundtrip_and_pandas_readable(tmp_path: Path) -> None:
     with FeatureStore(tmp_path, SPEC) as store:
         store.add([_rec(i) for i in range(10)] + [_rec(99, ok=False)])
-        store.remember_hash("/a.wav", 10, 123, "h0000")
+        store.remember_hash("/a.wav", (10, 123, 7), "h0000")
     again = FeatureStore(tmp_path, SPEC)
     assert len(again) == 11
     np.testing.assert_array_equal(again.get("h0003").vector, np.arange(SPEC.dim, dtype=np.float32) + 3)
     bad = again.get("h0099")
     assert bad.status == "error" and bad.vector is None and bad.error == "cannot decode: x"
-    assert again.known_hash("/a.wav", 10, 123) == "h0000"
-    assert again.known_hash("/a.wav", 10, 124) is None  # touched file: hash again
+    assert again.known_hash("/a.wav", (10, 123, 7)) == "h0000"
+    assert again.known_hash("/a.wav", (10, 124, 7)) is None  # touched file: hash again
+    assert again.known_hash("/a.wav", (10, 123, 8)) is None  # rewritten, mtime set back: hash again
     df = pd.read_parquet(tmp_path / "features" / SPEC.fingerprint())
     assert len(df) == 11 and list(df.columns[:3]) == ["content_hash", "status", "error"]
     assert "mfcc_39" in df.columns and "chroma_11" in df.columns

@@ -36,5 +36,5 @@ def test_csv_source(tmp_path: Path) -> None:
 
 def test_csv_without_label_column(tmp_path: Path) -> None:
     (tmp_path / "l.csv").write_text("file,emotion\na.wav,happy\n")
-    with pytest.raises(ValueError, match="needs path,label"):
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \[.path., .label.\]; it has \[.file., .emotion.\]"):
         label_source("csv:l.csv", resolve=lambda p: tmp_path / p)

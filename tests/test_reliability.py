@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 import batchser.job
+from batchser.engine import VANISHED
 from batchser.job import run_job
 from batchser.manifest import load_manifest
 from tests.badfiles import make_bad_corpus
@@ -119,7 +120,7 @@ def test_file_vanishing_after_discovery(tmp_path: Path, good_dir: Path, monkeypa
     monkeypatch.setattr(batchser.job, "discover", discover_then_delete)
     s = run_job(load_manifest(annotate_manifest(tmp_path, ["good"])), progress=False)
     assert (s.n_files, s.n_failed) == (4, 1)
-    assert s.failures == [("good/sad.wav", "cannot read: No such file or directory")]
+    assert s.failures == [("good/sad.wav", VANISHED)]
 
 
 def _report_bytes(d: Path) -> dict[str, bytes]:

@@ -11,6 +11,7 @@ import yaml
 from batchser.cli import main
 from batchser.job import run_job
 from batchser.manifest import load_manifest
+from batchser.model import read_meta
 from tests.conftest import PROJECT
 
 
@@ -40,8 +41,8 @@ def test_shipped_model_labels_the_demo_set(tmp_path: Path) -> None:
     assert len(df) >= 6 and (df.status == "ok").all()
     assert set(df.label) <= {"angry", "sad", "neutral", "happy"}
     assert df[["p_angry", "p_sad", "p_neutral", "p_happy"]].sum(axis=1).between(0.999, 1.001).all()
-    side = json.loads((PROJECT / "result" / "models" / "ravdess-4emo.skops.json").read_text())
-    assert (df.model == f"ravdess-4emo@{side['weights_sha256'][:12]}").all()
+    side = read_meta(PROJECT / "result" / "models" / "ravdess-4emo.skops")
+    assert (df.model == f"ravdess-4emo@{side.weights_sha256[:12]}").all()
     assert set(df.orig_sample_rate) >= {16000, 22050, 44100, 48000} and df.channels.max() == 2
 
 
@@ -63,9 +64,7 @@ def test_training_on_ravdess_reaches_the_seed_accuracy(tmp_path: Path, ravdess_d
     assert metrics["without_speaker_normalization"]["actor_wise"]["accuracy"] >= 0.62
     assert (tmp_path / "reports" / "reliability.png").is_file()
     # The committed model is what this job makes: same data, same seed, same card.
-    shipped = json.loads((PROJECT / "result" / "models" / "ravdess-4emo.skops.json").read_text())
-    assert (
-        shipped["training_fingerprint"] == json.loads((tmp_path / "m.skops.json").read_text())["training_fingerprint"]
-    )
+    shipped = read_meta(PROJECT / "result" / "models" / "ravdess-4emo.skops")
+    assert shipped.training_fingerprint == read_meta(tmp_path / "m.skops").training_fingerprint
     a = pd.read_parquet(tmp_path / "reports" / "annotations.parquet")
     assert a.used_for_training.sum() == 672

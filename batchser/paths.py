@@ -1,0 +1,129 @@
+"""Checks on the paths a manifest names, made before a job does any work.
+
+Two promises live here: every path the job reads exists (or the manifest is
+refused, naming the field), and nothing the job writes (reports, a trained
+model, cache parts, captured clips) can replace a file it reads (an input, a
+label file, the model it labels with, the manifest itself).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from batchser.discover import AUDIO_EXTENSIONS
+from batchser.manifest import Manifest, ManifestError
+
+__all__ = ["check_manifest_paths", "model_files", "report_files"]
+
+# Every file name a job may write into output.dir (summary.json last).
+_REPORT_STEMS = ("annotations", "segments")
+_REPORT_EXTRAS = ("metrics.json", "confusion_matrix.png", "reliability.png", "summary.json")
+
+
+def model_files(path: Path) -> list[Path]:
+    """The model file and what is kept beside it: metadata, arrays (older models) and the card."""
+    return [path, path.with_name(path.name + ".json"), path.with_name(path.name + ".npz"), path.with_suffix(".md")]
+
+
+def report_files(manifest: Manifest) -> list[Path]:
+    """Every report file the job may write (whether or not this run writes it)."""
+    out = manifest.output_dir
+    return [out / f"{stem}.{fmt}" for stem in _REPORT_STEMS for fmt in ("csv", "parquet")] + [
+        out / name for name in _REPORT_EXTRAS
+    ]
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(os.path.join(folder, ""))
+
+
+def _read_files(manifest: Manifest) -> Iterator[tuple[str, Path]]:
+    """(what, path) of every file the job reads and must never replace."""
+    if manifest.manifest_file is not None:
+        yield "the manifest", manifest.manifest_file
+    for i, inp in enumerate(manifest.inputs):
+        p = manifest.resolve(inp.path)
+        if not glob.has_magic(str(p)) and not p.is_dir():
+            yield f"inputs[{i}].path", p
+        if inp.label_file is not None:
+            yield f"inputs[{i}].labels", manifest.resolve(inp.label_file)
+    if not manifest.model.train:
+        for p in model_files(manifest.model_path):
+            yield "the model (model.path)", p
+
+
+def _write_conflicts(manifest: Manifest) -> list[str]:
+    reads = [(what, p, _real(p)) for what, p in _read_files(manifest)]
+    writes = [("output.dir", p) for p in report_files(manifest)]
+    if manifest.model.train:
+        writes += [("model.path", p) for p in model_files(manifest.model_path)]
+    in_dirs = [(i, _real(manifest.resolve(inp.path))) for i, inp in enumerate(manifest.inputs)]
+    in_dirs = [(i, d) for i, d in in_dirs if os.path.isdir(d)]
+    problems = []
+    for field, w in writes:
+        rw = _real(w)
+        if os.path.splitext(rw)[1].lower() in AUDIO_EXTENSIONS and os.path.exists(rw):
+            for i, d in in_dirs:
+                if _inside(rw, d):
+                    reads.append((f"audio in inputs[{i}].path", w, rw))
+        for what, p, rp in reads:
+            if rw == rp:
+                problems.append(
+                    f"{field}: the job would write {w}, which is {what} ({p}); "
+                    "choose another output folder or model path so the job never replaces what it reads"
+                )
+    folders = [("cache", manifest.cache_dir), ("queue", manifest.queue_dir)]
+    for field, folder in folders:
+        rf = _real(folder)
+        for what, p, rp in reads:
+            if _inside(rp, rf) and not (field == "queue" and what.startswith("inputs[")):
+                problems.append(
+                    f"{field}: {folder} holds {what} ({p}); give the {field} a folder of its own "
+                    f"(for example {manifest.root_dir / ('result/cache' if field == 'cache' else 'data/queue')})"
+                )
+        for w_field, w in writes:
+            if _inside(_real(w), rf):
+                problems.append(f"{field}: {folder} holds {w} ({w_field}); give the {field} a folder of its own")
+    return problems
+
+
+def check_manifest_paths(manifest: Manifest) -> None:
+    """Fail before any work when a path the manifest names is missing or would be overwritten.
+
+    Raises
+    ------
+    ManifestError
+        Naming the field, the path it resolved to, and the fix.
+    """
+    problems = []
+    for i, inp in enumerate(manifest.inputs):
+        p = manifest.resolve(inp.path)
+        if glob.has_magic(str(p)):
+            if next(glob.iglob(str(p), recursive=True), None) is None:
+                problems.append(f"inputs[{i}].path: the pattern {p} matches nothing; check it for typos")
+        elif not (p.exists() or p.is_symlink()):
+            problems.append(
+                f"inputs[{i}].path: {p} does not exist (relative paths are taken from root {manifest.root_dir})"
+            )
+        if inp.label_file is not None:
+            csv_path = manifest.resolve(inp.label_file)
+            if not csv_path.is_file():
+                problems.append(f"inputs[{i}].labels: label file {csv_path} does not exist")
+    if manifest.engine.backend == "dask" and importlib.util.find_spec("distributed") is None:
+        problems.append("engine.backend: dask needs dask.distributed; install it with pip install 'batchser[dask]'")
+    if not manifest.model.train and not manifest.model_path.is_file():
+        what = "is a folder, not a model file" if manifest.model_path.is_dir() else "does not exist"
+        problems.append(
+            f"model.path: {manifest.model_path} {what}; point it at a trained model or set model.train: true"
+        )
+    problems += _write_conflicts(manifest)
+    if problems:
+        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
