@@ -393,12 +393,19 @@ def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
 def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], Label]]]:
     paths = [manifest.resolve(i.path) for i in manifest.inputs]
     fns = [
-        label_source(i.labels, resolve=manifest.resolve, speaker=i.speaker, root=manifest.root_dir)
-        for i in manifest.inputs
+        label_source(
+            i.labels,
+            resolve=manifest.resolve,
+            speaker=i.speaker,
+            root=manifest.root_dir,
+            input_root=p,
+            corpus=i.corpus_name,
+        )
+        for i, p in zip(manifest.inputs, paths, strict=True)
     ]
     if manifest.queue_dir.is_dir():  # captured clips: no labels
         paths.append(manifest.queue_dir)
-        fns.append(label_source("none", resolve=manifest.resolve))
+        fns.append(label_source("none", resolve=manifest.resolve, corpus="queue"))
     return paths, fns
 
 
@@ -485,6 +492,7 @@ def _annotate(
             "model": model.id,
             "used_for_training": (i in used) if train else None,
             "speaker": lab.speaker or "",
+            "corpus": lab.corpus or "",
         }
         if rec is not None:
             common |= {

@@ -170,6 +170,7 @@ class ReportRow:
     dominant_label: str = ""  # a long file's most frequent label over voiced windows
     speaker: str = ""
     speaker_normalized: bool = False  # labelled by the speaker-normalised network
+    corpus: str = ""  # the input's corpus (inputs[].corpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +209,7 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
         "dominant_label": [r.dominant_label for r in rows],
         "speaker": [r.speaker for r in rows],
         "speaker_normalized": np.array([r.speaker_normalized for r in rows], dtype=bool),
+        "corpus": [r.corpus for r in rows],
     }
     if any(r.used_for_training is not None for r in rows):
         data["used_for_training"] = np.array([bool(r.used_for_training) for r in rows], dtype=bool)

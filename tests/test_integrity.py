@@ -258,9 +258,10 @@ _SAVE_AND_DIE = textwrap.dedent(
     import contextlib, os, sys
     from pathlib import Path
     import batchser.model as bm
+    import batchser.model.store as store
     import numpy as np
 
-    real = bm.atomic_path
+    real = store.atomic_path
 
     @contextlib.contextmanager
     def dying(path):
@@ -268,7 +269,7 @@ _SAVE_AND_DIE = textwrap.dedent(
             yield tmp
             os._exit(9)  # killed with the new file written, before it is switched in
 
-    bm.atomic_path = dying
+    store.atomic_path = dying
     rng = np.random.default_rng(1)
     X = rng.normal(size=(40, 4)); y = np.array(["sad", "happy"] * 20)
     params = dict(alpha=0.01, batch_size=256, epsilon=1e-8, hidden_layer_sizes=(8,),

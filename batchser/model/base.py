@@ -1,0 +1,94 @@
+"""The model as jobs use it: metadata, the loaded networks, and the error type."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchser.speakers import SpeakerNorm
+
+__all__ = ["ModelError", "ModelMeta", "TrainedModel"]
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be used for this job; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a model file records about itself (stored inside it)."""
+
+    classes: list[str]
+    feature_spec: dict[str, Any]
+    training_fingerprint: str
+    n_train: int
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    sha256: str = ""  # of the .skops bytes: integrity (skops bytes differ on every save)
+    weights_sha256: str = ""  # of the fitted numbers: identity, equal for retrains on the same data, versions and CPU
+    arrays_sha256: str = ""  # of the .npz NumpyNetwork arrays jobs predict from ("" for older models)
+
+    @property
+    def feature_fingerprint(self) -> str:
+        return str(self.feature_spec["fingerprint"])
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A loaded model: the network for any file, and optionally one for speaker-normalised files.
+
+    ``speaker_pipeline`` (``model.normalize: speaker``) was trained on features
+    standardised per speaker (:class:`batchser.speakers.SpeakerNorm`); files
+    whose speaker has too few recordings for such statistics go to ``pipeline``,
+    trained on the same data without that step.
+    """
+
+    pipeline: Any
+    meta: ModelMeta
+    path: Path
+    speaker_pipeline: Any | None = None
+
+    @property
+    def id(self) -> str:
+        """Short id for reports: model file name and the start of its weights' hash."""
+        return f"{self.path.stem}@{self.meta.weights_sha256[:12]}"
+
+    @property
+    def min_speaker_files(self) -> int:
+        return int(self.meta.params.get("min_speaker_files", 0))
+
+    def _proba(self, estimator: Any, X: np.ndarray) -> np.ndarray:
+        proba = estimator.predict_proba(X)
+        order = [list(estimator.classes_).index(c) for c in self.meta.classes]
+        return proba[:, order]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities without speaker normalisation, columns in ``meta.classes`` order."""
+        return self._proba(self.pipeline, X)
+
+    def predict_proba_by_speaker(
+        self, X: np.ndarray, speakers: Sequence[str | None], norm: SpeakerNorm | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities, speaker-normalised wherever ``norm`` covers the row's speaker.
+
+        Returns
+        -------
+        proba : np.ndarray, shape (n, n_classes)
+        normalised : np.ndarray, shape (n,), bool
+            Rows that went through the speaker-normalised network.
+        """
+        if self.speaker_pipeline is None or norm is None:
+            return self.predict_proba(X), np.zeros(len(X), dtype=bool)
+        Xn, covered = norm.transform(X, speakers)
+        proba = np.empty((len(X), len(self.meta.classes)))
+        if (~covered).any():
+            proba[~covered] = self._proba(self.pipeline, X[~covered])
+        if covered.any():
+            proba[covered] = self._proba(self.speaker_pipeline, Xn[covered])
+        return proba, covered

@@ -1,0 +1,81 @@
+"""The model card: a Markdown page beside the model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from batchser.atomic import atomic_write_text
+from batchser.model.base import TrainedModel
+
+__all__ = ["write_model_card"]
+
+
+def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
+    return f"{ev[key]:.1%}" if key in ev else "n/a"
+
+
+def _ece(ev: dict[str, Any]) -> str:
+    cal = ev.get("calibration")
+    return f"{cal['ece']:.3f}" if cal else "n/a"
+
+
+def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
+    """Markdown card beside the model: data, license, both evaluations, how to reproduce."""
+    m = model.meta
+    rs, aw = m.metrics.get("random_split", {}), m.metrics.get("actor_wise", {})
+    fs = m.feature_spec
+    features = (
+        f"{', '.join(fs['names'])} ({fs['dim']} dims, per-file statistics) at {fs['sample_rate']} Hz, "
+        f"fingerprint `{m.feature_fingerprint}`"
+    )
+    hidden = tuple(m.params.get("hidden_layer_sizes", ()))
+    estimator = (
+        f"StandardScaler → MLPClassifier(hidden_layer_sizes={hidden}), random_state {m.params.get('random_state')}"
+    )
+    if m.params.get("calibration", "none") != "none":
+        estimator = f"CalibratedClassifierCV({estimator}, method={m.params['calibration']}, 3-fold by speaker)"
+    fallback = m.metrics.get("without_speaker_normalization")
+    if fallback is not None:
+        fb = fallback.get("actor_wise", {})
+        normalization = (
+            f"per speaker (speakers with {m.params.get('min_speaker_files')}+ recordings in a job); "
+            f"other files use a second network trained without it: actor-wise accuracy {_pct(fb)}, "
+            f"macro-F1 {_pct(fb, 'macro_f1')}, ECE {_ece(fb)}"
+        )
+    else:
+        normalization = "none (StandardScaler over all training files)"
+    expect = (
+        "The actor-wise figure is the one to expect on speakers the model has never heard;\n"
+        "the random split shares speakers between training and test and flatters the model."
+    )
+    if fallback is not None:
+        expect += (
+            "\nThe actor-wise figure holds for speakers with enough recordings in the job, from several\n"
+            "emotions; files of other speakers get the second network's answers (see the README, Accuracy)."
+        )
+    card = f"""# {model.path.name}
+
+Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id `{model.id}`.
+
+| | |
+|---|---|
+| classes | {", ".join(m.classes)} |
+| features | {features} |
+| model | {estimator} |
+| speaker normalisation | {normalization} |
+| training files | {m.n_train} (training fingerprint `{m.training_fingerprint}`) |
+| random 75/25 split (seed recipe, random_state 7) | accuracy {_pct(rs)}, macro-F1 {_pct(rs, "macro_f1")} |
+| actor-wise ({aw.get("method", "skipped")}) | accuracy {_pct(aw)}, macro-F1 {_pct(aw, "macro_f1")} |
+| probability calibration | {m.params.get("calibration", "none")}; ECE on held-out actors {_ece(aw)} |
+| versions | {", ".join(f"{k} {v}" for k, v in m.versions.items())} |
+| sha256 of the file | `{m.sha256}` |
+| sha256 of the weights | `{m.weights_sha256}` (the id; equal for retrains on the same data, versions and CPU) |
+
+{data_note}
+
+{expect}
+"""
+    path = model.path.with_suffix(".md")
+    atomic_write_text(path, card)
+    return path

@@ -1,0 +1,285 @@
+"""Model files: skops with batchser's metadata and arrays inside, hash-checked, trusted types only."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+from batchser.atomic import atomic_path
+from batchser.model.base import ModelError, ModelMeta, TrainedModel
+from batchser.model.network import NumpyNetwork, network_arrays
+
+__all__ = ["TRUSTED_TYPES", "load_model", "read_meta", "save_model", "weights_digest"]
+
+# Types a model file may hold beyond those skops trusts by default (plain
+# sklearn estimators, numpy arrays). Anything else is refused, so a model
+# file from a stranger cannot run code on load.
+TRUSTED_TYPES = frozenset(
+    {
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    }
+)
+
+
+def _pipeline_arrays(pipeline: Pipeline) -> list[np.ndarray]:
+    scaler, mlp = pipeline.named_steps["scale"], pipeline.named_steps["mlp"]
+    return [scaler.mean_, scaler.scale_, *mlp.coefs_, *mlp.intercepts_]
+
+
+def weights_digest(model: Any) -> str:
+    """SHA-256 of a fitted model's numbers and classes, independent of file format.
+
+    Covers the plain pipeline, a ``CalibratedClassifierCV`` of pipelines
+    (each inner pipeline and its per-class calibrators), and the
+    ``{"global": …, "speaker": …}`` pair of a speaker-normalised model.
+    """
+    from sklearn.calibration import CalibratedClassifierCV
+
+    if isinstance(model, dict):
+        return hashlib.sha256("".join(weights_digest(model[k]) for k in sorted(model)).encode()).hexdigest()
+    h = hashlib.sha256()
+    arrays: list[np.ndarray] = []
+    if isinstance(model, CalibratedClassifierCV):
+        for cc in model.calibrated_classifiers_:
+            arrays += _pipeline_arrays(cc.estimator)
+            for cal in cc.calibrators:
+                if hasattr(cal, "X_thresholds_"):  # isotonic
+                    arrays += [cal.X_thresholds_, cal.y_thresholds_]
+                else:  # sigmoid
+                    arrays.append(np.array([cal.a_, cal.b_]))
+    else:
+        arrays = _pipeline_arrays(model)
+    for arr in arrays:
+        h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+    h.update("\x00".join(map(str, model.classes_)).encode())
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _arrays_file(path: Path) -> Path:
+    return path.with_name(path.name + ".npz")
+
+
+# Entries batchser adds to the skops zip: the model file is one unit, replaced
+# by one rename, so a save that is killed leaves the old model or the new one,
+# never a new network beside old metadata. skops ignores entries it did not write.
+_META_ENTRY = "batchser/meta.json"
+_ARRAYS_ENTRY = "batchser/arrays.npz"
+
+
+def _arrays_blob(estimators: dict[str, Any]) -> bytes:
+    flat: dict[str, np.ndarray] = {}
+    for role, est in estimators.items():
+        arrays, settings = network_arrays(est)
+        flat |= {f"{role}__{k}": v for k, v in arrays.items()}
+        flat |= {f"{role}__{k}": np.array(v) for k, v in settings.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **flat)
+    return buf.getvalue()
+
+
+def _networks_from(blob: bytes) -> dict[str, NumpyNetwork]:
+    # allow_pickle=False: numbers and strings only, nothing that runs on load.
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        flat = {k: npz[k] for k in npz.files}
+    out = {}
+    for role in sorted({k.split("__", 1)[0] for k in flat}):
+        part = {k.split("__", 1)[1]: v for k, v in flat.items() if k.startswith(f"{role}__")}
+        out[role] = NumpyNetwork(
+            classes_=part.pop("classes"),
+            activation=str(part.pop("activation")),
+            calibration=str(part.pop("calibration")),
+            arrays=part,
+        )
+    return out
+
+
+def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: Any | None = None) -> TrainedModel:
+    """Write the model to ``path`` as one file: skops, with batchser's metadata and arrays inside.
+
+    The file is written whole beside ``path`` and renamed over it, so a save
+    that is killed leaves the previous model as it was. Files of the older
+    three-file layout (``.json``, ``.npz`` beside it) are removed after the
+    switch, since they describe the model it replaced.
+
+    With ``speaker_pipeline`` the skops part holds ``{"global": pipeline, "speaker": speaker_pipeline}``.
+    """
+    import skops.io as sio
+
+    content = pipeline if speaker_pipeline is None else {"global": pipeline, "speaker": speaker_pipeline}
+    blob = sio.dumps(content)
+    arrays_blob = _arrays_blob({"global": pipeline} | ({"speaker": speaker_pipeline} if speaker_pipeline else {}))
+    meta = ModelMeta(
+        **{
+            **asdict(meta),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "arrays_sha256": hashlib.sha256(arrays_blob).hexdigest(),
+            "weights_sha256": weights_digest(content),
+            "created": meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    buf = io.BytesIO(blob)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(_META_ENTRY, json.dumps(asdict(meta), indent=2) + "\n")
+        zf.writestr(_ARRAYS_ENTRY, arrays_blob)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed
+        stale.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    for old in (_sidecar(path), _arrays_file(path)):
+        old.unlink(missing_ok=True)
+    return TrainedModel(pipeline, meta, path, speaker_pipeline)
+
+
+def _check_sha256(blob: bytes, expected: str, what: str, *, plural: bool = False) -> None:
+    """Refuse ``blob`` unless its SHA-256 is the one recorded at save time."""
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != expected:
+        they, them = ("they were", "them") if plural else ("it was", "it")
+        raise ModelError(
+            f"{what} changed since {they} saved (sha256 {digest[:12]}…, expected {expected[:12]}…); "
+            f"refusing to load {them}. Retrain, or restore the original file"
+        )
+
+
+@dataclass(frozen=True)
+class _ModelFile:
+    """A model file's parts as read from disk, checked against their recorded hashes."""
+
+    meta: ModelMeta
+    skops: bytes  # the whole file: skops reads its own entries and ignores batchser's
+    arrays: bytes | None  # NumpyNetwork arrays; None for models saved before them
+
+
+def _read_meta(side: Path) -> ModelMeta:
+    try:
+        return ModelMeta(**json.loads(side.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ModelError(
+            f"model file {side.with_suffix('')} is damaged or not a batchser model: no metadata inside it, and "
+            f"the metadata of the older layout ({side.name}) is missing; batchser only loads models it saved"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"model metadata {side} is unreadable: {exc}") from None
+
+
+def _read_file(path: Path) -> _ModelFile:
+    """Read a model in either layout: one file (metadata inside), or the older three files."""
+    if path.is_dir():
+        raise ModelError(f"model path {path} is a folder; point model.path at the .skops file inside it")
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(
+            f"model file {path} does not exist; train one with model.train: true (see jobs/train-ravdess.yaml)"
+        ) from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            names = set(zf.namelist())
+            if _META_ENTRY in names:
+                meta = ModelMeta(**json.loads(zf.read(_META_ENTRY).decode("utf-8")))
+                arrays = zf.read(_ARRAYS_ENTRY) if _ARRAYS_ENTRY in names else None
+                if arrays is not None:
+                    _check_sha256(arrays, meta.arrays_sha256, f"model arrays in {path}", plural=True)
+                return _ModelFile(meta, blob, arrays)
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, EOFError) as exc:
+        raise ModelError(f"model file {path} is damaged or not a batchser model: {exc}") from None
+    # The older layout: metadata and arrays beside the skops file, hashes in the metadata.
+    meta = _read_meta(_sidecar(path))
+    _check_sha256(blob, meta.sha256, f"model file {path}")
+    arrays = None
+    if meta.arrays_sha256:
+        arrays_path = _arrays_file(path)
+        try:
+            arrays = arrays_path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"model arrays {arrays_path} are missing; restore them or retrain") from None
+        _check_sha256(arrays, meta.arrays_sha256, f"model arrays {arrays_path}", plural=True)
+    return _ModelFile(meta, blob, arrays)
+
+
+def read_meta(path: Path) -> ModelMeta:
+    """The metadata of the model at ``path`` (classes, features, metrics), checked like :func:`load_model`.
+
+    Raises
+    ------
+    ModelError
+        Missing, damaged or changed files.
+    """
+    return _read_file(Path(path)).meta
+
+
+def _check_fit(meta: ModelMeta, path: Path, *, feature_fingerprint: str, classes: list[str]) -> None:
+    if meta.feature_fingerprint != feature_fingerprint:
+        tuning = meta.feature_spec.get("chroma_tuning")
+        pinned = "" if tuning is None else f", chroma_tuning {tuning}"
+        raise ModelError(
+            f"model {path.name} was trained on features {meta.feature_spec.get('names')} at "
+            f"{meta.feature_spec.get('sample_rate')} Hz{pinned} (fingerprint {meta.feature_fingerprint}); this "
+            f"job's features have fingerprint {feature_fingerprint}. Use the model's features, audio.sample_rate "
+            "and chroma_tuning in the manifest, or retrain with model.train: true"
+        )
+    if set(meta.classes) != set(classes):
+        raise ModelError(
+            f"model {path.name} predicts {meta.classes} but the job lists emotions {classes}; "
+            "make emotions match the model's classes"
+        )
+
+
+def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> TrainedModel:
+    """Load a model written by :func:`save_model`, refusing anything unsafe or unfit.
+
+    A model with its NumpyNetwork arrays loads in milliseconds, without
+    importing scikit-learn or skops; an older one is deserialised from the
+    skops part with an explicit list of trusted types. Each part is used only
+    if its SHA-256 is the one recorded at save time.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.skops`` file.
+    feature_fingerprint : str
+        The job's feature fingerprint; the model must have been trained on it.
+    classes : list of str
+        The job's emotions; must be the model's classes (any order).
+
+    Raises
+    ------
+    ModelError
+        Missing files, changed bytes, untrusted types, or a mismatch with the job.
+    """
+    mf = _read_file(path)
+    _check_fit(mf.meta, path, feature_fingerprint=feature_fingerprint, classes=classes)
+    job_meta = ModelMeta(**{**asdict(mf.meta), "classes": list(classes)})
+    if mf.arrays is not None:
+        nets = _networks_from(mf.arrays)
+        return TrainedModel(nets["global"], job_meta, path, nets.get("speaker"))
+
+    import skops.io as sio
+
+    untrusted = set(sio.get_untrusted_types(data=mf.skops))
+    if not untrusted <= TRUSTED_TYPES:
+        raise ModelError(
+            f"model file {path} contains types batchser does not trust: {sorted(untrusted - TRUSTED_TYPES)}"
+        )
+    content = sio.loads(mf.skops, trusted=sorted(untrusted))
+    if isinstance(content, dict):
+        return TrainedModel(content["global"], job_meta, path, content["speaker"])
+    return TrainedModel(content, job_meta, path)
