@@ -60,8 +60,12 @@ FEATURE_DIMS: dict[str, int] = {
     "logmel_stats": 80,  # 40 log-mel bands: mean, std
     "spectral_stats": 6,  # centroid, flatness, roll-off: mean, std
     "prosody": 12,  # pitch level, range and movement; voicing; loudness; active time
+    # eGeMAPS-like voice descriptors (Eyben et al. 2016) from the same frames: pitch
+    # in semitones and loudness with percentiles and slopes, HNR, jitter, shimmer,
+    # alpha ratio, Hammarberg index, spectral slopes, flux, voiced-segment timing.
+    "voice_stats": 36,
 }
-SPEECH_GROUPS = frozenset({"mfcc_stats", "logmel_stats", "spectral_stats", "prosody"})
+SPEECH_GROUPS = frozenset({"mfcc_stats", "logmel_stats", "spectral_stats", "prosody", "voice_stats"})
 
 # Speech-rate analysis: the usual ASR framing, 40 mel bands, 20 MFCCs, pitch
 # 75-500 Hz (Praat's default floor) in 40 ms frames (3 periods of 75 Hz).
@@ -116,7 +120,13 @@ class FeatureSpec:
 
     def columns(self) -> list[str]:
         """Column names of the vector, e.g. ``mfcc_0 … mfcc_39, chroma_0 …``."""
-        return [f"{n}_{i}" for n in self.names for i in range(FEATURE_DIMS[n])]
+        return self.columns_of({"names": self.names})
+
+    @staticmethod
+    def columns_of(spec: dict[str, object]) -> list[str]:
+        """:meth:`columns` of a spec as :meth:`to_dict` wrote it (a model's metadata)."""
+        names = spec["names"]
+        return [f"{n}_{i}" for n in names for i in range(FEATURE_DIMS[n])]  # type: ignore[attr-defined]
 
     def _params(self) -> dict[str, object]:
         params: dict[str, object] = asdict(self)
@@ -260,6 +270,7 @@ class SpeechFrames:
     centroid: np.ndarray  # (frames,) Hz
     flatness: np.ndarray  # (frames,) 0..1
     rolloff: np.ndarray  # (frames,) Hz, 85 % of the magnitude below it
+    bands: np.ndarray  # (4, frames): alpha ratio, Hammarberg index (dB), slopes 0-500, 500-1500 Hz (dB/100 Hz)
     f0: np.ndarray  # (frames,) Hz, best candidate in every active frame (NaN elsewhere)
     periodicity: np.ndarray  # (frames,) 0..1
     active: np.ndarray  # (frames,) bool
@@ -310,13 +321,14 @@ def speech_frames(y: np.ndarray, *, sr: int, previous: SpeechFrames | None = Non
         computed = _frame_descriptors(
             power_spectrogram(y, n_fft=n_fft, hop_length=hop, win_length=win, frames=todo), sr=sr, n_fft=n_fft
         )
-        reused = (previous.mel_power, previous.level_db, previous.centroid, previous.flatness, previous.rolloff)  # type: ignore[union-attr]
-        mel_power, level_db, centroid, flatness, rolloff = (
+        p = previous
+        reused = (p.mel_power, p.level_db, p.centroid, p.flatness, p.rolloff, p.bands)  # type: ignore[union-attr]
+        mel_power, level_db, centroid, flatness, rolloff, bands = (
             _gather(n, todo, new, cur, prev[..., old]) for new, prev in zip(computed, reused, strict=True)
         )
     else:
         power = power_spectrogram(y, n_fft=n_fft, hop_length=hop, win_length=win)
-        mel_power, level_db, centroid, flatness, rolloff = _frame_descriptors(power, sr=sr, n_fft=n_fft)
+        mel_power, level_db, centroid, flatness, rolloff, bands = _frame_descriptors(power, sr=sr, n_fft=n_fft)
     log_mel = dsp.power_to_db(mel_power)  # floored relative to this window's peak
     mfcc = scipy.fft.dct(log_mel, axis=0, type=2, norm="ortho")[: int(SPEECH["n_mfcc"])]
     active = level_db > level_db.max() - SPEECH["active_db"]
@@ -335,7 +347,7 @@ def speech_frames(y: np.ndarray, *, sr: int, previous: SpeechFrames | None = Non
         f0[cur] = previous.f0[old]  # type: ignore[union-attr]
         periodicity[cur] = previous.periodicity[old]  # type: ignore[union-attr]
     return SpeechFrames(
-        log_mel, mfcc, level_db, centroid, flatness, rolloff, f0, periodicity, active, mel_power, len(y)
+        log_mel, mfcc, level_db, centroid, flatness, rolloff, bands, f0, periodicity, active, mel_power, len(y)
     )
 
 
@@ -356,7 +368,48 @@ def _frame_descriptors(power: np.ndarray, *, sr: int, n_fft: int) -> tuple[np.nd
     flatness = np.exp(np.log(floored).mean(axis=0)) / floored.mean(axis=0)
     below = _cumsum_rows(mag) >= 0.85 * total
     rolloff = freqs[np.argmax(below, axis=0)]
-    return mel_power, level_db, centroid, flatness, rolloff
+    return mel_power, level_db, centroid, flatness, rolloff, _band_descriptors(power, sr=sr, n_fft=n_fft)
+
+
+@lru_cache(maxsize=8)
+def _band_matrix(sr: int, n_fft: int) -> tuple[np.ndarray, slice, slice, int, np.ndarray]:
+    """Precomputed band selections: energy sums (2, bins), the Hammarberg bands, slope weights."""
+    freqs = dsp.fft_frequencies(sr=sr, n_fft=n_fft)
+    nyq = sr / 2
+
+    def sel(lo: float, hi: float) -> np.ndarray:
+        return (freqs >= lo) & (freqs < min(hi, nyq))
+
+    sums = np.stack([sel(50, 1000), sel(1000, 5000)]).astype(np.float32)
+    low = slice(0, int(np.flatnonzero(sel(0, 2000))[-1]) + 1)
+    high_bins = np.flatnonzero(sel(2000, 5000))
+    high = slice(int(high_bins[0]), int(high_bins[-1]) + 1) if high_bins.size else slice(0, 0)
+    top = int(np.flatnonzero(sel(0, 1500))[-1]) + 1  # the slopes look below 1.5 kHz only
+    slopes = np.zeros((2, top), dtype=np.float32)
+    for k, (lo, hi) in enumerate(((0, 500), (500, 1500))):
+        m = sel(lo, hi)[:top]
+        f = freqs[:top][m] - freqs[:top][m].mean()
+        slopes[k, m] = 100 * f / (f**2).sum()  # least-squares slope of dB over frequency, per 100 Hz
+    return sums, low, high, top, slopes
+
+
+def _band_descriptors(power: np.ndarray, *, sr: int, n_fft: int) -> np.ndarray:
+    """eGeMAPS' spectral balance per frame: alpha ratio, Hammarberg index, slopes 0-500 and 500-1500 Hz.
+
+    Each depends on its own frame only. Alpha ratio: energy 50-1000 Hz over
+    1-5 kHz; Hammarberg: strongest bin below 2 kHz over the strongest in
+    2-5 kHz; slopes: of the dB spectrum by least squares (dB per 100 Hz).
+    """
+    sums, low, high, top, slopes = _band_matrix(sr, n_fft)
+    energy = 10 * np.log10(np.maximum(sums @ power, 1e-12))
+    alpha = energy[0] - energy[1]
+    if high.stop > high.start:
+        hamm = 10 * np.log10(np.maximum(power[low].max(axis=0), 1e-12) / np.maximum(power[high].max(axis=0), 1e-12))
+    else:  # a rate too low to have a 2-5 kHz band
+        hamm = np.zeros(power.shape[1], np.float32)
+    # The weights sum to zero per band, so the band's mean level drops out.
+    db = 10 * np.log10(np.maximum(power[:top], 1e-12))
+    return np.vstack([alpha, hamm, slopes @ db]).astype(np.float32)
 
 
 def _cumsum_rows(x: np.ndarray) -> np.ndarray:
@@ -442,8 +495,76 @@ def _prosody(fr: SpeechFrames) -> np.ndarray:
     )
 
 
+def _pstats(x: np.ndarray) -> list[float]:
+    """Mean, std, 20th/50th/80th percentiles and the 20-80 range (eGeMAPS' functionals)."""
+    if x.size == 0:
+        return [0.0] * 6
+    p20, p50, p80 = np.percentile(x, [20, 50, 80])
+    return [float(x.mean()), float(x.std()), p20, p50, p80, p80 - p20]
+
+
+def _slopes(x: np.ndarray) -> list[float]:
+    """Mean rise and mean fall between consecutive values (eGeMAPS' rising/falling slopes)."""
+    d = np.diff(x)
+    up, down = d[d > 0], d[d < 0]
+    return [float(up.mean()) if up.size else 0.0, float(-down.mean()) if down.size else 0.0]
+
+
+def _run_lengths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths (in frames) of the runs of True and of False in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.r_[False, mask, False].astype(np.int8)))
+    on = edges[1::2] - edges[0::2]
+    edges = np.flatnonzero(np.diff(np.r_[False, ~mask, False].astype(np.int8)))
+    return on, edges[1::2] - edges[0::2]
+
+
+def _voice_stats(fr: SpeechFrames) -> np.ndarray:
+    act = fr.active
+    voiced = act & (fr.periodicity >= SPEECH["voicing"])
+    idx = np.flatnonzero(voiced)
+    f0 = fr.f0[idx].astype(np.float64)
+    semitones = 12 * np.log2(f0 / 27.5) if idx.size else np.zeros(0)
+    loudness = (fr.mel_power[:, act].astype(np.float64) ** 0.3).sum(axis=0)  # Zwicker-like compression
+    per = np.clip(fr.periodicity[idx].astype(np.float64), 1e-3, 0.999)
+    hnr = 10 * np.log10(per / (1 - per))
+    # Jitter and shimmer between consecutive voiced frames (10 ms apart, not
+    # period by period as Praat does: a frame-rate estimate of the same thing).
+    pairs = np.flatnonzero(np.diff(idx) == 1)
+    period = 1.0 / f0 if idx.size else np.zeros(0)
+    jitter = float((np.abs(np.diff(period))[pairs] / period[pairs]).mean()) if pairs.size else 0.0
+    shimmer = float(np.abs(np.diff(fr.level_db[idx].astype(np.float64)))[pairs].mean()) if pairs.size else 0.0
+    spec = fr.mel_power[:, act].astype(np.float64)
+    spec /= np.maximum(spec.sum(axis=0, keepdims=True), 1e-20)
+    flux = np.sqrt((np.diff(spec, axis=1) ** 2).sum(axis=0)) if spec.shape[1] > 1 else np.zeros(1)
+    bands = fr.bands[:, act].astype(np.float64)
+    on, off = _run_lengths(voiced[act])
+    hop = SPEECH["hop_s"]
+    active_s = max(act.sum() * hop, hop)
+    timing = [
+        on.size / active_s,  # voiced segments per second
+        on.mean() * hop if on.size else 0.0,
+        on.std() * hop if on.size else 0.0,
+        off.mean() * hop if off.size else 0.0,
+        off.std() * hop if off.size else 0.0,
+        voiced.sum() / max(act.sum(), 1),
+    ]
+    return np.array(
+        _pstats(semitones)
+        + _slopes(semitones)
+        + _pstats(loudness)
+        + _slopes(loudness)
+        + _pstats(hnr)[:2]
+        + [jitter, shimmer]
+        + [v for row in bands for v in _pstats(row)[:2]]
+        + _pstats(flux)[:2]
+        + timing
+    )
+
+
 def _speech_group(name: str, fr: SpeechFrames) -> np.ndarray:
     act = fr.active
+    if name == "voice_stats":
+        return _voice_stats(fr)
     if name == "mfcc_stats":
         m = fr.mfcc[:, act]
         delta = np.diff(m, axis=1) if m.shape[1] > 1 else np.zeros((m.shape[0], 1), m.dtype)

@@ -32,17 +32,10 @@ from batchser.features import FeatureSpec
 from batchser.labels import Label, label_source
 from batchser.manifest import Manifest
 from batchser.model import (
-    ModelError,
-    ModelMeta,
     TrainedModel,
-    evaluate,
-    fit_model,
     load_model,
-    save_model,
-    training_fingerprint,
-    versions,
-    write_model_card,
 )
+from batchser.model.adapt import GroupStats, group_rows, voice_columns
 from batchser.paths import check_manifest_paths
 from batchser.queue import QueueWatcher
 from batchser.report import (
@@ -58,7 +51,7 @@ from batchser.report import (
     write_reliability_png,
 )
 from batchser.segments import SegmentSpec
-from batchser.speakers import SpeakerNorm
+from batchser.training import train as train_model
 
 __all__ = ["FileOutcome", "JobSummary", "NoInputError", "check_manifest_paths", "run_job", "watch_job"]
 
@@ -66,12 +59,6 @@ log = logging.getLogger(__name__)
 
 PREDICT_CHUNK = 2048  # files per predict_proba call
 UNCERTAIN = "uncertain"  # the label of a file under model.min_confidence
-
-RAVDESS_NOTE = (
-    "\n\nData: RAVDESS speech (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391, "
-    "https://doi.org/10.1371/journal.pone.0196391), Zenodo record 1188976, licensed CC BY-NC-SA 4.0. "
-    "This model is derived from it: non-commercial use, share alike, attribute the authors."
-)
 
 
 class NoInputError(RuntimeError):
@@ -299,79 +286,6 @@ def _features(
     ]
 
 
-def _train(
-    manifest: Manifest, outcomes: Sequence[FileOutcome], labels: Sequence[Label], spec: FeatureSpec
-) -> tuple[TrainedModel, dict[str, Any], set[int]]:
-    classes = list(manifest.emotions)
-    use = [i for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)) if o.ok and lab.emotion in classes]
-    if len(use) < 2 * len(classes):
-        raise RuntimeError(
-            f"only {len(use)} usable labelled files for {len(classes)} emotions; need at least "
-            f"{2 * len(classes)}. Check inputs[].labels and emotions"
-        )
-    X = np.stack([outcomes[i].record.vector for i in use]).astype(np.float64)  # type: ignore[union-attr]
-    y = np.array([labels[i].emotion for i in use])
-    missing = sorted(set(classes) - set(y.tolist()))
-    if missing:
-        raise RuntimeError(f"no training files labelled {missing}; remove them from emotions or add such files")
-    speakers = [labels[i].speaker for i in use]
-    groups = np.array(speakers) if all(speakers) else None
-    params = manifest.model.mlp.model_dump()
-    log.info("training on %d files, %d features, classes %s", len(use), X.shape[1], classes)
-    ms = manifest.model
-
-    def evaluate_and_fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> tuple[Any, dict[str, Any]]:
-        kw: dict[str, Any] = {"params": params, "random_state": ms.random_state, "calibration": ms.calibration}
-        return fit_model(X, y, groups, **kw), evaluate(X, y, groups, cv_folds=ms.cv_folds, **kw)
-
-    pipe, metrics = evaluate_and_fit(X, y, groups)
-    speaker_pipe = None
-    if ms.normalize == "speaker":
-        if groups is None:
-            raise ModelError(
-                "model.normalize: speaker needs the speaker of every training file: use labels: ravdess, "
-                "a label CSV with a speaker column, or inputs[].speaker: folder"
-            )
-        # Each speaker's statistics come from their own training files only.
-        norm = SpeakerNorm.fit(X, speakers, min_files=ms.min_speaker_files)
-        Xn, covered = norm.transform(X, speakers)
-        if len(norm.count) < 2:
-            raise ModelError(
-                f"model.normalize: speaker needs 2+ speakers with at least {ms.min_speaker_files} training "
-                f"files each; found {len(norm.count)}. Lower model.min_speaker_files or add recordings"
-            )
-        speaker_pipe, speaker_metrics = evaluate_and_fit(Xn[covered], y[covered], groups[covered])
-        # The headline figures are the speaker-normalised ones; the fallback's stay beside them.
-        metrics = {
-            **speaker_metrics,
-            "speaker_normalization": {"min_speaker_files": ms.min_speaker_files, "speakers": len(norm.count)},
-            "without_speaker_normalization": metrics,
-        }
-    meta = ModelMeta(
-        classes=classes,
-        feature_spec=spec.to_dict(),
-        training_fingerprint=training_fingerprint([outcomes[i].content_hash for i in use], y.tolist()),
-        n_train=len(use),
-        params={
-            **params,
-            "random_state": ms.random_state,
-            "calibration": ms.calibration,
-            "normalize": ms.normalize,
-            "min_speaker_files": ms.min_speaker_files,
-            "job": manifest.name,
-        },
-        metrics=metrics,
-        versions=versions(),
-    )
-    model = save_model(pipe, meta, manifest.model_path, speaker_pipeline=speaker_pipe)
-    sources = ", ".join(f"`{i.path}` (labels: {i.labels})" for i in manifest.inputs)
-    note = f"Trained on {sources}."
-    if any(i.labels == "ravdess" for i in manifest.inputs):
-        note += RAVDESS_NOTE
-    write_model_card(model, data_note=note)
-    return model, metrics, set(use)
-
-
 @dataclass
 class _Run:
     """A finished run, as a watch needs it to label more files into the same reports."""
@@ -418,6 +332,8 @@ def _annotate(
     train: bool,
     used: Collection[int] = (),
     min_confidence: float | None = None,
+    adapt: str = "speaker",
+    allowed: dict[str, bool] | None = None,
 ) -> tuple[list[ReportRow], list[SegmentRow]]:
     """One report row per outcome (the model's label and probabilities, or why there are none),
     and one segment row per window of each long file.
@@ -426,7 +342,9 @@ def _annotate(
     all windows when none is voiced), the label they favour, and the most
     frequent window label as ``dominant_label``. A file (or window) whose top
     probability is below ``min_confidence`` is labelled ``uncertain``; its
-    probabilities are still reported.
+    probabilities are still reported. With a normalising model, files are
+    standardised within the groups ``adapt`` chooses (``allowed``: corpus →
+    whether its speaker ids may be used).
     """
 
     def top(p: np.ndarray) -> tuple[str, float]:
@@ -436,8 +354,8 @@ def _annotate(
 
     classes = list(model.meta.classes)
     prefix = os.path.join(root, "")  # with its trailing slash
-    norm = _speaker_norm(outcomes, labels, model)
-    normalized = {i for i, lab in enumerate(labels) if norm is not None and norm.covers(lab.speaker)}
+    adaptation = _adaptation(outcomes, labels, model, mode=adapt, allowed=allowed or {})
+    norm, keys = adaptation.stats, adaptation.keys
     seg_rows: list[SegmentRow] = []
     aggregated: dict[int, np.ndarray] = {}
     dominant: dict[int, tuple[str, int]] = {}
@@ -445,7 +363,7 @@ def _annotate(
         segs = o.record.segments if o.ok and o.record is not None else None
         if segs is None:
             continue
-        p, _ = model.predict_proba_by_speaker(segs.vectors.astype(np.float64), [labels[i].speaker] * len(segs), norm)
+        p, _ = model.predict_proba_by_speaker(segs.vectors.astype(np.float64), [keys[i]] * len(segs), norm)
         use = segs.voiced if segs.voiced.any() else np.ones(len(segs), dtype=bool)
         aggregated[i] = p[use].mean(axis=0)
         seg_labels = [classes[k] for k in np.argmax(p, axis=1)]
@@ -474,7 +392,7 @@ def _annotate(
         + [
             model.predict_proba_by_speaker(
                 np.stack([outcomes[i].record.vector for i in c]).astype(np.float64),  # type: ignore[union-attr]
-                [labels[i].speaker for i in c],
+                [keys[i] for i in c],
                 norm,
             )[0]
             for c in chunks
@@ -513,7 +431,8 @@ def _annotate(
                     label=label,
                     confidence=conf,
                     probabilities=probabilities,
-                    speaker_normalized=i in normalized,
+                    speaker_normalized=adaptation.how[i] == "speaker",
+                    normalized_by=adaptation.how[i],
                     **common,
                 )
             )
@@ -525,22 +444,61 @@ def _annotate(
     return rows, seg_rows
 
 
-def _speaker_norm(outcomes: Sequence[FileOutcome], labels: Sequence[Label], model: TrainedModel) -> SpeakerNorm | None:
-    """Per-speaker statistics over this job's vectors: each short file's, each voiced window's."""
-    if model.speaker_pipeline is None:
-        return None
-    vectors: list[np.ndarray] = []
-    speakers: list[str | None] = []
-    for o, lab in zip(outcomes, labels, strict=True):
-        if not (o.ok and lab.speaker and o.record is not None):
-            continue
-        segs = o.record.segments
-        block = o.record.vector[None, :] if segs is None else segs.vectors[segs.voiced]  # type: ignore[index]
-        vectors.append(block)
-        speakers += [lab.speaker] * len(block)
-    if not vectors:
-        return None
-    return SpeakerNorm.fit(np.concatenate(vectors), speakers, min_files=model.min_speaker_files)
+@dataclass(frozen=True)
+class _Adaptation:
+    """Each file's normalisation group key (or None) and rule, and the groups' statistics."""
+
+    keys: list[str | None]
+    how: list[str]
+    stats: GroupStats | None
+
+
+def _adaptation(
+    outcomes: Sequence[FileOutcome],
+    labels: Sequence[Label],
+    model: TrainedModel,
+    *,
+    mode: str,
+    allowed: dict[str, bool],
+) -> _Adaptation:
+    """Normalisation groups over this job's files (see :mod:`batchser.model.adapt`).
+
+    A group's statistics come from its files' vectors: each short file's, each
+    voiced window's of a long file.
+    """
+    none = _Adaptation([None] * len(outcomes), [""] * len(outcomes), None)
+    if model.speaker_pipeline is None or mode == "none":
+        return none
+    ok = [i for i, o in enumerate(outcomes) if o.ok and o.record is not None]
+    if not ok:
+        return none
+    X = np.stack([outcomes[i].record.vector for i in ok]).astype(np.float64)  # type: ignore[union-attr]
+    g = group_rows(
+        X,
+        mode=mode,
+        corpora=[labels[i].corpus for i in ok],
+        speakers=[labels[i].group for i in ok],
+        speaker_ok=[allowed.get(labels[i].corpus or "", True) for i in ok],
+        min_files=model.min_speaker_files,
+        voice=voice_columns(FeatureSpec.columns_of(model.meta.feature_spec)) if mode == "cluster" else None,
+    )
+    blocks, owner = [], []
+    for j, i in enumerate(ok):
+        segs = outcomes[i].record.segments  # type: ignore[union-attr]
+        block = X[j : j + 1] if segs is None else segs.vectors[segs.voiced].astype(np.float64)
+        blocks.append(block)
+        owner += [j] * len(block)
+    stats = g.stats(np.concatenate(blocks), np.array(owner))
+    keys: list[str | None] = [None] * len(outcomes)
+    how = [""] * len(outcomes)
+    for j, i in enumerate(ok):
+        if g.keys[j] is not None and g.keys[j] in stats.mean:
+            keys[i], how[i] = g.keys[j], g.how[j]
+    return _Adaptation(keys, how, stats)
+
+
+def _speaker_allowed(manifest: Manifest) -> dict[str, bool]:
+    return {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
 
 
 def _tally(summary: JobSummary, rows: Sequence[ReportRow]) -> None:
@@ -636,7 +594,10 @@ def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _R
 
     used: set[int] = set()
     if model is None:
-        model, summary.metrics, used = _train(manifest, outcomes, labels, spec)
+        vectors = [o.record.vector if o.ok and o.record is not None else None for o in outcomes]
+        model, summary.metrics, used = train_model(
+            manifest, vectors, labels, [o.content_hash for o in outcomes], spec, progress=progress
+        )
     summary.model_id = model.id
     clock.lap("train")
 
@@ -648,6 +609,8 @@ def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _R
         train=manifest.model.train,
         used=used,
         min_confidence=manifest.model.min_confidence,
+        adapt=manifest.model.adapt,
+        allowed=_speaker_allowed(manifest),
     )
     _tally(summary, rows)
     # The feature vectors (in the outcomes and the closed store) are not needed
@@ -740,6 +703,8 @@ def watch_job(
                 root=manifest.root_dir,
                 train=False,
                 min_confidence=manifest.model.min_confidence,
+                adapt=manifest.model.adapt,
+                allowed=_speaker_allowed(manifest),
             )
             changed = {r.path for r in new}
             run.segment_rows = [r for r in run.segment_rows if r.path not in changed] + new_segs

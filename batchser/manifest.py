@@ -108,6 +108,8 @@ class InputSpec(_Strict):
     # Whether speaker ids can be trusted to normalise by (false for a corpus
     # where each speaker shows one emotion: their statistics would hold it).
     speaker_normalization: bool = True
+    # Where the files come from and under which terms (goes into the model card).
+    licence: str | None = None
 
     @field_validator("labels")
     @classmethod
@@ -176,8 +178,13 @@ class ModelSpec(_Strict):
     mlp: MLPSpec = MLPSpec()
     # Actor-wise evaluation: number of folds of GroupKFold over speakers.
     cv_folds: Annotated[int, Field(ge=2, le=24)] = 4
-    # Probability calibration fitted on held-out speakers; "none" is the seed recipe.
-    calibration: Literal["none", "sigmoid", "isotonic"] = "none"
+    # mlp: the seed's MLPClassifier (model.mlp); logistic: LogisticRegression(C),
+    # which transfers better to corpora it never heard (README, Accuracy).
+    classifier: Literal["mlp", "logistic"] = "mlp"
+    C: Annotated[float, Field(gt=0)] = 0.01
+    # Probability calibration fitted on held-out speakers (held-out corpora when
+    # there are 3+); "temperature" keeps every label and only rescales confidence.
+    calibration: Literal["none", "sigmoid", "isotonic", "temperature"] = "none"
     # Files whose top probability is below this are labelled "uncertain".
     min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
     # "speaker": standardise features over each speaker's own recordings
@@ -185,6 +192,17 @@ class ModelSpec(_Strict):
     # recordings in the job use a second network trained without it.
     normalize: Literal["none", "speaker"] = "none"
     min_speaker_files: Annotated[int, Field(ge=2)] = 10
+    # When labelling with a normalising model, whose statistics each file is
+    # standardised by (batchser.model.adapt): speaker (falls back to corpus),
+    # corpus (the input's files in the job), cluster (pseudo-speakers), none.
+    adapt: Literal["speaker", "corpus", "cluster", "none"] = "speaker"
+    # Adaptation modes scored leave-one-corpus-out in a train job with 2+ corpora.
+    evaluate_modes: Annotated[list[Literal["none", "corpus", "cluster", "speaker"]], Field(min_length=1)] = [
+        "none",
+        "corpus",
+        "cluster",
+        "speaker",
+    ]
 
 
 class SegmentsSpec(_Strict):

@@ -171,6 +171,7 @@ class ReportRow:
     speaker: str = ""
     speaker_normalized: bool = False  # labelled by the speaker-normalised network
     corpus: str = ""  # the input's corpus (inputs[].corpus)
+    normalized_by: str = ""  # speaker | cluster | corpus: whose statistics standardised it; "": none
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,7 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
         "speaker": [r.speaker for r in rows],
         "speaker_normalized": np.array([r.speaker_normalized for r in rows], dtype=bool),
         "corpus": [r.corpus for r in rows],
+        "normalized_by": [r.normalized_by for r in rows],
     }
     if any(r.used_for_training is not None for r in rows):
         data["used_for_training"] = np.array([bool(r.used_for_training) for r in rows], dtype=bool)

@@ -16,8 +16,8 @@ from batchser.features import FeatureSpec
 from batchser.job import run_job
 from batchser.manifest import load_manifest
 from batchser.model import load_model
+from batchser.model.adapt import group_rows
 from batchser.segments import SegmentSpec
-from batchser.speakers import SpeakerNorm
 from tests.conftest import SHIPPED_MODEL, speechlike, write_audio, write_manifest
 
 CLASSES = ["angry", "sad", "neutral", "happy"]
@@ -85,6 +85,8 @@ def test_train_then_annotate_then_rerun_from_cache(
         "dominant_label",
         "speaker",
         "speaker_normalized",
+        "corpus",
+        "normalized_by",
     ]
     assert (a["status"] == "ok").all() and (a["error"] == "").all()
     probs = a[[f"p_{c}" for c in CLASSES]].to_numpy()
@@ -211,7 +213,7 @@ def test_speaker_normalised_training_and_annotation(tmp_path: Path, labelled_set
     s = run_job(load_manifest(write_manifest(tmp_path, "train.yaml", model=model)), progress=False)
     assert s.n_failed == 0
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert metrics["speaker_normalization"] == {"min_speaker_files": 5, "speakers": 3}
+    assert metrics["speaker_normalization"] == {"min_speaker_files": 5, "speakers": 3, "corpora_normalised_whole": 0}
     assert metrics["actor_wise"]["n"] == 24 and metrics["without_speaker_normalization"]["actor_wise"]["n"] == 24
     assert "per speaker" in (tmp_path / "models" / "s.md").read_text()
     df = pd.read_parquet(tmp_path / "reports" / "annotations.parquet")
@@ -236,21 +238,35 @@ def test_speaker_normalised_training_and_annotation(tmp_path: Path, labelled_set
     a = pd.read_parquet(tmp_path / "ann" / "annotations.parquet").set_index("path")
     assert (a.status == "ok").all()
     many, few = a[a.speaker == "new/many"], a[a.speaker == "new/few"]
-    assert len(many) == 6 and many.speaker_normalized.all()
-    assert len(few) == 2 and not few.speaker_normalized.any()
+    assert len(many) == 6 and many.speaker_normalized.all() and (many.normalized_by == "speaker").all()
+    # Too few of their own: standardised over the whole input (corpus "new", 8 files) instead.
+    assert len(few) == 2 and not few.speaker_normalized.any() and (few.normalized_by == "corpus").all()
 
-    # The normalised rows are what the speaker network says about the speaker-standardised
-    # vectors; the others are the plain network's answer.
+    # The normalised rows are what the normalised network says about the standardised vectors.
     spec = FeatureSpec(tuple(load_manifest(job).features), 16000)
     m = load_model(tmp_path / "models" / "s.skops", feature_fingerprint=spec.fingerprint(), classes=CLASSES)
     assert m.speaker_pipeline is not None
     with FeatureStore(tmp_path / "cache", spec, segments=SegmentSpec()) as store:
         X = np.stack([store.get(h).vector for h in a.content_hash]).astype(np.float64)
-    speakers = a.speaker.tolist()
-    norm = SpeakerNorm.fit(X, speakers, min_files=5)
-    Xn, covered = norm.transform(X, speakers)
-    expect = np.where(covered[:, None], m._proba(m.speaker_pipeline, Xn), m.predict_proba(X))
+    speakers = ["new/" + sp for sp in a.speaker]
+    g = group_rows(X, mode="speaker", corpora=["new"] * len(X), speakers=speakers, min_files=5)
+    Xn, covered = g.stats(X).transform(X, g.keys)
+    assert covered.all() and g.how == a.normalized_by.tolist()
+    expect = m._proba(m.speaker_pipeline, Xn)
     np.testing.assert_allclose(a[[f"p_{c}" for c in CLASSES]].to_numpy(), expect, rtol=1e-6)
+
+    # Without adaptation, the plain network labels every file.
+    job = write_manifest(
+        tmp_path,
+        "plain.yaml",
+        inputs=[{"path": "new", "speaker": "folder"}],
+        model={"path": "models/s.skops", "train": False, "adapt": "none"},
+        output={"dir": "plain"},
+    )
+    run_job(load_manifest(job), progress=False)
+    p = pd.read_parquet(tmp_path / "plain" / "annotations.parquet").set_index("path").loc[a.index]
+    assert (p.normalized_by == "").all()
+    np.testing.assert_allclose(p[[f"p_{c}" for c in CLASSES]].to_numpy(), m.predict_proba(X), rtol=1e-6)
 
 
 def test_speaker_normalisation_without_speakers_fails_with_the_fix(
@@ -261,7 +277,7 @@ def test_speaker_normalisation_without_speakers_fails_with_the_fix(
     model = {"path": "models/s.skops", "train": True, "normalize": "speaker"}
     assert main(["run", "--quiet", str(write_manifest(tmp_path, "train.yaml", model=model))]) == 1
     err = capsys.readouterr().err
-    assert "needs the speaker of every training file" in err and "speaker: folder" in err
+    assert "needs 2+ groups to standardise within" in err and "speaker: folder" in err
 
 
 def test_an_untrusted_model_stops_the_job_before_any_work(

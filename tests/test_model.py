@@ -23,6 +23,7 @@ from batchser.model import (
     load_model,
     save_model,
 )
+from batchser.model.base import PROBA_FLOOR
 
 PARAMS = {
     "alpha": 0.01,
@@ -33,6 +34,18 @@ PARAMS = {
     "max_iter": 200,
 }
 SPEC = {"names": ["mfcc"], "sample_rate": 16000, "fingerprint": "fp1", "dim": 4}
+
+
+def floored(p: np.ndarray) -> np.ndarray:
+    """What a loaded model reports for probabilities ``p``: never exactly 0 or 1."""
+    return (p + PROBA_FLOOR) / (1 + p.shape[1] * PROBA_FLOOR)
+
+
+def test_probabilities_are_never_exactly_0_or_1(tmp_path: Path) -> None:
+    m = load_model(_saved(tmp_path), feature_fingerprint="fp1", classes=["sad", "happy"])
+    X, _, _ = _data()
+    p = m.predict_proba(X * 100)  # far outside the training data: the network saturates
+    assert (p > 0).all() and (p < 1).all() and np.allclose(p.sum(axis=1), 1)
 
 
 def _data(n: int = 80) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -148,7 +161,7 @@ def test_calibrated_models_evaluate_save_and_load(tmp_path: Path, method: str) -
     )
     save_model(model, meta, tmp_path / "c.skops")
     loaded = load_model(tmp_path / "c.skops", feature_fingerprint="fp1", classes=["sad", "happy"])
-    np.testing.assert_allclose(loaded.predict_proba(X[:5]), model.predict_proba(X[:5])[:, [1, 0]])
+    np.testing.assert_allclose(loaded.predict_proba(X[:5]), floored(model.predict_proba(X[:5])[:, [1, 0]]))
 
 
 # -- numpy prediction from the saved arrays ---------------------------------------------
@@ -191,8 +204,8 @@ def test_speaker_pair_round_trips_through_arrays(tmp_path: Path) -> None:
     saved = save_model(a, meta, tmp_path / "m.skops", speaker_pipeline=b)
     loaded = load_model(tmp_path / "m.skops", feature_fingerprint="fp1", classes=classes)
     assert loaded.meta.weights_sha256 == saved.meta.weights_sha256
-    np.testing.assert_allclose(loaded.predict_proba(X), a.predict_proba(X), rtol=1e-12)
-    np.testing.assert_allclose(loaded._proba(loaded.speaker_pipeline, X), b.predict_proba(X), rtol=1e-12)
+    np.testing.assert_allclose(loaded.predict_proba(X), floored(a.predict_proba(X)), rtol=1e-12)
+    np.testing.assert_allclose(loaded._proba(loaded.speaker_pipeline, X), floored(b.predict_proba(X)), rtol=1e-12)
 
 
 def test_changed_arrays_are_refused(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ import numpy as np
 
 from batchser.speakers import SpeakerNorm
 
-__all__ = ["ModelError", "ModelMeta", "TrainedModel"]
+__all__ = ["PROBA_FLOOR", "ModelError", "ModelMeta", "TrainedModel"]
+
+PROBA_FLOOR = 1e-6
 
 
 class ModelError(RuntimeError):
@@ -66,7 +68,9 @@ class TrainedModel:
     def _proba(self, estimator: Any, X: np.ndarray) -> np.ndarray:
         proba = estimator.predict_proba(X)
         order = [list(estimator.classes_).index(c) for c in self.meta.classes]
-        return proba[:, order]
+        # Never exactly 0 or 1: no model is that sure of a file it has not heard, and a
+        # downstream log-loss or odds ratio must not blow up (calibration maps can give both).
+        return (proba[:, order] + PROBA_FLOOR) / (1.0 + len(order) * PROBA_FLOOR)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities without speaker normalisation, columns in ``meta.classes`` order."""

@@ -8,7 +8,7 @@ from typing import Any
 from batchser.atomic import atomic_write_text
 from batchser.model.base import TrainedModel
 
-__all__ = ["write_model_card"]
+__all__ = ["loco_table", "write_model_card"]
 
 
 def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
@@ -18,6 +18,22 @@ def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
 def _ece(ev: dict[str, Any]) -> str:
     cal = ev.get("calibration")
     return f"{cal['ece']:.3f}" if cal else "n/a"
+
+
+def loco_table(loco: dict[str, Any]) -> str:
+    """Markdown table of a leave-one-corpus-out evaluation: UAR (ECE) per held-out corpus and mode."""
+    corpora = loco["corpora"]
+    head = "| adaptation | " + " | ".join(corpora) + " | mean UAR | worst | mean accuracy | mean ECE |"
+    lines = [head, "|" + "---|" * (len(corpora) + 5)]
+    for mode, m in loco["modes"].items():
+        per = m["per_corpus"]
+        cells = [f"{per[c]['uar']:.1%} ({per[c]['calibration']['ece']:.2f})" for c in corpora]
+        mean = m["mean"]
+        lines.append(
+            f"| {mode} | " + " | ".join(cells) + f" | **{mean['uar']:.1%}** | {mean['worst_uar']:.1%} | "
+            f"{mean['accuracy']:.1%} | {mean['ece']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
@@ -30,9 +46,14 @@ def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
         f"fingerprint `{m.feature_fingerprint}`"
     )
     hidden = tuple(m.params.get("hidden_layer_sizes", ()))
-    estimator = (
-        f"StandardScaler → MLPClassifier(hidden_layer_sizes={hidden}), random_state {m.params.get('random_state')}"
-    )
+    if m.params.get("classifier", "mlp") == "logistic":
+        estimator = (
+            f"StandardScaler → LogisticRegression(C={m.params.get('C')}), random_state {m.params.get('random_state')}"
+        )
+    else:
+        estimator = (
+            f"StandardScaler → MLPClassifier(hidden_layer_sizes={hidden}), random_state {m.params.get('random_state')}"
+        )
     if m.params.get("calibration", "none") != "none":
         estimator = f"CalibratedClassifierCV({estimator}, method={m.params['calibration']}, 3-fold by speaker)"
     fallback = m.metrics.get("without_speaker_normalization")
@@ -54,6 +75,16 @@ def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
             "\nThe actor-wise figure holds for speakers with enough recordings in the job, from several\n"
             "emotions; files of other speakers get the second network's answers (see the README, Accuracy)."
         )
+    loco = ""
+    if "leave_one_corpus_out" in m.metrics:
+        loco = (
+            "\n## Leave one corpus out\n\nTrained on the other corpora, tested on each one in turn; unweighted "
+            "average recall (UAR) with the expected calibration error in brackets. Adaptation says whose "
+            "statistics standardise a file: none, its corpus (all its files in the job), pseudo-speaker "
+            "clusters, or its speaker (falling back to the corpus). This is what to expect on a new archive.\n\n"
+            + loco_table(m.metrics["leave_one_corpus_out"])
+            + "\n"
+        )
     card = f"""# {model.path.name}
 
 Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id `{model.id}`.
@@ -72,8 +103,10 @@ Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id
 | sha256 of the file | `{m.sha256}` |
 | sha256 of the weights | `{m.weights_sha256}` (the id; equal for retrains on the same data, versions and CPU) |
 
-{data_note}
+## Data
 
+{data_note}
+{loco}
 {expect}
 """
     path = model.path.with_suffix(".md")

@@ -9,7 +9,7 @@ import numpy as np
 
 from batchser.model.base import ModelError
 
-__all__ = ["NumpyNetwork", "network_arrays"]
+__all__ = ["NumpyNetwork", "layers", "network_arrays"]
 
 
 def _hidden(name: str, x: np.ndarray) -> np.ndarray:
@@ -41,7 +41,8 @@ class NumpyNetwork:
     classes_: np.ndarray
     arrays: dict[str, np.ndarray]
     activation: str
-    calibration: str  # none | isotonic | sigmoid
+    calibration: str  # none | isotonic | sigmoid | temperature
+    calibrate_on: str = "proba"  # what isotonic/sigmoid calibrators read: proba (MLP) | decision (logistic)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         a = self.arrays
@@ -52,19 +53,18 @@ class NumpyNetwork:
             if i < n_layers - 1:
                 h = _hidden(self.activation, h)
         n_classes = len(self.classes_)
-        if h.shape[1] == 1:  # binary: logistic output for the second class
-            p1 = 1.0 / (1.0 + np.exp(-h[:, 0]))
-            proba = np.stack([1.0 - p1, p1], axis=1)
-        else:
-            h = np.exp(h - h.max(axis=1, keepdims=True))
-            proba = h / h.sum(axis=1, keepdims=True)
-        if self.calibration == "none":
+        if self.calibration == "temperature":  # one scale on the logits: the ranking, so the label, stays
+            h = h * float(a["cal_beta"][0])
+        proba = _softmax(h)
+        if self.calibration in ("none", "temperature"):
             return proba
-        # sklearn.calibration._CalibratedClassifier.predict_proba, one-vs-rest.
+        # sklearn.calibration._CalibratedClassifier.predict_proba, one-vs-rest,
+        # on the decision function where the classifier has one (logistic), else on probabilities.
+        scores = h if self.calibrate_on == "decision" else proba
         out = np.zeros_like(proba)
         for k in range(1 if n_classes == 2 else n_classes):
             col = k + 1 if n_classes == 2 else k
-            f = proba[:, col]
+            f = scores[:, 0 if n_classes == 2 and scores.shape[1] == 1 else col]
             if self.calibration == "isotonic":
                 xs, ys = a[f"cal_x_{k}"], a[f"cal_y_{k}"]
                 out[:, col] = np.interp(np.clip(f, xs[0], xs[-1]), xs, ys)
@@ -91,14 +91,39 @@ def network_arrays(estimator: Any) -> tuple[dict[str, np.ndarray], dict[str, str
             raise ModelError("only calibration with ensemble=False can be exported to arrays")
         cc = estimator.calibrated_classifiers_[0]
         pipe, calibrators, calibration = cc.estimator, cc.calibrators, cc.method
-    scaler, mlp = pipe.named_steps["scale"], pipe.named_steps["mlp"]
+    scaler = pipe.named_steps["scale"]
+    coefs, intercepts, activation = layers(pipe)
     arrays = {"mean": scaler.mean_, "scale": scaler.scale_}
-    for i, (w, b) in enumerate(zip(mlp.coefs_, mlp.intercepts_, strict=True)):
+    for i, (w, b) in enumerate(zip(coefs, intercepts, strict=True)):
         arrays[f"coef_{i}"], arrays[f"intercept_{i}"] = w, b
     if calibration == "isotonic":
         for k, cal in enumerate(calibrators):
             arrays[f"cal_x_{k}"], arrays[f"cal_y_{k}"] = cal.X_thresholds_, cal.y_thresholds_
     elif calibration == "sigmoid":
         arrays["cal_ab"] = np.array([[cal.a_, cal.b_] for cal in calibrators], dtype=np.float64)
+    elif calibration == "temperature":
+        arrays["cal_beta"] = np.array([calibrators[0].beta_], dtype=np.float64)
     arrays["classes"] = np.asarray(estimator.classes_).astype(str)
-    return arrays, {"activation": mlp.activation, "calibration": calibration}
+    calibrate_on = "decision" if hasattr(pipe.steps[-1][1], "decision_function") else "proba"
+    return arrays, {"activation": activation, "calibration": calibration, "calibrate_on": calibrate_on}
+
+
+def _softmax(h: np.ndarray) -> np.ndarray:
+    """Class probabilities from output units: logistic for one unit (two classes), else softmax."""
+    if h.shape[1] == 1:  # binary: logistic output for the second class
+        p1 = 1.0 / (1.0 + np.exp(-h[:, 0]))
+        return np.stack([1.0 - p1, p1], axis=1)
+    e = np.exp(h - h.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def layers(pipe: Any) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """Weights, biases and hidden activation of a pipeline's classifier, as a network's layers.
+
+    A logistic regression is a network without hidden layers: one weight
+    matrix, then the softmax (or, for two classes, the logistic function).
+    """
+    clf = pipe.steps[-1][1]
+    if hasattr(clf, "coefs_"):  # MLPClassifier
+        return list(clf.coefs_), list(clf.intercepts_), clf.activation
+    return [np.asarray(clf.coef_).T], [np.asarray(clf.intercept_)], "identity"

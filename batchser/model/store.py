@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from batchser.atomic import atomic_path
 from batchser.model.base import ModelError, ModelMeta, TrainedModel
-from batchser.model.network import NumpyNetwork, network_arrays
+from batchser.model.network import NumpyNetwork, layers, network_arrays
 
 __all__ = ["TRUSTED_TYPES", "load_model", "read_meta", "save_model", "weights_digest"]
 
@@ -36,8 +36,9 @@ TRUSTED_TYPES = frozenset(
 
 
 def _pipeline_arrays(pipeline: Pipeline) -> list[np.ndarray]:
-    scaler, mlp = pipeline.named_steps["scale"], pipeline.named_steps["mlp"]
-    return [scaler.mean_, scaler.scale_, *mlp.coefs_, *mlp.intercepts_]
+    scaler = pipeline.named_steps["scale"]
+    coefs, intercepts, _ = layers(pipeline)
+    return [scaler.mean_, scaler.scale_, *coefs, *intercepts]
 
 
 def weights_digest(model: Any) -> str:
@@ -59,6 +60,8 @@ def weights_digest(model: Any) -> str:
             for cal in cc.calibrators:
                 if hasattr(cal, "X_thresholds_"):  # isotonic
                     arrays += [cal.X_thresholds_, cal.y_thresholds_]
+                elif hasattr(cal, "beta_"):  # temperature
+                    arrays.append(np.array([cal.beta_]))
                 else:  # sigmoid
                     arrays.append(np.array([cal.a_, cal.b_]))
     else:
@@ -106,6 +109,7 @@ def _networks_from(blob: bytes) -> dict[str, NumpyNetwork]:
             classes_=part.pop("classes"),
             activation=str(part.pop("activation")),
             calibration=str(part.pop("calibration")),
+            calibrate_on=str(part.pop("calibrate_on", "proba")),
             arrays=part,
         )
     return out

@@ -1,0 +1,253 @@
+"""The train stage of a job: labelled feature vectors → evaluations → a saved model and its card.
+
+Runs after the features stage, on the files whose label is one of the job's
+emotions. Evaluations come first (each fits its own networks on its own
+training rows): the seed's random split, speaker-wise folds, and with two or
+more corpora leave-one-corpus-out under each adaptation mode. Then the
+networks that are saved are fitted on everything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from batchser.features import FeatureSpec
+from batchser.labels import Label
+from batchser.manifest import Manifest
+from batchser.model import (
+    ModelError,
+    ModelMeta,
+    TrainedModel,
+    evaluate,
+    fit_model,
+    save_model,
+    training_fingerprint,
+    versions,
+    write_model_card,
+)
+from batchser.model.adapt import group_rows
+from batchser.model.evaluate import evaluate_corpora, fit_normalized
+
+__all__ = ["TrainingData", "TrainingError", "train"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The labelled files cannot train the model the manifest asks for; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The labelled rows a model is trained on, with who speaks and which corpus each comes from."""
+
+    X: np.ndarray  # (n, d) float64
+    y: np.ndarray  # (n,) emotion names
+    corpora: np.ndarray  # (n,) corpus names
+    speakers: np.ndarray  # (n,) corpus-qualified speaker ids, "" where unknown
+    speaker_ok: np.ndarray  # (n,) bool: the row's input allows speaker normalisation
+    content_hashes: list[str]
+
+    @property
+    def has_all_speakers(self) -> bool:
+        return bool(len(self.speakers)) and all(self.speakers)
+
+
+def _data(
+    manifest: Manifest, vectors: Sequence[np.ndarray | None], labels: Sequence[Label], hashes: Sequence[str]
+) -> tuple[TrainingData, list[int]]:
+    classes = list(manifest.emotions)
+    use = [
+        i for i, (v, lab) in enumerate(zip(vectors, labels, strict=True)) if v is not None and lab.emotion in classes
+    ]
+    if len(use) < 2 * len(classes):
+        raise TrainingError(
+            f"only {len(use)} usable labelled files for {len(classes)} emotions; need at least "
+            f"{2 * len(classes)}. Check inputs[].labels and emotions"
+        )
+    allowed = {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
+    data = TrainingData(
+        X=np.stack([vectors[i] for i in use]).astype(np.float64),  # type: ignore[misc]
+        y=np.array([labels[i].emotion for i in use]),
+        corpora=np.array([labels[i].corpus or "" for i in use]),
+        speakers=np.array([labels[i].group or "" for i in use], dtype=object),
+        speaker_ok=np.array([allowed.get(labels[i].corpus or "", True) for i in use], dtype=bool),
+        content_hashes=[hashes[i] for i in use],
+    )
+    missing = sorted(set(classes) - set(data.y.tolist()))
+    if missing:
+        raise TrainingError(f"no training files labelled {missing}; remove them from emotions or add such files")
+    return data, use
+
+
+def _licences(manifest: Manifest, data: TrainingData) -> str:
+    counts = {c: int((data.corpora == c).sum()) for c in sorted(set(data.corpora.tolist()))}
+    lines = ["| corpus | training files | source and licence |", "|---|---|---|"]
+    by_name = {i.corpus_name: i for i in manifest.inputs}
+    for c, n in counts.items():
+        inp = by_name.get(c)
+        licence = (inp.licence if inp is not None else None) or "not stated in the job: check before any use"
+        lines.append(f"| {c} | {n} | {licence} |")
+    note = "\n".join(lines)
+    if any(i.licence and "NC" in i.licence for i in manifest.inputs):
+        note += (
+            "\n\nThis model is derived from corpora licensed for non-commercial or research use only: "
+            "it may not be used commercially; share alike and attribute the corpora's authors."
+        )
+    return note
+
+
+def train(
+    manifest: Manifest,
+    vectors: Sequence[np.ndarray | None],
+    labels: Sequence[Label],
+    hashes: Sequence[str],
+    spec: FeatureSpec,
+    *,
+    progress: bool = True,
+) -> tuple[TrainedModel, dict[str, Any], set[int]]:
+    """Evaluate, fit and save the model a train job asks for.
+
+    Parameters
+    ----------
+    manifest : Manifest
+    vectors : sequence of array or None
+        Each file's feature vector (None when it failed).
+    labels : sequence of Label
+    hashes : sequence of str
+        Each file's content hash (for the training fingerprint).
+    spec : FeatureSpec
+    progress : bool
+        A progress bar over the networks being fitted.
+
+    Returns
+    -------
+    model, metrics, used
+        The saved model, its evaluations, and the indices of the files it was trained on.
+
+    Raises
+    ------
+    TrainingError
+        Too few labelled files, an emotion without files, or no groups to normalise within.
+    """
+    ms = manifest.model
+    data, use = _data(manifest, vectors, labels, hashes)
+    fit_kw: dict[str, Any] = {
+        "params": ms.mlp.model_dump(),
+        "random_state": ms.random_state,
+        "calibration": ms.calibration,
+        "classifier": ms.classifier,
+        "C": ms.C,
+    }
+    groups = np.asarray(data.speakers) if data.has_all_speakers else None
+    n_corpora = len(set(data.corpora.tolist()))
+    steps = 2 + (2 if ms.normalize == "speaker" else 0) + (n_corpora if n_corpora >= 2 else 0)
+    log.info("training on %d files from %d corpora, %d features, classes %s", len(use), n_corpora, data.X.shape[1], ms)
+    with tqdm(total=steps, desc="training", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+
+        def step(what: str) -> None:
+            bar.set_postfix_str(what, refresh=False)
+            bar.update(1)
+
+        metrics = evaluate(data.X, data.y, groups, cv_folds=ms.cv_folds, **fit_kw)
+        step("evaluated without normalisation")
+        plain = fit_model(data.X, data.y, _calibration_groups(data), **fit_kw)
+        step("fitted the plain network")
+        norm_net = None
+        if ms.normalize == "speaker":
+            g = group_rows(
+                data.X,
+                mode="speaker",
+                corpora=data.corpora,
+                speakers=data.speakers,
+                speaker_ok=data.speaker_ok,
+                min_files=ms.min_speaker_files,
+            )
+            n_groups = len(set(k for k in g.keys if k))
+            if n_groups < 2:
+                raise ModelError(
+                    "model.normalize: speaker needs 2+ groups to standardise within: speakers with "
+                    f"{ms.min_speaker_files}+ training files (labels with a speaker: a pattern's speaker group, "
+                    "a table's speaker column, or inputs[].speaker: folder) or several corpora; found "
+                    f"{n_groups}. Lower model.min_speaker_files, name the speakers, or set normalize: none"
+                )
+            Xn, covered = g.stats(data.X).transform(data.X, g.keys)
+            # Speaker-wise scores of the normalised network: each speaker's statistics come from their own files.
+            gn = groups[covered] if groups is not None else None
+            normalized_metrics = evaluate(Xn[covered], data.y[covered], gn, cv_folds=ms.cv_folds, **fit_kw)
+            step("evaluated with normalisation")
+            _, norm_net = fit_normalized(
+                data.X,
+                data.y,
+                corpora=data.corpora,
+                speakers=data.speakers,
+                speaker_ok=data.speaker_ok,
+                min_files=ms.min_speaker_files,
+                fit_kw=fit_kw,
+            )
+            step("fitted the normalised network")
+            # The headline figures are the normalised ones; the fallback's stay beside them.
+            metrics = {
+                **normalized_metrics,
+                "speaker_normalization": {
+                    "min_speaker_files": ms.min_speaker_files,
+                    "speakers": len({k for k, h in zip(g.keys, g.how, strict=True) if h == "speaker"}),
+                    "corpora_normalised_whole": len({k for k, h in zip(g.keys, g.how, strict=True) if h == "corpus"}),
+                },
+                "without_speaker_normalization": metrics,
+            }
+        if n_corpora >= 2:
+            metrics["leave_one_corpus_out"] = evaluate_corpora(
+                data.X,
+                data.y,
+                data.corpora,
+                data.speakers,
+                data.speaker_ok,
+                modes=tuple(ms.evaluate_modes) if ms.normalize == "speaker" else ("none",),
+                min_files=ms.min_speaker_files,
+                fit_kw=fit_kw,
+                n_jobs=_workers(manifest),
+                on_fold=lambda c: step(f"held out {c}"),
+            )
+    meta = ModelMeta(
+        classes=list(manifest.emotions),
+        feature_spec=spec.to_dict(),
+        training_fingerprint=training_fingerprint(data.content_hashes, data.y.tolist()),
+        n_train=len(use),
+        params={
+            **fit_kw["params"],
+            "classifier": ms.classifier,
+            "C": ms.C,
+            "random_state": ms.random_state,
+            "calibration": ms.calibration,
+            "normalize": ms.normalize,
+            "min_speaker_files": ms.min_speaker_files,
+            "job": manifest.name,
+            "corpora": sorted(set(data.corpora.tolist())),
+        },
+        metrics=metrics,
+        versions=versions(),
+    )
+    model = save_model(plain, meta, manifest.model_path, speaker_pipeline=norm_net)
+    write_model_card(model, data_note=_licences(manifest, data))
+    return model, metrics, set(use)
+
+
+def _calibration_groups(data: TrainingData) -> np.ndarray | None:
+    """Folds for calibration: corpora when there are 3+ (confidences fitted on unheard corpora), else speakers."""
+    if len(set(data.corpora.tolist())) >= 3:
+        return data.corpora
+    return np.asarray(data.speakers) if data.has_all_speakers else None
+
+
+def _workers(manifest: Manifest) -> int:
+    import joblib
+
+    n = manifest.engine.n_jobs
+    return joblib.cpu_count() if n < 0 else max(1, n)
