@@ -42,7 +42,19 @@ def _print_summary(s: JobSummary) -> None:
         for name, ev in s.metrics.items():
             if "accuracy" in ev:
                 what = name.replace("_", " ")
-                print(f"{what}: accuracy {ev['accuracy']:.1%}, macro-F1 {ev['macro_f1']:.1%} (n={ev['n']})")
+                print(
+                    f"{what}: accuracy {ev['accuracy']:.1%}, UAR {ev['uar']:.1%}, macro-F1 {ev['macro_f1']:.1%} "
+                    f"(n={ev['n']})"
+                )
+        loco = s.metrics.get("leave_one_corpus_out")
+        if loco:
+            print("leave one corpus out, UAR on each held-out corpus by adaptation (what to expect on new data):")
+            for mode, m in loco["modes"].items():
+                cells = "  ".join(f"{c} {m['per_corpus'][c]['uar']:.1%}" for c in loco["corpora"])
+                print(
+                    f"  {mode:8s} {cells}  mean {m['mean']['uar']:.1%}, worst {m['mean']['worst_uar']:.1%}, "
+                    f"ECE {m['mean']['ece']:.3f}"
+                )
     print(f"model: {s.model_id}")
     for p in s.reports:
         print(f"report: {p}")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FEATURE_DIMS",
     "FEATURE_VERSION",
+    "OPENSMILE_GROUPS",
     "SPEECH_GROUPS",
     "FeatureSpec",
     "SlidingExtractor",
@@ -64,7 +65,12 @@ FEATURE_DIMS: dict[str, int] = {
     # in semitones and loudness with percentiles and slopes, HNR, jitter, shimmer,
     # alpha ratio, Hammarberg index, spectral slopes, flux, voiced-segment timing.
     "voice_stats": 36,
+    # openSMILE's functionals (the optional reference, pip install 'batchser[opensmile]'):
+    # eGeMAPSv02 (Eyben et al. 2016) and ComParE_2016 (the INTERSPEECH challenge baseline).
+    "egemaps": 88,
+    "compare": 6373,
 }
+OPENSMILE_GROUPS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
 SPEECH_GROUPS = frozenset({"mfcc_stats", "logmel_stats", "spectral_stats", "prosody", "voice_stats"})
 
 # Speech-rate analysis: the usual ASR framing, 40 mel bands, 20 MFCCs, pitch
@@ -139,6 +145,8 @@ class FeatureSpec:
         params = {**self._params(), "version": FEATURE_VERSION}
         if SPEECH_GROUPS & set(self.names):  # so seed-only fingerprints (and caches) stay as they were
             params["speech"] = SPEECH
+        if OPENSMILE_GROUPS.keys() & set(self.names):  # its values are its version's
+            params["opensmile"] = opensmile_version()
         blob = json.dumps(params, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -628,10 +636,30 @@ class SlidingExtractor:
         return _vector(y, self.spec, speech)
 
 
+def opensmile_version() -> str:
+    """The installed opensmile package's version, or "" when it is absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("opensmile")
+    except PackageNotFoundError:
+        return ""
+
+
+@lru_cache(maxsize=2)
+def _smile(name: str):  # type: ignore[no-untyped-def]
+    import opensmile
+
+    return opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, OPENSMILE_GROUPS[name]),
+        feature_level=opensmile.FeatureLevel.Functionals,
+    )
+
+
 def _vector(y: np.ndarray, spec: FeatureSpec, speech: SpeechFrames | None) -> np.ndarray:
     sr, n_fft, hop = spec.sample_rate, spec.n_fft, spec.hop_length
     names = set(spec.names)
-    seed = names - SPEECH_GROUPS
+    seed = names - SPEECH_GROUPS - OPENSMILE_GROUPS.keys()
     power = power_spectrogram(y, n_fft=n_fft, hop_length=hop) if seed else None
     mag = np.sqrt(power) if {"chroma", "contrast"} & names else None
     mel = _mel_basis(sr, n_fft) @ power if {"mfcc", "mel"} & names else None
@@ -639,6 +667,9 @@ def _vector(y: np.ndarray, spec: FeatureSpec, speech: SpeechFrames | None) -> np
     for name in spec.names:
         if name in SPEECH_GROUPS:
             parts.append(_speech_group(name, speech))  # type: ignore[arg-type]
+            continue
+        if name in OPENSMILE_GROUPS:
+            parts.append(_smile(name).process_signal(y, sr).to_numpy()[0])
             continue
         if name == "mfcc":
             block = _mfcc(mel)

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from batchser.features import FEATURE_DIMS
+from batchser.features import FEATURE_DIMS, OPENSMILE_GROUPS, opensmile_version
 
 __all__ = ["Manifest", "ManifestError", "load_manifest", "parse_manifest"]
 
@@ -303,6 +303,11 @@ class Manifest(_Strict):
         if self.model.train and not any(i.has_labels for i in self.inputs):
             raise ValueError(
                 "model.train is true but no input has labels; set labels: ravdess or csv:<file> on an input"
+            )
+        smile = [f for f in self.features if f in OPENSMILE_GROUPS]
+        if smile and not opensmile_version():
+            raise ValueError(
+                f"features {smile} need the opensmile package; install it with pip install 'batchser[opensmile]'"
             )
         if self.chroma_tuning is not None and "chroma" not in self.features:
             raise ValueError("chroma_tuning is set but features has no chroma; remove chroma_tuning or add chroma")
