@@ -55,6 +55,13 @@ def _print_summary(s: JobSummary) -> None:
                     f"  {mode:8s} {cells}  mean {m['mean']['uar']:.1%}, worst {m['mean']['worst_uar']:.1%}, "
                     f"ECE {m['mean']['ece']:.3f}"
                 )
+    if s.domain and s.domain["out_of_domain"]:
+        d = s.domain
+        print(
+            f"warning: these recordings are far from the model's training data (median distance "
+            f"{d['median_distance']:.2f}, beyond {d['held_out_limit']:.2f}, the furthest held-out corpus it was "
+            "scored on): its published accuracy does not describe them; check a sample by ear"
+        )
     print(f"model: {s.model_id}")
     for p in s.reports:
         print(f"report: {p}")

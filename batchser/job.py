@@ -36,6 +36,7 @@ from batchser.model import (
     load_model,
 )
 from batchser.model.adapt import GroupStats, group_rows, voice_columns
+from batchser.model.domain import distances, scaler_of
 from batchser.paths import check_manifest_paths
 from batchser.queue import QueueWatcher
 from batchser.report import (
@@ -91,6 +92,7 @@ class JobSummary:
     reports: list[Path] = field(default_factory=list)
     model_id: str = ""
     metrics: dict[str, Any] | None = None
+    domain: dict[str, Any] | None = None  # how far the job's files are from the training data
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
@@ -386,7 +388,7 @@ def _annotate(
     ok_idx = [i for i, o in enumerate(outcomes) if o.ok and i not in aggregated]
     # In chunks: the network's float64 activations for all files at once would
     # grow the job's peak memory with the archive (about 4 KB per file).
-    chunks = [ok_idx[k : k + PREDICT_CHUNK] for k in range(0, len(ok_idx), PREDICT_CHUNK)]
+    chunks = chunks_of(ok_idx, PREDICT_CHUNK)
     proba = np.concatenate(
         [np.empty((0, len(classes)))]
         + [
@@ -400,6 +402,12 @@ def _annotate(
     )
     # Row numbers, not row views: a view per file weighs more than its 4 numbers.
     proba_row = {i: k for k, i in enumerate(ok_idx)}
+    scaler = scaler_of(model.pipeline)
+    distance = {
+        i: float(d)
+        for c in chunks_of([i for i, o in enumerate(outcomes) if o.ok], PREDICT_CHUNK)
+        for i, d in zip(c, distances(np.stack([outcomes[i].record.vector for i in c]), *scaler), strict=True)  # type: ignore[union-attr]
+    }
     rows = []
     for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
         rec = o.record
@@ -433,6 +441,7 @@ def _annotate(
                     probabilities=probabilities,
                     speaker_normalized=adaptation.how[i] == "speaker",
                     normalized_by=adaptation.how[i],
+                    domain_distance=distance[i],
                     **common,
                 )
             )
@@ -497,13 +506,33 @@ def _adaptation(
     return _Adaptation(keys, how, stats)
 
 
+def chunks_of(items: Sequence[int], size: int) -> list[Sequence[int]]:
+    return [items[k : k + size] for k in range(0, len(items), size)]
+
+
+def _domain(rows: Sequence[ReportRow], model: TrainedModel) -> dict[str, Any] | None:
+    """The job's median distance from the training data against the model's reference."""
+    d = [r.domain_distance for r in rows if r.status == "ok"]
+    ref = model.meta.metrics.get("domain")
+    if not d or not ref:
+        return None
+    median, limit = float(np.median(d)), ref.get("limit")
+    return {
+        "median_distance": round(median, 3),
+        "training_median": round(ref["training_median"], 3),
+        "held_out_limit": None if limit is None else round(limit, 3),
+        "out_of_domain": limit is not None and median > limit,
+    }
+
+
 def _speaker_allowed(manifest: Manifest) -> dict[str, bool]:
     return {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
 
 
-def _tally(summary: JobSummary, rows: Sequence[ReportRow]) -> None:
+def _tally(summary: JobSummary, rows: Sequence[ReportRow], model: TrainedModel) -> None:
     summary.n_files = len(rows)
     summary.failures = [(r.path, r.error) for r in rows if r.status != "ok"]
+    summary.domain = _domain(rows, model)
     summary.n_failed = len(summary.failures)
     summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
 
@@ -548,6 +577,7 @@ def _write_reports(
                 "feature_fingerprint": run.spec.fingerprint(),
                 "seconds": round(s.seconds, 3),
                 "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
+                "domain": s.domain,
                 "reports": file_digests(written),
             },
         )
@@ -612,7 +642,7 @@ def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _R
         adapt=manifest.model.adapt,
         allowed=_speaker_allowed(manifest),
     )
-    _tally(summary, rows)
+    _tally(summary, rows, model)
     # The feature vectors (in the outcomes and the closed store) are not needed
     # for the reports: free them before the report tables are built.
     del outcomes, store
@@ -714,6 +744,6 @@ def watch_job(
                 else:
                     where[row.path] = len(run.rows)
                     run.rows.append(row)
-            _tally(run.summary, run.rows)
+            _tally(run.summary, run.rows, run.model)
             _write_reports(run)
             yield from new

@@ -172,6 +172,7 @@ class ReportRow:
     speaker_normalized: bool = False  # labelled by the speaker-normalised network
     corpus: str = ""  # the input's corpus (inputs[].corpus)
     normalized_by: str = ""  # speaker | cluster | corpus: whose statistics standardised it; "": none
+    domain_distance: float = math.nan  # RMS z-score against the training data (about 1: like it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,7 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
         "speaker_normalized": np.array([r.speaker_normalized for r in rows], dtype=bool),
         "corpus": [r.corpus for r in rows],
         "normalized_by": [r.normalized_by for r in rows],
+        "domain_distance": np.array([r.domain_distance for r in rows], dtype=np.float64),
     }
     if any(r.used_for_training is not None for r in rows):
         data["used_for_training"] = np.array([bool(r.used_for_training) for r in rows], dtype=bool)

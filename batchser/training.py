@@ -32,6 +32,7 @@ from batchser.model import (
     write_model_card,
 )
 from batchser.model.adapt import group_rows
+from batchser.model.domain import distances, domain_reference, scaler_of
 from batchser.model.evaluate import evaluate_corpora, fit_normalized
 
 __all__ = ["TrainingData", "TrainingError", "train"]
@@ -215,6 +216,9 @@ def train(
                 n_jobs=_workers(manifest),
                 on_fold=lambda c: step(f"held out {c}"),
             )
+    own = float(np.median(distances(data.X, *scaler_of(plain))))
+    held = {c: f["median_distance"] for c, f in metrics.get("leave_one_corpus_out", {}).get("folds", {}).items()}
+    metrics["domain"] = domain_reference(own, held)
     meta = ModelMeta(
         classes=list(manifest.emotions),
         feature_spec=spec.to_dict(),

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from batchser.model.adapt import group_rows
+from batchser.model.domain import distances, scaler_of
 from batchser.model.train import fit_model
 
 __all__ = ["calibration_table", "evaluate", "evaluate_corpora", "fit_normalized"]
@@ -242,6 +243,7 @@ def _held_out(
     out: dict[str, Any] = {
         "trained_on": sorted(set(corpora[tr].tolist())),
         "weights": weights_digest({"g": plain, "s": norm}),
+        "median_distance": float(np.median(distances(X[te], *scaler_of(plain)))),
     }
     for mode in modes:
         proba, how = predict_adapted(
@@ -334,7 +336,10 @@ def evaluate_corpora(
         "corpora": names,
         "classes": classes,
         "modes": {},
-        "folds": {h: {"trained_on": f["trained_on"], "weights": f["weights"]} for h, f in folds.items()},
+        "folds": {
+            h: {"trained_on": f["trained_on"], "weights": f["weights"], "median_distance": f["median_distance"]}
+            for h, f in folds.items()
+        },
     }
     for mode in modes:
         per = {}
