@@ -9,7 +9,9 @@ their paths read from the project root, whatever the current directory is.
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -157,18 +159,23 @@ class EngineSpec(_Strict):
     def _check_n_jobs(cls, v: int) -> int:
         if v == 0:
             raise ValueError("n_jobs=0 runs nothing; use -1 for all cores, or a positive count")
+        cores = os.cpu_count() or 1
+        if not -cores <= v <= 4 * cores:
+            raise ValueError(
+                f"n_jobs={v} is outside [-{cores}, {4 * cores}] for this machine's {cores} cores; use -1 for all"
+            )
         return v
 
 
 class MLPSpec(_Strict):
-    """MLPClassifier parameters; the defaults are the seed recipe's."""
+    """MLPClassifier parameters; the defaults are the seed recipe's (checked here as scikit-learn would)."""
 
-    alpha: float = 0.01
-    batch_size: int = 256
-    epsilon: float = 1e-8
-    hidden_layer_sizes: tuple[int, ...] = (300,)
+    alpha: Annotated[float, Field(ge=0)] = 0.01
+    batch_size: Annotated[int, Field(ge=1)] = 256
+    epsilon: Annotated[float, Field(gt=0)] = 1e-8
+    hidden_layer_sizes: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (300,)
     learning_rate: Literal["constant", "invscaling", "adaptive"] = "adaptive"
-    max_iter: int = 500
+    max_iter: Annotated[int, Field(ge=1)] = 500
 
 
 class ModelSpec(_Strict):
@@ -210,7 +217,8 @@ class SegmentsSpec(_Strict):
 
     over_s: Annotated[float, Field(gt=0)] = 10.0
     window_s: Annotated[float, Field(ge=0.25)] = 4.0
-    hop_s: Annotated[float, Field(gt=0)] = 2.0
+    # At least one 10 ms analysis hop: a smaller one rounds to 0 samples and never advances.
+    hop_s: Annotated[float, Field(ge=0.01)] = 2.0
     voiced_db: Annotated[float, Field(le=0)] = -45.0
     voiced_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
 
@@ -386,13 +394,26 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{where}: {msg} (got {err.get('input')!r})" if kind != "value_error" else f"{where}: {msg}"
 
 
+MAX_DEPTH = 32  # a manifest nests four levels; deep nesting only costs (the composer recurses)
+
+
 def _reject_aliases(text: str, source: str) -> None:
     # yaml.safe_load builds shared references for aliases, so a "billion laughs"
     # document loads small but explodes when walked. Manifests never need them.
+    # Nor deep nesting: 100,000 levels cost minutes of CPU and end in RecursionError.
+    depth = 0
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 raise ManifestError(source, ["YAML aliases (*name) are not allowed in manifests; write values out"])
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ManifestError(
+                        source, [f"nested more than {MAX_DEPTH} levels deep; a manifest needs four or five"]
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
     except yaml.YAMLError as exc:
         raise ManifestError(source, [f"not valid YAML: {exc}"]) from None
 
@@ -447,7 +468,12 @@ def load_manifest(path: str | Path) -> Manifest:
     """Read and validate the manifest file at ``path`` (see :func:`parse_manifest`)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ManifestError(str(p), ["not a regular file; give the path of a YAML manifest"])
+        with open(p, "rb") as fh:  # never more than the limit: /dev/zero-like files cannot fill memory
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(str(p), [f"cannot read the manifest: {exc}"]) from None
     return parse_manifest(text, base_dir=p.resolve().parent, source=str(p), manifest_file=p.resolve())

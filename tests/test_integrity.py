@@ -359,3 +359,66 @@ def test_a_kill_while_writing_reports_never_leaves_a_mixed_set(tmp_path: Path, g
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     else:  # the set was being moved in: it is completed
         assert summary["files"] == 5 and len(pd.read_csv(out / "annotations.csv")) == 5
+
+
+# -- 11, 12, 17: hostile manifests and edited models -----------------------------------------
+
+
+def test_deep_or_endless_manifests_are_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: " + "[" * 100_000 + "]" * 100_000)
+    t = time.perf_counter()
+    assert main(["validate", "-q", str(deep)]) == 2
+    assert main(["validate", "-q", "/dev/zero"]) == 2  # not a regular file: never read
+    assert time.perf_counter() - t < 30  # (it took 323 s of CPU and ended in RecursionError)
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"segments": {"hop_s": 0.00001}}, "segments.hop_s"),  # rounded to 0 samples, the run never ended
+        ({"engine": {"n_jobs": 100_000}}, "engine.n_jobs"),
+        ({"model": {"path": "m.skops", "train": True, "mlp": {"hidden_layer_sizes": [0]}}}, "model.mlp"),
+        ({"model": {"path": "m.skops", "train": True, "mlp": {"max_iter": 0}}}, "model.mlp.max_iter"),
+    ],
+)
+def test_numbers_the_code_cannot_run_are_refused(
+    tmp_path: Path, over: dict[str, object], field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = job_file(tmp_path, inputs=[{"path": "good", "labels": "ravdess"}], **over)
+    assert main(["validate", str(job)]) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_the_model_id_comes_from_the_weights_loaded(tmp_path: Path) -> None:
+    import hashlib
+
+    from tests.test_model import _saved
+
+    path = _saved(tmp_path)
+    honest = load_model(path, feature_fingerprint="fp1", classes=["sad", "happy"])
+    assert honest.id.endswith(read_meta(path).weights_sha256[:12])
+    # Edit a weight and record the new arrays' hash, as an attacker who knows the format would.
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    import io
+
+    import numpy as np
+
+    with np.load(io.BytesIO(entries["batchser/arrays.npz"])) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["global__coef_0"] = arrays["global__coef_0"] * 1.5
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    entries["batchser/arrays.npz"] = buf.getvalue()
+    meta = json.loads(entries["batchser/meta.json"])
+    meta["arrays_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    entries["batchser/meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    edited = load_model(path, feature_fingerprint="fp1", classes=["sad", "happy"])
+    assert edited.meta.weights_sha256 == honest.meta.weights_sha256  # the metadata still claims the old weights
+    assert edited.id != honest.id  # the reports do not

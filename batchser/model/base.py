@@ -55,11 +55,18 @@ class TrainedModel:
     meta: ModelMeta
     path: Path
     speaker_pipeline: Any | None = None
+    # SHA-256 of the numbers actually loaded (store.loaded_digest); "" for a model just trained,
+    # whose metadata's weights_sha256 was computed from the very objects in memory.
+    loaded_sha256: str = ""
 
     @property
     def id(self) -> str:
-        """Short id for reports: model file name and the start of its weights' hash."""
-        return f"{self.path.stem}@{self.meta.weights_sha256[:12]}"
+        """Short id for reports: model file name and the start of its weights' hash.
+
+        For a loaded model the hash is computed from the weights it predicts
+        with, never read from its metadata: an edited network shows another id.
+        """
+        return f"{self.path.stem}@{(self.loaded_sha256 or self.meta.weights_sha256)[:12]}"
 
     @property
     def min_speaker_files(self) -> int:

@@ -41,6 +41,40 @@ def _pipeline_arrays(pipeline: Pipeline) -> list[np.ndarray]:
     return [scaler.mean_, scaler.scale_, *coefs, *intercepts]
 
 
+def _network_numbers(net: NumpyNetwork) -> list[np.ndarray]:
+    """A NumpyNetwork's arrays in the order :func:`weights_digest` hashes the fitted objects'."""
+    a = net.arrays
+    n = sum(1 for k in a if k.startswith("coef_"))
+    out = [a["mean"], a["scale"], *(a[f"coef_{i}"] for i in range(n)), *(a[f"intercept_{i}"] for i in range(n))]
+    if net.calibration == "isotonic":
+        k = sum(1 for key in a if key.startswith("cal_x_"))
+        for i in range(k):
+            out += [a[f"cal_x_{i}"], a[f"cal_y_{i}"]]
+    elif net.calibration == "sigmoid":
+        out += list(a["cal_ab"])
+    elif net.calibration == "temperature":
+        out.append(a["cal_beta"])
+    return out
+
+
+def loaded_digest(pipeline: Any, speaker_pipeline: Any | None = None) -> str:
+    """:func:`weights_digest` of what a model predicts with, NumpyNetworks included."""
+    content = pipeline if speaker_pipeline is None else {"global": pipeline, "speaker": speaker_pipeline}
+    return _digest(content)
+
+
+def _digest(model: Any) -> str:
+    if isinstance(model, dict):
+        return hashlib.sha256("".join(_digest(model[k]) for k in sorted(model)).encode()).hexdigest()
+    if not isinstance(model, NumpyNetwork):
+        return weights_digest(model)
+    h = hashlib.sha256()
+    for arr in _network_numbers(model):
+        h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+    h.update("\x00".join(map(str, model.classes_)).encode())
+    return h.hexdigest()
+
+
 def weights_digest(model: Any) -> str:
     """SHA-256 of a fitted model's numbers and classes, independent of file format.
 
@@ -274,7 +308,8 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
     job_meta = ModelMeta(**{**asdict(mf.meta), "classes": list(classes)})
     if mf.arrays is not None:
         nets = _networks_from(mf.arrays)
-        return TrainedModel(nets["global"], job_meta, path, nets.get("speaker"))
+        g, s = nets["global"], nets.get("speaker")
+        return TrainedModel(g, job_meta, path, s, loaded_sha256=loaded_digest(g, s))
 
     import skops.io as sio
 
@@ -284,6 +319,5 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
             f"model file {path} contains types batchser does not trust: {sorted(untrusted - TRUSTED_TYPES)}"
         )
     content = sio.loads(mf.skops, trusted=sorted(untrusted))
-    if isinstance(content, dict):
-        return TrainedModel(content["global"], job_meta, path, content["speaker"])
-    return TrainedModel(content, job_meta, path)
+    g, s = (content["global"], content["speaker"]) if isinstance(content, dict) else (content, None)
+    return TrainedModel(g, job_meta, path, s, loaded_sha256=loaded_digest(g, s))
