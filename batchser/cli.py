@@ -2,14 +2,16 @@
 
 Exit codes: 0 job completed (per-file failures are report rows), 2 invalid
 manifest or missing set-up (no PyAudio, no input device; nothing was done),
-1 any other fatal error, 130 interrupted.
+1 any other fatal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from batchser.cache import CacheError
@@ -23,6 +25,7 @@ from batchser.report import ReportError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FATAL, EXIT_MANIFEST = 0, 1, 2
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 log = logging.getLogger("batchser")
 
@@ -201,8 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: workers stopped, claims released, finished features kept."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     level = logging.WARNING - 10 * args.verbose if not getattr(args, "quiet", False) else logging.ERROR
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -216,12 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelError, ReportError, CacheError, CaptureError, EngineError, NoInputError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        code, how = (EXIT_TERMINATED, "terminated (SIGTERM)") if isinstance(exc, Terminated) else (130, "interrupted")
         if args.func is _cmd_capture:
-            print("batchser: capture interrupted; nothing was queued", file=sys.stderr)
-            return 130
-        print("batchser: interrupted; finished features are cached, rerun to resume", file=sys.stderr)
-        return 130
+            print(f"batchser: capture {how}; nothing was queued", file=sys.stderr)
+            return code
+        print(f"batchser: {how}; finished features are cached, rerun to resume", file=sys.stderr)
+        return code
     except Exception as exc:
         log.debug("fatal error", exc_info=True)
         print(f"batchser: error: {type(exc).__name__}: {exc} (run with -vv for a traceback)", file=sys.stderr)

@@ -126,3 +126,31 @@ def test_two_jobs_share_one_cache_at_once(tmp_path: Path, corpus: Path) -> None:
     # A third run finds everything.
     res = subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(procs and tmp_path / "job0.yaml")])
     assert res.returncode == 0 and summary(tmp_path / "out0")["extracted"] == 0
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_nothing_running(tmp_path: Path, corpus: Path) -> None:
+    cache = tmp_path / "cache"
+    job = manifest(tmp_path, corpus, name="terminated", cache=cache, out="out")
+    proc = start(job)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and cached_rows(cache) < N_FILES // 4:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the job finished before it could be stopped: {proc.communicate()}"
+    proc.send_signal(signal.SIGTERM)  # to the job alone, as a service manager or `kill` would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); finished features are cached, rerun to resume" in err
+    assert not list((cache / "claims").glob("*/*.claims")), "a claim was left behind"
+    kept = cached_rows(cache)
+    assert kept >= N_FILES // 4
+    for _ in range(100):  # its workers go with it (same process group)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("worker processes outlived the terminated job")
+    res = subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(job)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert summary(tmp_path / "out")["from_cache"] >= kept
