@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Label", "RavdessName", "label_source", "parse_ravdess", "read_table"]
+
+log = logging.getLogger(__name__)
 
 RAVDESS_EMOTION_CODES = {
     "01": "neutral",
@@ -138,11 +141,24 @@ def _table_source(
         speaker_column = "speaker"
     mapping = mapping or {}
     table: dict[str, Label] = {}
-    for row in rows:
+    line_of: dict[str, int] = {}
+    twice: list[str] = []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
         emotion = row[emotion_column] or None
-        table[os.path.normpath(table_path.parent / row[path_column])] = Label(
+        key = os.path.normpath(table_path.parent / row[path_column])
+        if key in line_of:
+            twice.append(f"{row[path_column]} (lines {line_of[key]} and {line})")
+        line_of[key] = line
+        table[key] = Label(
             emotion=mapping.get(emotion, emotion) if emotion else None,
             speaker=(row.get(speaker_column) or None) if speaker_column else None,
+        )
+    if twice:
+        log.warning(
+            "label table %s lists %d path(s) more than once, the last row wins: %s",
+            table_path,
+            len(twice),
+            "; ".join(twice[:3]) + (" …" if len(twice) > 3 else ""),
         )
     return lambda path: table.get(os.path.normpath(path), Label())
 

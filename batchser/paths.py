@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from batchser.discover import AUDIO_EXTENSIONS
+from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
 
 __all__ = ["check_manifest_paths", "model_files", "report_files"]
@@ -117,6 +118,11 @@ def check_manifest_paths(manifest: Manifest) -> None:
             csv_path = manifest.resolve(inp.label_file)
             if not csv_path.is_file():
                 problems.append(f"inputs[{i}].labels: label file {csv_path} does not exist")
+            else:  # read it now: a table run would refuse must not pass validate
+                try:
+                    label_source(inp.labels, resolve=manifest.resolve)
+                except ValueError as exc:
+                    problems.append(f"inputs[{i}].labels: {exc}")
     if manifest.engine.backend == "dask" and importlib.util.find_spec("distributed") is None:
         problems.append("engine.backend: dask needs dask.distributed; install it with pip install 'batchser[dask]'")
     if not manifest.model.train and not manifest.model_path.is_file():

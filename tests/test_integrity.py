@@ -422,3 +422,18 @@ def test_the_model_id_comes_from_the_weights_loaded(tmp_path: Path) -> None:
     edited = load_model(path, feature_fingerprint="fp1", classes=["sad", "happy"])
     assert edited.meta.weights_sha256 == honest.meta.weights_sha256  # the metadata still claims the old weights
     assert edited.id != honest.id  # the reports do not
+
+
+def test_label_tables_are_read_at_validate_and_duplicates_flagged(
+    tmp_path: Path, good: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "l.csv").write_text("file;label\ngood/sad.wav;sad\n", encoding="utf-8")
+    job = job_file(tmp_path, inputs=[{"path": "good", "labels": "csv:l.csv"}])
+    assert main(["validate", str(job)]) == 2  # it used to pass validate and fail the run
+    err = capsys.readouterr().err
+    assert "inputs[0].labels" in err and "l.csv" in err and "lacks column(s) ['path']" in err
+    (tmp_path / "l.csv").write_text("\ufeffpath;label\ngood/sad.wav;sad\ngood/sad.wav;happy\n", encoding="utf-8")
+    assert main(["validate", "-q", str(job)]) == 0  # BOM and ";" are fine
+    run(job)
+    assert rows(tmp_path).loc["good/sad.wav", "true_label"] == "happy"
+    assert "lists 1 path(s) more than once, the last row wins: good/sad.wav (lines 2 and 3)" in caplog.text
