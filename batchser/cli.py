@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from batchser import __version__
 from batchser.cache import CacheError
 from batchser.capture import CaptureError, CaptureSetupError
 from batchser.engine import EngineError
@@ -32,7 +33,7 @@ log = logging.getLogger("batchser")
 
 def _print_summary(s: JobSummary) -> None:
     print(
-        f"job {s.name}: {s.n_files} files seen, {s.n_extracted} newly extracted, "
+        f"job {s.name}: {s.n_files} file{'' if s.n_files == 1 else 's'} seen, {s.n_extracted} newly extracted, "
         f"{s.n_cached} from cache, {s.n_failed} failed  ({s.seconds:.1f} s)"
     )
     for path, reason in s.failures[:5]:
@@ -177,6 +178,7 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchser", description="Batch speech-emotion annotation.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"batchser {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a job manifest")
     run.add_argument("manifest", help="YAML job manifest, e.g. jobs/annotate.yaml")
