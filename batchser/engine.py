@@ -17,6 +17,8 @@ import logging
 import os
 import random
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -292,10 +294,43 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+PARENT_POLL_S = 1.0
+
+
+@lru_cache(maxsize=1)
+def exit_with_parent(parent_pid: int) -> bool:
+    """In a worker process started by ``parent_pid``: exit when that process is gone.
+
+    A job killed with ``kill -9`` cannot stop its workers, and loky keeps idle
+    workers waiting for tasks that will never come (about 100 MB each). A
+    daemon thread checks every second whether the worker's parent is still
+    ``parent_pid`` (a dead parent's children are re-parented) and ends the
+    worker when it is not. Called once per worker; a no-op in the job's own
+    process.
+
+    Returns
+    -------
+    bool
+        Whether a watch was started.
+    """
+    if os.getpid() == parent_pid or os.getppid() != parent_pid:
+        return False  # in the job itself, or not a child of it (a Dask worker has its own parent)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="batchser-parent-watch", daemon=True).start()
+    return True
+
+
 def _extract_batch(
-    tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None
+    tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None, parent_pid: int = 0
 ) -> list[FeatureRecord]:
     keep_freed_memory()
+    if parent_pid:
+        exit_with_parent(parent_pid)
     # One BLAS thread wherever the batch runs: n workers must not fight over n
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.
@@ -417,7 +452,8 @@ def run_tasks(
         return
     with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
         parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
-        for batch in parallel(joblib.delayed(_extract_batch)(b, spec, segments) for b in pending()):
+        parent = os.getpid() if backend == "loky" else 0  # loky's workers are this process's children
+        for batch in parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending()):
             yield _compact(batch)
 
 

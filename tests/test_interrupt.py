@@ -154,3 +154,24 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_nothing_running(tmp_path: Path, co
     res = subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(job)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert summary(tmp_path / "out")["from_cache"] >= kept
+
+
+def test_workers_exit_when_their_job_is_killed(tmp_path: Path, corpus: Path) -> None:
+    job = manifest(tmp_path, corpus, name="orphans", cache=tmp_path / "cache", out="out")
+    proc = start(job)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and cached_rows(tmp_path / "cache") == 0:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the job finished before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)  # the job alone: its workers are not told
+    proc.wait(timeout=30)
+    for _ in range(150):  # they notice within a second or two (and loky's resource tracker follows)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        leftover = subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"worker processes outlived the killed job:\n{leftover}")
