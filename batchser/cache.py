@@ -46,12 +46,15 @@ from batchser.atomic import atomic_write_text, fsync_dir
 from batchser.features import FeatureSpec
 from batchser.segments import Segments, SegmentSpec
 
-__all__ = ["CacheError", "FeatureRecord", "FeatureStore", "FileChangedError", "hash_file"]
+__all__ = ["CLAIM_STALE_S", "CacheError", "FeatureRecord", "FeatureStore", "FileChangedError", "hash_file"]
 
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
 _hash_buffers = threading.local()
+
+
+CLAIM_STALE_S = 30.0  # a claim file whose heartbeat has not moved for this long belongs to a dead job
 
 
 class CacheError(RuntimeError):
@@ -349,13 +352,14 @@ class _Claims:
     after its last part is written.
     """
 
-    def __init__(self, folder: Path, *, heartbeat_s: float = 2.0, stale_s: float = 30.0) -> None:
+    def __init__(self, folder: Path, *, heartbeat_s: float = 2.0, stale_s: float = CLAIM_STALE_S) -> None:
         self.folder = folder
         self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
         self.own = folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.claims"
         self._fh: IO[str] | None = None
         self._offsets: dict[Path, int] = {}
         self._owner: dict[str, Path] = {}  # hash -> claim file of another job
+        self._beats: dict[Path, tuple[float, float]] = {}  # claim file -> (mtime, when we saw it change)
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -398,9 +402,24 @@ class _Claims:
         if _dead_here(owner):
             return False  # killed on this machine: no need to wait for its heartbeat to go stale
         try:
-            return time.time() - owner.stat().st_mtime < self.stale_s
+            mtime = owner.stat().st_mtime
         except FileNotFoundError:
             return False  # its job finished (its parts are written) or was cleaned up
+        # Staleness on our own clock: the heartbeat must *move* the mtime. Comparing it with
+        # our wall clock alone fails when the other host's clock is ahead (a claim that
+        # looks fresh forever) or behind.
+        now = time.monotonic()
+        seen = self._beats.get(owner)
+        if seen is None or seen[0] != mtime:
+            self._beats[owner] = (mtime, now)
+            seen = self._beats[owner]
+        old_by_wall = 0 <= time.time() - mtime >= self.stale_s
+        unchanged = now - seen[1] >= self.stale_s
+        return not (old_by_wall or unchanged)
+
+    def waiting_for(self) -> list[Path]:
+        """The claim files of other jobs this job has seen, for a message saying what it waits for."""
+        return sorted(set(self._owner.values()))
 
     def remove_stale(self, *, older_than_s: float = 3600.0) -> None:
         if self.folder.is_dir():
@@ -621,6 +640,11 @@ class FeatureStore:
         """Whether a live job sharing the cache is still extracting ``content_hash``."""
         with self._lock:
             return self._claims.held_by_live_job(content_hash)
+
+    def claimants(self) -> list[Path]:
+        """Claim files of the other jobs whose work this one has met."""
+        with self._lock:
+            return self._claims.waiting_for()
 
     # -- writing ---------------------------------------------------------------
     def remember_hash(self, path: str, stamp: tuple[int, int, int], content_hash: str) -> None:

@@ -25,7 +25,7 @@ import pandas  # noqa: F401
 from tqdm.auto import tqdm
 
 from batchser.archive import hash_members, member_name
-from batchser.cache import FeatureRecord, FeatureStore, FileChangedError, hash_file
+from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore, FileChangedError, hash_file
 from batchser.discover import SourceFile, discover
 from batchser.engine import CHANGED, VANISHED, Executor, ExtractTask, open_executor, run_tasks
 from batchser.features import FeatureSpec
@@ -261,6 +261,7 @@ def _features(
                 bar.update(sum(waiting[r.content_hash] for r in batch))
 
         extract(tasks)
+        next_note = time.monotonic() + 2  # say what we wait for if it lasts
         # Wait for what other jobs are extracting; take over from any that died.
         while deferred:
             # Our own finished rows must reach disk first: the job we wait for
@@ -280,6 +281,16 @@ def _features(
                 log.info("taking over %d files from a job that stopped", len(orphans))
                 extract(orphans)
             elif deferred:
+                if time.monotonic() >= next_note:
+                    next_note = time.monotonic() + 10
+                    who = ", ".join(p.name for p in store.claimants()) or "another job"
+                    log.warning(
+                        "waiting for %d file(s) another job sharing the cache is extracting (claims: %s); "
+                        "a job that stops heartbeating for %d s is taken over",
+                        len(deferred),
+                        who,
+                        int(CLAIM_STALE_S),
+                    )
                 time.sleep(0.2)
     summary.n_cached = sum(1 for h, _ in hashes if h and h not in extracted)
     return [

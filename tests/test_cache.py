@@ -118,3 +118,20 @@ def test_claims_of_a_process_gone_from_this_host_are_taken_over_at_once(tmp_path
     assert not s.held_elsewhere("h0001") and s.claim("h0001")
     assert s.held_elsewhere("h0002") and not s.claim("h0002")
     assert s.held_elsewhere("h0003") and not s.claim("h0003")
+
+
+def test_a_claim_from_a_clock_ahead_goes_stale_once_its_heartbeat_stops(tmp_path: Path) -> None:
+    a, b = FeatureStore(tmp_path, SPEC), FeatureStore(tmp_path, SPEC)
+    assert a.claim("h0001")
+    a._claims._stop.set()  # its job died (on another host: no pid to look up)
+    own = next((tmp_path / "claims").rglob("*.claims"))
+    ahead = time.time() + 3600  # that host's clock is an hour ahead of ours
+    os.utime(own, (ahead, ahead))
+    b._claims.stale_s = 0.3
+    time.sleep(0.06)
+    assert not b.claim("h0001") and b.held_elsewhere("h0001")  # first sight: it may be alive
+    assert [p.name for p in b.claimants()] == [own.name]
+    time.sleep(0.35)
+    assert not b.held_elsewhere("h0001") and b.claim("h0001")  # its mtime never moved: taken over
+    os.utime(own, (ahead + 5, ahead + 5))  # …unless it beats again
+    assert b.held_elsewhere("h0001")
