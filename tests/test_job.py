@@ -87,6 +87,7 @@ def test_train_then_annotate_then_rerun_from_cache(
         "speaker_normalized",
         "corpus",
         "normalized_by",
+        "domain_distance",
     ]
     assert (a["status"] == "ok").all() and (a["error"] == "").all()
     probs = a[[f"p_{c}" for c in CLASSES]].to_numpy()
