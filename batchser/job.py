@@ -561,10 +561,10 @@ def _write_reports(
     classes = list(model.meta.classes)
     with ReportSet(m.output_dir) as rs:
         written = write_annotations(annotations_table(run.rows, classes), rs.stage, m.output.formats)
-        # Always written (empty when no file was long) so that no stale table outlives a run.
-        written += write_annotations(
-            segments_table(run.segment_rows, classes), rs.stage, m.output.formats, stem="segments"
-        )
+        if run.segment_rows:  # only when a file was long; an earlier run's tables are dropped otherwise
+            written += write_annotations(
+                segments_table(run.segment_rows, classes), rs.stage, m.output.formats, stem="segments"
+            )
         if metrics and s.metrics is not None:
             title = f"{m.name} ({model.id})"
             write_json(rs.stage / "metrics.json", {"model": model.id, "classes": classes, **s.metrics})
@@ -592,7 +592,7 @@ def _write_reports(
                 "reports": file_digests(written),
             },
         )
-        return rs.commit()
+        return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")])
 
 
 def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _Run:

@@ -62,13 +62,15 @@ _STALE_TMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # atomic_path's temp name
 
 def _finish(stage: Path, out_dir: Path) -> list[Path]:
     """Move a committed staging folder's files into ``out_dir`` (summary.json last), then drop it."""
-    names = json.loads((stage / _COMMIT).read_text(encoding="utf-8"))
+    record = json.loads((stage / _COMMIT).read_text(encoding="utf-8"))
     moved = []
-    for name in names:
+    for name in record["move"]:
         src = stage / name
         if src.exists():  # a resumed commit: some are in place already
             os.replace(src, out_dir / name)
         moved.append(out_dir / name)
+    for name in record["drop"]:  # reports of an earlier run that this set has none of
+        (out_dir / name).unlink(missing_ok=True)
     fsync_dir(out_dir)
     shutil.rmtree(stage, ignore_errors=True)
     return moved
@@ -139,12 +141,17 @@ class ReportSet:
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self.stage, ignore_errors=True)
 
-    def commit(self) -> list[Path]:
-        """Move every staged file into place, ``summary.json`` last; returns their final paths."""
+    def commit(self, *, drop: Sequence[str] = ()) -> list[Path]:
+        """Move every staged file into place, ``summary.json`` last; returns their final paths.
+
+        ``drop`` names files of an earlier set that this one does not have
+        (``segments.*`` when no file was long): removed with the same commit.
+        """
         names = sorted(p.name for p in self.stage.iterdir() if p.name != _COMMIT)
         names.sort(key=lambda n: n == _SUMMARY)  # stable: summary.json last
+        drop = [n for n in drop if n not in names]
         with _clear_errors(self.out_dir):
-            atomic_write_text(self.stage / _COMMIT, json.dumps(names))
+            atomic_write_text(self.stage / _COMMIT, json.dumps({"move": names, "drop": drop}))
             return _finish(self.stage, self.out_dir)
 
 

@@ -347,6 +347,7 @@ def test_a_kill_while_writing_reports_never_leaves_a_mixed_set(tmp_path: Path, g
     run(job)
     out = tmp_path / "reports"
     _consistent(out)
+    assert not (out / "segments.csv").exists()  # no file was long: no empty segment tables
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     write_audio(good / "extra.wav", speechlike("sad", sr=16000, seconds=1.5, seed=7), 16000)
     res = subprocess.run([sys.executable, "-c", _RUN_AND_DIE, str(job), when], capture_output=True, text=True)
