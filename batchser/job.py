@@ -29,8 +29,8 @@ from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore, FileChang
 from batchser.discover import SourceFile, discover
 from batchser.engine import CHANGED, VANISHED, Executor, ExtractTask, open_executor, run_tasks
 from batchser.features import FeatureSpec
-from batchser.labels import Label, label_source
-from batchser.manifest import Manifest
+from batchser.labels import Label, label_coverage, label_source
+from batchser.manifest import Manifest, ManifestError
 from batchser.model import (
     TrainedModel,
     load_model,
@@ -536,6 +536,39 @@ def _domain(rows: Sequence[ReportRow], model: TrainedModel) -> dict[str, Any] | 
     }
 
 
+def _check_labels(
+    manifest: Manifest,
+    files: Sequence[SourceFile],
+    labels: Sequence[Label],
+    fns: Sequence[Callable[[Path], Label]],
+    *,
+    quiet: bool,
+) -> None:
+    """Say how many files each labelled input labels; refuse an input whose labels match no file.
+
+    Raises
+    ------
+    ManifestError
+        A label source that gives no discovered file an emotion (a table naming other
+        paths, a pattern that never matches): the job would train or score on nothing.
+    """
+    problems = []
+    seen = {os.path.normpath(f.name if f.member else f.path) for f in files}
+    for i, inp in enumerate(manifest.inputs):
+        if not inp.has_labels:
+            continue
+        mine = [lab for f, lab in zip(files, labels, strict=True) if f.input_index == i]
+        line, none = label_coverage(f"inputs[{i}] ({inp.corpus_name})", mine, getattr(fns[i], "table", None), seen)
+        if none:
+            problems.append(f"inputs[{i}].labels: {line}; check the pattern or the table's paths")
+        elif "match no file" in line or not all(lab.emotion for lab in mine):
+            log.warning(line)  # partly labelled, or rows that name no file: worth a look
+        elif not quiet:
+            log.info(line)
+    if problems:
+        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
+
+
 def _speaker_allowed(manifest: Manifest) -> dict[str, bool]:
     return {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
 
@@ -619,6 +652,7 @@ def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _R
             "allow_empty: true in the manifest to write empty reports"
         )
     labels = [label_fns[f.input_index](Path(f.name) if f.member else f.path) for f in files]
+    _check_labels(manifest, files, labels, label_fns, quiet=not progress)
 
     clock.lap("discover")
     with (

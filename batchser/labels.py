@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Label", "RavdessName", "label_source", "parse_ravdess", "read_table"]
+__all__ = ["Label", "RavdessName", "TableLabels", "label_coverage", "label_source", "parse_ravdess", "read_table"]
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,21 @@ def _table_source(
             len(twice),
             "; ".join(twice[:3]) + (" …" if len(twice) > 3 else ""),
         )
-    return lambda path: table.get(os.path.normpath(path), Label())
+    return TableLabels(table, table_path)
+
+
+class TableLabels:
+    """Labels looked up by path in a table; knows its rows, to say which matched no file."""
+
+    def __init__(self, table: dict[str, Label], source: Path) -> None:
+        self.table, self.source = table, source
+
+    def __call__(self, path: Path) -> Label:
+        return self.table.get(os.path.normpath(path), Label())
+
+    def unmatched(self, seen: set[str]) -> list[str]:
+        """Table paths that are not among ``seen`` (normalised paths of the discovered files)."""
+        return sorted(p for p in self.table if p not in seen)
 
 
 def _pattern_source(pattern: str, mapping: dict[str, str], input_root: Path) -> Callable[[Path], Label]:
@@ -254,4 +268,22 @@ def label_source(
             out = tagged[lab] = Label(emotion=lab.emotion, speaker=lab.speaker, corpus=corpus)
         return out
 
+    with_corpus.table = fn if isinstance(fn, TableLabels) else None  # type: ignore[attr-defined]
     return with_corpus
+
+
+def label_coverage(
+    name: str, labels: list[Label], table: TableLabels | None = None, seen: set[str] | None = None
+) -> tuple[str, bool]:
+    """A line saying how many of an input's files got an emotion, and whether that is none at all.
+
+    With ``table``, also how many of its rows matched no discovered file, with examples.
+    """
+    got = sum(1 for lab in labels if lab.emotion)
+    line = f"{name}: an emotion for {got} of {len(labels)} file{'' if len(labels) == 1 else 's'}"
+    if table is not None and seen is not None:
+        missing = table.unmatched(seen)
+        if missing:
+            shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
+            line += f"; {len(missing)} row(s) of {table.source} match no file (e.g. {shown})"
+    return line, bool(labels) and got == 0

@@ -438,3 +438,17 @@ def test_label_tables_are_read_at_validate_and_duplicates_flagged(
     run(job)
     assert rows(tmp_path).loc["good/sad.wav", "true_label"] == "happy"
     assert "lists 1 path(s) more than once, the last row wins: good/sad.wav (lines 2 and 3)" in caplog.text
+
+
+def test_label_rows_matching_no_file_are_counted_and_none_at_all_refused(
+    tmp_path: Path, good: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "l.csv").write_text("path,label\n/elsewhere/sad.wav,sad\n/elsewhere/x.wav,sad\n")
+    job = job_file(tmp_path, inputs=[{"path": "good", "labels": "csv:l.csv"}])
+    assert main(["run", str(job)]) == 2  # it used to run with every true_label empty
+    err = capsys.readouterr().err
+    assert "an emotion for 0 of 4 files; 2 row(s) of" in err and "/elsewhere/sad.wav" in err
+    assert not (tmp_path / "reports").exists()
+    (tmp_path / "l.csv").write_text("path,label\ngood/sad.wav,sad\ngood/gone.wav,happy\n")
+    run(job)
+    assert "inputs[0] (good): an emotion for 1 of 4 files; 1 row(s) of" in caplog.text and "gone.wav" in caplog.text
