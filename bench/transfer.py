@@ -30,6 +30,7 @@ import time
 import numpy as np
 import yaml
 from _common import CORPORA, ROOT, have, progress_log
+from accuracy import PARAMS
 
 from batchser.audio import load
 from batchser.cache import FeatureStore
@@ -53,14 +54,7 @@ CLASSIFIERS = {
     "logistic C=0.01": {"classifier": "logistic", "C": 0.01},
     "MLP (seed)": {"classifier": "mlp", "C": 0.01},
 }
-MLP = {
-    "alpha": 0.01,
-    "batch_size": 256,
-    "epsilon": 1e-8,
-    "hidden_layer_sizes": (300,),
-    "learning_rate": "adaptive",
-    "max_iter": 500,
-}
+MLP = PARAMS  # the seed recipe's
 MODES = ("none", "corpus", "cluster", "speaker")
 
 

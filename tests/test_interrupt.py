@@ -71,6 +71,18 @@ def cached_rows(cache: Path) -> int:
     return sum(pq.read_metadata(p).num_rows for p in parts)
 
 
+def group_gone(pgid: int, *, within_s: float) -> bool:
+    """Whether every process of group ``pgid`` has exited within ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
@@ -143,13 +155,7 @@ def test_sigterm_stops_like_ctrl_c_and_leaves_nothing_running(tmp_path: Path, co
     assert not list((cache / "claims").glob("*/*.claims")), "a claim was left behind"
     kept = cached_rows(cache)
     assert kept >= N_FILES // 4
-    for _ in range(100):  # its workers go with it (same process group)
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
+    if not group_gone(proc.pid, within_s=10):  # its workers go with it (same process group)
         pytest.fail("worker processes outlived the terminated job")
     res = subprocess.run([sys.executable, "-m", "batchser", "run", "-q", str(job)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -165,13 +171,7 @@ def test_workers_exit_when_their_job_is_killed(tmp_path: Path, corpus: Path) -> 
     assert proc.poll() is None, f"the job finished before it could be killed: {proc.communicate()}"
     os.kill(proc.pid, signal.SIGKILL)  # the job alone: its workers are not told
     proc.wait(timeout=30)
-    for _ in range(150):  # they notice within a second or two (and loky's resource tracker follows)
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
+    if not group_gone(proc.pid, within_s=15):  # they notice within a second or two (loky's tracker follows)
         leftover = subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)], capture_output=True, text=True).stdout
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"worker processes outlived the killed job:\n{leftover}")

@@ -105,16 +105,14 @@ def evaluate(
     out: dict[str, Any] = {}
     idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.25, random_state=7)
     g_tr = groups[idx_tr] if groups is not None else None
-    model = fit_model(
-        X[idx_tr],
-        y[idx_tr],
-        g_tr,
-        params=params,
-        random_state=random_state,
-        calibration=calibration,
-        classifier=classifier,
-        C=C,
-    )
+    kw: dict[str, Any] = {
+        "params": params,
+        "random_state": random_state,
+        "calibration": calibration,
+        "classifier": classifier,
+        "C": C,
+    }
+    model = fit_model(X[idx_tr], y[idx_tr], g_tr, **kw)
     proba = model.predict_proba(X[idx_te])
     out["random_split"] = {
         "method": "train_test_split(test_size=0.25, random_state=7)",
@@ -130,16 +128,7 @@ def evaluate(
     proba = np.zeros((len(y), len(classes)))
     per_fold = []
     for k, (tr, te) in enumerate(GroupKFold(n_splits=folds).split(X, y, groups)):
-        model = fit_model(
-            X[tr],
-            y[tr],
-            groups[tr],
-            params=params,
-            random_state=random_state,
-            calibration=calibration,
-            classifier=classifier,
-            C=C,
-        )
+        model = fit_model(X[tr], y[tr], groups[tr], **kw)
         p = model.predict_proba(X[te])
         proba[np.ix_(te, [classes.index(c) for c in model.classes_])] = p
         pred[te] = np.asarray(model.classes_)[p.argmax(axis=1)]
