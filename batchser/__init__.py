@@ -2,6 +2,27 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from batchser.api import annotate, default_cache_dir, default_model_path, load_model
+from batchser.job import JobSummary, NoInputError, run_job, watch_job
+from batchser.manifest import Manifest, ManifestError, load_manifest
+from batchser.model import ModelError
+
+__all__ = [
+    "JobSummary",
+    "Manifest",
+    "ManifestError",
+    "ModelError",
+    "NoInputError",
+    "__version__",
+    "annotate",
+    "default_cache_dir",
+    "default_model_path",
+    "load_manifest",
+    "load_model",
+    "run_job",
+    "watch_job",
+]
+
 try:
     __version__ = version("batchser")
 except PackageNotFoundError:  # run from a source tree that was never installed

@@ -128,6 +128,23 @@ class FeatureSpec:
         """Column names of the vector, e.g. ``mfcc_0 … mfcc_39, chroma_0 …``."""
         return self.columns_of({"names": self.names})
 
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> FeatureSpec:
+        """The spec :meth:`to_dict` described (a model's metadata), checked against its fingerprint."""
+        spec = cls(
+            names=tuple(d["names"]),  # type: ignore[arg-type]
+            sample_rate=int(d["sample_rate"]),  # type: ignore[call-overload]
+            n_fft=int(d.get("n_fft", 2048)),  # type: ignore[call-overload]
+            hop_length=int(d.get("hop_length", 512)),  # type: ignore[call-overload]
+            chroma_tuning=d.get("chroma_tuning"),  # type: ignore[arg-type]
+        )
+        if "fingerprint" in d and spec.fingerprint() != d["fingerprint"]:
+            raise ValueError(
+                f"features {spec.names} computed by this batchser have fingerprint {spec.fingerprint()}, "
+                f"not {d['fingerprint']}: another batchser version or analysis settings made them"
+            )
+        return spec
+
     @staticmethod
     def columns_of(spec: dict[str, object]) -> list[str]:
         """:meth:`columns` of a spec as :meth:`to_dict` wrote it (a model's metadata)."""

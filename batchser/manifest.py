@@ -323,6 +323,27 @@ class Manifest(_Strict):
             raise ValueError("engine.backend dask needs engine.scheduler: local or tcp://host:port")
         return self
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base_dir: str | Path | None = None) -> Manifest:
+        """A manifest from a mapping (what the YAML would hold), validated as a file's is.
+
+        Parameters
+        ----------
+        data : dict
+        base_dir : path or None
+            Where ``root`` is relative to; default the current folder.
+
+        Raises
+        ------
+        ManifestError
+        """
+        return _validate(data, base_dir=Path(base_dir or Path.cwd()).resolve(), source="<dict>", manifest_file=None)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Manifest:
+        """The manifest file at ``path`` (see :func:`load_manifest`)."""
+        return load_manifest(path)
+
     # -- paths ---------------------------------------------------------------
     @property
     def root_dir(self) -> Path:
@@ -453,6 +474,10 @@ def parse_manifest(
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:  # e.g. a !!python/... tag: safe_load refuses to build it
         raise ManifestError(source, [f"not valid YAML for a manifest: {exc}"]) from None
+    return _validate(data, base_dir=base_dir, source=source, manifest_file=manifest_file)
+
+
+def _validate(data: Any, *, base_dir: Path, source: str, manifest_file: Path | None) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(source, ["a manifest is a YAML mapping with keys name, inputs, emotions, model, output"])
     for key in _INTERNAL:

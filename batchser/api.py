@@ -1,0 +1,145 @@
+"""The Python interface: label files from a notebook or another program, no YAML needed.
+
+    >>> import batchser
+    >>> table = batchser.annotate("recordings/")            # doctest: +SKIP
+    >>> table[["label", "confidence"]].head()                # doctest: +SKIP
+
+:func:`annotate` runs the same job as ``batchser run`` (discovery, the shared
+feature cache, parallel extraction, the model, adaptation) and returns its
+report as a DataFrame indexed by path; nothing is written but the cache.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from batchser.features import FeatureSpec
+from batchser.model import TrainedModel, read_meta
+from batchser.model import load_model as _load_model
+
+__all__ = ["annotate", "default_cache_dir", "default_model_path", "load_model"]
+
+_SHIPPED = "pooled-4emo.skops"
+
+
+def default_model_path() -> Path:
+    """The shipped model: trained on four corpora by ``jobs/train-pooled.yaml``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When batchser runs from an installation without the model file.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "models" / _SHIPPED, here.parent / "result" / "models" / _SHIPPED):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"the shipped model {_SHIPPED} is not installed; pass model= the path of a .skops model")
+
+
+def default_cache_dir() -> Path:
+    """The per-user feature cache the Python interface uses when none is given."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("batchser")) / "features"
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Load a model saved by batchser, checked as a job would check it (types, hashes).
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.skops`` model file.
+
+    Returns
+    -------
+    TrainedModel
+        With ``meta`` (classes, features, metrics) and ``predict_proba`` on feature vectors.
+    """
+    meta = read_meta(Path(path))
+    return _load_model(Path(path), feature_fingerprint=meta.feature_fingerprint, classes=list(meta.classes))
+
+
+def annotate(
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    model: str | Path | None = None,
+    adapt: str = "speaker",
+    speaker: str = "labels",
+    labels: str | dict[str, Any] = "none",
+    min_confidence: float | None = None,
+    cache: str | Path | None = None,
+    n_jobs: int = -1,
+    backend: str = "loky",
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Label audio files with an emotion and every class's probability.
+
+    Parameters
+    ----------
+    inputs : path, or sequence of paths
+        Folders (searched recursively), files, globs, or zip/tar archives.
+    model : path or None
+        A ``.skops`` model; None uses the shipped one (:func:`default_model_path`).
+    adapt : {"speaker", "corpus", "cluster", "none"}
+        How files are standardised among themselves before labelling (README,
+        Accuracy): by speaker when known, else over each input's files.
+    speaker : {"labels", "folder"}
+        Where the speaker comes from; "folder": one folder per speaker.
+    labels : str or dict
+        A label source (as ``inputs[].labels`` in a manifest) to fill ``true_label``.
+    min_confidence : float or None
+        Files whose top probability is lower are labelled "uncertain".
+    cache : path or None
+        The feature cache; None uses a per-user folder (:func:`default_cache_dir`).
+    n_jobs, backend
+        Workers and joblib backend, as ``engine`` in a manifest.
+    progress : bool
+        Progress bars on stderr.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The annotations report (``label``, ``confidence``, ``p_<emotion>``,
+        ``status``, ``error``, ``normalized_by``, ``domain_distance`` …),
+        indexed by ``path`` as given (absolute for inputs outside the
+        current folder).
+
+    Raises
+    ------
+    batchser.manifest.ManifestError
+        An input that does not exist, or a value out of range.
+    """
+    from batchser.job import run_job
+    from batchser.manifest import Manifest
+
+    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    model_path = Path(model) if model is not None else default_model_path()
+    meta = read_meta(model_path)
+    spec = FeatureSpec.from_dict(meta.feature_spec)
+    with tempfile.TemporaryDirectory(prefix="batchser-") as tmp:
+        manifest = Manifest.from_dict(
+            {
+                "name": "annotate",
+                "root": str(Path.cwd()),
+                "inputs": [{"path": str(p), "labels": labels, "speaker": speaker} for p in paths],
+                "emotions": list(meta.classes),
+                "features": list(spec.names),
+                "chroma_tuning": spec.chroma_tuning,
+                "audio": {"sample_rate": spec.sample_rate},
+                "cache": str(cache or default_cache_dir()),
+                "engine": {"backend": backend, "n_jobs": n_jobs},
+                "model": {"path": str(model_path), "adapt": adapt, "min_confidence": min_confidence},
+                "output": {"dir": tmp, "formats": ["parquet"]},
+                "queue": str(Path(tmp) / "queue"),
+                "allow_empty": True,
+            }
+        )
+        run_job(manifest, progress=progress)
+        return pd.read_parquet(Path(tmp) / "annotations.parquet").set_index("path")
