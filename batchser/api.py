@@ -19,10 +19,11 @@ from typing import Any
 import pandas as pd
 
 from batchser.features import FeatureSpec
+from batchser.manifest import Manifest
 from batchser.model import TrainedModel, read_meta
 from batchser.model import load_model as _load_model
 
-__all__ = ["annotate", "default_cache_dir", "default_model_path", "load_model"]
+__all__ = ["annotate", "annotation_manifest", "default_cache_dir", "default_model_path", "load_model"]
 
 _SHIPPED = "pooled-4emo.skops"
 
@@ -64,6 +65,47 @@ def load_model(path: str | Path) -> TrainedModel:
     """
     meta = read_meta(Path(path))
     return _load_model(Path(path), feature_fingerprint=meta.feature_fingerprint, classes=list(meta.classes))
+
+
+def annotation_manifest(
+    inputs: Sequence[str | Path],
+    *,
+    out_dir: str | Path,
+    formats: Sequence[str] = ("csv", "parquet"),
+    model: str | Path | None = None,
+    adapt: str = "speaker",
+    speaker: str = "labels",
+    labels: str | dict[str, Any] = "none",
+    min_confidence: float | None = None,
+    cache: str | Path | None = None,
+    n_jobs: int = -1,
+    backend: str = "loky",
+    allow_empty: bool = False,
+) -> Manifest:
+    """The manifest of a labelling job over ``inputs`` with a model's own features and classes.
+
+    What :func:`annotate` and ``batchser annotate`` run; see :func:`annotate` for the parameters.
+    """
+    model_path = Path(model) if model is not None else default_model_path()
+    meta = read_meta(model_path)
+    spec = FeatureSpec.from_dict(meta.feature_spec)
+    return Manifest.from_dict(
+        {
+            "name": "annotate",
+            "root": str(Path.cwd()),
+            "inputs": [{"path": str(p), "labels": labels, "speaker": speaker} for p in inputs],
+            "emotions": list(meta.classes),
+            "features": list(spec.names),
+            "chroma_tuning": spec.chroma_tuning,
+            "audio": {"sample_rate": spec.sample_rate},
+            "cache": str(cache or default_cache_dir()),
+            "engine": {"backend": backend, "n_jobs": n_jobs},
+            "model": {"path": str(model_path), "adapt": adapt, "min_confidence": min_confidence},
+            "output": {"dir": str(out_dir), "formats": list(formats)},
+            "queue": str(Path(out_dir) / ".queue"),  # no capture queue: nothing of the user's is read
+            "allow_empty": allow_empty,
+        }
+    )
 
 
 def annotate(
@@ -117,29 +159,22 @@ def annotate(
         An input that does not exist, or a value out of range.
     """
     from batchser.job import run_job
-    from batchser.manifest import Manifest
 
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    model_path = Path(model) if model is not None else default_model_path()
-    meta = read_meta(model_path)
-    spec = FeatureSpec.from_dict(meta.feature_spec)
     with tempfile.TemporaryDirectory(prefix="batchser-") as tmp:
-        manifest = Manifest.from_dict(
-            {
-                "name": "annotate",
-                "root": str(Path.cwd()),
-                "inputs": [{"path": str(p), "labels": labels, "speaker": speaker} for p in paths],
-                "emotions": list(meta.classes),
-                "features": list(spec.names),
-                "chroma_tuning": spec.chroma_tuning,
-                "audio": {"sample_rate": spec.sample_rate},
-                "cache": str(cache or default_cache_dir()),
-                "engine": {"backend": backend, "n_jobs": n_jobs},
-                "model": {"path": str(model_path), "adapt": adapt, "min_confidence": min_confidence},
-                "output": {"dir": tmp, "formats": ["parquet"]},
-                "queue": str(Path(tmp) / "queue"),
-                "allow_empty": True,
-            }
+        manifest = annotation_manifest(
+            paths,
+            out_dir=tmp,
+            formats=["parquet"],
+            model=model,
+            adapt=adapt,
+            speaker=speaker,
+            labels=labels,
+            min_confidence=min_confidence,
+            cache=cache,
+            n_jobs=n_jobs,
+            backend=backend,
+            allow_empty=True,
         )
         run_job(manifest, progress=progress)
         return pd.read_parquet(Path(tmp) / "annotations.parquet").set_index("path")

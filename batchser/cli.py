@@ -8,11 +8,13 @@ manifest or missing set-up (no PyAudio, no input device; nothing was done),
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from batchser import __version__
 from batchser.cache import CacheError
@@ -165,6 +167,32 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from batchser.api import annotation_manifest
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    out = args.out or f"batchser-reports/{Path(args.inputs[0]).resolve().name or 'root'}"
+    manifest = annotation_manifest(
+        args.inputs,
+        out_dir=out,
+        formats=formats,
+        model=args.model,
+        adapt=args.adapt,
+        speaker="folder" if args.speaker_folders else "labels",
+        cache=args.cache,
+        n_jobs=args.jobs,
+    )
+    summary = run_job(manifest, progress=not args.quiet)
+    if not args.quiet:
+        _print_summary(summary)
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Manifest.model_json_schema(), indent=2))
+    return EXIT_OK
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -199,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--max-seconds", type=_positive, default=30.0, help="longest utterance (30)")
     cap.add_argument("-q", "--quiet", action="store_true", help="print only the queued file's path")
     cap.set_defaults(func=_cmd_capture)
+    ann = sub.add_parser("annotate", help="label folders or files with the shipped model, no manifest needed")
+    ann.add_argument("inputs", nargs="+", help="folders (searched recursively), files, globs or zip/tar archives")
+    ann.add_argument("--out", help="report folder (default batchser-reports/<first input's name>)")
+    ann.add_argument("--model", help="a .skops model (default: the shipped one)")
+    ann.add_argument("--format", default="csv,parquet", help="report formats, comma-separated (csv,parquet)")
+    ann.add_argument(
+        "--speaker-folders", action="store_true", help="one folder per speaker: standardise each speaker's files"
+    )
+    ann.add_argument("--adapt", default="speaker", choices=["speaker", "corpus", "cluster", "none"])
+    ann.add_argument("--cache", help="feature cache folder (default: a per-user cache)")
+    ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")
+    ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary")
+    ann.set_defaults(func=_cmd_annotate)
+    sch = sub.add_parser("schema", help="print the manifest's JSON schema")
+    sch.set_defaults(func=_cmd_schema)
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
     val.add_argument("-q", "--quiet", action="store_true")

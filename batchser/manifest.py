@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from batchser.features import FEATURE_DIMS, OPENSMILE_GROUPS, opensmile_version
 
@@ -273,8 +274,8 @@ class Manifest(_Strict):
     # true writes empty reports instead, for inputs that are empty on purpose.
     allow_empty: bool = False
     # Set by load_manifest: the folder the manifest file is in, and the file.
-    base_dir: Annotated[Path, Field(exclude=True)] = Path()
-    manifest_file: Annotated[Path | None, Field(exclude=True)] = None
+    base_dir: SkipJsonSchema[Annotated[Path, Field(exclude=True)]] = Path()
+    manifest_file: SkipJsonSchema[Annotated[Path | None, Field(exclude=True)]] = None
 
     @field_validator("emotions")
     @classmethod

@@ -83,3 +83,24 @@ def test_load_model_and_manifest_from_dict() -> None:
 def test_annotate_names_a_missing_input(tmp_path: Path) -> None:
     with pytest.raises(batchser.ManifestError, match="does not exist"):
         batchser.annotate(tmp_path / "nowhere", cache=tmp_path / "cache")
+
+
+def test_the_annotate_command_labels_a_folder_without_a_manifest(
+    tmp_path: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = ["annotate", str(folder), "--out", str(out), "--cache", str(tmp_path / "c"), "--format", "csv", "-j", "1"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "13 files seen" in text and "1 failed" in text
+    a = pd.read_csv(out / "annotations.csv")
+    assert len(a) == 13 and not (out / "annotations.parquet").exists()
+
+
+def test_schema_prints_the_manifests_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"name", "inputs", "model", "output"} <= set(schema["properties"]) and "base_dir" not in schema["properties"]
+    assert "LabelSpec" in schema["$defs"]
