@@ -77,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     if args.watch:
         return _watch(manifest, args)
-    summary = run_job(manifest, progress=not args.quiet)
+    summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         _print_summary(summary)
     limit = manifest.fail_threshold
@@ -182,7 +182,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         cache=args.cache,
         n_jobs=args.jobs,
     )
-    summary = run_job(manifest, progress=not args.quiet)
+    summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         _print_summary(summary)
     return EXIT_OK
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch", action="store_true", help="after the run, label clips arriving in the queue; Ctrl-C stops"
     )
     run.add_argument("--poll", type=_positive, default=0.5, help="seconds between looks at the queue (default 0.5)")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace reports in output.dir that another set of inputs wrote"
+    )
     run.set_defaults(func=_cmd_run)
     cap = sub.add_parser("capture", help="record one utterance into a job's queue (needs batchser[mic])")
     cap.add_argument("manifest", nargs="?", help="job manifest whose queue folder receives the clip")
@@ -238,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--adapt", default="speaker", choices=["speaker", "corpus", "cluster", "none"])
     ann.add_argument("--cache", help="feature cache folder (default: a per-user cache)")
     ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")
+    ann.add_argument("--overwrite", action="store_true", help="replace reports that other inputs wrote in --out")
     ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary")
     ann.set_defaults(func=_cmd_annotate)
     sch = sub.add_parser("schema", help="print the manifest's JSON schema")

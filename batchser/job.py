@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -612,6 +613,8 @@ def _write_reports(
             rs.stage / "summary.json",
             {
                 "job": m.name,
+                "job_fingerprint": m.fingerprint(),
+                "inputs": [str(m.resolve(i.path)) for i in m.inputs],
                 "files": s.n_files,
                 "from_cache": s.n_cached,
                 "extracted": s.n_extracted,
@@ -628,11 +631,40 @@ def _write_reports(
         return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")])
 
 
-def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _Run:
+def _check_output_owner(manifest: Manifest) -> None:
+    """Refuse to replace reports another set of inputs wrote (``summary.json``'s job fingerprint).
+
+    Raises
+    ------
+    ManifestError
+        Naming the other job, its inputs, and the two fixes.
+    """
+    summary = manifest.output_dir / "summary.json"
+    try:
+        previous = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no reports yet (or none batchser can read: nothing of a job to protect)
+    theirs = previous.get("job_fingerprint")
+    if theirs is None or theirs == manifest.fingerprint():
+        return
+    inputs = ", ".join(previous.get("inputs", [])) or "unknown"
+    raise ManifestError(
+        str(manifest.manifest_file or manifest.name),
+        [
+            f"output.dir: {manifest.output_dir} holds the reports of another job ({previous.get('job')!r}, "
+            f"inputs {inputs}); set output.dir to a folder of this job's own (or leave it out: "
+            "result/reports/<manifest name>), or pass --overwrite to replace them"
+        ],
+    )
+
+
+def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False, overwrite: bool = False) -> _Run:
     t0 = time.perf_counter()
     summary = JobSummary(manifest.name)
     clock = _StageClock(summary.stages)
     check_manifest_paths(manifest)
+    if not overwrite:
+        _check_output_owner(manifest)
     spec = FeatureSpec(tuple(manifest.features), manifest.audio.sample_rate, chroma_tuning=manifest.chroma_tuning)
     classes = list(manifest.emotions)
     model = (
@@ -697,7 +729,7 @@ def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False) -> _R
     return run
 
 
-def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
+def run_job(manifest: Manifest, *, progress: bool = True, overwrite: bool = False) -> JobSummary:
     """Run ``manifest`` to completion and write its reports.
 
     Parameters
@@ -705,6 +737,8 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     manifest : Manifest
     progress : bool
         Show tqdm progress bars (on stderr).
+    overwrite : bool
+        Replace reports in ``output.dir`` that another set of inputs wrote.
 
     Returns
     -------
@@ -719,7 +753,7 @@ def run_job(manifest: Manifest, *, progress: bool = True) -> JobSummary:
     NoInputError
         The inputs hold no audio file (and ``allow_empty`` is false).
     """
-    return _run(manifest, progress=progress).summary
+    return _run(manifest, progress=progress, overwrite=overwrite).summary
 
 
 def watch_job(

@@ -234,7 +234,9 @@ class SegmentsSpec(_Strict):
 
 
 class OutputSpec(_Strict):
-    dir: str
+    # None: result/reports/<the manifest file's name without .yaml> (or <name>), so a copied
+    # manifest never writes over the reports of the one it was copied from.
+    dir: str | None = None
     formats: list[Literal["csv", "parquet"]] = ["csv", "parquet"]
 
     @field_validator("formats")
@@ -261,7 +263,7 @@ class Manifest(_Strict):
     cache: str = "result/cache"
     engine: EngineSpec = EngineSpec()
     model: ModelSpec
-    output: OutputSpec
+    output: OutputSpec = OutputSpec()
     # null: every file is analysed whole, however long.
     segments: SegmentsSpec | None = SegmentsSpec()
     # Folder that `capture` records into; every run labels what is in it.
@@ -361,7 +363,23 @@ class Manifest(_Strict):
 
     @property
     def output_dir(self) -> Path:
-        return self.resolve(self.output.dir)
+        if self.output.dir is not None:
+            return self.resolve(self.output.dir)
+        stem = self.manifest_file.stem if self.manifest_file is not None else self.name
+        return self.resolve(f"result/reports/{stem}")
+
+    def fingerprint(self) -> str:
+        """What the reports are about: the set of inputs, resolved.
+
+        A rerun with another model, labels or settings relabels the same files
+        and replaces its own reports; reports of another fingerprint in
+        ``output.dir`` (another set of inputs) are refused unless overwriting
+        is asked for.
+        """
+        import hashlib
+
+        what = "\n".join(sorted(str(self.resolve(i.path)) for i in self.inputs))
+        return hashlib.sha256(what.encode()).hexdigest()[:16]
 
     @property
     def model_path(self) -> Path:

@@ -193,10 +193,10 @@ def test_no_audio_is_an_error_and_the_previous_reports_stay(tmp_path: Path, good
     assert main(["run", "-q", str(typo)]) == 2
     (tmp_path / "empty").mkdir()
     empty = job_file(tmp_path, name="empty.yaml", inputs=[{"path": "empty"}])
-    assert main(["run", "-q", str(empty)]) == 1
+    assert main(["run", "-q", "--overwrite", str(empty)]) == 1  # (other inputs: replacing needs --overwrite)
     assert {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()} == before
     opted = job_file(tmp_path, name="opted.yaml", inputs=[{"path": "empty"}], allow_empty=True)
-    assert main(["run", "-q", str(opted)]) == 0
+    assert main(["run", "-q", "--overwrite", str(opted)]) == 0
     assert len(rows(tmp_path)) == 0
 
 
@@ -452,3 +452,29 @@ def test_label_rows_matching_no_file_are_counted_and_none_at_all_refused(
     (tmp_path / "l.csv").write_text("path,label\ngood/sad.wav,sad\ngood/gone.wav,happy\n")
     run(job)
     assert "inputs[0] (good): an emotion for 1 of 4 files; 1 row(s) of" in caplog.text and "gone.wav" in caplog.text
+
+
+# -- H.1: a copied manifest never replaces another job's reports ------------------------------
+
+
+def test_reports_of_other_inputs_are_not_replaced_without_overwrite(
+    tmp_path: Path, good: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "-q", str(job_file(tmp_path))]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()}
+    other = tmp_path / "other"
+    write_audio(other / "x.wav", speechlike("sad", sr=16000, seconds=1.5, seed=5), 16000)
+    copy = job_file(tmp_path, name="copy.yaml", inputs=[{"path": "other"}])  # same name and output.dir
+    assert main(["run", "-q", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the reports of another job ('integrity', inputs" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()} == before
+    assert main(["run", "-q", str(job_file(tmp_path, model={"path": str(MODEL), "adapt": "none"}))]) == 0  # same inputs
+    assert main(["run", "-q", "--overwrite", str(copy)]) == 0
+    assert rows(tmp_path).index.tolist() == ["other/x.wav"]
+    # Without output.dir, reports go to result/reports/<the manifest's file name>.
+    mine = yaml.safe_load(copy.read_text())
+    del mine["output"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(mine))
+    assert main(["run", "-q", str(tmp_path / "mine.yaml")]) == 0
+    assert (tmp_path / "result" / "reports" / "mine" / "annotations.csv").is_file()

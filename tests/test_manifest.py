@@ -68,8 +68,8 @@ def test_each_mistake_names_field_and_fix(tmp_path: Path, over: dict, expected: 
 
 def test_missing_required_field(tmp_path: Path) -> None:
     d = manifest_dict(tmp_path)
-    del d["output"]
-    with pytest.raises(ManifestError, match=r"output: required field is missing"):
+    del d["model"]
+    with pytest.raises(ManifestError, match=r"model: required field is missing"):
         parse_manifest(yaml.safe_dump(d), base_dir=tmp_path)
 
 
