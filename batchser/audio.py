@@ -66,6 +66,10 @@ def _open_error(exc: Exception) -> AudioError:
         msg = msg.split(": ", 1)[1]
     if isinstance(exc, sf.LibsndfileError) and exc.code == _SFE_SYSTEM:
         return AudioError(f"cannot read: {msg or 'system error'}", transient=True)
+    if "possibly a pipe" in msg:
+        # What libsndfile says of a regular file in which it finds no audio at all
+        # (an MP3 that is only an ID3 tag, for one); the file itself is there.
+        return AudioError("cannot decode: no audio data found (a header or tag without any audio frames?)")
     return AudioError(f"cannot decode: {msg}" if msg else f"cannot decode: {type(exc).__name__}")
 
 

@@ -377,9 +377,15 @@ class _Claims:
                 os.utime(self.own)
 
     def add(self, content_hash: str) -> None:
-        fh = self._open()
-        fh.write(content_hash + "\n")
-        fh.flush()
+        try:
+            fh = self._open()
+            fh.write(content_hash + "\n")
+            fh.flush()
+        except OSError as exc:
+            raise CacheError(
+                f"cannot write the claim file {self.own}: {exc.strerror or exc}"
+                f"{' (the disk is full)' if exc.errno == errno.ENOSPC else ''}"
+            ) from None
 
     def read_others(self) -> None:
         if not self.folder.is_dir():
@@ -709,7 +715,13 @@ class FeatureStore:
             info = self.spec.to_dict() | {"key": self.key}
             if self.segment_spec is not None:
                 info["segments"] = asdict(self.segment_spec)
-            atomic_write_text(spec_file, json.dumps(info, indent=2) + "\n")
+            try:
+                atomic_write_text(spec_file, json.dumps(info, indent=2) + "\n")
+            except OSError as exc:
+                raise CacheError(
+                    f"cannot write to the feature cache {spec_file}: {exc.strerror or exc}"
+                    f"{' (the disk is full)' if exc.errno == errno.ENOSPC else ''}"
+                ) from None
 
     def _to_table(self, records: list[FeatureRecord]) -> pa.Table:
         dim = self.spec.dim

@@ -51,6 +51,8 @@ def make_bad_corpus(root: Path, *, unreadable: bool = True) -> dict[str, Expect]
     e["random-bytes.wav"] = Expect("error", "cannot decode")
     (root / "text.flac").write_text("This is a text file with an audio name.\n" * 20)
     e["text.flac"] = Expect("error", "cannot decode")
+    (root / "id3-only.mp3").write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x0a" + b"\x00" * 10)  # a tag, no frames
+    e["id3-only.mp3"] = Expect("error", "no audio data found")
 
     # -- lying or broken headers ------------------------------------------------
     full = _wav(root / "truncated.wav", speech, 16000)
