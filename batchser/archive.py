@@ -9,10 +9,14 @@ start: readers here take a whole list of wanted members and make one pass.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import tarfile
+import threading
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,31 @@ class ArchiveError(Exception):
 class Member:
     name: str
     size: int
+    link: str = ""  # a tar symbolic or hard link: its target (links are reported, never followed)
+
+
+_OPEN_ZIPS = 4
+_zips: OrderedDict[tuple[str, int, int], zipfile.ZipFile] = OrderedDict()
+_zips_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The archive, opened once per process while it is unchanged.
+
+    Opening a zip parses its whole central directory: a job that reopened a
+    100,000-member archive for every batch of files did quadratic work.
+    """
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _zips_lock:
+        zf = _zips.pop(key, None)
+        if zf is None:
+            zf = zipfile.ZipFile(path)
+        _zips[key] = zf  # most recently used last
+        while len(_zips) > _OPEN_ZIPS:
+            _zips.popitem(last=False)[1].close()
+    yield zf
 
 
 def is_archive(path: str | Path) -> bool:
@@ -67,7 +96,7 @@ def _is_zip(path: Path) -> bool:
 
 
 def list_members(path: Path) -> list[Member]:
-    """Regular-file members in archive order (directories and links left out).
+    """Regular-file and link members in archive order (directories left out; links carry their target).
 
     Raises
     ------
@@ -76,10 +105,14 @@ def list_members(path: Path) -> list[Member]:
     """
     try:
         if _is_zip(path):
-            with zipfile.ZipFile(path) as zf:
+            with _zip(path) as zf:
                 return [Member(i.filename, i.file_size) for i in zf.infolist() if not i.is_dir()]
         with tarfile.open(path, mode="r:*") as tf:
-            return [Member(m.name, m.size) for m in tf.getmembers() if m.isreg()]
+            return [
+                Member(m.name, m.size, m.linkname if m.issym() or m.islnk() else "")
+                for m in tf.getmembers()
+                if m.isreg() or m.issym() or m.islnk()
+            ]
     except _READ_ERRORS as exc:
         raise ArchiveError(f"cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
 
@@ -89,7 +122,7 @@ def _streams(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, IO[byte
     left = set(wanted)
     try:
         if _is_zip(path):
-            with zipfile.ZipFile(path) as zf:
+            with _zip(path) as zf:
                 for name in wanted:
                     try:
                         info = zf.getinfo(name)

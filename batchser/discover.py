@@ -112,8 +112,10 @@ def _members(path: str, index: int) -> Iterator[SourceFile]:
         yield SourceFile(rec.path, index, rec.size, rec.mtime_ns, str(exc), ctime_ns=rec.ctime_ns)
         return
     for m in members:
-        if os.path.splitext(m.name)[1].lower() in AUDIO_EXTENSIONS:
-            yield SourceFile(rec.path, index, m.size, rec.mtime_ns, member=m.name, ctime_ns=rec.ctime_ns)
+        if os.path.splitext(m.name)[1].lower() not in AUDIO_EXTENSIONS:
+            continue
+        error = f"a link inside the archive (to {m.link}): links are not followed" if m.link else ""
+        yield SourceFile(rec.path, index, m.size, rec.mtime_ns, error, member=m.name, ctime_ns=rec.ctime_ns)
 
 
 def _expand(path: Path) -> Iterator[tuple[str, bool]]:

@@ -139,3 +139,47 @@ def test_a_job_over_archives(tmp_path: Path, bundles: Path) -> None:
     np.testing.assert_array_equal(
         pd.read_parquet(tmp_path / "out" / "annotations.parquet")["confidence"].to_numpy(), df["confidence"].to_numpy()
     )
+
+
+def test_tar_links_get_a_row_of_their_own(tmp_path: Path) -> None:
+    data = _wav("sad", 1)
+    with tarfile.open(tmp_path / "links.tar", "w") as tf:
+        ti = tarfile.TarInfo("a.wav")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+        for name, kind in (("sym.wav", tarfile.SYMTYPE), ("hard.wav", tarfile.LNKTYPE)):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, "a.wav"
+            tf.addfile(link)
+    errors = {f.member: f.error for f in discover([tmp_path / "links.tar"])}
+    assert errors["a.wav"] == ""  # they used to vanish from the report
+    assert errors["sym.wav"] == errors["hard.wav"] == "a link inside the archive (to a.wav): links are not followed"
+
+
+def test_a_zip_is_opened_once_per_process_not_once_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchser.archive
+
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as zf:
+        for i in range(40):
+            zf.writestr(f"c{i:03d}.wav", _wav(KINDS[i % 4], i))
+    opened: list[str] = []
+
+    class Counting(zipfile.ZipFile):
+        def __init__(self, file, *args, **kwargs):  # type: ignore[no-untyped-def]
+            opened.append(str(file))
+            super().__init__(file, *args, **kwargs)
+
+    monkeypatch.setattr(batchser.archive.zipfile, "ZipFile", Counting)
+    m = {
+        "name": "z",
+        "inputs": [{"path": "many.zip"}],
+        "emotions": KINDS,
+        "cache": "cache",
+        "engine": {"backend": "sequential", "batch_size": 4},  # 10 batches
+        "model": {"path": str(MODEL)},
+        "output": {"dir": "out"},
+    }
+    s = run_job(parse_manifest(yaml.safe_dump(m), base_dir=tmp_path), progress=False)
+    assert s.n_files == 40 and s.n_failed == 0
+    mine = [f for f in opened if f.endswith("many.zip")]  # (the model file is a zip too)
+    assert len(mine) == 1, mine  # listing, hashing and every batch share one open archive
