@@ -554,7 +554,7 @@ def _check_labels(
         paths, a pattern that never matches): the job would train or score on nothing.
     """
     problems = []
-    seen = {os.path.normpath(f.name if f.member else f.path) for f in files}
+    seen = {os.path.realpath(f.path) if not f.member else os.path.normpath(f.name) for f in files}
     for i, inp in enumerate(manifest.inputs):
         if not inp.has_labels:
             continue

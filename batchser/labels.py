@@ -145,7 +145,7 @@ def _table_source(
     twice: list[str] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         emotion = row[emotion_column] or None
-        key = os.path.normpath(table_path.parent / row[path_column])
+        key = os.path.realpath(table_path.parent / row[path_column])  # the rule discovery's paths follow
         if key in line_of:
             twice.append(f"{row[path_column]} (lines {line_of[key]} and {line})")
         line_of[key] = line
@@ -170,7 +170,10 @@ class TableLabels:
         self.table, self.source = table, source
 
     def __call__(self, path: Path) -> Label:
-        return self.table.get(os.path.normpath(path), Label())
+        hit = self.table.get(os.path.normpath(path))
+        if hit is None:  # reached through a link, or named through one in the table
+            hit = self.table.get(os.path.realpath(path), Label())
+        return hit
 
     def unmatched(self, seen: set[str]) -> list[str]:
         """Table paths that are not among ``seen`` (normalised paths of the discovered files)."""

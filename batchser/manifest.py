@@ -353,9 +353,13 @@ class Manifest(_Strict):
         return (self.base_dir / self.root).resolve()
 
     def resolve(self, path: str | Path) -> Path:
-        """Absolute path for a manifest path (relative ones are taken from ``root``)."""
+        """Absolute path for a manifest path (relative ones are taken from ``root``), links resolved.
+
+        One rule for every path, relative or absolute, so that a folder reached
+        through a symbolic link is the same folder wherever it is named.
+        """
         p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.root_dir / p).resolve()
+        return (p if p.is_absolute() else self.root_dir / p).resolve()
 
     @property
     def cache_dir(self) -> Path:

@@ -478,3 +478,15 @@ def test_reports_of_other_inputs_are_not_replaced_without_overwrite(
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(mine))
     assert main(["run", "-q", str(tmp_path / "mine.yaml")]) == 0
     assert (tmp_path / "result" / "reports" / "mine" / "annotations.csv").is_file()
+
+
+def test_labels_match_through_symbolic_links_either_way(tmp_path: Path, good: Path) -> None:
+    (tmp_path / "link").symlink_to(good)  # the same folder under another name
+    for input_path, listed in (("good", tmp_path / "link"), ("link", good), (str(tmp_path / "link"), good)):
+        (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{listed / k}.wav,{k}\n" for k in KINDS))
+        job = job_file(
+            tmp_path, inputs=[{"path": input_path, "labels": "csv:l.csv"}], output={"dir": f"r{len(input_path)}"}
+        )
+        s = run(job)
+        labels = rows(tmp_path, f"r{len(input_path)}")["true_label"]
+        assert s.n_files == 4 and (labels != "").all(), (input_path, labels.to_dict())  # it matched 0 of 4
