@@ -26,6 +26,7 @@ __all__ = [
     "CaptureSetupError",
     "Clip",
     "InputDevice",
+    "check_input",
     "frame_levels",
     "list_input_devices",
     "record_utterance",
@@ -187,6 +188,17 @@ def list_input_devices() -> list[InputDevice]:
     """
     with _portaudio() as pa:
         return _input_devices(pa)
+
+
+def check_input(device: str | int | None = None) -> InputDevice:
+    """The input device a capture would use, before anyone is asked to speak.
+
+    Raises
+    ------
+    CaptureSetupError
+        PyAudio is missing, there is no input device, or ``device`` matches none.
+    """
+    return _choose(list_input_devices(), device)
 
 
 def _choose(devices: list[InputDevice], device: str | int | None) -> InputDevice:

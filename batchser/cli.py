@@ -1,7 +1,7 @@
 """Command line: ``python -m batchser run MANIFEST [--quiet] [--watch]`` and ``capture``.
 
 Exit codes: 0 job completed (per-file failures are report rows), 2 invalid
-manifest or missing set-up (no PyAudio, no input device; nothing was done),
+manifest (nothing was done), 3 capture set-up missing (no PyAudio, no input device),
 1 any other fatal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
@@ -27,7 +27,7 @@ from batchser.report import ReportError
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FATAL, EXIT_MANIFEST = 0, 1, 2
+EXIT_OK, EXIT_FATAL, EXIT_MANIFEST, EXIT_SETUP = 0, 1, 2, 3  # 3: no PyAudio or no input device
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 log = logging.getLogger("batchser")
@@ -121,14 +121,14 @@ def _watch(manifest: Manifest, args: argparse.Namespace) -> int:
 
 
 def _cmd_capture(args: argparse.Namespace) -> int:
-    from batchser.capture import list_input_devices, record_utterance
+    from batchser.capture import check_input, list_input_devices, record_utterance
     from batchser.queue import enqueue
 
     if args.list_devices:
         devices = list_input_devices()
         if not devices:
             print("no audio input devices found", file=sys.stderr)
-            return EXIT_MANIFEST
+            return EXIT_SETUP
         for d in devices:
             mark = "*" if d.is_default else " "
             print(f"{mark} {d.index:3d}  {d.name}  ({d.channels} ch, {d.default_sample_rate:g} Hz)")
@@ -136,6 +136,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     if args.manifest is None:
         raise CaptureSetupError("capture needs a job manifest (its queue folder receives the clip), or --list-devices")
     manifest = load_manifest(args.manifest)
+    check_input(args.device)  # PyAudio and the device first: never "speak now" into nothing
     if not args.quiet:
         what = f"{args.seconds:g} s" if args.seconds else f"until {args.silence:g} s of silence"
         print(f"recording ({what}); speak now", file=sys.stderr, flush=True)
@@ -274,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_MANIFEST
     except CaptureSetupError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
-        return EXIT_MANIFEST
+        return EXIT_SETUP
     except (ModelError, ReportError, CacheError, CaptureError, EngineError, NoInputError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
