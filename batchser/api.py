@@ -36,11 +36,10 @@ def default_model_path() -> Path:
     FileNotFoundError
         When batchser runs from an installation without the model file.
     """
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "models" / _SHIPPED, here.parent / "result" / "models" / _SHIPPED):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"the shipped model {_SHIPPED} is not installed; pass model= the path of a .skops model")
+    path = Path(__file__).resolve().parent / "models" / _SHIPPED  # package data (pyproject.toml)
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped model {path} is missing from this installation; pass model=")
+    return path
 
 
 def default_cache_dir() -> Path:

@@ -61,7 +61,7 @@ def test_annotate_a_folder_returns_the_report_as_a_dataframe(
 
 
 def test_load_model_and_manifest_from_dict() -> None:
-    m = batchser.load_model(PROJECT / "result" / "models" / "pooled-4emo.skops")
+    m = batchser.load_model(PROJECT / "batchser" / "models" / "pooled-4emo.skops")
     assert sorted(m.meta.classes) == sorted(CLASSES) and m.id.startswith("pooled-4emo@")
     assert m.predict_proba(np.zeros((1, m.meta.feature_spec["dim"]))).shape == (1, 4)
     with pytest.raises(batchser.ManifestError, match=r"engine.n_job: unknown key; did you mean 'n_jobs'"):

@@ -41,7 +41,7 @@ def test_shipped_model_labels_the_demo_set(tmp_path: Path) -> None:
     assert len(df) >= 6 and (df.status == "ok").all()
     assert set(df.label) <= {"angry", "sad", "neutral", "happy"}
     assert df[["p_angry", "p_sad", "p_neutral", "p_happy"]].sum(axis=1).between(0.999, 1.001).all()
-    side = read_meta(PROJECT / "result" / "models" / "pooled-4emo.skops")
+    side = read_meta(PROJECT / "batchser" / "models" / "pooled-4emo.skops")
     assert (df.model == f"pooled-4emo@{side.weights_sha256[:12]}").all()
     assert set(df.orig_sample_rate) >= {16000, 22050, 44100, 48000} and df.channels.max() == 2
 

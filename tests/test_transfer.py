@@ -234,7 +234,7 @@ def test_the_pooled_job_evaluates_leave_one_corpus_out_and_makes_the_shipped_mod
     a = pd.read_parquet(tmp_path / "reports" / "annotations.parquet")
     assert set(a.corpus) == {"ravdess", "savee", "nemo", "urdu"}
     assert set(a[a.corpus == "urdu"].normalized_by) == {"corpus"}  # speaker ids withheld there
-    shipped = read_meta(PROJECT / "result" / "models" / "pooled-4emo.skops")
+    shipped = read_meta(PROJECT / "batchser" / "models" / "pooled-4emo.skops")
     assert shipped.training_fingerprint == read_meta(tmp_path / "m.skops").training_fingerprint
     card = (tmp_path / "m.md").read_text()
     assert "Leave one corpus out" in card and "CC BY-NC-SA 4.0" in card and "non-commercial" in card
