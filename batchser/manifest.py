@@ -196,7 +196,7 @@ class ModelSpec(_Strict):
     # Files whose top probability is below this are labelled "uncertain".
     min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
     # "speaker": standardise features over each speaker's own recordings
-    # (batchser.speakers); files of speakers with fewer than min_speaker_files
+    # (batchser.model.adapt); files of speakers with fewer than min_speaker_files
     # recordings in the job use a second network trained without it.
     normalize: Literal["none", "speaker"] = "none"
     min_speaker_files: Annotated[int, Field(ge=2)] = 10

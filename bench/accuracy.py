@@ -7,7 +7,7 @@ pinning chroma's tuning (manifest chroma_tuning) costs the seed's features any a
 Every row is actor-wise GroupKFold(4) on RAVDESS speech (each actor tested once, by a
 network that never heard them), the seed's MLP parameters, random_state 0, no calibration
 (the train jobs report calibrated figures; calibration barely moves accuracy). "speaker"
-rows standardise each actor's features over their own recordings (batchser.speakers); the
+rows standardise each actor's features over their own recordings (batchser.model.adapt); the
 "stats from ..." rows compute a test actor's statistics from only some of their files, as
 a user with few recordings per speaker, or with a skewed emotion mix, would.
 """
@@ -59,13 +59,13 @@ Picker = Callable[[np.ndarray], np.ndarray]  # a speaker's row indices -> the ro
 
 
 def standardise(X: np.ndarray, speakers: np.ndarray, pick: Picker | None = None) -> np.ndarray:
-    from batchser.speakers import SpeakerNorm
+    from batchser.model.adapt import GroupStats
 
     out = np.empty_like(X)
     for s in np.unique(speakers):
         rows = np.flatnonzero(speakers == s)
         ref = rows if pick is None else pick(rows)
-        norm = SpeakerNorm.fit(X[ref], [s] * len(ref), min_files=2)
+        norm = GroupStats.fit(X[ref], [s] * len(ref), min_files=2)
         out[rows] = norm.transform(X[rows], [s] * len(rows))[0]
     return out
 

@@ -60,14 +60,9 @@ class Grouping:
             The file each row belongs to; default row ``i`` is file ``i``.
         """
         owner = np.arange(len(X)) if owner is None else np.asarray(owner)
-        mean, std = {}, {}
-        for key, files in self.members.items():
-            rows = np.asarray(X[np.isin(owner, files)], dtype=np.float64)
-            if len(rows) < 2:
-                continue
-            sd = rows.std(axis=0)
-            mean[key], std[key] = rows.mean(axis=0), np.where(sd > 1e-12, sd, 1.0)
-        return GroupStats(mean, std)
+        return GroupStats._measure(
+            X, {key: np.flatnonzero(np.isin(owner, files)) for key, files in self.members.items()}
+        )
 
 
 @dataclass(frozen=True)
@@ -76,6 +71,43 @@ class GroupStats:
 
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
+    count: dict[str, int]
+
+    @classmethod
+    def fit(cls, X: np.ndarray, keys: Sequence[str | None], *, min_files: int) -> GroupStats:
+        """Statistics of every group (speaker, corpus…) with at least ``min_files`` rows of its own.
+
+        Parameters
+        ----------
+        X : np.ndarray, shape (n, d)
+        keys : sequence of str or None, length n
+            Each row's group; None for none.
+        min_files : int
+            Fewest rows that give a group statistics of its own (at least 2, to estimate a spread).
+        """
+        if min_files < 2:
+            raise ValueError(f"min_files must be at least 2 to estimate a spread, got {min_files}")
+        if len(keys) != len(X):
+            raise ValueError(f"{len(keys)} group keys for {len(X)} rows")
+        rows: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            if k:
+                rows.setdefault(k, []).append(i)
+        return cls._measure(X, {k: np.array(v) for k, v in rows.items() if len(v) >= min_files})
+
+    @classmethod
+    def _measure(cls, X: np.ndarray, rows: dict[str, np.ndarray]) -> GroupStats:
+        mean, std, count = {}, {}, {}
+        for key, idx in rows.items():
+            block = np.asarray(X[idx], dtype=np.float64)
+            if len(block) < 2:
+                continue
+            sd = block.std(axis=0)
+            mean[key], std[key], count[key] = block.mean(axis=0), np.where(sd > 1e-12, sd, 1.0), len(block)
+        return cls(mean, std, count)
+
+    def covers(self, key: str | None) -> bool:
+        return key is not None and key in self.mean
 
     def transform(self, X: np.ndarray, keys: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """Rows standardised by their group's statistics.

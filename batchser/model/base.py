@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from batchser.speakers import SpeakerNorm
+from batchser.model.adapt import GroupStats
 
 __all__ = ["PROBA_FLOOR", "ModelError", "ModelMeta", "TrainedModel"]
 
@@ -46,7 +46,7 @@ class TrainedModel:
     """A loaded model: the network for any file, and optionally one for speaker-normalised files.
 
     ``speaker_pipeline`` (``model.normalize: speaker``) was trained on features
-    standardised per speaker (:class:`batchser.speakers.SpeakerNorm`); files
+    standardised per speaker or corpus (:mod:`batchser.model.adapt`); files
     whose speaker has too few recordings for such statistics go to ``pipeline``,
     trained on the same data without that step.
     """
@@ -84,9 +84,9 @@ class TrainedModel:
         return self._proba(self.pipeline, X)
 
     def predict_proba_by_speaker(
-        self, X: np.ndarray, speakers: Sequence[str | None], norm: SpeakerNorm | None
+        self, X: np.ndarray, keys: Sequence[str | None], norm: GroupStats | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities, speaker-normalised wherever ``norm`` covers the row's speaker.
+        """Class probabilities, normalised wherever ``norm`` covers the row's group (speaker, corpus…).
 
         Returns
         -------
@@ -96,7 +96,7 @@ class TrainedModel:
         """
         if self.speaker_pipeline is None or norm is None:
             return self.predict_proba(X), np.zeros(len(X), dtype=bool)
-        Xn, covered = norm.transform(X, speakers)
+        Xn, covered = norm.transform(X, keys)
         proba = np.empty((len(X), len(self.meta.classes)))
         if (~covered).any():
             proba[~covered] = self._proba(self.pipeline, X[~covered])

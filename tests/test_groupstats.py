@@ -1,11 +1,11 @@
-"""Per-speaker standardisation: who is covered, what it removes, what it leaves alone."""
+"""Standardisation within groups (speakers here): who is covered, what it removes, what it leaves alone."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from batchser.speakers import SpeakerNorm
+from batchser.model.adapt import GroupStats
 
 
 def _data(rng: np.random.Generator) -> tuple[np.ndarray, list[str | None]]:
@@ -16,7 +16,7 @@ def _data(rng: np.random.Generator) -> tuple[np.ndarray, list[str | None]]:
 
 def test_covered_speakers_are_standardised_over_their_own_rows() -> None:
     X, speakers = _data(np.random.default_rng(0))
-    norm = SpeakerNorm.fit(X, speakers, min_files=10)
+    norm = GroupStats.fit(X, speakers, min_files=10)
     assert norm.count == {"a": 12, "b": 20}  # c has 3 rows, None is nobody
     Xn, covered = norm.transform(X, speakers)
     assert covered.tolist() == [True] * 32 + [False] * 8
@@ -33,22 +33,22 @@ def test_a_speakers_voice_offset_and_scale_are_removed() -> None:
     voiced = X.copy()
     a = np.array([s == "a" for s in speakers])
     voiced[a] = 3.0 * X[a] + np.array([5.0, -2.0, 0.0, 100.0, 1.0])
-    before = SpeakerNorm.fit(X, speakers, min_files=10).transform(X, speakers)[0]
-    after = SpeakerNorm.fit(voiced, speakers, min_files=10).transform(voiced, speakers)[0]
+    before = GroupStats.fit(X, speakers, min_files=10).transform(X, speakers)[0]
+    after = GroupStats.fit(voiced, speakers, min_files=10).transform(voiced, speakers)[0]
     np.testing.assert_allclose(after, before, atol=1e-9)
 
 
 def test_a_constant_feature_does_not_blow_up() -> None:
     X = np.ones((10, 3))
     X[:, 0] = np.arange(10)
-    Xn, covered = SpeakerNorm.fit(X, ["s"] * 10, min_files=5).transform(X, ["s"] * 10)
+    Xn, covered = GroupStats.fit(X, ["s"] * 10, min_files=5).transform(X, ["s"] * 10)
     assert covered.all() and np.isfinite(Xn).all()
     np.testing.assert_array_equal(Xn[:, 1:], 0.0)
 
 
 def test_unknown_speakers_at_transform_time_pass_through() -> None:
     X, speakers = _data(np.random.default_rng(2))
-    norm = SpeakerNorm.fit(X, speakers, min_files=10)
+    norm = GroupStats.fit(X, speakers, min_files=10)
     Xn, covered = norm.transform(X[:2], ["zed", None])
     assert not covered.any()
     np.testing.assert_array_equal(Xn, X[:2])
@@ -56,6 +56,6 @@ def test_unknown_speakers_at_transform_time_pass_through() -> None:
 
 def test_bad_arguments_are_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match="min_files must be at least 2"):
-        SpeakerNorm.fit(np.zeros((3, 2)), ["a"] * 3, min_files=1)
-    with pytest.raises(ValueError, match="2 speakers for 3 rows"):
-        SpeakerNorm.fit(np.zeros((3, 2)), ["a", "b"], min_files=2)
+        GroupStats.fit(np.zeros((3, 2)), ["a"] * 3, min_files=1)
+    with pytest.raises(ValueError, match="2 group keys for 3 rows"):
+        GroupStats.fit(np.zeros((3, 2)), ["a", "b"], min_files=2)
