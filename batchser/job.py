@@ -10,35 +10,30 @@ import json
 import logging
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 # pyarrow imports pandas on its first conversion to or from numpy, which every
 # job makes; importing it with the job keeps that cost (0.15 s) in start-up
 # instead of in whichever stage converts first, so stage timings stay comparable.
 import pandas  # noqa: F401
-from tqdm.auto import tqdm
 
-from batchser.archive import hash_members, member_name
-from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore, FileChangedError, hash_file
+from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore
 from batchser.discover import SourceFile, discover
-from batchser.engine import CHANGED, VANISHED, Executor, ExtractTask, open_executor, run_tasks
+from batchser.engine import Executor, ExtractTask, open_executor, run_tasks
 from batchser.features import FeatureSpec
+from batchser.hashing import content_hashes, progress_bar
 from batchser.labels import Label, label_coverage, label_source
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import (
     TrainedModel,
     load_model,
 )
-from batchser.model.adapt import GroupStats, group_rows, voice_columns
-from batchser.model.domain import distances, scaler_of
 from batchser.paths import check_manifest_paths
+from batchser.predict import FileOutcome, annotate_rows, domain_summary
 from batchser.queue import QueueWatcher
 from batchser.report import (
     ReportRow,
@@ -59,26 +54,9 @@ __all__ = ["FileOutcome", "JobSummary", "NoInputError", "check_manifest_paths", 
 
 log = logging.getLogger(__name__)
 
-PREDICT_CHUNK = 2048  # files per predict_proba call
-UNCERTAIN = "uncertain"  # the label of a file under model.min_confidence
-
 
 class NoInputError(RuntimeError):
     """The inputs exist but hold no audio: nothing to label, and earlier reports are left alone."""
-
-
-@dataclass(frozen=True, slots=True)
-class FileOutcome:
-    """A discovered file with its content hash and feature record (or why it has none)."""
-
-    source: SourceFile
-    content_hash: str = ""
-    record: FeatureRecord | None = None
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.record is not None and self.record.ok
 
 
 @dataclass
@@ -110,90 +88,6 @@ class _StageClock:
         self.t = now
 
 
-def text_path(path: Path | str) -> str:
-    """A path as valid UTF-8 text: undecodable name bytes become ``\\xNN`` escapes.
-
-    Parquet, CSV and JSON need real Unicode; Python keeps such bytes as lone
-    surrogates, which cannot be encoded.
-    """
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _display_path(source: SourceFile, root: str) -> str:
-    """The report's path: relative to ``root`` (a folder, with its trailing slash) when inside it."""
-    # Strings, not Path.relative_to: the same lexical test at a tenth of the cost
-    # (paths are absolute and normalised by discovery), once per file per report.
-    full = str(source.path)
-    shown = full[len(root) :] if full.startswith(root) else full
-    return text_path(member_name(shown, source.member) if source.member else shown)
-
-
-def _bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
-    return tqdm(
-        total=total, initial=initial, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True, leave=True
-    )
-
-
-def _map_ahead(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterator[Any], *, ahead: int) -> Iterator:
-    """``pool.map(fn, items)`` with at most ``ahead`` calls queued.
-
-    ``Executor.map`` submits every item at once, and a future per file of a
-    large archive weighs more than its hash.
-    """
-    queued: deque[Future[Any]] = deque()
-    for item in items:
-        queued.append(pool.submit(fn, item))
-        if len(queued) >= ahead:
-            yield queued.popleft().result()
-    while queued:
-        yield queued.popleft().result()
-
-
-def _content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progress: bool) -> list[tuple[str, str]]:
-    """(content_hash, error) per file: from the path index when size and mtime match, else hashed."""
-    out: list[tuple[str, str]] = [("", f.error) if f.error else ("", "") for f in files]
-    todo = []
-    for i, f in enumerate(files):
-        if f.error:
-            continue
-        known = store.known_hash(text_path(f.name), f.stamp)
-        if known:
-            out[i] = (known, "")
-        else:
-            todo.append(i)
-    if not todo:
-        return out
-    # Work units: a plain file, or every member wanted from one archive (one pass over it).
-    units: dict[str, list[int]] = {}
-    for i in todo:
-        units.setdefault(str(files[i].path) if files[i].member else f"\0{i}", []).append(i)
-
-    def one(idx: list[int]) -> list[tuple[int, str, str]]:
-        f = files[idx[0]]
-        if not f.member:
-            try:
-                return [(idx[0], hash_file(f.path, expect=f.stamp), "")]
-            except FileNotFoundError:
-                return [(idx[0], "", VANISHED)]
-            except FileChangedError:
-                return [(idx[0], "", CHANGED)]
-            except OSError as exc:
-                return [(idx[0], "", f"cannot read: {exc.strerror or exc}")]
-        got = hash_members(f.path, [files[i].member for i in idx])
-        return [(i, *got[files[i].member]) for i in idx]
-
-    # hashlib releases the GIL on large buffers: threads overlap I/O and hashing.
-    with ThreadPoolExecutor(max_workers=4) as pool, _bar(len(todo), "hashing", progress) as bar:
-        for results in _map_ahead(pool, one, iter(units.values()), ahead=64):
-            for i, h, err in results:
-                out[i] = (h, err)
-                if h:
-                    f = files[i]
-                    store.remember_hash(text_path(f.name), f.stamp, h)
-            bar.update(len(results))
-    return out
-
-
 class _Executors:
     """The job's executor, opened on first use (a fully cached run starts no workers or cluster)."""
 
@@ -218,7 +112,7 @@ def _features(
     progress: bool,
     clock: _StageClock | None = None,
 ) -> list[FileOutcome]:
-    hashes = _content_hashes(files, store, progress=progress)
+    hashes = content_hashes(files, store, progress=progress)
     if clock is not None:
         clock.lap("hash")
     todo: dict[str, SourceFile] = {}  # content hash -> one file having it
@@ -232,7 +126,7 @@ def _features(
     eng = manifest.engine
     extracted: set[str] = set()
     deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
-    with _bar(len(files), "extracting", progress, initial=len(files) - sum(waiting.values())) as bar:
+    with progress_bar(len(files), "extracting", progress, initial=len(files) - sum(waiting.values())) as bar:
 
         def still_needed(task: ExtractTask) -> bool:
             if store.claim(task.content_hash):
@@ -337,206 +231,6 @@ def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], 
     return paths, fns
 
 
-def _annotate(
-    outcomes: Sequence[FileOutcome],
-    labels: Sequence[Label],
-    model: TrainedModel,
-    *,
-    root: Path,
-    train: bool,
-    used: Collection[int] = (),
-    min_confidence: float | None = None,
-    adapt: str = "speaker",
-    allowed: dict[str, bool] | None = None,
-) -> tuple[list[ReportRow], list[SegmentRow]]:
-    """One report row per outcome (the model's label and probabilities, or why there are none),
-    and one segment row per window of each long file.
-
-    A long file's row carries the mean probabilities of its voiced windows (of
-    all windows when none is voiced), the label they favour, and the most
-    frequent window label as ``dominant_label``. A file (or window) whose top
-    probability is below ``min_confidence`` is labelled ``uncertain``; its
-    probabilities are still reported. With a normalising model, files are
-    standardised within the groups ``adapt`` chooses (``allowed``: corpus →
-    whether its speaker ids may be used).
-    """
-
-    def top(p: np.ndarray) -> tuple[str, float]:
-        k = int(np.argmax(p))
-        label = classes[k] if min_confidence is None or p[k] >= min_confidence else UNCERTAIN
-        return label, float(p[k])
-
-    classes = list(model.meta.classes)
-    prefix = os.path.join(root, "")  # with its trailing slash
-    adaptation = _adaptation(outcomes, labels, model, mode=adapt, allowed=allowed or {})
-    norm, keys = adaptation.stats, adaptation.keys
-    seg_rows: list[SegmentRow] = []
-    aggregated: dict[int, np.ndarray] = {}
-    dominant: dict[int, tuple[str, int]] = {}
-    for i, o in enumerate(outcomes):
-        segs = o.record.segments if o.ok and o.record is not None else None
-        if segs is None:
-            continue
-        p, _ = model.predict_proba_by_speaker(segs.vectors.astype(np.float64), [keys[i]] * len(segs), norm)
-        use = segs.voiced if segs.voiced.any() else np.ones(len(segs), dtype=bool)
-        aggregated[i] = p[use].mean(axis=0)
-        seg_labels = [classes[k] for k in np.argmax(p, axis=1)]
-        counts = Counter(lab for lab, u in zip(seg_labels, use, strict=True) if u)
-        dominant[i] = (max(classes, key=lambda c: (counts[c], -classes.index(c))), len(segs))
-        path = _display_path(o.source, prefix)
-        for j in range(len(segs)):
-            label, conf = top(p[j])
-            seg_rows.append(
-                SegmentRow(
-                    path=path,
-                    start_s=float(segs.start_s[j]),
-                    end_s=float(segs.end_s[j]),
-                    voiced=bool(segs.voiced[j]),
-                    label=label,
-                    confidence=conf,
-                    probabilities=dict(zip(classes, map(float, p[j]), strict=True)),
-                )
-            )
-    ok_idx = [i for i, o in enumerate(outcomes) if o.ok and i not in aggregated]
-    # In chunks: the network's float64 activations for all files at once would
-    # grow the job's peak memory with the archive (about 4 KB per file).
-    chunks = chunks_of(ok_idx, PREDICT_CHUNK)
-    proba = np.concatenate(
-        [np.empty((0, len(classes)))]
-        + [
-            model.predict_proba_by_speaker(
-                np.stack([outcomes[i].record.vector for i in c]).astype(np.float64),  # type: ignore[union-attr]
-                [keys[i] for i in c],
-                norm,
-            )[0]
-            for c in chunks
-        ]
-    )
-    # Row numbers, not row views: a view per file weighs more than its 4 numbers.
-    proba_row = {i: k for k, i in enumerate(ok_idx)}
-    scaler = scaler_of(model.pipeline)
-    distance = {
-        i: float(d)
-        for c in chunks_of([i for i, o in enumerate(outcomes) if o.ok], PREDICT_CHUNK)
-        for i, d in zip(c, distances(np.stack([outcomes[i].record.vector for i in c]), *scaler), strict=True)  # type: ignore[union-attr]
-    }
-    rows = []
-    for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
-        rec = o.record
-        common: dict[str, Any] = {
-            "path": _display_path(o.source, prefix),
-            "true_label": lab.emotion or "",
-            "content_hash": o.content_hash,
-            "model": model.id,
-            "used_for_training": (i in used) if train else None,
-            "speaker": lab.speaker or "",
-            "corpus": lab.corpus or "",
-        }
-        if rec is not None:
-            common |= {
-                "duration_s": rec.duration_s,
-                "orig_sample_rate": rec.orig_sample_rate,
-                "channels": rec.channels,
-                "warning": rec.warning,
-            }
-        if i in dominant:
-            common |= {"dominant_label": dominant[i][0], "segments": dominant[i][1]}
-        p = proba[proba_row[i]] if i in proba_row else aggregated.get(i)
-        if p is not None:
-            label, conf = top(p)
-            probabilities = dict(zip(classes, map(float, p), strict=True))
-            rows.append(
-                ReportRow(
-                    status="ok",
-                    label=label,
-                    confidence=conf,
-                    probabilities=probabilities,
-                    speaker_normalized=adaptation.how[i] == "speaker",
-                    normalized_by=adaptation.how[i],
-                    domain_distance=distance[i],
-                    **common,
-                )
-            )
-        else:
-            reason = o.error or (rec.error if rec is not None else "no features")
-            # "retry": this run could not read the file (it vanished, changed, or the disk failed).
-            status = "retry" if rec is not None and rec.status == "retry" else "error"
-            rows.append(ReportRow(status=status, error=reason, **common))
-    return rows, seg_rows
-
-
-@dataclass(frozen=True)
-class _Adaptation:
-    """Each file's normalisation group key (or None) and rule, and the groups' statistics."""
-
-    keys: list[str | None]
-    how: list[str]
-    stats: GroupStats | None
-
-
-def _adaptation(
-    outcomes: Sequence[FileOutcome],
-    labels: Sequence[Label],
-    model: TrainedModel,
-    *,
-    mode: str,
-    allowed: dict[str, bool],
-) -> _Adaptation:
-    """Normalisation groups over this job's files (see :mod:`batchser.model.adapt`).
-
-    A group's statistics come from its files' vectors: each short file's, each
-    voiced window's of a long file.
-    """
-    none = _Adaptation([None] * len(outcomes), [""] * len(outcomes), None)
-    if model.speaker_pipeline is None or mode == "none":
-        return none
-    ok = [i for i, o in enumerate(outcomes) if o.ok and o.record is not None]
-    if not ok:
-        return none
-    X = np.stack([outcomes[i].record.vector for i in ok]).astype(np.float64)  # type: ignore[union-attr]
-    g = group_rows(
-        X,
-        mode=mode,
-        corpora=[labels[i].corpus for i in ok],
-        speakers=[labels[i].group for i in ok],
-        speaker_ok=[allowed.get(labels[i].corpus or "", True) for i in ok],
-        min_files=model.min_speaker_files,
-        voice=voice_columns(FeatureSpec.columns_of(model.meta.feature_spec)) if mode == "cluster" else None,
-    )
-    blocks, owner = [], []
-    for j, i in enumerate(ok):
-        segs = outcomes[i].record.segments  # type: ignore[union-attr]
-        block = X[j : j + 1] if segs is None else segs.vectors[segs.voiced].astype(np.float64)
-        blocks.append(block)
-        owner += [j] * len(block)
-    stats = g.stats(np.concatenate(blocks), np.array(owner))
-    keys: list[str | None] = [None] * len(outcomes)
-    how = [""] * len(outcomes)
-    for j, i in enumerate(ok):
-        if g.keys[j] is not None and g.keys[j] in stats.mean:
-            keys[i], how[i] = g.keys[j], g.how[j]
-    return _Adaptation(keys, how, stats)
-
-
-def chunks_of(items: Sequence[int], size: int) -> list[Sequence[int]]:
-    return [items[k : k + size] for k in range(0, len(items), size)]
-
-
-def _domain(rows: Sequence[ReportRow], model: TrainedModel) -> dict[str, Any] | None:
-    """The job's median distance from the training data against the model's reference."""
-    d = [r.domain_distance for r in rows if r.status == "ok"]
-    ref = model.meta.metrics.get("domain")
-    if not d or not ref:
-        return None
-    median, limit = float(np.median(d)), ref.get("limit")
-    return {
-        "median_distance": round(median, 3),
-        "training_median": round(ref["training_median"], 3),
-        "held_out_limit": None if limit is None else round(limit, 3),
-        "out_of_domain": limit is not None and median > limit,
-    }
-
-
 def _check_labels(
     manifest: Manifest,
     files: Sequence[SourceFile],
@@ -577,7 +271,7 @@ def _speaker_allowed(manifest: Manifest) -> dict[str, bool]:
 def _tally(summary: JobSummary, rows: Sequence[ReportRow], model: TrainedModel) -> None:
     summary.n_files = len(rows)
     summary.failures = [(r.path, r.error) for r in rows if r.status != "ok"]
-    summary.domain = _domain(rows, model)
+    summary.domain = domain_summary(rows, model)
     summary.n_failed = len(summary.failures)
     summary.label_counts = dict(Counter(r.label for r in rows if r.status == "ok").most_common())
 
@@ -708,7 +402,7 @@ def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False, overw
     summary.model_id = model.id
     clock.lap("train")
 
-    rows, seg_rows = _annotate(
+    rows, seg_rows = annotate_rows(
         outcomes,
         labels,
         model,
@@ -805,7 +499,7 @@ def watch_job(
             run.summary.n_extracted += counts.n_extracted
             run.summary.n_cached += counts.n_cached
             store.flush()  # another job (or the next run) sees these features at once
-            new, new_segs = _annotate(
+            new, new_segs = annotate_rows(
                 outcomes,
                 no_label * len(outcomes),
                 run.model,

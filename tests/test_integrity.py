@@ -69,7 +69,7 @@ def rows(tmp_path: Path, out: str = "reports") -> pd.DataFrame:
 
 def after_hashing(monkeypatch: pytest.MonkeyPatch, action) -> None:  # type: ignore[no-untyped-def]
     """Run ``action`` once, right after the job hashed its files and before it extracts them."""
-    real = batchser.job._content_hashes
+    real = batchser.job.content_hashes
     done = []
 
     def hashes_then_act(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -79,7 +79,7 @@ def after_hashing(monkeypatch: pytest.MonkeyPatch, action) -> None:  # type: ign
             action()
         return out
 
-    monkeypatch.setattr(batchser.job, "_content_hashes", hashes_then_act)
+    monkeypatch.setattr(batchser.job, "content_hashes", hashes_then_act)
 
 
 def cached_hashes(cache: Path) -> set[str]:

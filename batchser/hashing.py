@@ -1,0 +1,108 @@
+"""The hash stage: each discovered file's content hash, from the path index or by reading it.
+
+Threads overlap I/O and hashing (hashlib releases the GIL on large buffers); a
+file whose size, mtime or ctime moves while it is read gets no hash, so no
+cache row can ever be filed under bytes that were not hashed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from batchser.archive import hash_members, member_name
+from batchser.cache import FeatureStore, FileChangedError, hash_file
+from batchser.discover import SourceFile
+from batchser.engine import CHANGED, VANISHED
+
+__all__ = ["content_hashes", "display_path", "progress_bar", "text_path"]
+
+
+def text_path(path: Path | str) -> str:
+    """A path as valid UTF-8 text: undecodable name bytes become ``\\xNN`` escapes.
+
+    Parquet, CSV and JSON need real Unicode; Python keeps such bytes as lone
+    surrogates, which cannot be encoded.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def display_path(source: SourceFile, root: str) -> str:
+    """The report's path: relative to ``root`` (a folder, with its trailing slash) when inside it."""
+    # Strings, not Path.relative_to: the same lexical test at a tenth of the cost
+    # (paths are absolute and normalised by discovery), once per file per report.
+    full = str(source.path)
+    shown = full[len(root) :] if full.startswith(root) else full
+    return text_path(member_name(shown, source.member) if source.member else shown)
+
+
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True, leave=True
+    )
+
+
+def _map_ahead(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterator[Any], *, ahead: int) -> Iterator:
+    """``pool.map(fn, items)`` with at most ``ahead`` calls queued.
+
+    ``Executor.map`` submits every item at once, and a future per file of a
+    large archive weighs more than its hash.
+    """
+    queued: deque[Future[Any]] = deque()
+    for item in items:
+        queued.append(pool.submit(fn, item))
+        if len(queued) >= ahead:
+            yield queued.popleft().result()
+    while queued:
+        yield queued.popleft().result()
+
+
+def content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progress: bool) -> list[tuple[str, str]]:
+    """(content_hash, error) per file: from the path index when size and mtime match, else hashed."""
+    out: list[tuple[str, str]] = [("", f.error) if f.error else ("", "") for f in files]
+    todo = []
+    for i, f in enumerate(files):
+        if f.error:
+            continue
+        known = store.known_hash(text_path(f.name), f.stamp)
+        if known:
+            out[i] = (known, "")
+        else:
+            todo.append(i)
+    if not todo:
+        return out
+    # Work units: a plain file, or every member wanted from one archive (one pass over it).
+    units: dict[str, list[int]] = {}
+    for i in todo:
+        units.setdefault(str(files[i].path) if files[i].member else f"\0{i}", []).append(i)
+
+    def one(idx: list[int]) -> list[tuple[int, str, str]]:
+        f = files[idx[0]]
+        if not f.member:
+            try:
+                return [(idx[0], hash_file(f.path, expect=f.stamp), "")]
+            except FileNotFoundError:
+                return [(idx[0], "", VANISHED)]
+            except FileChangedError:
+                return [(idx[0], "", CHANGED)]
+            except OSError as exc:
+                return [(idx[0], "", f"cannot read: {exc.strerror or exc}")]
+        got = hash_members(f.path, [files[i].member for i in idx])
+        return [(i, *got[files[i].member]) for i in idx]
+
+    # hashlib releases the GIL on large buffers: threads overlap I/O and hashing.
+    with ThreadPoolExecutor(max_workers=4) as pool, progress_bar(len(todo), "hashing", progress) as bar:
+        for results in _map_ahead(pool, one, iter(units.values()), ahead=64):
+            for i, h, err in results:
+                out[i] = (h, err)
+                if h:
+                    f = files[i]
+                    store.remember_hash(text_path(f.name), f.stamp, h)
+            bar.update(len(results))
+    return out
