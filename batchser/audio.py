@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +74,51 @@ def _open_error(exc: Exception) -> AudioError:
     return AudioError(f"cannot decode: {msg}" if msg else f"cannot decode: {type(exc).__name__}")
 
 
+QUIET_ENV = "BATCHSER_QUIET"  # set by `--quiet`; inherited by worker processes
+_mute_lock = threading.Lock()
+_mute_depth = 0
+_saved_fd: int | None = None
+
+
+@contextlib.contextmanager
+def _codec_messages_muted() -> Iterator[None]:
+    """With ``BATCHSER_QUIET=1``, silence what C decoders print (libmpg123's "Note: …" lines).
+
+    They write to file descriptor 2 directly, past Python's ``sys.stderr``;
+    the descriptor points at /dev/null while any thread decodes, and is
+    restored when the last one is done.
+    """
+    global _mute_depth, _saved_fd
+    if os.environ.get(QUIET_ENV) != "1":
+        yield
+        return
+    with _mute_lock:
+        if _mute_depth == 0:
+            try:
+                _saved_fd = os.dup(2)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.close(null)
+            except OSError:
+                _saved_fd = None
+        _mute_depth += 1
+    try:
+        yield
+    finally:
+        with _mute_lock:
+            _mute_depth -= 1
+            if _mute_depth == 0 and _saved_fd is not None:
+                os.dup2(_saved_fd, 2)
+                os.close(_saved_fd)
+                _saved_fd = None
+
+
 @contextlib.contextmanager
 def _decode_errors() -> Iterator[None]:
     """Turn what libsndfile or the OS raises while opening or reading into an :class:`AudioError`."""
     try:
-        yield
+        with _codec_messages_muted():
+            yield
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:

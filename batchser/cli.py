@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -73,7 +74,15 @@ def _print_summary(s: JobSummary) -> None:
         print(f"report: {p}")
 
 
+def _mute_codecs_if_quiet(args: argparse.Namespace) -> None:
+    if args.quiet:
+        from batchser.audio import QUIET_ENV
+
+        os.environ[QUIET_ENV] = "1"  # decoders' own stderr notes too, here and in every worker
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    _mute_codecs_if_quiet(args)
     manifest = load_manifest(args.manifest)
     if args.watch:
         return _watch(manifest, args)
@@ -171,6 +180,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from batchser.api import annotation_manifest
 
+    _mute_codecs_if_quiet(args)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = args.out or f"batchser-reports/{Path(args.inputs[0]).resolve().name or 'root'}"
     manifest = annotation_manifest(
