@@ -199,6 +199,38 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+INIT_TEMPLATE = """\
+# A batchser job: label every audio file under inputs[].path with the shipped model.
+# Run it with: batchser run {name}      Check it with: batchser validate {name}
+# Every key is explained in the README ("The manifest"); `batchser schema` prints them all.
+name: {stem}
+inputs:
+  - path: {inputs}                # a folder (searched recursively), a file, a glob, or a zip/tar archive
+    labels: none                  # or {{pattern: '...(?P<emotion>...)...', map: {{...}}}} / {{table: labels.csv}}
+    # speaker: folder             # one folder per speaker, 10+ files each: labels standardised per speaker
+emotions: [angry, sad, neutral, happy]   # the shipped model's classes
+features: [mfcc_stats, logmel_stats, spectral_stats, prosody, voice_stats]   # the shipped model's
+engine: {{backend: loky, n_jobs: -1}}     # all cores
+model:
+  adapt: speaker                  # standardise by speaker (10+ files) or else by input (10+ files)
+  # path: my-model.skops          # default: the shipped model (trained on four corpora; non-commercial use)
+  # min_confidence: 0.5           # files the model is less sure of are labelled "uncertain"
+output:
+  formats: [csv, parquet]         # reports go to result/reports/{stem}/ beside this file
+"""
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.manifest)
+    if path.exists():
+        print(f"batchser: {path} exists; choose another name (nothing was written)", file=sys.stderr)
+        return EXIT_MANIFEST
+    stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem).strip("-._") or "job"
+    path.write_text(INIT_TEMPLATE.format(name=path.name, stem=stem, inputs=args.inputs), encoding="utf-8")
+    print(f"wrote {path}; edit inputs[0].path, then: batchser run {path}")
+    return EXIT_OK
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(Manifest.model_json_schema(), indent=2))
     return EXIT_OK
@@ -255,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--overwrite", action="store_true", help="replace reports that other inputs wrote in --out")
     ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary")
     ann.set_defaults(func=_cmd_annotate)
+    ini = sub.add_parser("init", help="write a commented job manifest to start from")
+    ini.add_argument("manifest", nargs="?", default="job.yaml", help="the file to write (default job.yaml)")
+    ini.add_argument("--inputs", default="audio", help="the folder to label (default audio)")
+    ini.set_defaults(func=_cmd_init)
     sch = sub.add_parser("schema", help="print the manifest's JSON schema")
     sch.set_defaults(func=_cmd_schema)
     val = sub.add_parser("validate", help="check a manifest without running it")

@@ -180,7 +180,8 @@ class MLPSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    path: str
+    # None: the shipped model (package data) to label with; a train job must name its file.
+    path: str | None = None
     train: bool = False
     random_state: int = 0
     mlp: MLPSpec = MLPSpec()
@@ -311,6 +312,8 @@ class Manifest(_Strict):
                 raise ValueError(
                     f"emotions {unknown} do not exist in RAVDESS labels; choose from {', '.join(RAVDESS_EMOTIONS)}"
                 )
+        if self.model.train and self.model.path is None:
+            raise ValueError("model.train is true but model.path is missing; name the .skops file to write")
         if self.model.train and not any(i.has_labels for i in self.inputs):
             raise ValueError(
                 "model.train is true but no input has labels; set labels: ravdess or csv:<file> on an input"
@@ -387,6 +390,10 @@ class Manifest(_Strict):
 
     @property
     def model_path(self) -> Path:
+        if self.model.path is None:
+            from batchser.api import default_model_path  # here: api imports this module
+
+            return default_model_path()
         return self.resolve(self.model.path)
 
     @property

@@ -104,3 +104,17 @@ def test_schema_prints_the_manifests_json_schema(capsys: pytest.CaptureFixture[s
     schema = json.loads(capsys.readouterr().out)
     assert {"name", "inputs", "model", "output"} <= set(schema["properties"]) and "base_dir" not in schema["properties"]
     assert "LabelSpec" in schema["$defs"]
+
+
+def test_init_writes_a_commented_manifest_that_runs(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "mine.yaml", "--inputs", "calls"]) == 0
+    text = (tmp_path / "mine.yaml").read_text()
+    assert text.count("#") > 10 and "name: mine" in text  # it teaches as it goes
+    assert main(["init", "mine.yaml"]) == 2  # never over an existing file
+    assert main(["validate", "-q", "mine.yaml"]) == 0
+    assert main(["run", "-q", "mine.yaml"]) == 0  # the shipped model, without naming it
+    a = pd.read_csv(tmp_path / "result" / "reports" / "mine" / "annotations.csv")
+    assert len(a) == 13 and a.model.str.startswith("pooled-4emo@").all()
