@@ -243,15 +243,21 @@ def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pa.Tab
 
 
 def _table(columns: dict[str, Any]) -> pa.Table:
-    # Text columns are never null (missing is ""); float NaN stays NaN, as numpy has it.
-    return pa.table({k: v if isinstance(v, np.ndarray) else pa.array(v, pa.string()) for k, v in columns.items()})
+    # A missing text value is a real null (what an empty CSV cell reads back as), not "";
+    # float NaN stays NaN, as numpy has it.
+    return pa.table(
+        {
+            k: v if isinstance(v, np.ndarray) else pa.array([x if x else None for x in v], pa.string())
+            for k, v in columns.items()
+        }
+    )
 
 
 def _csv_column(col: pa.Array) -> list[str]:
     values = col.to_pylist()
     if pa.types.is_floating(col.type):  # 6 significant digits; NaN as an empty cell
         return ["" if v != v else f"{v:.6g}" for v in values]
-    return [str(v) for v in values]  # bool as True/False
+    return ["" if v is None else str(v) for v in values]  # null as an empty cell; bool as True/False
 
 
 def _write_csv(table: pa.Table, path: Path, *, rows_per_chunk: int = 4096) -> None:

@@ -51,7 +51,7 @@ def test_train_then_annotate_then_rerun_from_cache(
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "models" / "m.skops").is_file() and (tmp_path / "models" / "m.md").is_file()
     df = pd.read_parquet(out / "annotations.parquet")
-    assert df["used_for_training"].all() and (df["true_label"] != "").all()
+    assert df["used_for_training"].all() and df["true_label"].notna().all()
 
     # A second job with the same features: new output, same cache, no decoding at all.
     decode_counter.clear()
@@ -266,7 +266,7 @@ def test_speaker_normalised_training_and_annotation(tmp_path: Path, labelled_set
     )
     run_job(load_manifest(job), progress=False)
     p = pd.read_parquet(tmp_path / "plain" / "annotations.parquet").set_index("path").loc[a.index]
-    assert (p.normalized_by == "").all()
+    assert p.normalized_by.isna().all()  # a real null: no rule applied
     np.testing.assert_allclose(p[[f"p_{c}" for c in CLASSES]].to_numpy(), m.predict_proba(X), rtol=1e-6)
 
 

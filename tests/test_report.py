@@ -35,3 +35,12 @@ def test_csv_is_what_pandas_writes_and_parquet_round_trips(tmp_path: Path) -> No
     back = pq.read_table(tmp_path / "annotations.parquet").to_pandas()
     pd.testing.assert_frame_equal(back, frame)
     assert back["used_for_training"].tolist() == [False, False, False, True] * 5
+
+
+def test_missing_text_is_null_in_parquet_and_empty_in_csv_alike(tmp_path: Path) -> None:
+    write_annotations(annotations_table(_rows(), ["angry", "sad", "neutral", "happy"]), tmp_path, ["csv", "parquet"])
+    parquet = pd.read_parquet(tmp_path / "annotations.parquet")
+    csv = pd.read_csv(tmp_path / "annotations.csv")
+    for col in ("label", "error", "warning", "speaker", "true_label"):
+        assert parquet[col].isna().tolist() == csv[col].isna().tolist(), col  # was "" in Parquet, NaN in the CSV
+    assert pd.isna(parquet.loc[1, "label"]) and parquet.loc[1, "error"] == "cannot read: no, really"
