@@ -8,13 +8,14 @@ manifest (nothing was done), 3 capture set-up missing (no PyAudio, no input devi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from batchser import __version__
@@ -74,15 +75,24 @@ def _print_summary(s: JobSummary) -> None:
         print(f"report: {p}")
 
 
-def _mute_codecs_if_quiet(args: argparse.Namespace) -> None:
-    if args.quiet:
-        from batchser.audio import QUIET_ENV
+@contextlib.contextmanager
+def _codecs_muted(quiet: bool) -> Iterator[None]:
+    """With ``--quiet``, the decoders' own stderr notes too, here and in every worker (for this command only)."""
+    from batchser.audio import QUIET_ENV
 
-        os.environ[QUIET_ENV] = "1"  # decoders' own stderr notes too, here and in every worker
+    before = os.environ.get(QUIET_ENV)
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(QUIET_ENV, None)
+        else:
+            os.environ[QUIET_ENV] = before
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    _mute_codecs_if_quiet(args)
     manifest = load_manifest(args.manifest)
     if args.watch:
         return _watch(manifest, args)
@@ -180,7 +190,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from batchser.api import annotation_manifest
 
-    _mute_codecs_if_quiet(args)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = args.out or f"batchser-reports/{Path(args.inputs[0]).resolve().name or 'root'}"
     manifest = annotation_manifest(
@@ -315,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * args.verbose if not getattr(args, "quiet", False) else logging.ERROR
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        with _codecs_muted(getattr(args, "quiet", False)):
+            return int(args.func(args))
     except ManifestError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_MANIFEST
