@@ -238,3 +238,26 @@ def test_the_pooled_job_evaluates_leave_one_corpus_out_and_makes_the_shipped_mod
     assert shipped.training_fingerprint == read_meta(tmp_path / "m.skops").training_fingerprint
     card = (tmp_path / "m.md").read_text()
     assert "Leave one corpus out" in card and "CC BY-NC-SA 4.0" in card and "non-commercial" in card
+
+
+def test_the_domain_check_flags_recordings_unlike_any_training_corpus(tmp_path: Path) -> None:
+    from batchser.cli import main
+
+    model = PROJECT / "batchser" / "models" / "pooled-4emo.skops"
+    ref = read_meta(model).metrics["domain"]
+    assert set(ref["held_out_medians"]) == {"nemo", "ravdess", "savee", "urdu"}
+    assert ref["limit"] == max(ref["held_out_medians"].values()) > ref["training_median"]
+    for i, kind in enumerate(CLASSES * 2):  # synthetic tones and noise: nothing like speech
+        write_audio(tmp_path / "synthetic" / f"{kind}-{i}.wav", speechlike(kind, sr=16000, seed=i), 16000)
+    args = ["annotate", str(tmp_path / "synthetic"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")]
+    assert main([*args, "-j", "1"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["domain"]["out_of_domain"] and summary["domain"]["median_distance"] > ref["limit"]
+    a = pd.read_parquet(tmp_path / "out" / "annotations.parquet")
+    assert (a.domain_distance > 0).all() and a.domain_distance.median() == pytest.approx(
+        summary["domain"]["median_distance"], abs=1e-3
+    )
+    if (SHARED / "savee").is_dir():  # real speech of a corpus it was scored on: in its domain
+        out = tmp_path / "savee-out"
+        assert main(["annotate", str(SHARED / "savee"), "--out", str(out), "--cache", str(tmp_path / "c"), "-q"]) == 0
+        assert not json.loads((out / "summary.json").read_text())["domain"]["out_of_domain"]
