@@ -33,7 +33,7 @@ from batchser.model import (
 )
 from batchser.model.adapt import group_rows
 from batchser.model.domain import distances, domain_reference, scaler_of
-from batchser.model.evaluate import evaluate_corpora, fit_normalized
+from batchser.model.evaluate import calibration_groups, evaluate_corpora, fit_normalized
 
 __all__ = ["TrainingData", "TrainingError", "train"]
 
@@ -148,7 +148,7 @@ def train(
     }
     groups = np.asarray(data.speakers) if data.has_all_speakers else None
     n_corpora = len(set(data.corpora.tolist()))
-    steps = 2 + (2 if ms.normalize == "speaker" else 0) + (n_corpora if n_corpora >= 2 else 0)
+    steps = (3 if ms.normalize == "speaker" else 2) + (n_corpora if n_corpora >= 2 else 0)
     log.info("training on %d files from %d corpora, %d features, classes %s", len(use), n_corpora, data.X.shape[1], ms)
     with tqdm(total=steps, desc="training", unit="step", disable=not progress, dynamic_ncols=True) as bar:
 
@@ -158,10 +158,11 @@ def train(
 
         metrics = evaluate(data.X, data.y, groups, cv_folds=ms.cv_folds, **fit_kw)
         step("evaluated without normalisation")
-        plain = fit_model(data.X, data.y, _calibration_groups(data), **fit_kw)
-        step("fitted the plain network")
         norm_net = None
-        if ms.normalize == "speaker":
+        if ms.normalize != "speaker":
+            plain = fit_model(data.X, data.y, calibration_groups(data.corpora, data.speakers), **fit_kw)
+            step("fitted the network")
+        else:
             g = group_rows(
                 data.X,
                 mode="speaker",
@@ -183,7 +184,7 @@ def train(
             gn = groups[covered] if groups is not None else None
             normalized_metrics = evaluate(Xn[covered], data.y[covered], gn, cv_folds=ms.cv_folds, **fit_kw)
             step("evaluated with normalisation")
-            _, norm_net = fit_normalized(
+            plain, norm_net = fit_normalized(
                 data.X,
                 data.y,
                 corpora=data.corpora,
@@ -191,8 +192,9 @@ def train(
                 speaker_ok=data.speaker_ok,
                 min_files=ms.min_speaker_files,
                 fit_kw=fit_kw,
+                grouping=g,
             )
-            step("fitted the normalised network")
+            step("fitted the plain and the normalised network")
             # The headline figures are the normalised ones; the fallback's stay beside them.
             metrics = {
                 **normalized_metrics,
@@ -241,13 +243,6 @@ def train(
     model = save_model(plain, meta, manifest.model_path, speaker_pipeline=norm_net)
     write_model_card(model, data_note=_licences(manifest, data))
     return model, metrics, set(use)
-
-
-def _calibration_groups(data: TrainingData) -> np.ndarray | None:
-    """Folds for calibration: corpora when there are 3+ (confidences fitted on unheard corpora), else speakers."""
-    if len(set(data.corpora.tolist())) >= 3:
-        return data.corpora
-    return np.asarray(data.speakers) if data.has_all_speakers else None
 
 
 def _workers(manifest: Manifest) -> int:

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from batchser.model.adapt import group_rows
+from batchser.model.adapt import Grouping, group_rows
 from batchser.model.domain import distances, scaler_of
 from batchser.model.train import fit_model
 
-__all__ = ["calibration_table", "evaluate", "evaluate_corpora", "fit_normalized"]
+__all__ = ["calibration_groups", "calibration_table", "evaluate", "evaluate_corpora", "fit_normalized"]
 
 
 def calibration_table(proba: np.ndarray, y_true: np.ndarray, classes: list[str], *, n_bins: int = 15) -> dict[str, Any]:
@@ -152,6 +152,14 @@ def evaluate(
     return out
 
 
+def calibration_groups(corpora: np.ndarray, speakers: np.ndarray) -> np.ndarray | None:
+    """Folds for calibration: corpora when there are 3+ (confidences fitted on corpora a
+    network did not hear), else speakers when every row has one, else none (stratified)."""
+    if len(set(corpora.tolist())) >= 3:
+        return corpora
+    return np.asarray(speakers) if len(speakers) and all(speakers) else None
+
+
 def fit_normalized(
     X: np.ndarray,
     y: np.ndarray,
@@ -161,20 +169,23 @@ def fit_normalized(
     speaker_ok: np.ndarray,
     min_files: int,
     fit_kw: dict[str, Any],
+    grouping: Grouping | None = None,
 ) -> tuple[Any, Any]:
     """The two networks of an adapting model, fitted on ``X`` alone.
 
     Returns (plain, normalised): one on raw features, one on features
     standardised within each training speaker (where known, allowed and with
-    ``min_files``) or else each training corpus, from those rows' own statistics.
-    Calibration folds follow corpora when there are three or more (so
-    confidences are fitted on corpora a network did not hear), else speakers.
+    ``min_files``) or else each training corpus, from those rows' own
+    statistics (``grouping``, when the caller has it already). Calibration
+    folds: :func:`calibration_groups`.
     """
-    calib = corpora if len(set(corpora.tolist())) >= 3 else speakers
+    calib = calibration_groups(corpora, speakers)
     plain = fit_model(X, y, calib, **fit_kw)
-    g = group_rows(X, mode="speaker", corpora=corpora, speakers=speakers, speaker_ok=speaker_ok, min_files=min_files)
+    g = grouping or group_rows(
+        X, mode="speaker", corpora=corpora, speakers=speakers, speaker_ok=speaker_ok, min_files=min_files
+    )
     Xn, covered = g.stats(X).transform(X, g.keys)
-    norm = fit_model(Xn[covered], y[covered], calib[covered], **fit_kw)
+    norm = fit_model(Xn[covered], y[covered], None if calib is None else calib[covered], **fit_kw)
     return plain, norm
 
 
