@@ -1,10 +1,13 @@
 """Audio inside .zip and .tar (.tar.gz, .tgz) archives, read in place, never extracted to disk.
 
 A member is named ``<archive path>::<member name>`` in reports. Members are
-read into memory one at a time (capped at :data:`MAX_MEMBER_BYTES`), so
-nothing in an archive is ever written anywhere and a member name like
-``../../etc/x.wav`` is just a name. A compressed tar can only be read from the
-start: readers here take a whole list of wanted members and make one pass.
+read one at a time: into memory up to :data:`IN_MEMORY_BYTES`, larger ones
+into an anonymous temporary file (deleted when closed, never named after the
+member), so memory stays bounded whatever the member's size and a member name
+like ``../../etc/x.wav`` is just a name. Members over the input's
+``max_member_mb`` (default :data:`MAX_MEMBER_BYTES`) get an error row at
+discovery. A compressed tar can only be read from the start: readers here take
+a whole list of wanted members and make one pass.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import tarfile
+import tempfile
 import threading
 import zipfile
 import zlib
@@ -24,9 +28,11 @@ from typing import IO
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
+    "IN_MEMORY_BYTES",
     "MAX_MEMBER_BYTES",
     "ArchiveError",
     "Member",
+    "MemberData",
     "hash_members",
     "is_archive",
     "list_members",
@@ -35,9 +41,11 @@ __all__ = [
 ]
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
-# One member is decoded from memory; beyond this it is refused (a zip bomb, or
-# hours of audio better stored as a plain file and read in blocks).
+# The default size limit of a member (a zip bomb, or hours of audio better
+# stored as a plain file); inputs[].max_member_mb changes it.
 MAX_MEMBER_BYTES = 1 << 30
+# Members up to this size are decoded from memory; larger ones from a temp file.
+IN_MEMORY_BYTES = 64 << 20
 SEPARATOR = "::"
 _CHUNK = 1 << 20
 
@@ -125,10 +133,7 @@ def _streams(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, IO[byte
             with _zip(path) as zf:
                 for name in wanted:
                     try:
-                        info = zf.getinfo(name)
-                        if info.file_size > MAX_MEMBER_BYTES:
-                            raise ArchiveError(f"member is {info.file_size} bytes, over the {MAX_MEMBER_BYTES} limit")
-                        with zf.open(info) as fh:
+                        with zf.open(zf.getinfo(name)) as fh:
                             yield name, fh
                     except (KeyError, zipfile.BadZipFile, RuntimeError, NotImplementedError, ArchiveError) as exc:
                         yield name, exc  # encrypted, unsupported compression, bad header
@@ -141,9 +146,6 @@ def _streams(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, IO[byte
                 if m.name not in left or not m.isreg():
                     continue
                 left.discard(m.name)
-                if m.size > MAX_MEMBER_BYTES:
-                    yield m.name, ArchiveError(f"member is {m.size} bytes, over the {MAX_MEMBER_BYTES} limit")
-                    continue
                 fh = tf.extractfile(m)
                 yield m.name, fh if fh is not None else ArchiveError("not a regular file")
     except _READ_ERRORS as exc:
@@ -161,25 +163,52 @@ def _reason(exc: Exception) -> str:
     return f"cannot read archive member: {type(exc).__name__}: {exc}"
 
 
-def read_members(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, bytes | None, str]]:
-    """(name, bytes or None, error) for each wanted member, in one pass.
+@dataclass(frozen=True)
+class MemberData:
+    """A member's bytes (``data``), or an open temporary file holding them (``spill``), and their SHA-256."""
 
-    A damaged member (bad CRC, truncated data) gives its error and the others
-    are still read.
+    data: bytes | None
+    spill: IO[bytes] | None
+    sha256: str
+
+
+def read_members(
+    path: Path, wanted: Collection[str], *, in_memory: int = IN_MEMORY_BYTES
+) -> Iterator[tuple[str, MemberData | None, str]]:
+    """(name, contents or None, error) for each wanted member, in one pass.
+
+    A member over ``in_memory`` bytes is copied, 1 MiB at a time, into an
+    anonymous temporary file, which the caller reads and closes before
+    asking for the next member (it is deleted on close). A damaged member
+    (bad CRC, truncated data) gives its error and the others are still read.
     """
     for name, stream in _streams(path, wanted):
         if isinstance(stream, Exception):
             yield name, None, _reason(stream)
             continue
-        try:
-            data = stream.read(MAX_MEMBER_BYTES + 1)
-        except _READ_ERRORS as exc:
-            yield name, None, _reason(exc)
-            continue
-        if len(data) > MAX_MEMBER_BYTES:
-            yield name, None, f"member is over the {MAX_MEMBER_BYTES} byte limit"
-        else:
-            yield name, data, ""
+        with contextlib.ExitStack() as stack:  # closes (and so deletes) a spill file
+            try:
+                got = _read_member(stream, stack, in_memory)
+            except _READ_ERRORS as exc:
+                yield name, None, _reason(exc)
+                continue
+            yield name, got, ""
+
+
+def _read_member(stream: IO[bytes], stack: contextlib.ExitStack, in_memory: int) -> MemberData:
+    h = hashlib.sha256()
+    data = stream.read(in_memory + 1)
+    h.update(data)
+    if len(data) <= in_memory:
+        return MemberData(data, None, h.hexdigest())
+    spill = stack.enter_context(tempfile.TemporaryFile(prefix="batchser-member-"))  # noqa: SIM115 - the stack closes it
+    spill.write(data)
+    del data
+    while chunk := stream.read(_CHUNK):
+        spill.write(chunk)
+        h.update(chunk)
+    spill.seek(0)
+    return MemberData(None, spill, h.hexdigest())
 
 
 def hash_members(path: Path, wanted: Collection[str]) -> dict[str, tuple[str, str]]:

@@ -8,10 +8,12 @@ a label (a truncated file, clipping) come back as ``Audio.warnings``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,7 +21,18 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["MAX_SAMPLE_RATE", "MIN_SAMPLE_RATE", "SILENCE_DBFS", "Audio", "AudioError", "AudioStream", "load"]
+__all__ = [
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "SILENCE_DBFS",
+    "Audio",
+    "AudioError",
+    "AudioStream",
+    "aligned",
+    "check_signal",
+    "clip_warning",
+    "load",
+]
 
 SILENCE_DBFS = -100
 SILENCE_PEAK = 10 ** (SILENCE_DBFS / 20)
@@ -230,15 +243,17 @@ class AudioStream:
         if not MIN_SAMPLE_RATE <= self.orig_sample_rate <= MAX_SAMPLE_RATE:
             self._f.close()
             raise AudioError(f"implausible sample rate {self.orig_sample_rate} Hz in the header")
-        self.frames = 0
+        self.frames = 0  # input frames decoded
+        self.end_frame = 0  # input frame where decoding stopped
         self.peak = 0.0
         self._clipped = 0
+        self._at_end = False  # decoding reached the end of the data
 
     def read_all(self) -> Audio:
         """Decode the whole file at once (see :func:`load`)."""
         with _decode_errors():
             mono, frames, clipped = _read_mono(self._f)
-        self.frames, self._clipped = frames, clipped
+        self.frames, self.end_frame, self._clipped, self._at_end = frames, frames, clipped, True
         self.peak = float(np.abs(mono).max()) if frames else 0.0
         self.check_decoded()
         if self.orig_sample_rate != self.sample_rate:
@@ -254,18 +269,8 @@ class AudioStream:
         )
 
     def check_decoded(self) -> None:
-        """Refuse what was decoded when it holds nothing to label.
-
-        Raises
-        ------
-        AudioError
-            No samples, or a peak below ``SILENCE_DBFS``: any emotion label for
-            silence would be a guess, so say so instead.
-        """
-        if self.frames == 0:
-            raise AudioError("no audio samples (empty or header-only file)")
-        if self.peak < SILENCE_PEAK:
-            raise AudioError(f"silent: peak {20 * np.log10(max(self.peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
+        """Refuse what was decoded when it holds nothing to label (see :func:`check_signal`)."""
+        check_signal(self.frames, self.peak)
 
     @property
     def declared_duration_s(self) -> float:
@@ -278,42 +283,111 @@ class AudioStream:
         self._f.close()
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        return self.span()
+
+    def span(self, start: int = 0, stop: int | None = None, *, preroll: int = 0) -> Iterator[np.ndarray]:
+        """Blocks of the samples ``[start, stop)`` at ``sample_rate`` (``stop`` None: to the end).
+
+        Decoding starts from a seek, ``preroll`` output samples before
+        ``start`` (and reads as far past ``stop``), so that the resampler's
+        filter is settled at both edges and the samples equal those of a
+        whole-file decode up to float rounding. ``start - preroll`` must fall
+        on an input sample (:func:`aligned`). Iterate once.
+        """
+        ratio = Fraction(self.orig_sample_rate, self.sample_rate)
+        first = max(0, start - preroll)
+        if not aligned(first, self.orig_sample_rate, self.sample_rate):
+            raise ValueError(f"sample {first} at {self.sample_rate} Hz falls between input samples")
+        in_first = int(first * ratio)
+        in_stop = None if stop is None else math.ceil((stop + preroll) * ratio)
+        if in_first:
+            with _decode_errors():
+                self._f.seek(in_first)
         resampler = (
             soxr.ResampleStream(self.orig_sample_rate, self.sample_rate, 1, dtype="float32", quality="HQ")
             if self.orig_sample_rate != self.sample_rate
             else None
         )
         block_frames = max(1, BLOCK_SAMPLES // max(1, self.channels))
-        while True:
+        pos = in_first  # next input frame
+        skip = start - first  # preroll outputs still to drop
+        left = None if stop is None else stop - start  # outputs still to give
+        while left is None or left > 0:
+            want = block_frames if in_stop is None else max(0, min(block_frames, in_stop - pos))
             with _decode_errors():
-                block = self._f.read(block_frames, dtype="float32", always_2d=True)
-            last = block.shape[0] < block_frames
+                block = self._f.read(want, dtype="float32", always_2d=True)
+            last = block.shape[0] < block_frames or (in_stop is not None and pos + block.shape[0] >= in_stop)
+            self._at_end = block.shape[0] < want
             if block.shape[0]:
                 if not np.isfinite(block).all():
                     raise AudioError("non-finite samples (NaN or inf) in the audio data")
                 self._clipped += int(np.count_nonzero(np.abs(block) >= 0.999))
                 self.frames += block.shape[0]
+                pos += block.shape[0]
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy()
                 self.peak = max(self.peak, float(np.abs(mono).max()))
             else:
                 mono = np.zeros(0, dtype=np.float32)
             out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
+            if skip:
+                dropped = min(skip, out.size)
+                out, skip = out[dropped:], skip - dropped
+            if left is not None:
+                out = out[:left]
+                left -= out.size
             if out.size:
                 yield np.ascontiguousarray(out, dtype=np.float32)
             if last:
-                return
+                break
+        self.end_frame = pos
+
+    @property
+    def clipped(self) -> int:
+        """Samples (over all channels) at full scale among those decoded."""
+        return self._clipped
 
     @property
     def warnings(self) -> tuple[str, ...]:
         out = []
-        short = _riff_shortfall(self.source) if isinstance(self.source, (str, Path)) or self.source.seekable() else None
-        if short is not None:
-            out.append(f"truncated: header declares {short[0]} bytes of audio, the file holds {short[1]}")
-        elif 0 < self.frames < self.declared_frames:
-            out.append(
-                f"truncated: header declares {self.declared_duration_s:.3f} s, "
-                f"data holds {self.frames / self.orig_sample_rate:.3f} s"
+        if self._at_end:  # truncation can only be judged where the data ended
+            short = (
+                _riff_shortfall(self.source) if isinstance(self.source, (str, Path)) or self.source.seekable() else None
             )
-        if self._clipped > CLIP_FRACTION * self.frames * self.channels:
-            out.append(f"clipped: {100 * self._clipped / (self.frames * self.channels):.0f}% of samples at full scale")
+            if short is not None:
+                out.append(f"truncated: header declares {short[0]} bytes of audio, the file holds {short[1]}")
+            elif 0 < self.end_frame < self.declared_frames:
+                out.append(
+                    f"truncated: header declares {self.declared_duration_s:.3f} s, "
+                    f"data holds {self.end_frame / self.orig_sample_rate:.3f} s"
+                )
+        clip = clip_warning(self._clipped, self.frames * self.channels)
+        if clip:
+            out.append(clip)
         return tuple(out)
+
+
+def clip_warning(clipped: int, samples: int) -> str:
+    """The warning for ``clipped`` of ``samples`` at full scale, or "" below ``CLIP_FRACTION``."""
+    if clipped > CLIP_FRACTION * samples:
+        return f"clipped: {100 * clipped / samples:.0f}% of samples at full scale"
+    return ""
+
+
+def aligned(sample: int, orig_sample_rate: int, sample_rate: int) -> bool:
+    """Whether output ``sample`` at ``sample_rate`` falls exactly on an input sample."""
+    return (sample * orig_sample_rate) % sample_rate == 0
+
+
+def check_signal(frames: int, peak: float) -> None:
+    """Refuse decoded audio that holds nothing to label.
+
+    Raises
+    ------
+    AudioError
+        No samples, or a peak below ``SILENCE_DBFS``: any emotion label for
+        silence would be a guess, so say so instead.
+    """
+    if frames == 0:
+        raise AudioError("no audio samples (empty or header-only file)")
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"silent: peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
+from tqdm import tqdm
 
-from batchser.archive import ArchiveError, is_archive, list_members, member_name
+from batchser.archive import MAX_MEMBER_BYTES, ArchiveError, is_archive, list_members, member_name
 
 __all__ = ["AUDIO_EXTENSIONS", "SourceFile", "discover"]
 
@@ -100,7 +101,7 @@ def _stat(path: str, index: int) -> SourceFile | None:
     return SourceFile(Path(path), index, st.st_size, st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 
 
-def _members(path: str, index: int) -> Iterator[SourceFile]:
+def _members(path: str, index: int, max_member_bytes: int) -> Iterator[SourceFile]:
     rec = _stat(os.path.abspath(path), index)
     if rec is None or rec.error:
         if rec is not None:
@@ -115,6 +116,11 @@ def _members(path: str, index: int) -> Iterator[SourceFile]:
         if os.path.splitext(m.name)[1].lower() not in AUDIO_EXTENSIONS:
             continue
         error = f"a link inside the archive (to {m.link}): links are not followed" if m.link else ""
+        if m.size > max_member_bytes:
+            error = (
+                f"archive member of {m.size / 2**20:.0f} MiB, over the input's limit of "
+                f"{max_member_bytes / 2**20:.0f} MiB (raise inputs[].max_member_mb, or extract it)"
+            )
         yield SourceFile(rec.path, index, m.size, rec.mtime_ns, error, member=m.name, ctime_ns=rec.ctime_ns)
 
 
@@ -134,13 +140,21 @@ def _expand(path: Path) -> Iterator[tuple[str, bool]]:
         raise FileNotFoundError(f"input {text} does not exist")
 
 
-def discover(paths: Sequence[Path]) -> list[SourceFile]:
+def discover(
+    paths: Sequence[Path], *, max_member_bytes: Sequence[int] | None = None, progress: bool = False
+) -> list[SourceFile]:
     """Files under each input path, sorted by path, each listed once.
 
     Parameters
     ----------
     paths : sequence of Path
         Directories (recursive), files or glob patterns, absolute.
+    max_member_bytes : sequence of int or None
+        Per path, the largest archive member read; larger ones are listed
+        with an error. None: :data:`~batchser.archive.MAX_MEMBER_BYTES`.
+    progress : bool
+        Count the entries looked at on a tqdm bar (stderr): a tree of 100,000
+        files takes a while to list and probe.
 
     Returns
     -------
@@ -153,17 +167,26 @@ def discover(paths: Sequence[Path]) -> list[SourceFile]:
         When an input path (not a glob) does not exist.
     """
     seen: dict[str, SourceFile] = {}
-    for index, root in enumerate(paths):
-        for path, explicit in _expand(root):
-            key = os.path.abspath(path)
-            if key in seen:
-                continue
-            if explicit and is_archive(path):
-                for rec in _members(path, index):
-                    seen.setdefault(rec.name, rec)
-                continue
-            # stat before any probe: opening a FIFO named like audio would block forever.
-            rec = _stat(key, index)
-            if rec is not None and _candidate(path, explicit=explicit, probe=not rec.error):
-                seen[key] = rec
+    bar = tqdm(desc="discovering", unit=" files", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    with bar:
+        for index, root in enumerate(paths):
+            _discover_root(
+                root, index, seen, bar, MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes[index]
+            )
     return [seen[k] for k in sorted(seen)]
+
+
+def _discover_root(root: Path, index: int, seen: dict[str, SourceFile], bar: tqdm, max_member_bytes: int) -> None:
+    for path, explicit in _expand(root):
+        bar.update()
+        key = os.path.abspath(path)
+        if key in seen:
+            continue
+        if explicit and is_archive(path):
+            for rec in _members(path, index, max_member_bytes):
+                seen.setdefault(rec.name, rec)
+            continue
+        # stat before any probe: opening a FIFO named like audio would block forever.
+        rec = _stat(key, index)
+        if rec is not None and _candidate(path, explicit=explicit, probe=not rec.error):
+            seen[key] = rec

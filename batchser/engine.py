@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import hashlib
 import io
 import logging
 import os
@@ -19,18 +18,19 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import joblib
 import numpy as np
+import soundfile as sf
 from threadpoolctl import threadpool_limits
 
-from batchser.archive import read_members
-from batchser.audio import Audio, AudioError, AudioStream
+from batchser.archive import MemberData, read_members
+from batchser.audio import Audio, AudioError, AudioStream, aligned, check_signal, clip_warning
 from batchser.cache import FeatureRecord, hash_file
 from batchser.features import FeatureSpec, SlidingExtractor, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, windows
@@ -43,6 +43,8 @@ __all__ = [
     "extract_one",
     "keep_freed_memory",
     "open_executor",
+    "part_seconds",
+    "plan_parts",
     "run_tasks",
     "too_small_for_workers",
 ]
@@ -135,6 +137,14 @@ class ExtractTask:
     # Check that the bytes decoded are the ones ``content_hash`` names (the
     # job's tasks do; a cache row must describe what its key says).
     verify: bool = False
+    # (size, mtime_ns, ctime_ns) when listed: lets a part of a long file check
+    # it reads the bytes hashed without hashing the whole file once per part.
+    stamp: tuple[int, int, int] | None = None
+    # A long file is analysed in n_parts stretches of part_windows windows
+    # each, one task per part (see plan_parts).
+    part: int = 0
+    n_parts: int = 1
+    part_windows: int = 0
 
 
 VANISHED = "vanished: the file was removed or renamed after it was listed; rerun to label it"
@@ -163,24 +173,32 @@ def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> Featur
     )
 
 
-def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, seg: SegmentSpec) -> FeatureRecord:
-    """A long file, window by window as it decodes (memory: one window and one block)."""
+def _analyse_windows(
+    chunks: Iterable[np.ndarray], *, start: int, spec: FeatureSpec, seg: SegmentSpec, min_tail_s: float
+) -> Segments | None:
+    """Each window's vector and voiced flag over ``chunks``, a stream beginning at sample ``start``."""
     sr = spec.sample_rate
     sliding = SlidingExtractor(spec)  # overlapping windows share their common frames
     starts, ends, voiced, vectors = [], [], [], []
-    blocks = windows(stream, sample_rate=sr, window_s=seg.window_s, hop_s=seg.hop_s, min_tail_s=seg.min_tail_s)
-    for start, samples in blocks:
+    for rel, samples in windows(chunks, sample_rate=sr, window_s=seg.window_s, hop_s=seg.hop_s, min_tail_s=min_tail_s):
         if samples.size < spec.n_fft:
             continue
-        vectors.append(sliding.extract(start, samples))
-        starts.append(start / sr)
-        ends.append((start + samples.size) / sr)
+        vectors.append(sliding.extract(start + rel, samples))
+        starts.append((start + rel) / sr)
+        ends.append((start + rel + samples.size) / sr)
         voiced.append(is_voiced(samples, sample_rate=sr, voiced_db=seg.voiced_db, fraction=seg.voiced_fraction))
+    if not vectors:
+        return None
+    return Segments(np.array(starts), np.array(ends), np.array(voiced, dtype=bool), np.stack(vectors))
+
+
+def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, seg: SegmentSpec) -> FeatureRecord:
+    """A long file, window by window as it decodes (memory: one window and one block)."""
+    segments = _analyse_windows(stream, start=0, spec=spec, seg=seg, min_tail_s=seg.min_tail_s)
     duration = stream.frames / stream.orig_sample_rate
     stream.check_decoded()
-    if not vectors:
+    if segments is None:
         raise AudioError(f"too short to segment: {duration:.3f} s")
-    segments = Segments(np.array(starts), np.array(ends), np.array(voiced, dtype=bool), np.stack(vectors))
     if not np.isfinite(segments.vectors).all():
         raise AudioError("features are not finite")
     return FeatureRecord(
@@ -196,8 +214,169 @@ def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureS
     )
 
 
+PART_S = 300.0  # audio per part of a long file: a few seconds of work, so progress moves and cores share it
+PARTS_IN_PROCESS_S = 3600.0
+PREROLL_S = 1.0  # decoded before (and after) a part, then dropped: the resampler settles
+# Formats whose seek lands on the exact sample (PCM containers, FLAC); others stream whole.
+SPLIT_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AIFC", "CAF", "FLAC"})
+SPLIT_SUFFIXES = frozenset({".wav", ".wave", ".rf64", ".w64", ".aif", ".aiff", ".aifc", ".caf", ".flac"})
+PROBE_BYTES = 1 << 20  # smaller files cannot hold two parts' worth of audio
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """What one part of a long file gave; :func:`merge_parts` joins a file's parts into its record."""
+
+    task: ExtractTask
+    status: str  # "ok", "error" or "retry", as FeatureRecord
+    error: str
+    orig_sample_rate: int = 0
+    channels: int = 0
+    end_frame: int = 0  # input frame where this part's decoding stopped
+    frames: int = 0
+    clipped: int = 0
+    peak: float = 0.0
+    warnings: tuple[str, ...] = ()  # from the part that reached the end of the data
+    segments: Segments | None = None
+
+
+def part_seconds(task: ExtractTask, seg: SegmentSpec) -> float:
+    """Seconds of audio in which one part of ``task``'s file starts its windows (see :func:`plan_parts`)."""
+    return task.part_windows * seg.hop_s
+
+
+def plan_parts(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> list[ExtractTask]:
+    """``task`` as the parts a long file is analysed in (``[task]`` when it is not split).
+
+    A file is split when it is a PCM or FLAC file (exact seeks) holding at
+    least two parts' worth of windows, its listing stamp is known (each part
+    checks it), and part starts fall on input samples. The plan depends on
+    the file alone, never on the workers, so reports do not either.
+    """
+    if task.member or task.stamp is None or task.size < PROBE_BYTES:
+        return [task]
+    if os.path.splitext(task.path)[1].lower() not in SPLIT_SUFFIXES:
+        return [task]
+    try:
+        info = sf.info(os.fsencode(task.path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return [task]  # the worker says what is wrong with it
+    if info.format not in SPLIT_FORMATS or not info.samplerate:
+        return [task]
+    sr = spec.sample_rate
+    hop = round(seg.hop_s * sr)
+    per = max(1, round(PART_S / seg.hop_s))
+    total = round(info.frames * sr / info.samplerate)
+    n_windows = (total - round(seg.window_s * sr)) // hop + 1 if total >= round(seg.window_s * sr) else 0
+    n_parts = n_windows // per
+    if info.duration <= seg.over_s or n_parts < 2:
+        return [task]
+    preroll = round(PREROLL_S * sr)
+    if not all(aligned(max(0, k * per * hop - preroll), info.samplerate, sr) for k in range(n_parts)):
+        return [task]
+    return [dataclasses.replace(task, part=k, n_parts=n_parts, part_windows=per) for k in range(n_parts)]
+
+
+def _stamp_of(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def extract_part(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> PartResult:
+    """Windows ``part * P`` to ``(part + 1) * P - 1`` of a long file, ``P = task.part_windows``.
+
+    The last part runs to the end of the data and adds the tail window. The
+    file's stamp is checked before and after: a file rewritten meanwhile
+    gives a ``retry``, as :func:`extract_one` does.
+    """
+    sr = spec.sample_rate
+    hop, win, per = round(seg.hop_s * sr), round(seg.window_s * sr), task.part_windows
+    last = task.part == task.n_parts - 1
+    start = task.part * per * hop
+    stop = None if last else start + (per - 1) * hop + win
+    try:
+        if _stamp_of(task.path) != task.stamp:
+            return PartResult(task, "retry", CHANGED)
+        with AudioStream(task.path, sample_rate=sr) as stream:
+            # Past the data's end (a header that overstates it) the stream gives
+            # less; the windows then end where the data does, as a whole read's.
+            chunks = stream.span(start, stop, preroll=round(PREROLL_S * sr))
+            tail = seg.min_tail_s if last else max(seg.min_tail_s, 1 / sr)  # a tail only where the data ends
+            segments = _analyse_windows(chunks, start=start, spec=spec, seg=seg, min_tail_s=tail)
+            warnings = stream.warnings
+        if _stamp_of(task.path) != task.stamp:
+            return PartResult(task, "retry", CHANGED)
+    except FileNotFoundError:
+        return PartResult(task, "retry", VANISHED)
+    except OSError as exc:
+        return PartResult(task, "retry", f"cannot read: {exc.strerror or exc}; rerun to retry")
+    except AudioError as exc:
+        return PartResult(task, "retry" if exc.transient else "error", str(exc))
+    return PartResult(
+        task,
+        "ok",
+        "",
+        stream.orig_sample_rate,
+        stream.channels,
+        stream.end_frame,
+        stream.frames,
+        stream.clipped,
+        stream.peak,
+        tuple(w for w in warnings if not w.startswith("clipped")),  # clipping is summed over parts
+        segments,
+    )
+
+
+def merge_parts(parts: Sequence[PartResult]) -> FeatureRecord:
+    """The record of a long file from all its parts (any order), as :func:`extract_one` would give it."""
+    parts = sorted(parts, key=lambda p: p.task.part)
+    task = parts[0].task
+    for status in ("retry", "error"):  # this run's failures first: they say nothing of the bytes
+        bad = next((p for p in parts if p.status == status), None)
+        if bad is not None:
+            return FeatureRecord(task.content_hash, status, bad.error, 0, 0, 0.0, None)
+    first = parts[0]
+    duration = max(p.end_frame for p in parts) / first.orig_sample_rate
+    frames = sum(p.frames for p in parts)
+    warnings = list(dict.fromkeys(w for p in parts for w in p.warnings))  # each part that reached the end says it
+    clip = clip_warning(sum(p.clipped for p in parts), frames * first.channels)
+    if clip:
+        warnings.append(clip)
+
+    def error(reason: str) -> FeatureRecord:
+        rate, channels = first.orig_sample_rate, first.channels
+        return FeatureRecord(task.content_hash, "error", reason, rate, channels, duration, None, "; ".join(warnings))
+
+    try:
+        check_signal(frames, max(p.peak for p in parts))
+    except AudioError as exc:
+        return error(str(exc))
+    pieces = [p.segments for p in parts if p.segments is not None]
+    if not pieces:
+        return error(f"too short to segment: {duration:.3f} s")
+    segments = Segments(
+        np.concatenate([g.start_s for g in pieces]),
+        np.concatenate([g.end_s for g in pieces]),
+        np.concatenate([g.voiced for g in pieces]),
+        np.concatenate([g.vectors for g in pieces]),
+    )
+    if not np.isfinite(segments.vectors).all():
+        return error("features are not finite")
+    return FeatureRecord(
+        task.content_hash,
+        "ok",
+        "",
+        first.orig_sample_rate,
+        first.channels,
+        duration,
+        segments.summary_vector(),
+        "; ".join(warnings),
+        segments,
+    )
+
+
 def extract_one(
-    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None = None, data: bytes | None = None
+    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None = None, data: MemberData | None = None
 ) -> FeatureRecord:
     """Decode, resample and analyse one file (or archive member ``data``); failures become records.
 
@@ -208,7 +387,7 @@ def extract_one(
     or with ``task.verify`` bytes that are no longer those of
     ``task.content_hash``) is a ``"retry"`` record, which the cache never keeps.
     """
-    if task.verify and data is not None and hashlib.sha256(data).hexdigest() != task.content_hash:
+    if task.verify and data is not None and data.sha256 != task.content_hash:
         return _retry(task, CHANGED)
     record = _decode_and_extract(task, spec=spec, segments=segments, data=data)
     if task.verify and data is None and record.status != "retry":
@@ -227,9 +406,11 @@ def extract_one(
 
 
 def _decode_and_extract(
-    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None, data: bytes | None
+    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None, data: MemberData | None
 ) -> FeatureRecord:
-    source = task.path if data is None else io.BytesIO(data)
+    source: str | BinaryIO = task.path
+    if data is not None:
+        source = data.spill if data.spill is not None else io.BytesIO(data.data or b"")  # type: ignore[assignment]
     try:
         with AudioStream(source, sample_rate=spec.sample_rate) as stream:
             if segments is not None and stream.declared_duration_s > segments.over_s:
@@ -327,7 +508,7 @@ def exit_with_parent(parent_pid: int) -> bool:
 
 def _extract_batch(
     tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None, parent_pid: int = 0
-) -> list[FeatureRecord]:
+) -> list[FeatureRecord | PartResult]:
     keep_freed_memory()
     if parent_pid:
         exit_with_parent(parent_pid)
@@ -335,7 +516,12 @@ def _extract_batch(
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.
     with threadpool_limits(limits=1):
-        out = {t: extract_one(t, spec=spec, segments=segments) for t in tasks if not t.member}
+        out: dict[ExtractTask, FeatureRecord | PartResult] = {}
+        for t in tasks:
+            if t.n_parts > 1 and segments is not None:
+                out[t] = extract_part(t, spec=spec, seg=segments)
+            elif not t.member:
+                out[t] = extract_one(t, spec=spec, segments=segments)
         by_archive: dict[str, list[ExtractTask]] = {}
         for t in tasks:
             if t.member:
@@ -391,6 +577,7 @@ def run_tasks(
     in_process_below: int = IN_PROCESS_BELOW,
     still_needed: Callable[[ExtractTask], bool] | None = None,
     executor: Executor | None = None,
+    on_part: Callable[[ExtractTask], None] | None = None,
 ) -> Iterator[list[FeatureRecord]]:
     """Extract features for ``tasks``, yielding each finished batch as it completes.
 
@@ -415,6 +602,10 @@ def run_tasks(
     executor : Executor or None
         From :func:`open_executor`; overrides ``backend`` and ``n_jobs``.
         A Dask executor always runs on the cluster, however few the tasks.
+    on_part : callable or None
+        Called with each finished part of a long file (see :func:`plan_parts`)
+        but the one that completes it, for progress; the file's record comes
+        in a batch once all its parts are done.
 
     Yields
     ------
@@ -427,8 +618,13 @@ def run_tasks(
         backend, workers = executor.backend, executor.n_workers
     else:
         workers = _n_workers(backend, n_jobs)
-    size = batch_size or default_batch_size(len(tasks), workers)
-    batches = [tasks[i : i + size] for i in range(0, len(tasks), size)]
+    whole: list[ExtractTask] = []
+    split: list[ExtractTask] = []
+    for t in tasks:
+        planned = plan_parts(t, spec=spec, seg=segments) if segments is not None else [t]
+        (split if len(planned) > 1 else whole).extend(planned)
+    size = batch_size or default_batch_size(len(whole), workers)
+    batches = [whole[i : i + size] for i in range(0, len(whole), size)]
     if still_needed is not None:
         # Batches (contiguous runs of sorted paths) in random order: two jobs
         # sharing a cache then rarely work on the same batch at once, and each
@@ -436,25 +632,59 @@ def run_tasks(
         # the same files in lockstep. Results are keyed by content hash, so
         # the order changes nothing in the reports.
         random.shuffle(batches)
+    # Each part of a long file is a task of its own, dispatched first: the
+    # longest work starts early instead of trailing at the end.
+    batches = [[t] for t in split] + batches
+    decided: dict[str, bool] = {}  # a long file is claimed (or not) once, for all its parts
+
+    def needed(task: ExtractTask) -> bool:
+        if task.content_hash not in decided:
+            decided[task.content_hash] = still_needed(task) if still_needed else True
+        return decided[task.content_hash]
 
     def pending() -> Iterator[Sequence[ExtractTask]]:
         # Consumed lazily (joblib dispatches ahead by pre_dispatch only), so the
         # filter sees what other jobs wrote while this one was running.
         for batch in batches:
-            kept = [t for t in batch if still_needed(t)] if still_needed else batch
+            kept = [t for t in batch if needed(t)]
             if kept:
                 yield kept
 
     remote = backend == "dask"  # the user asked for the cluster: never second-guess it
-    if not remote and (workers == 1 or len(batches) == 1 or too_small_for_workers(tasks, in_process_below)):
-        for batch in pending():
-            yield _extract_batch(batch, spec, segments)
+    # Parts of long files are ~0.4 s of work a part: under an hour of them is
+    # done before workers would have started (bench/long_file.py).
+    parts_s = sum(part_seconds(t, segments) for t in split) if segments is not None else 0.0
+    small = too_small_for_workers(whole, in_process_below) and parts_s < PARTS_IN_PROCESS_S
+    if not remote and (workers == 1 or len(batches) == 1 or small):
+        results: Iterator[list[FeatureRecord | PartResult]] = (_extract_batch(b, spec, segments) for b in pending())
+        yield from _merged(results, on_part)
         return
     with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
         parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
         parent = os.getpid() if backend == "loky" else 0  # loky's workers are this process's children
-        for batch in parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending()):
-            yield _compact(batch)
+        results = parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending())
+        yield from (_compact(batch) for batch in _merged(results, on_part))
+
+
+def _merged(
+    results: Iterable[list[FeatureRecord | PartResult]], on_part: Callable[[ExtractTask], None] | None
+) -> Iterator[list[FeatureRecord]]:
+    """Batches of records, a long file's once all its parts are in (``on_part`` hears of the others)."""
+    parts: dict[str, list[PartResult]] = {}
+    for batch in results:
+        done: list[FeatureRecord] = []
+        for r in batch:
+            if isinstance(r, FeatureRecord):
+                done.append(r)
+                continue
+            got = parts.setdefault(r.task.content_hash, [])
+            got.append(r)
+            if len(got) == r.task.n_parts:
+                done.append(merge_parts(parts.pop(r.task.content_hash)))
+            elif on_part is not None:
+                on_part(r.task)
+        if done:
+            yield done
 
 
 def _compact(batch: list[FeatureRecord]) -> list[FeatureRecord]:

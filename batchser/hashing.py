@@ -42,8 +42,16 @@ def display_path(source: SourceFile, root: str) -> str:
     return text_path(member_name(shown, source.member) if source.member else shown)
 
 
+class _FileBar(tqdm):
+    """A bar of files that a long file advances part by part: shows 0.33/1, not 0.3333333333333333/1."""
+
+    @staticmethod
+    def format_meter(n: float, total: float, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
+        return tqdm.format_meter(round(n, 2) if n % 1 else int(n), total, *args, **kwargs)
+
+
 def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> tqdm:
-    return tqdm(
+    return _FileBar(
         total=total, initial=initial, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True, leave=True
     )
 

@@ -21,9 +21,10 @@ from typing import Any
 # instead of in whichever stage converts first, so stage timings stay comparable.
 import pandas  # noqa: F401
 
+from batchser.archive import MAX_MEMBER_BYTES
 from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore
 from batchser.discover import SourceFile, discover
-from batchser.engine import Executor, ExtractTask, open_executor, run_tasks
+from batchser.engine import Executor, ExtractTask, open_executor, part_seconds, run_tasks
 from batchser.features import FeatureSpec
 from batchser.hashing import content_hashes, progress_bar
 from batchser.labels import Label, label_coverage, label_source
@@ -121,11 +122,14 @@ def _features(
         if h and store.get(h) is None:
             todo.setdefault(h, f)
             waiting[h] += 1
-    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True) for h, f in todo.items()]
+    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True, stamp=f.stamp) for h, f in todo.items()]
     retry: dict[str, FeatureRecord] = {}  # this run's read failures: reported, never cached
     eng = manifest.engine
     extracted: set[str] = set()
     deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
+    credited: dict[str, float] = {}  # progress given for the finished parts of long files
+    parts_s: dict[str, float] = {}  # and their seconds of audio
+    audio_s = [0.0]
     with progress_bar(len(files), "extracting", progress, initial=len(files) - sum(waiting.values())) as bar:
 
         def still_needed(task: ExtractTask) -> bool:
@@ -147,13 +151,26 @@ def _features(
                 batch_size=eng.batch_size,
                 still_needed=still_needed,
                 executor=executors.get(),
+                on_part=on_part,
             )
             for batch in batches:
                 store.add(batch)
                 summary.n_extracted += len(batch)
                 extracted.update(r.content_hash for r in batch)
                 retry.update((r.content_hash, r) for r in batch if r.status == "retry")
-                bar.update(sum(waiting[r.content_hash] for r in batch))
+                audio_s[0] += sum(r.duration_s for r in batch) - sum(parts_s.pop(r.content_hash, 0.0) for r in batch)
+                bar.set_postfix_str(f"{audio_s[0] / 3600:.2f} h audio", refresh=False)
+                bar.update(sum(waiting[r.content_hash] - credited.pop(r.content_hash, 0.0) for r in batch))
+
+        def on_part(task: ExtractTask) -> None:
+            # A long file moves the bar part by part, in files and in hours of audio.
+            span = part_seconds(task, store.segment_spec)  # type: ignore[arg-type]  # parts exist only with segments
+            parts_s[task.content_hash] = parts_s.get(task.content_hash, 0.0) + span
+            audio_s[0] += span
+            bar.set_postfix_str(f"{audio_s[0] / 3600:.2f} h audio", refresh=False)
+            share = waiting[task.content_hash] / task.n_parts
+            credited[task.content_hash] = credited.get(task.content_hash, 0.0) + share
+            bar.update(share)
 
         extract(tasks)
         next_note = time.monotonic() + 2  # say what we wait for if it lasts
@@ -368,7 +385,10 @@ def _run(manifest: Manifest, *, progress: bool, allow_empty: bool = False, overw
     )
     clock.lap("load_model")
     paths, label_fns = _input_paths(manifest)
-    files = discover(paths)
+    limits = [round(i.max_member_mb * 2**20) for i in manifest.inputs] + [MAX_MEMBER_BYTES] * (
+        len(paths) - len(manifest.inputs)
+    )
+    files = discover(paths, max_member_bytes=limits, progress=progress)
     log.info("%s: %d files discovered", manifest.name, len(files))
     if not files and not (manifest.allow_empty or allow_empty):
         where = ", ".join(str(manifest.resolve(i.path)) for i in manifest.inputs)

@@ -113,6 +113,10 @@ class InputSpec(_Strict):
     speaker_normalization: bool = True
     # Where the files come from and under which terms (goes into the model card).
     licence: str | None = None
+    # Archive members larger than this get an error row instead of being read
+    # (a zip bomb, or hours of audio better kept as a plain file). Members over
+    # 64 MiB are decoded from a temporary file, so memory does not grow with it.
+    max_member_mb: float = Field(default=1024, gt=0, le=1 << 20)
 
     @field_validator("labels")
     @classmethod

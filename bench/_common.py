@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from batchser.api import default_model_path
 from batchser.model import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 RAVDESS = CORPORA / "ravdess"
-MODEL = ROOT / "result" / "models" / "ravdess-4emo.skops"
+MODEL = default_model_path()  # the model batchser ships and labels with by default
 SEED_FEATURES = ["mfcc", "chroma", "mel"]
 EMOTIONS = ["angry", "sad", "neutral", "happy"]
 

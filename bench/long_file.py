@@ -12,6 +12,9 @@ model's features (what `python -m batchser run` computes by default):
                    every second of audio is in two windows, which share the frames
                    they have in common; see batchser.features.SlidingExtractor)
   long, no overlap the same with hop_s = window_s (every second in one window)
+  long, N parts    the default segmentation as a job runs it: the file cut into parts of
+                   5 minutes (batchser.engine.plan_parts), one task each, on all cores
+                   (worker start-up included; RSS growth is the job process's only)
 
 "x real time" is audio seconds per wall second; "vs clips" divides it by the clips'
 rate (the issue's target is 80 %). Peak RSS growth is this process's maximum RSS after
@@ -29,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import joblib
 import soundfile as sf
 from _common import RAVDESS, have, progress_log, shipped_features
 
@@ -60,7 +64,8 @@ def main() -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from batchser.engine import ExtractTask, extract_one, keep_freed_memory
+    from batchser.cache import hash_file
+    from batchser.engine import ExtractTask, extract_one, keep_freed_memory, plan_parts, run_tasks
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
@@ -77,7 +82,13 @@ def main() -> int:
         long = Path(tmp) / "long.wav"
         log(f"writing a {args.minutes:.0f}-minute file …")
         long_audio = write_long(long, mono16k, args.minutes * 60)
-        rows: dict[str, list[float]] = {"clips": [], "long, default": [], "long, no overlap": []}
+        st = long.stat()
+        job_task = ExtractTask(
+            str(long), hash_file(long), size=st.st_size, stamp=(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        )
+        n_parts = len(plan_parts(job_task, spec=spec, seg=default))
+        in_parts = f"long, {n_parts} parts"
+        rows: dict[str, list[float]] = {"clips": [], "long, default": [], "long, no overlap": [], in_parts: []}
         growth: dict[str, float] = {}
         windows: dict[str, int] = {}
         for r in range(args.repeats):
@@ -96,11 +107,23 @@ def main() -> int:
                 assert rec.status == "ok" and rec.segments is not None, rec.error
                 windows[key] = len(rec.segments)
                 growth[key] = max(growth.get(key, 0.0), peak_mib() - before)
+            before = peak_mib()
+            t = time.perf_counter()
+            (rec,) = [
+                r for batch in run_tasks([job_task], spec=spec, segments=default, in_process_below=0) for r in batch
+            ]
+            rows[in_parts].append(time.perf_counter() - t)
+            assert rec.status == "ok" and rec.segments is not None, rec.error
+            windows[in_parts] = len(rec.segments)
+            growth[in_parts] = max(growth.get(in_parts, 0.0), peak_mib() - before)
     med = {k: statistics.median(v) for k, v in rows.items()}
     clip_rate = clip_audio / med["clips"]
-    print(f"one process, one BLAS thread; features {', '.join(names)}; medians of {args.repeats}")
+    print(
+        f"one BLAS thread; one process but for the parts row ({joblib.cpu_count()} workers); "
+        f"features {', '.join(names)}; medians of {args.repeats}"
+    )
     print(f"{'row':<17} {'audio s':>8} {'wall s':>7} {'x real':>7} {'vs clips':>8} {'windows':>7} {'RSS growth':>10}")
-    for key, audio in (("clips", clip_audio), ("long, default", long_audio), ("long, no overlap", long_audio)):
+    for key, audio in [("clips", clip_audio)] + [(k, long_audio) for k in rows if k != "clips"]:
         rate = audio / med[key]
         print(
             f"{key:<17} {audio:>8.0f} {med[key]:>7.2f} {rate:>7.0f} {rate / clip_rate:>7.0%} "

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -84,7 +87,7 @@ def test_list_hash_and_read_members(bundles: Path) -> None:
     assert "sub/angry-0.wav" in names and "notes.txt" in names
     hashes = hash_members(bundles / "more.tar.gz", ["t/sad.wav", "t/happy.wav", "t/none.wav"])
     assert hashes["t/none.wav"][0] == "" and "not found" in hashes["t/none.wav"][1]
-    got = dict((n, d) for n, d, _ in read_members(bundles / "more.tar.gz", ["t/happy.wav", "t/sad.wav"]))
+    got = {n: d.data for n, d, _ in read_members(bundles / "more.tar.gz", ["t/happy.wav", "t/sad.wav"]) if d}
     assert got["t/sad.wav"] == _wav("sad", 11)
     assert hashes["t/sad.wav"] == (hashlib.sha256(_wav("sad", 11)).hexdigest(), "")
 
@@ -183,3 +186,72 @@ def test_a_zip_is_opened_once_per_process_not_once_per_batch(tmp_path: Path, mon
     assert s.n_files == 40 and s.n_failed == 0
     mine = [f for f in opened if f.endswith("many.zip")]  # (the model file is a zip too)
     assert len(mine) == 1, mine  # listing, hashing and every batch share one open archive
+
+
+def test_a_large_member_is_read_through_a_temp_file_and_the_size_limit_is_the_inputs(tmp_path: Path) -> None:
+    big = np.tile(speechlike("angry", sr=16000, seconds=6.0), 8)  # 48 s, 1.5 MB as 16-bit WAV
+    buf = io.BytesIO()
+    sf.write(buf, big, 16000, format="WAV", subtype="PCM_16")
+    data = buf.getvalue()
+    arc = tmp_path / "in" / "big.zip"
+    arc.parent.mkdir()
+    with zipfile.ZipFile(arc, "w") as zf:
+        zf.writestr("long.wav", data)
+        zf.writestr("clip.wav", _wav("sad", 1))
+    # Over the in-memory size, the bytes come back in an anonymous temp file, with their hash.
+    (name, got, err), (_, small, _) = read_members(arc, ["long.wav", "clip.wav"], in_memory=100_000)
+    assert (name, err, got.data, small.spill) == ("long.wav", "", None, None)  # type: ignore[union-attr]
+    assert got.sha256 == hashlib.sha256(data).hexdigest()  # type: ignore[union-attr]
+    assert small.data == _wav("sad", 1)  # type: ignore[union-attr]
+
+    # A job labels it from that file as it would from memory (long: window by window), and a member
+    # over the input's max_member_mb gets a row saying so, with the field to change.
+    for limit, out in ((1024, "o1"), (1, "o2")):
+        m = yaml.safe_load(yaml.safe_dump(_manifest(tmp_path, [str(arc)], out=out).model_dump(mode="json")))
+        m["inputs"][0]["max_member_mb"] = limit
+        run_job(parse_manifest(yaml.safe_dump(m), base_dir=tmp_path), progress=False)
+        rows = pd.read_csv(tmp_path / out / "annotations.csv").set_index("path")
+        long = rows.loc["in/big.zip::long.wav"]
+        assert rows.loc["in/big.zip::clip.wav", "status"] == "ok"
+        if limit == 1024:
+            assert long["status"] == "ok" and long["segments"] == (48 - 4) // 2 + 1
+        else:
+            assert long["status"] == "error"
+            assert "over the input's limit of 1 MiB (raise inputs[].max_member_mb" in long["error"]
+
+
+def test_a_member_bigger_than_memory_allows_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
+    """A 100 MiB member (52 minutes) raises the job's peak RSS by far less than its size."""
+    seconds = 100 * 2**20 // 2 // 16000
+    arc = tmp_path / "huge.zip"
+    clip = (speechlike("happy", sr=16000, seconds=8.0) * 32767).astype("<i2").tobytes()
+    with zipfile.ZipFile(arc, "w") as zf, zf.open("huge.wav", "w", force_zip64=True) as fh:
+        n = seconds * 16000
+        fh.write(b"RIFF" + (36 + 2 * n).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little"))
+        fh.write((1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little"))
+        fh.write((32000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little"))
+        fh.write(b"data" + (2 * n).to_bytes(4, "little"))
+        left = 2 * n
+        while left:
+            piece = clip[:left]
+            fh.write(piece)
+            left -= len(piece)
+    small = tmp_path / "small.zip"
+    with zipfile.ZipFile(small, "w") as zf:
+        zf.writestr("clip.wav", _wav("sad", 1))
+    peaks = {}
+    for name, path in (("small", small), ("huge", arc)):
+        m = _manifest(tmp_path, [str(path)], out=f"out-{name}", cache=f"cache-{name}").model_dump(mode="json")
+        m["engine"] = {"backend": "sequential", "n_jobs": 1}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(m))
+        peaks[name] = _peak_rss_kib(tmp_path / f"{name}.yaml")
+    assert pd.read_csv(tmp_path / "out-huge" / "annotations.csv")["status"].tolist() == ["ok"]
+    # Held in memory the member alone would add 100 MiB; streamed from the temp file, the window does.
+    assert (peaks["huge"] - peaks["small"]) / 1024 < 40, peaks
+
+
+def _peak_rss_kib(manifest: Path) -> int:
+    proc = subprocess.Popen([sys.executable, "-m", "batchser", "run", "-q", str(manifest)], stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
+    return usage.ru_maxrss

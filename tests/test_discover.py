@@ -56,3 +56,13 @@ def test_dangling_link_is_reported_not_dropped(tree: Path) -> None:
 def test_link_loop_does_not_hang(tree: Path) -> None:
     (tree / "b" / "loop").symlink_to(tree, target_is_directory=True)
     assert len(discover([tree])) == 5
+
+
+def test_discovery_counts_what_it_looks_at(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(300):
+        (tmp_path / f"notes-{i}.txt").write_text("not audio")
+    (tmp_path / "a.wav").write_bytes(b"")
+    assert [f.path.name for f in discover([tmp_path], progress=True)] == ["a.wav"]
+    assert "discovering: 301 files" in capsys.readouterr().err
+    discover([tmp_path])
+    assert capsys.readouterr().err == ""

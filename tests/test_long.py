@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import pytest
 import soundfile as sf
 import yaml
 
+from batchser import engine
 from batchser.audio import load
-from batchser.engine import ExtractTask, extract_one
+from batchser.cache import hash_file
+from batchser.engine import ExtractTask, extract_one, extract_part, merge_parts, plan_parts, run_tasks
 from batchser.features import FeatureSpec, extract
 from batchser.segments import SegmentSpec, windows
 from tests.conftest import PROJECT, speechlike
@@ -138,3 +141,110 @@ def test_streamed_windows_match_windows_of_the_whole_decoded_file(tmp_path: Path
     # Shorter than over_s: one vector for the whole file, as before.
     sf.write(tmp_path / "b.wav", y[: 48000 * 5], 48000)
     assert extract_one(ExtractTask(str(tmp_path / "b.wav"), "h2"), spec=spec, segments=SegmentSpec()).segments is None
+
+
+def _listed(path: Path) -> ExtractTask:
+    """``path`` as the job hands it to the engine: hashed, with its listing stamp."""
+    st = os.stat(path)
+    return ExtractTask(
+        str(path), hash_file(path), size=st.st_size, verify=True, stamp=(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    )
+
+
+SPEECH = FeatureSpec(("mfcc_stats", "logmel_stats", "spectral_stats", "prosody", "voice_stats"), SR)
+
+
+@pytest.mark.parametrize(("sr", "rtol"), [(SR, 1e-5), (44100, 1e-3)])
+def test_a_long_file_in_parts_gives_the_windows_of_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, rtol: float
+) -> None:
+    monkeypatch.setattr(engine, "PART_S", 20.0)  # 10 windows a part instead of 150
+    path = tmp_path / "long.wav"
+    _long_file(path, minutes=1.5, sr=sr)
+    task, seg = _listed(path), SegmentSpec()
+    parts = plan_parts(task, spec=SPEECH, seg=seg)
+    # 47 windows (0, 2, ..., 92 s): three parts of 10, the last with the other 17.
+    assert [(p.part, p.n_parts, p.part_windows) for p in parts] == [(k, 4, 10) for k in range(4)]
+    merged = merge_parts([extract_part(p, spec=SPEECH, seg=seg) for p in reversed(parts)])  # any order
+    whole = extract_one(task, spec=SPEECH, segments=seg)
+    assert (merged.status, merged.duration_s, merged.warning) == ("ok", whole.duration_s, whole.warning)
+    assert merged.duration_s == 96
+    a, b = whole.segments, merged.segments
+    assert a is not None and b is not None and len(a) == len(b) == 47
+    np.testing.assert_array_equal(a.start_s, b.start_s)
+    np.testing.assert_array_equal(a.end_s, b.end_s)
+    np.testing.assert_array_equal(a.voiced, b.voiced)
+    # Equal up to float rounding (at 44.1 kHz the resampler restarts at each part, a second early).
+    np.testing.assert_allclose(b.vectors, a.vectors, rtol=rtol, atol=rtol * np.abs(a.vectors).max())
+
+    # Through the engine's workers (which know nothing of PART_S) the same; progress hears of each part.
+    heard: list[int] = []
+    for backend in ("sequential", "loky"):
+        heard.clear()
+        (batch,) = run_tasks(
+            [task],
+            spec=SPEECH,
+            segments=seg,
+            backend=backend,
+            n_jobs=2,
+            in_process_below=0,
+            on_part=lambda t: heard.append(t.part),
+        )
+        (rec,) = batch
+        assert rec.status == "ok" and len(heard) == 3 and rec.segments is not None
+        np.testing.assert_allclose(rec.segments.vectors, b.vectors, rtol=1e-6, atol=1e-6)
+
+
+def test_parts_of_a_truncated_changed_or_silent_long_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "PART_S", 20.0)
+    seg = SegmentSpec()
+    # A header declaring 96 s over 50 s of data: planned on what is there (libsndfile counts the frames
+    # present), and the part that reaches the end warns, as one pass does.
+    cut = tmp_path / "cut.wav"
+    _long_file(cut, minutes=1.5)
+    with open(cut, "r+b") as f:
+        f.truncate(44 + 50 * SR * 2)
+    task = _listed(cut)
+    parts = plan_parts(task, spec=SPEECH, seg=seg)
+    assert len(parts) == 2
+    merged = merge_parts([extract_part(p, spec=SPEECH, seg=seg) for p in parts])
+    whole = extract_one(task, spec=SPEECH, segments=seg)
+    assert merged.status == whole.status == "ok" and merged.warning == whole.warning
+    assert merged.warning.startswith("truncated: header declares") and merged.duration_s == whole.duration_s == 50
+    assert merged.segments is not None and whole.segments is not None
+    np.testing.assert_array_equal(merged.segments.start_s, whole.segments.start_s)
+
+    # A file rewritten after it was listed: the part says so and the file is retried, never cached.
+    changed = tmp_path / "changed.wav"
+    _long_file(changed, minutes=1.5)
+    task = _listed(changed)
+    parts = plan_parts(task, spec=SPEECH, seg=seg)
+    first = extract_part(parts[0], spec=SPEECH, seg=seg)
+    with open(changed, "r+b") as f:
+        f.seek(50_000)
+        f.write(b"\x7f" * 100)
+    rest = [extract_part(p, spec=SPEECH, seg=seg) for p in parts[1:]]
+    assert first.status == "ok" and {r.status for r in rest} == {"retry"}
+    rec = merge_parts([first, *rest])
+    assert (rec.status, rec.error) == ("retry", engine.CHANGED)
+
+    # Silence is judged over the whole file, not per part.
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, np.zeros(90 * SR, dtype=np.float32), SR, subtype="PCM_16")
+    task = _listed(quiet)
+    parts = plan_parts(task, spec=SPEECH, seg=seg)
+    assert len(parts) == 4
+    rec = merge_parts([extract_part(p, spec=SPEECH, seg=seg) for p in parts])
+    assert (
+        rec.status == "error"
+        and rec.error.startswith("silent")
+        and rec.error == extract_one(task, spec=SPEECH, segments=seg).error
+    )
+
+    # Not split: archive members, files without a listing stamp, formats whose seeks are not exact.
+    assert plan_parts(dataclasses.replace(task, stamp=None), spec=SPEECH, seg=seg) == [
+        dataclasses.replace(task, stamp=None)
+    ]
+    ogg = tmp_path / "long.ogg"
+    sf.write(ogg, speechlike("sad", sr=SR, seconds=90).astype(np.float32), SR, format="OGG")
+    assert len(plan_parts(dataclasses.replace(_listed(ogg), size=2 << 20), spec=SPEECH, seg=seg)) == 1

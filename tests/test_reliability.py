@@ -112,8 +112,8 @@ def test_fail_threshold_exits_1_after_writing_reports(tmp_path: Path, good_dir: 
 def test_file_vanishing_after_discovery(tmp_path: Path, good_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = batchser.job.discover
 
-    def discover_then_delete(paths):  # type: ignore[no-untyped-def]
-        files = real(paths)
+    def discover_then_delete(paths, **kwargs):  # type: ignore[no-untyped-def]
+        files = real(paths, **kwargs)
         (good_dir / "sad.wav").unlink()  # gone between the listing and the read
         return files
 
