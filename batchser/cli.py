@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -36,9 +37,10 @@ log = logging.getLogger("batchser")
 
 
 def _print_summary(s: JobSummary) -> None:
+    rate = s.n_files / max(s.seconds, 1e-9)
     print(
         f"job {s.name}: {s.n_files} file{'' if s.n_files == 1 else 's'} seen, {s.n_extracted} newly extracted, "
-        f"{s.n_cached} from cache, {s.n_failed} failed  ({s.seconds:.1f} s)"
+        f"{s.n_cached} from cache, {s.n_failed} failed  ({s.seconds:.1f} s, {rate:,.0f} files/s)"
     )
     for path, reason in s.failures[:5]:
         print(f"  failed: {path}: {reason}")
@@ -217,8 +219,7 @@ inputs:
   - path: {inputs}                # a folder (searched recursively), a file, a glob, or a zip/tar archive
     labels: none                  # or {{pattern: '...(?P<emotion>...)...', map: {{...}}}} / {{table: labels.csv}}
     # speaker: folder             # one folder per speaker, 10+ files each: labels standardised per speaker
-emotions: [angry, sad, neutral, happy]   # the shipped model's classes
-features: [mfcc_stats, logmel_stats, spectral_stats, prosody, voice_stats]   # the shipped model's
+# emotions, features: the model's own unless listed (the shipped model: angry, sad, neutral, happy)
 engine: {{backend: loky, n_jobs: -1}}     # all cores
 model:
   adapt: speaker                  # standardise by speaker (10+ files) or else by input (10+ files)
@@ -243,6 +244,60 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(Manifest.model_json_schema(), indent=2))
     return EXIT_OK
+
+
+def _days(text: str) -> float:
+    """``90d``, ``12w``, ``36h`` or a plain number of days."""
+    units = {"d": 1.0, "w": 7.0, "h": 1 / 24}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "d")
+    try:
+        v = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write e.g. 90d, 12w or 36h") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return v
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from batchser.api import default_cache_dir
+    from batchser.cache.index import DAY_S, CacheIndex
+    from batchser.cache.maintain import cache_folders, compact, gc, stats
+
+    root = Path(args.cache) if args.cache else default_cache_dir()
+    if not root.is_dir():
+        print(f"batchser: no feature cache at {root}", file=sys.stderr)
+        return EXIT_FATAL
+    index = CacheIndex(root)
+    try:
+        if args.action == "stats":
+            rows = stats(index, root)
+            if args.json:
+                print(json.dumps([vars(r) for r in rows], indent=2))
+                return EXIT_OK
+            print(f"cache {root} (index {index.path.name}, {index.path.stat().st_size / 2**20:.1f} MiB)")
+            print(f"{'folder':<44} {'parts':>5} {'rows':>10} {'live':>10} {'MiB':>8}  last used")
+            for r in rows:
+                used = "-"
+                if r.oldest_use is not None and r.newest_use is not None:
+                    lo, hi = (time.strftime("%Y-%m-%d", time.gmtime(d * DAY_S)) for d in (r.oldest_use, r.newest_use))
+                    used = f"{lo} .. {hi}"
+                print(f"{r.folder:<44} {r.parts:>5} {r.rows:>10,} {r.live:>10,} {r.bytes / 2**20:>8.1f}  {used}")
+            return EXIT_OK
+        if args.action == "compact":
+            removed = dropped = 0
+            for parts, folder in cache_folders(root):
+                r, d = compact(index, parts, folder, everything=args.all)
+                removed, dropped = removed + r, dropped + d
+            if not args.quiet:
+                print(f"compacted {root}: {removed} parts rewritten, {dropped} duplicate or forgotten rows dropped")
+            return EXIT_OK
+        dropped = gc(index, root, unused_days=args.unused_for)
+        if not args.quiet:
+            print(f"gc {root}: {dropped} feature rows unused for {args.unused_for:g} days dropped")
+        return EXIT_OK
+    finally:
+        index.close()
 
 
 def _positive(text: str) -> float:
@@ -302,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     ini.set_defaults(func=_cmd_init)
     sch = sub.add_parser("schema", help="print the manifest's JSON schema")
     sch.set_defaults(func=_cmd_schema)
+    cac = sub.add_parser("cache", help="inspect and maintain a feature cache (safe while jobs run)")
+    cac.add_argument("action", choices=["stats", "compact", "gc"])
+    cac.add_argument("cache", nargs="?", help="the cache folder (default: the per-user cache)")
+    cac.add_argument("--json", action="store_true", help="stats as JSON")
+    cac.add_argument("--all", action="store_true", help="compact: rewrite every part, not only small ones")
+    cac.add_argument(
+        "--unused-for", type=_days, default=90.0, help="gc: drop rows no job on this host used for this long (90d)"
+    )
+    cac.add_argument("-q", "--quiet", action="store_true")
+    cac.set_defaults(func=_cmd_cache)
     val = sub.add_parser("validate", help="check a manifest without running it")
     val.add_argument("manifest")
     val.add_argument("-q", "--quiet", action="store_true")

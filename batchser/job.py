@@ -19,7 +19,7 @@ from typing import Any
 # pyarrow imports pandas on its first conversion to or from numpy, which every
 # job makes; importing it with the job keeps that cost (0.15 s) in start-up
 # instead of in whichever stage converts first, so stage timings stay comparable.
-import pandas  # noqa: F401
+import pandas
 
 from batchser.archive import MAX_MEMBER_BYTES
 from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore
@@ -76,6 +76,25 @@ class JobSummary:
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
+    def table(self, name: str = "annotations") -> pandas.DataFrame:
+        """A report this job wrote, read back and indexed by path.
+
+        Parameters
+        ----------
+        name : {"annotations", "segments"}
+
+        Raises
+        ------
+        FileNotFoundError
+            The job wrote no such report (segments: no file was long).
+        """
+        written = {p.name: p for p in self.reports}
+        if f"{name}.parquet" in written:
+            return pandas.read_parquet(written[f"{name}.parquet"]).set_index("path")
+        if f"{name}.csv" in written:
+            return pandas.read_csv(written[f"{name}.csv"]).set_index("path")
+        raise FileNotFoundError(f"job {self.name} wrote no {name} report (it wrote {', '.join(written) or 'none'})")
+
 
 class _StageClock:
     """Wall time of consecutive stages, for summary.json and the benchmarks."""
@@ -118,8 +137,9 @@ def _features(
         clock.lap("hash")
     todo: dict[str, SourceFile] = {}  # content hash -> one file having it
     waiting: Counter[str] = Counter()
+    cached = store.get_many(h for h, _ in hashes if h)  # one read per part, of the row groups needed
     for f, (h, _err) in zip(files, hashes, strict=True):
-        if h and store.get(h) is None:
+        if h and h not in cached:
             todo.setdefault(h, f)
             waiting[h] += 1
     tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True, stamp=f.stamp) for h, f in todo.items()]

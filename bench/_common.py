@@ -118,3 +118,34 @@ def train_seed_model(work: Path, *, chroma_tuning: float | None = None) -> Path:
     }
     run_job(job, work / "seed-train.yaml")
     return model
+
+
+def synthetic_rows(store: Any, n: int, *, seed: int = 0, per_part: int | None = None) -> None:
+    """``n`` random rows in ``store``'s real schema, written and indexed as merged parts are.
+
+    Random hashes and vectors, sorted by hash, in row groups of ``ROW_GROUP``:
+    a large cache in seconds, for the cache-size benchmark and the bounded-memory test.
+    """
+    import pyarrow as pa
+
+    from batchser.cache.maintain import BIG_ROWS, ROW_GROUP
+
+    rng = np.random.default_rng(seed)
+    per_part = per_part or BIG_ROWS
+    for start in range(0, n, per_part):
+        k = min(per_part, n - start)
+        cols: dict[str, Any] = {
+            "content_hash": pa.array(sorted(rng.bytes(32).hex() for _ in range(k)), pa.string()),
+            "status": pa.array(["ok"] * k, pa.string()),
+            "error": pa.array([""] * k, pa.string()),
+            "warning": pa.array([""] * k, pa.string()),
+            "orig_sample_rate": pa.array(np.full(k, 16000, np.int32)),
+            "channels": pa.array(np.ones(k, np.int32)),
+            "duration_s": pa.array(np.full(k, 2.0)),
+            "n_segments": pa.array(np.zeros(k, np.int32)),
+        }
+        matrix = rng.standard_normal((k, len(store.columns)), dtype=np.float32)
+        for j, name in enumerate(store.columns):
+            cols[name] = pa.array(matrix[:, j])
+        path, data = store._features.write(pa.table(cols), row_group_size=ROW_GROUP)
+        store._index.add_part(store._fkey, path.name, data)

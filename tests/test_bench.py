@@ -57,3 +57,10 @@ def test_long_file_is_analysed_window_by_window(ravdess_dir: Path) -> None:
     default, flat = row(lines, "long, default"), row(lines, "long, no overlap")
     # 30 s in 4 s windows: every 2 s with overlap (15), every 4 s without (8).
     assert int(default[-3]) == 15 and int(flat[-3]) == 8
+
+
+def test_cache_scale_prints_a_row_per_cache_size() -> None:
+    lines = bench("cache_scale.py", "--sizes", "100,3000", "--repeats", "1")
+    for size in ("100", "3,000"):
+        cells = row(lines, size)
+        assert float(cells[1]) > 0 and cells[2].endswith("x") and float(cells[3]) > 0

@@ -1,0 +1,352 @@
+"""The cache's index: which part and row hold a content hash, in SQLite, one file per host.
+
+Opening a store used to read every part into memory, so a six-file job paid
+for every file the organisation had ever labelled. The index maps
+``(folder, content hash)`` to ``(part, first row, rows)`` and each part to the
+byte ranges and SHA-256 of its row groups, so a lookup reads only the row
+groups holding the rows asked for, and verifies exactly those bytes.
+
+SQLite, not a home-made file format: it ships with Python, its B-tree gives
+O(log M) lookups, its transactions survive ``kill -9`` and power cuts, and
+its locking lets the jobs of one host share the file (WAL mode: readers never
+wait for the writer). The parts stay the source of truth: the index is
+rebuilt from them when it is missing, damaged or behind (parts written by
+another host, or removed by a compaction). One file per host, named after
+it, because SQLite's locks cannot be trusted on network file systems, where
+a cache shared by several machines lives; each host indexes the shared parts
+for itself.
+
+The index also holds the path→hash table (a file's hash under its path and
+(size, mtime_ns, ctime_ns): a rerun hashes nothing it has seen unchanged)
+and the day each row was last used, for ``batchser cache gc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batchser.cache.errors import CacheError
+
+__all__ = ["DAY_S", "CacheIndex", "Group", "Location", "row_groups", "today"]
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400
+_IN_BATCH = 500  # hashes per "IN (...)" query: below SQLite's variable limit, few round trips
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS parts (
+    -- groups: [first row, rows, offset, length, sha256[:32]] of each row group, then of the footer
+    folder TEXT NOT NULL, name TEXT NOT NULL, n_rows INTEGER NOT NULL, groups TEXT NOT NULL,
+    PRIMARY KEY (folder, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rows (
+    folder TEXT NOT NULL, hash TEXT NOT NULL, part TEXT NOT NULL, row INTEGER NOT NULL, n INTEGER NOT NULL,
+    used INTEGER NOT NULL,
+    PRIMARY KEY (folder, hash)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rows_by_part ON rows (folder, part);
+CREATE TABLE IF NOT EXISTS paths (
+    path TEXT NOT NULL PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    hash TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def today() -> int:
+    """Days since the epoch (UTC): the unit of a row's last use."""
+    return int(time.time() // DAY_S)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One row group of a part: its rows, where its bytes are, and their SHA-256 (first 32 hex)."""
+
+    first: int
+    n: int
+    offset: int
+    length: int
+    sha: str
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a content hash's rows are: ``n`` consecutive rows from ``row`` of ``part``."""
+
+    part: str
+    row: int
+    n: int
+
+
+def row_groups(data: bytes) -> tuple[list[Group], Group]:
+    """The row groups of a Parquet file held in ``data``, each with the checksum of its bytes, and its footer.
+
+    A row group's column chunks are contiguous in the file; their span is
+    what a reader of that group reads, so it is what the checksum covers.
+    The footer (schema, column names, offsets: everything after the last row
+    group) is read with every group, so it gets a checksum of its own.
+    """
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    out, first = [], 0
+    for k in range(meta.num_row_groups):
+        rg = meta.row_group(k)
+        starts, ends = [], []
+        for j in range(rg.num_columns):
+            c = rg.column(j)
+            start = c.dictionary_page_offset if c.has_dictionary_page else c.data_page_offset
+            starts.append(start)
+            ends.append(start + c.total_compressed_size)
+        lo, hi = min(starts), max(ends)
+        out.append(Group(first, rg.num_rows, lo, hi - lo, hashlib.sha256(data[lo:hi]).hexdigest()[:32]))
+        first += rg.num_rows
+    end = max((g.offset + g.length for g in out), default=4)  # after the leading "PAR1"
+    return out, Group(first, 0, end, len(data) - end, hashlib.sha256(data[end:]).hexdigest()[:32])
+
+
+def _runs(hashes: Sequence[str]) -> Iterator[tuple[str, int, int]]:
+    """(hash, first row, rows) for each run of equal consecutive hashes."""
+    start = 0
+    for i in range(1, len(hashes) + 1):
+        if i == len(hashes) or hashes[i] != hashes[start]:
+            yield hashes[start], start, i - start
+            start = i
+
+
+class CacheIndex:
+    """The SQLite index of one cache folder, for this host.
+
+    Parameters
+    ----------
+    root : Path
+        The cache folder. The index is ``<root>/index/<host>.sqlite``; a
+        damaged one is moved to ``<root>/quarantine/`` and rebuilt from the parts.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / "index" / f"{socket.gethostname()}.sqlite"
+        self._lock = threading.RLock()  # one connection, shared by the job's threads
+        self._groups: dict[tuple[str, str], tuple[list[Group], Group]] = {}
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            try:
+                with self._write_errors():
+                    return self._connect()
+            except sqlite3.DatabaseError as exc:
+                if attempt:
+                    raise
+                self._set_aside(str(exc))
+        raise AssertionError("unreachable")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+        db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a kill; a power cut may drop the last
+        db.executescript(_SCHEMA)
+        db.execute("SELECT count(*) FROM parts").fetchone()
+        return db
+
+    def _set_aside(self, reason: str) -> None:
+        target = self.path.parent.parent / "quarantine" / f"index-{self.path.name}-{time.time_ns()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
+        log.warning(
+            "the cache index %s is damaged (%s); moved to %s and rebuilt from the parts", self.path, reason, target
+        )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._write_errors():
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """A full disk or read-only folder as the CacheError every cache write raises, naming the file."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            msg = str(exc)
+            # SQLite says "disk I/O error" when it cannot grow its log on a full disk.
+            with contextlib.suppress(OSError):
+                st = os.statvfs(self.path.parent)
+                if "full" in msg or st.f_bavail * st.f_frsize < 1 << 20:
+                    msg = "No space left on device (the disk is full)"
+            raise CacheError(f"cannot write to the feature cache {self.path}: {msg}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    # -- parts -----------------------------------------------------------------
+    def part_names(self, folder: str) -> set[str]:
+        with self._lock:
+            return {n for (n,) in self.db.execute("SELECT name FROM parts WHERE folder = ?", (folder,))}
+
+    def groups(self, folder: str, name: str) -> tuple[list[Group], Group]:
+        """The row groups of an indexed part and its footer, with their checksums."""
+        with self._lock:
+            got = self._groups.get((folder, name))
+            if got is None:
+                sql = "SELECT groups FROM parts WHERE folder = ? AND name = ?"
+                row = self.db.execute(sql, (folder, name)).fetchone()
+                if row is None:
+                    raise FileNotFoundError(name)  # forgotten since it was located: look again
+                *groups, footer = (Group(*g) for g in json.loads(row[0]))
+                got = self._groups[(folder, name)] = (groups, footer)
+            return got
+
+    def part_rows(self, folder: str) -> dict[str, int]:
+        """name -> rows, for each part of ``folder`` (no row of the rows table is read)."""
+        with self._lock:
+            return dict(self.db.execute("SELECT name, n_rows FROM parts WHERE folder = ?", (folder,)).fetchall())
+
+    def part_sizes(self, folder: str) -> dict[str, tuple[int, int]]:
+        """name -> (rows in the part, rows the index points to) for each part of ``folder``."""
+        with self._lock:
+            live = dict(
+                self.db.execute("SELECT part, sum(n) FROM rows WHERE folder = ? GROUP BY part", (folder,)).fetchall()
+            )
+            cur = self.db.execute("SELECT name, n_rows FROM parts WHERE folder = ?", (folder,))
+            return {name: (int(n), int(live.get(name, 0))) for name, n in cur}
+
+    def _insert(self, db: sqlite3.Connection, folder: str, name: str, data: bytes, *, replace: bool) -> int:
+        groups, footer = row_groups(data)
+        with pq.ParquetFile(pa.BufferReader(data)) as f:
+            hashes = f.read(columns=["content_hash"]).column(0).to_pylist()
+        day = today()
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        before = db.total_changes
+        db.executemany(
+            f"{verb} INTO rows (folder, hash, part, row, n, used) VALUES (?, ?, ?, ?, ?, ?)",
+            ((folder, h, name, first, n, day) for h, first, n in _runs(hashes)),
+        )
+        added = db.total_changes - before
+        db.execute(
+            "INSERT OR REPLACE INTO parts (folder, name, n_rows, groups) VALUES (?, ?, ?, ?)",
+            (
+                folder,
+                name,
+                len(hashes),
+                json.dumps([[g.first, g.n, g.offset, g.length, g.sha] for g in [*groups, footer]]),
+            ),
+        )
+        return added
+
+    def add_part(self, folder: str, name: str, data: bytes) -> int:
+        """Index the part ``name`` whose (verified) bytes are ``data``; the hashes it added.
+
+        A hash already indexed keeps its place (a duplicate written by a
+        concurrent job, or the parts a merge replaced).
+        """
+        with self.transaction() as db:
+            return self._insert(db, folder, name, data, replace=False)
+
+    def swap_parts(self, folder: str, name: str, data: bytes, old: Iterable[str]) -> None:
+        """In one transaction: index merged part ``name`` over the hashes it holds and forget ``old``."""
+        with self.transaction() as db:
+            self._insert(db, folder, name, data, replace=True)
+            self._forget(db, folder, old)
+
+    def forget_parts(self, folder: str, names: Iterable[str]) -> None:
+        """Drop parts (gone from disk, or set aside) and every row still pointing into them."""
+        with self.transaction() as db:
+            self._forget(db, folder, names)
+
+    def _forget(self, db: sqlite3.Connection, folder: str, names: Iterable[str]) -> None:
+        for name in names:
+            db.execute("DELETE FROM rows WHERE folder = ? AND part = ?", (folder, name))
+            db.execute("DELETE FROM parts WHERE folder = ? AND name = ?", (folder, name))
+            self._groups.pop((folder, name), None)
+
+    def live_rows(self, folder: str, name: str) -> list[tuple[str, int, int]]:
+        """(hash, first row, rows) of the rows of part ``name`` the index points to, in row order."""
+        with self._lock:
+            cur = self.db.execute(
+                "SELECT hash, row, n FROM rows WHERE folder = ? AND part = ? ORDER BY row", (folder, name)
+            )
+            return cur.fetchall()
+
+    # -- rows ------------------------------------------------------------------
+    def locate(self, folder: str, hashes: Iterable[str]) -> dict[str, Location]:
+        """Where each of ``hashes`` that is indexed lives."""
+        out: dict[str, Location] = {}
+        wanted = list(dict.fromkeys(hashes))
+        with self._lock:
+            for i in range(0, len(wanted), _IN_BATCH):
+                chunk = wanted[i : i + _IN_BATCH]
+                marks = ",".join("?" * len(chunk))
+                cur = self.db.execute(
+                    f"SELECT hash, part, row, n FROM rows WHERE folder = ? AND hash IN ({marks})",
+                    (folder, *chunk),
+                )
+                out.update((h, Location(p, r, n)) for h, p, r, n in cur)
+        return out
+
+    def count(self, folder: str) -> int:
+        with self._lock:
+            return int(self.db.execute("SELECT count(*) FROM rows WHERE folder = ?", (folder,)).fetchone()[0])
+
+    def mark_used(self, folder: str, hashes: Iterable[str]) -> None:
+        """Record that ``hashes`` were used today (one write per row per day)."""
+        day = today()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE rows SET used = ? WHERE folder = ? AND hash = ? AND used < ?",
+                ((day, folder, h, day) for h in hashes),
+            )
+
+    def unused_since(self, folder: str, day: int) -> list[str]:
+        with self._lock:
+            cur = self.db.execute("SELECT hash FROM rows WHERE folder = ? AND used < ?", (folder, day))
+            return [h for (h,) in cur]
+
+    def forget_rows(self, folder: str, hashes: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM rows WHERE folder = ? AND hash = ?", ((folder, h) for h in hashes))
+
+    def use_range(self, folder: str) -> tuple[int | None, int | None]:
+        """Oldest and newest last-use day of the rows of ``folder`` (None when it has none)."""
+        with self._lock:
+            lo, hi = self.db.execute("SELECT min(used), max(used) FROM rows WHERE folder = ?", (folder,)).fetchone()
+            return lo, hi
+
+    # -- paths -----------------------------------------------------------------
+    def path_hash(self, path: str, stamp: tuple[int, int, int]) -> str | None:
+        """The hash recorded for ``path`` when it had this (size, mtime_ns, ctime_ns), else None."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT hash FROM paths WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ?", (path, *stamp)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+    def remember_paths(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
+        if rows:
+            with self.transaction() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO paths (path, size, mtime_ns, ctime_ns, hash) VALUES (?, ?, ?, ?, ?)", rows
+                )
