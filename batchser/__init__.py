@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from batchser.api import annotate, default_cache_dir, default_model_path, load_model
+from batchser.api import annotate, default_cache_dir, default_model_path, load_model, train
 from batchser.job import JobSummary, NoInputError, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
@@ -20,6 +20,7 @@ __all__ = [
     "load_manifest",
     "load_model",
     "run_job",
+    "train",
     "watch_job",
 ]
 

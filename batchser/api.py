@@ -23,7 +23,7 @@ from batchser.manifest import Manifest
 from batchser.model import TrainedModel, read_meta
 from batchser.model import load_model as _load_model
 
-__all__ = ["annotate", "annotation_manifest", "default_cache_dir", "default_model_path", "load_model"]
+__all__ = ["annotate", "annotation_manifest", "default_cache_dir", "default_model_path", "load_model", "train"]
 
 _SHIPPED = "pooled-4emo.skops"
 
@@ -177,3 +177,75 @@ def annotate(
         )
         run_job(manifest, progress=progress)
         return pd.read_parquet(Path(tmp) / "annotations.parquet").set_index("path")
+
+
+def train(
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    labels: str | dict[str, Any],
+    emotions: Sequence[str],
+    model_path: str | Path,
+    speaker: str = "labels",
+    classifier: str = "logistic",
+    features: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    cache: str | Path | None = None,
+    n_jobs: int = -1,
+    progress: bool = False,
+) -> TrainedModel:
+    """Train, evaluate and save a model from labelled audio; what a train manifest does.
+
+    Parameters
+    ----------
+    inputs : path, or sequence of paths
+        Folders, files, globs or archives holding the labelled audio.
+    labels : str or dict
+        Their label source, as ``inputs[].labels`` in a manifest: ``"csv:labels.csv"``
+        (columns path, label and optionally speaker), ``{"pattern": ..., "map": ...}``
+        or ``{"table": ...}``.
+    emotions : sequence of str
+        The classes to learn; files labelled otherwise are left out.
+    model_path : path
+        Where the ``.skops`` model is written (its card beside it, ``.md``).
+    speaker : {"labels", "folder"}
+        Where the speaker comes from, for the speaker-wise evaluation and normalisation.
+    classifier : {"logistic", "mlp"}
+        Logistic regression transfers better to new recordings (README, Accuracy).
+    features : sequence of str or None
+        Feature groups; None: the shipped model's.
+    out_dir : path or None
+        Where the reports, ``metrics.json`` and plots go; None: a temporary folder.
+    cache, n_jobs, progress
+        As for :func:`annotate`.
+
+    Returns
+    -------
+    TrainedModel
+        The saved model; ``model.meta.metrics`` holds the evaluations.
+
+    Raises
+    ------
+    batchser.manifest.ManifestError
+        Missing inputs or label files, unknown emotions or features.
+    """
+    from batchser.job import run_job
+
+    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    names = list(features) if features is not None else list(read_meta(default_model_path()).feature_spec["names"])
+    with tempfile.TemporaryDirectory(prefix="batchser-train-") as tmp:
+        manifest = Manifest.from_dict(
+            {
+                "name": "train",
+                "root": str(Path.cwd()),
+                "inputs": [{"path": str(p), "labels": labels, "speaker": speaker} for p in paths],
+                "emotions": list(emotions),
+                "features": names,
+                "cache": str(cache or default_cache_dir()),
+                "engine": {"n_jobs": n_jobs},
+                "model": {"path": str(model_path), "train": True, "classifier": classifier},
+                "output": {"dir": str(out_dir or tmp)},
+                "queue": str(Path(tmp) / ".queue"),
+            }
+        )
+        run_job(manifest, progress=progress)
+    return load_model(manifest.model_path)

@@ -258,8 +258,9 @@ class Manifest(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
     root: str = "."
     inputs: Annotated[list[InputSpec], Field(min_length=1)]
+    # Both default to the model's own when a job labels with a trained model.
     emotions: Annotated[list[str], Field(min_length=2)]
-    # The shipped model's; the seed recipe's are [mfcc, chroma, mel].
+    # Train jobs: the shipped model's groups but voice_stats; the seed recipe's are [mfcc, chroma, mel].
     features: Annotated[list[str], Field(min_length=1)] = ["mfcc_stats", "logmel_stats", "spectral_stats", "prosody"]
     # chroma's tuning in fractions of a bin: null estimates it per file (librosa, the
     # seed); a number (0.0: A440) pins it, which makes the seed's features 20 % faster.
@@ -444,6 +445,8 @@ def _describe(err: dict[str, Any]) -> str:
         fix = f"did you mean {hint[0]!r}?" if hint else f"allowed keys here: {', '.join(known)}"
         return f"{where}: unknown key; {fix}"
     if kind == "missing":
+        if where == "emotions":  # only a train job lacks a model to take them from
+            return "emotions: required to train (the emotions to learn); see jobs/train-ravdess.yaml"
         return f"{where}: required field is missing; add it (see jobs/annotate.yaml for an example)"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{where}: {msg} (got {err.get('input')!r})" if kind != "value_error" else f"{where}: {msg}"
@@ -517,10 +520,46 @@ def _validate(data: Any, *, base_dir: Path, source: str, manifest_file: Path | N
     for key in _INTERNAL:
         if key in data:
             raise ManifestError(source, [f"{key}: unknown key; to move where relative paths start, set root"])
+    defaults, problem = _model_defaults(data, base_dir=base_dir)
     try:
-        return Manifest.model_validate({**data, "base_dir": base_dir, "manifest_file": manifest_file})
+        return Manifest.model_validate({**data, **defaults, "base_dir": base_dir, "manifest_file": manifest_file})
     except ValidationError as exc:
-        raise ManifestError(source, [_describe(e) for e in exc.errors()]) from None
+        errors = [_describe(e) for e in exc.errors()]
+        if problem:  # why the model could not fill them in, instead of "required"
+            errors = [problem if e.startswith("emotions: required") else e for e in errors]
+        raise ManifestError(source, errors) from None
+
+
+def _model_defaults(data: dict[str, Any], *, base_dir: Path) -> tuple[dict[str, Any], str]:
+    """``emotions`` and ``features`` a labelling job leaves out: the model's own; or why not.
+
+    A job that labels with a trained model can only use its classes and
+    features; making the user copy them invited mismatches. A train job
+    must say which emotions to learn.
+    """
+    missing = [k for k in ("emotions", "features") if k not in data]
+    model = data.get("model")
+    if not missing or not isinstance(model, dict) or model.get("train"):
+        return {}, ""
+    from batchser.model import ModelError, read_meta  # here: the model package is heavy to import
+
+    where = model.get("path")
+    try:
+        if where is None:
+            from batchser.api import default_model_path
+
+            path = default_model_path()
+        else:
+            root = data.get("root", ".")
+            path = (base_dir / (root if isinstance(root, str) else ".") / Path(str(where)).expanduser()).resolve()
+        meta = read_meta(path)
+    except (ModelError, OSError) as exc:
+        return {}, (
+            f"{', '.join(missing)}: not given, and the model cannot be read to take them from ({exc}); "
+            "list them, or fix model.path"
+        )
+    taken = {"emotions": list(meta.classes), "features": list(meta.feature_spec["names"])}
+    return {k: taken[k] for k in missing}, ""
 
 
 def load_manifest(path: str | Path) -> Manifest:

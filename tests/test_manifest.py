@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from batchser.cli import main
-from batchser.manifest import ManifestError, load_manifest, parse_manifest
+from batchser.manifest import Manifest, ManifestError, load_manifest, parse_manifest
+from batchser.model import read_meta
 from tests.conftest import PROJECT, manifest_dict, write_manifest
 
 
@@ -122,3 +123,24 @@ def test_cli_exit_2_for_missing_input_and_model(tmp_path: Path, capsys: pytest.C
 def test_cli_exit_2_for_unreadable_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read the manifest" in capsys.readouterr().err
+
+
+def test_a_labelling_job_takes_emotions_and_features_from_its_model(tmp_path: Path) -> None:
+    shipped = read_meta(PROJECT / "batchser" / "models" / "pooled-4emo.skops")
+    base = {"name": "x", "inputs": [{"path": "a"}], "model": {}}
+    m = Manifest.from_dict(base, base_dir=tmp_path)
+    assert m.emotions == shipped.classes and m.features == shipped.feature_spec["names"]
+    other = PROJECT / "result" / "models" / "ravdess-4emo.skops"
+    m = Manifest.from_dict({**base, "model": {"path": str(other)}}, base_dir=tmp_path)
+    assert m.features == read_meta(other).feature_spec["names"] != shipped.feature_spec["names"]
+    # Listed ones are kept (run checks them against the model); a model that cannot be read says so.
+    assert Manifest.from_dict({**base, "emotions": ["sad", "happy"]}, base_dir=tmp_path).emotions == ["sad", "happy"]
+    with pytest.raises(
+        ManifestError, match=r"emotions, features: not given, and the model cannot be read .* does not exist"
+    ):
+        Manifest.from_dict({**base, "model": {"path": "missing.skops"}}, base_dir=tmp_path)
+    with pytest.raises(ManifestError, match=r"emotions: required to train \(the emotions to learn\)"):
+        Manifest.from_dict(
+            {**base, "inputs": [{"path": "a", "labels": "ravdess"}], "model": {"path": "m.skops", "train": True}},
+            base_dir=tmp_path,
+        )

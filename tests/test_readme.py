@@ -1,0 +1,148 @@
+"""The README's walkthroughs, run as written: a newcomer's first commands must work.
+
+Each fenced block after ``<!-- walkthrough: NAME -->`` is executed in a fresh folder
+holding what the text assumes the reader has (``my-recordings/`` of 48 clips by four
+speakers and ``my-labels.csv``); ``file=X`` blocks are written to X first.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from tests.conftest import PROJECT, speechlike
+from tests.test_capture import Device, room, speech  # noqa: F401 - speech is a fixture used below
+
+KINDS = ["angry", "happy", "neutral", "sad"]
+BLOCK = re.compile(
+    r"<!-- walkthrough: (?P<name>[\w-]+)(?: file=(?P<file>[\w.-]+))? -->\n```(?P<lang>\w+)\n(?P<code>.*?)```", re.S
+)
+
+
+def walkthrough(name: str) -> list[tuple[str, str | None, str]]:
+    """(language, file to write or None, code) of each block of walkthrough ``name``, in README order."""
+    got = [(m["lang"], m["file"], m["code"]) for m in BLOCK.finditer((PROJECT / "README.md").read_text())]
+    blocks = [
+        (lang, f, code)
+        for (lang, f, code), m in zip(got, BLOCK.finditer((PROJECT / "README.md").read_text()), strict=True)
+        if m["name"] == name
+    ]
+    assert blocks, f"the README has no walkthrough {name!r}"
+    return blocks
+
+
+@pytest.fixture
+def reader(tmp_path: Path) -> Path:
+    """A reader's folder: recordings by four speakers in four moods, and a labels CSV for them."""
+    rec = tmp_path / "my-recordings"
+    rows = []
+    for s in range(4):
+        (rec / f"speaker-{s}").mkdir(parents=True)
+        for k, kind in enumerate(KINDS):
+            for i in range(3):
+                path = rec / f"speaker-{s}" / f"{kind}-{i}.wav"
+                sf.write(
+                    path, speechlike(kind, sr=16000, seconds=1.5, seed=100 * s + 10 * k + i), 16000, subtype="PCM_16"
+                )
+                rows.append({"path": path.relative_to(tmp_path).as_posix(), "label": kind, "speaker": f"s{s}"})
+    with open(tmp_path / "my-labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label", "speaker"])
+        w.writeheader()
+        w.writerows(rows)
+    (tmp_path / "home").mkdir()
+    return tmp_path
+
+
+def play(name: str, where: Path, env: dict[str, str] | None = None) -> str:
+    """Run walkthrough ``name`` in ``where`` as a reader would, with the ``batchser`` command on PATH; its stderr."""
+    env = {
+        **(env or os.environ),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "XDG_CACHE_HOME": str(where / "user-cache"),  # the per-user cache `annotate` uses, kept in here
+    }
+    env.setdefault("HOME", str(where / "home"))
+    err = ""
+    for lang, file, code in walkthrough(name):
+        if file:
+            (where / file).write_text(code)
+            continue
+        cmd = {"bash": ["bash", "-e", "-c", code], "python": [sys.executable, "-c", code]}[lang]
+        res = subprocess.run(cmd, cwd=where, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, f"{name}: {code}\n{res.stdout}\n{res.stderr}"
+        err += res.stderr
+    return err
+
+
+def test_label_your_own_folder(reader: Path) -> None:
+    play("label", reader)
+    table = pd.read_csv(reader / "my-reports" / "annotations.csv")
+    assert len(table) == 48 and (table["status"] == "ok").all() and set(table["label"]) <= set(KINDS)
+    assert pd.read_json(reader / "my-reports" / "summary.json", typ="series")["from_cache"] == 48  # the second run
+
+
+def test_train_on_your_own_labelled_data(reader: Path) -> None:
+    err = play("train", reader)
+    assert re.search(r"training: 100%.* (\d+)/\1 ", err), err  # progress over the networks it fits
+    assert (reader / "my-model.skops").is_file()
+    metrics = json.loads((reader / "my-model-reports" / "metrics.json").read_text())
+    assert metrics["actor_wise"]["n"] == 48 and 0 <= metrics["actor_wise"]["uar"] <= 1  # speakers held out
+    again = pd.read_csv(reader / "my-labels-again" / "annotations.csv")
+    assert len(again) == 48 and again["model"].str.startswith("my-model@").all()
+
+
+def test_label_live_from_a_microphone(reader: Path, speech: np.ndarray) -> None:  # noqa: F811
+    (reader / "mic").mkdir()
+    device = Device(reader / "mic", np.concatenate([room(1.0, seed=1), speech, room(3.0, seed=2)]))
+    play("live", reader, env={**os.environ, "HOME": str(device.home)})
+    (report,) = (reader / "result" / "reports" / "my-job").glob("annotations.csv")
+    rows = pd.read_csv(report)
+    assert len(rows) == 49 and rows["path"].str.contains("clip-").sum() == 1
+
+
+def test_run_on_a_cluster(reader: Path) -> None:
+    pytest.importorskip("distributed", reason="needs dask.distributed: pip install -e '.[dask]'")
+    play("cluster", reader)
+    assert len(pd.read_csv(reader / "my-cluster-reports" / "annotations.csv")) == 48
+
+
+def test_train_from_python(reader: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchser
+
+    monkeypatch.chdir(reader)  # paths as a notebook in that folder would give them
+    model = batchser.train(
+        "my-recordings",
+        labels="csv:my-labels.csv",
+        emotions=KINDS,
+        model_path="py-model.skops",
+        cache=reader / "cache",
+        n_jobs=1,
+    )
+    assert model.meta.classes == KINDS and model.id.startswith("py-model@") and (reader / "py-model.md").is_file()
+    assert model.meta.metrics["actor_wise"]["n"] == 48
+    table = batchser.annotate("my-recordings", model="py-model.skops", cache=reader / "cache", n_jobs=1)
+    assert len(table) == 48 and set(table["label"]) <= set(KINDS)
+
+
+def test_run_job_gives_back_the_tables_it_wrote(reader: Path) -> None:
+    import batchser
+
+    job = batchser.Manifest.from_dict(
+        {"name": "t", "inputs": [{"path": "my-recordings"}], "model": {}, "cache": "cache", "output": {"dir": "out"}},
+        base_dir=reader,
+    )
+    summary = batchser.run_job(job, progress=False)
+    table = summary.table()
+    assert len(table) == 48 and table.index.str.startswith("my-recordings/").all()
+    assert table.equals(pd.read_parquet(reader / "out" / "annotations.parquet").set_index("path"))
+    with pytest.raises(FileNotFoundError, match="wrote no segments report"):
+        summary.table("segments")  # no file was long
