@@ -8,6 +8,7 @@ from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
 
 __all__ = [
+    "EmotionClassifier",
     "JobSummary",
     "Manifest",
     "ManifestError",
@@ -28,3 +29,12 @@ try:
     __version__ = version("batchser")
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
+
+
+def __getattr__(name: str) -> object:
+    # The scikit-learn estimator imports scikit-learn, which labelling jobs never need.
+    if name == "EmotionClassifier":
+        from batchser.estimator import EmotionClassifier
+
+        return EmotionClassifier
+    raise AttributeError(f"module 'batchser' has no attribute {name!r}")

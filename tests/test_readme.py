@@ -146,3 +146,24 @@ def test_run_job_gives_back_the_tables_it_wrote(reader: Path) -> None:
     assert table.equals(pd.read_parquet(reader / "out" / "annotations.parquet").set_index("path"))
     with pytest.raises(FileNotFoundError, match="wrote no segments report"):
         summary.table("segments")  # no file was long
+
+
+def test_a_scikit_learn_estimator_over_files(reader: Path) -> None:
+    from sklearn.base import clone
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    import batchser
+
+    table = pd.read_csv(reader / "my-labels.csv")
+    paths = [str(reader / p) for p in table["path"]]
+    clf = batchser.EmotionClassifier(cache=reader / "cache", n_jobs=1)
+    assert clone(clf).get_params() == clf.get_params()  # a well-behaved estimator
+    scores = cross_val_score(clf, paths, table["label"], groups=table["speaker"], cv=GroupKFold(4))
+    assert len(scores) == 4 and all(0 <= s <= 1 for s in scores)
+    clf.fit(paths, table["label"])
+    assert list(clf.classes_) == KINDS and clf.predict_proba(paths[:5]).shape == (5, 4)
+    rows = clf.transform(paths[:5])  # feature rows work as well as paths
+    np.testing.assert_array_equal(clf.predict(rows), clf.predict(paths[:5]))
+    with pytest.raises(ValueError, match=r"cannot be used; the first: .*empty\.wav: cannot decode"):
+        (reader / "empty.wav").write_bytes(b"")
+        clf.predict([str(reader / "empty.wav")])

@@ -22,6 +22,7 @@ that vanished or changed during the job) are never kept.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -274,22 +275,22 @@ class FeatureStore:
         return out
 
     def _fetch_once(self, hashes: Sequence[str]) -> dict[str, FeatureRecord]:
-        found = self._read(self._features, self._fkey, self._index.locate(self._fkey, hashes), self._from_table)
-        long = {h: r for h, r in found.items() if r.segments is not None}  # placeholders: windows still to read
+        rows = self._read(self._features, self._fkey, self._index.locate(self._fkey, hashes), self._from_table)
+        found = {h: r for h, (r, n_windows) in rows.items() if not n_windows}
+        long = {h: (r, n) for h, (r, n) in rows.items() if n}  # long files: their windows are read next
         if long:
             located = self._index.locate(self._skey, long)
             windows = self._read(self._segments, self._skey, located, self._segments_from_table)
-            for h, r in long.items():
+            for h, (r, n) in long.items():
                 segs = windows.get(h)
-                want = len(r.segments)  # type: ignore[arg-type]
-                if segs is None or len(segs) != want:
-                    log.warning("cache row %s lacks its %d segments; it will be recomputed", h[:12], want)
-                    del found[h]
+                if segs is None or len(segs) != n:
+                    log.warning("cache row %s lacks its %d segments; it will be recomputed", h[:12], n)
                 else:
-                    found[h] = FeatureRecord(**{**_fields(r), "segments": segs})
+                    found[h] = dataclasses.replace(r, segments=segs)
         return found
 
-    def _from_table(self, hashes: list[str], table: pa.Table) -> Iterator[tuple[str, FeatureRecord]]:
+    def _from_table(self, hashes: list[str], table: pa.Table) -> Iterator[tuple[str, tuple[FeatureRecord, int]]]:
+        """Each row's record (without its windows) and how many windows a long file has."""
         meta = table.select([c for c in _META_COLUMNS if c in table.column_names]).to_pydict()
         meta.setdefault("warning", [""] * table.num_rows)
         matrix = np.column_stack(
@@ -300,21 +301,17 @@ class FeatureStore:
             if h != hashes[i]:
                 raise DamagedPartError(f"row for {hashes[i][:12]} holds {h[:12]}")  # the index and the part disagree
             ok = meta["status"][i] == "ok"
-            yield (
-                h,
-                FeatureRecord(
-                    content_hash=h,
-                    status=meta["status"][i],
-                    error=meta["error"][i] or "",
-                    warning=meta["warning"][i] or "",
-                    orig_sample_rate=int(meta["orig_sample_rate"][i] or 0),
-                    channels=int(meta["channels"][i] or 0),
-                    duration_s=float(meta["duration_s"][i] or 0.0),
-                    vector=matrix[i] if ok else None,
-                    # How many windows to expect; replaced by the windows themselves.
-                    segments=_placeholder(n_segments[i]) if n_segments[i] else None,
-                ),
+            record = FeatureRecord(
+                content_hash=h,
+                status=meta["status"][i],
+                error=meta["error"][i] or "",
+                warning=meta["warning"][i] or "",
+                orig_sample_rate=int(meta["orig_sample_rate"][i] or 0),
+                channels=int(meta["channels"][i] or 0),
+                duration_s=float(meta["duration_s"][i] or 0.0),
+                vector=matrix[i] if ok else None,
             )
+            yield h, (record, int(n_segments[i] or 0))
 
     def _segments_from_table(self, hashes: list[str], table: pa.Table) -> Iterator[tuple[str, Segments]]:
         d = table.select(["content_hash", "start_s", "end_s", "voiced"]).to_pydict()
@@ -503,13 +500,3 @@ class FeatureStore:
                 self.close()
         finally:
             self._claims.release()
-
-
-def _placeholder(n: int) -> Segments:
-    """Stands for a long file's ``n`` windows between reading its row and reading them."""
-    empty = np.zeros(n)
-    return Segments(empty, empty, empty.astype(bool), np.zeros((n, 0), dtype=np.float32))
-
-
-def _fields(r: FeatureRecord) -> dict[str, object]:
-    return {f: getattr(r, f) for f in FeatureRecord.__slots__}  # type: ignore[attr-defined]
