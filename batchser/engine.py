@@ -192,25 +192,36 @@ def _analyse_windows(
     return Segments(np.array(starts), np.array(ends), np.array(voiced, dtype=bool), np.stack(vectors))
 
 
+def _long_file_record(
+    task: ExtractTask, segments: Segments | None, *, rate: int, channels: int, duration: float, warning: str
+) -> FeatureRecord:
+    """The record of a long file from its windows.
+
+    Raises
+    ------
+    AudioError
+        No window (the file is too short to segment), or features that are not finite.
+    """
+    if segments is None:
+        raise AudioError(f"too short to segment: {duration:.3f} s")
+    if not np.isfinite(segments.vectors).all():
+        raise AudioError("features are not finite")
+    vector = segments.summary_vector()
+    return FeatureRecord(task.content_hash, "ok", "", rate, channels, duration, vector, warning, segments)
+
+
 def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, seg: SegmentSpec) -> FeatureRecord:
     """A long file, window by window as it decodes (memory: one window and one block)."""
     segments = _analyse_windows(stream, start=0, spec=spec, seg=seg, min_tail_s=seg.min_tail_s)
     duration = stream.frames / stream.orig_sample_rate
     stream.check_decoded()
-    if segments is None:
-        raise AudioError(f"too short to segment: {duration:.3f} s")
-    if not np.isfinite(segments.vectors).all():
-        raise AudioError("features are not finite")
-    return FeatureRecord(
-        task.content_hash,
-        "ok",
-        "",
-        stream.orig_sample_rate,
-        stream.channels,
-        duration,
-        segments.summary_vector(),
-        "; ".join(stream.warnings),
+    return _long_file_record(
+        task,
         segments,
+        rate=stream.orig_sample_rate,
+        channels=stream.channels,
+        duration=duration,
+        warning="; ".join(stream.warnings),
     )
 
 
@@ -343,36 +354,21 @@ def merge_parts(parts: Sequence[PartResult]) -> FeatureRecord:
     if clip:
         warnings.append(clip)
 
-    def error(reason: str) -> FeatureRecord:
-        rate, channels = first.orig_sample_rate, first.channels
-        return FeatureRecord(task.content_hash, "error", reason, rate, channels, duration, None, "; ".join(warnings))
-
+    rate, channels, warning = first.orig_sample_rate, first.channels, "; ".join(warnings)
+    pieces = [p.segments for p in parts if p.segments is not None]
     try:
         check_signal(frames, max(p.peak for p in parts))
+        joined = None
+        if pieces:
+            joined = Segments(
+                np.concatenate([g.start_s for g in pieces]),
+                np.concatenate([g.end_s for g in pieces]),
+                np.concatenate([g.voiced for g in pieces]),
+                np.concatenate([g.vectors for g in pieces]),
+            )
+        return _long_file_record(task, joined, rate=rate, channels=channels, duration=duration, warning=warning)
     except AudioError as exc:
-        return error(str(exc))
-    pieces = [p.segments for p in parts if p.segments is not None]
-    if not pieces:
-        return error(f"too short to segment: {duration:.3f} s")
-    segments = Segments(
-        np.concatenate([g.start_s for g in pieces]),
-        np.concatenate([g.end_s for g in pieces]),
-        np.concatenate([g.voiced for g in pieces]),
-        np.concatenate([g.vectors for g in pieces]),
-    )
-    if not np.isfinite(segments.vectors).all():
-        return error("features are not finite")
-    return FeatureRecord(
-        task.content_hash,
-        "ok",
-        "",
-        first.orig_sample_rate,
-        first.channels,
-        duration,
-        segments.summary_vector(),
-        "; ".join(warnings),
-        segments,
-    )
+        return FeatureRecord(task.content_hash, "error", str(exc), rate, channels, duration, None, warning)
 
 
 def extract_one(
