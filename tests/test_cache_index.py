@@ -228,3 +228,28 @@ def test_a_warm_job_on_a_large_cache_reads_only_its_rows(tmp_path: Path, synthet
     print("peak RSS growth MiB", growth, "peak", peak)
     # The store before its index loaded all 300,000 rows on opening: 570 MiB more and 5 s (measured).
     assert growth < 64 and peak < 300, res.stdout
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+40 27 0:50 / /mnt/archive rw,relatime - nfs4 server:/export rw,vers=4.2
+41 40 0:51 / /mnt/archive/local rw,relatime - xfs /dev/sdb1 rw
+42 27 0:52 / /mnt/my\\040share rw - fuse.sshfs host:/x rw
+"""
+
+
+def test_the_index_stays_off_network_file_systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchser.cache.index import filesystem_type, index_path
+
+    assert filesystem_type(Path("/home/me/cache"), MOUNTINFO) == "ext4"
+    assert filesystem_type(Path("/mnt/archive/cache"), MOUNTINFO) == "nfs4"
+    assert filesystem_type(Path("/mnt/archive/local/cache"), MOUNTINFO) == "xfs"  # the longest mount point wins
+    assert filesystem_type(Path("/mnt/my share/c"), MOUNTINFO) == "fuse"
+    assert filesystem_type(Path("/mnt/archived"), MOUNTINFO) == "ext4"  # a prefix of a name is not a parent
+    # A local disk keeps the index in the cache; a network share gets it in this user's local cache.
+    assert index_path(Path("/home/me/cache"), mountinfo=MOUNTINFO).parent == Path("/home/me/cache/index")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    there = index_path(Path("/mnt/archive/cache"), mountinfo=MOUNTINFO)
+    assert there.is_relative_to(tmp_path / "xdg") and there.parent.name == "indexes"
+    assert there != index_path(Path("/mnt/archive/other"), mountinfo=MOUNTINFO)  # one index per cache

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from batchser.cache.errors import CacheError
 
-__all__ = ["DAY_S", "CacheIndex", "Group", "Location", "row_groups", "today"]
+__all__ = ["DAY_S", "CacheIndex", "Group", "Location", "filesystem_type", "index_path", "row_groups", "today"]
 
 log = logging.getLogger(__name__)
 
@@ -126,18 +126,60 @@ def _runs(hashes: Sequence[str]) -> Iterator[tuple[str, int, int]]:
             start = i
 
 
+# File systems on which SQLite's locks and WAL shared memory cannot be trusted
+# (mountinfo's type field, before any ".subtype").
+NETWORK_FS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse", "ceph", "lustre", "gpfs", "9p", "afs", "glusterfs"}
+)
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
+    """The type of the file system holding ``path`` (Linux: from /proc/self/mountinfo), or "" if unknown."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    target, best, kind = os.path.realpath(path), "", ""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        point = fields[4].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, line.split(" - ", 1)[1].split()[0]
+    return kind.split(".")[0]
+
+
+def index_path(root: Path, *, mountinfo: str | None = None) -> Path:
+    """Where the index of the cache ``root`` lives for this host.
+
+    ``<root>/index/<host>.sqlite`` on a local disk. On a network file system,
+    where SQLite's locking is not safe, in this user's local cache folder
+    instead, named after the cache's real path: each host keeps its own.
+    """
+    host = socket.gethostname()
+    if filesystem_type(root, mountinfo) not in NETWORK_FS:
+        return Path(root) / "index" / f"{host}.sqlite"
+    from batchser.api import default_cache_dir  # here: api imports the cache
+
+    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
+    return default_cache_dir() / "indexes" / f"{key}-{host}.sqlite"
+
+
 class CacheIndex:
     """The SQLite index of one cache folder, for this host.
 
     Parameters
     ----------
     root : Path
-        The cache folder. The index is ``<root>/index/<host>.sqlite``; a
-        damaged one is moved to ``<root>/quarantine/`` and rebuilt from the parts.
+        The cache folder. The index is at :func:`index_path`; a damaged one is
+        moved to ``<root>/quarantine/`` and rebuilt from the parts.
     """
 
     def __init__(self, root: Path) -> None:
-        self.path = Path(root) / "index" / f"{socket.gethostname()}.sqlite"
+        self.root = Path(root)
+        self.path = index_path(self.root)
         self._lock = threading.RLock()  # one connection, shared by the job's threads
         self._groups: dict[tuple[str, str], tuple[list[Group], Group]] = {}
         self.db = self._open()
@@ -163,7 +205,7 @@ class CacheIndex:
         return db
 
     def _set_aside(self, reason: str) -> None:
-        target = self.path.parent.parent / "quarantine" / f"index-{self.path.name}-{time.time_ns()}"
+        target = self.root / "quarantine" / f"index-{self.path.name}-{time.time_ns()}"
         target.parent.mkdir(parents=True, exist_ok=True)
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):

@@ -6,7 +6,8 @@ Layout under the cache folder::
     features/<key>/part-*.parquet   content_hash, status, error, warning, orig_sample_rate,
                                     channels, duration_s, n_segments, <one float32 column per dim>
     segments/<key>/part-*.parquet   content_hash, start_s, end_s, voiced, <dims>: long files' windows
-    index/<host>.sqlite             where each hash's rows are; path -> hash; last use (batchser.cache.index)
+    index/<host>.sqlite             where each hash's rows are; path -> hash; last use (batchser.cache.index;
+                                    on a network file system, in the user's local cache instead)
     claims/<key>/*.claims           hashes running jobs are extracting (batchser.cache.claims)
     quarantine/                     parts (or an index) that failed their checksum, set aside
 
