@@ -49,6 +49,11 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("batchser")) / "features"
 
 
+def shipped_features() -> list[str]:
+    """The feature groups of the shipped model, in order."""
+    return list(read_meta(default_model_path()).feature_spec["names"])
+
+
 def load_model(path: str | Path) -> TrainedModel:
     """Load a model saved by batchser, checked as a job would check it (types, hashes).
 
@@ -175,8 +180,7 @@ def annotate(
             backend=backend,
             allow_empty=True,
         )
-        run_job(manifest, progress=progress)
-        return pd.read_parquet(Path(tmp) / "annotations.parquet").set_index("path")
+        return run_job(manifest, progress=progress).table()
 
 
 def train(
@@ -231,7 +235,7 @@ def train(
     from batchser.job import run_job
 
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    names = list(features) if features is not None else list(read_meta(default_model_path()).feature_spec["names"])
+    names = list(features) if features is not None else shipped_features()
     with tempfile.TemporaryDirectory(prefix="batchser-train-") as tmp:
         manifest = Manifest.from_dict(
             {

@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from batchser.api import default_cache_dir, shipped_features
 from batchser.cache import FeatureStore, hash_file
 from batchser.engine import ExtractTask, run_tasks
 from batchser.features import FeatureSpec
@@ -40,8 +41,6 @@ def extract_features(
     ValueError
         A file that cannot be labelled, named with the reason.
     """
-    from batchser.api import default_cache_dir  # here: api imports this module
-
     hashes = [hash_file(p) for p in paths]
     with FeatureStore(Path(cache) if cache is not None else default_cache_dir(), spec) as store:
         have = store.get_many(hashes)
@@ -105,10 +104,7 @@ class EmotionClassifier(ClassifierMixin, BaseEstimator):
     def _spec(self) -> FeatureSpec:
         if self.features is not None:
             return FeatureSpec(tuple(self.features), self.sample_rate)
-        from batchser.api import default_model_path
-        from batchser.model import read_meta
-
-        return FeatureSpec(tuple(read_meta(default_model_path()).feature_spec["names"]), self.sample_rate)
+        return FeatureSpec(tuple(shipped_features()), self.sample_rate)
 
     def transform(self, X: Any) -> np.ndarray:
         """Feature rows of ``X``: paths are analysed (through the cache); a 2-D array is returned as floats."""

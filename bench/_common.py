@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from batchser.api import default_model_path
-from batchser.model import read_meta
+from batchser.api import default_model_path, shipped_features  # noqa: F401 - the benches import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
@@ -22,11 +21,6 @@ RAVDESS = CORPORA / "ravdess"
 MODEL = default_model_path()  # the model batchser ships and labels with by default
 SEED_FEATURES = ["mfcc", "chroma", "mel"]
 EMOTIONS = ["angry", "sad", "neutral", "happy"]
-
-
-def shipped_features() -> list[str]:
-    """The feature groups the shipped model was trained on: what a default job extracts."""
-    return list(read_meta(MODEL).feature_spec["names"])
 
 
 def have(folder: Path, what: str) -> bool:
