@@ -44,8 +44,8 @@ def _print_summary(s: JobSummary) -> None:
     )
     for path, reason in s.failures[:5]:
         print(f"  failed: {path}: {reason}")
-    if len(s.failures) > 5:
-        print(f"  … and {len(s.failures) - 5} more (see the report's error column)")
+    if s.n_failed > 5:
+        print(f"  … and {s.n_failed - 5} more (see the report's error column)")
     if s.label_counts:
         print("labels: " + ", ".join(f"{k} {v}" for k, v in s.label_counts.items()))
     if s.metrics:

@@ -11,6 +11,7 @@ entry with the reason.
 from __future__ import annotations
 
 import glob
+import heapq
 import logging
 import os
 import stat
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from batchser.archive import MAX_MEMBER_BYTES, ArchiveError, is_archive, list_members, member_name
 
-__all__ = ["AUDIO_EXTENSIONS", "SourceFile", "discover"]
+__all__ = ["AUDIO_EXTENSIONS", "SourceFile", "discover", "iter_files"]
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,35 @@ def _candidate(path: str, *, explicit: bool, probe: bool) -> bool:
 
 
 def _walk(root: str) -> Iterator[str]:
-    def onerror(err: OSError) -> None:
-        log.warning("cannot list %s: %s", err.filename, err.strerror)
+    """Files under ``root`` in the order of their full paths, one folder's listing in memory at a time.
 
-    # followlinks=False: a link loop cannot trap us; linked files are still seen.
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            yield os.path.join(dirpath, name)
+    A folder's entries are sorted with a ``/`` after each subfolder's name, so
+    that visiting them depth first yields exactly ``sorted()`` of the full
+    paths: a million-file tree streams in order without a list of it.
+    Hidden folders and linked folders are skipped (a link loop cannot trap
+    us); linked files are still seen.
+    """
+    try:
+        with os.scandir(root) as it:
+            entries = []
+            for e in it:
+                try:
+                    is_dir = e.is_dir()
+                    if is_dir and (e.is_symlink() or e.name.startswith(".")):
+                        continue
+                except OSError:
+                    is_dir = False
+                entries.append((e.name + "/" if is_dir else e.name, is_dir))
+    except OSError as err:
+        log.warning("cannot list %s: %s", root, err.strerror)
+        return
+    entries.sort()
+    for key, is_dir in entries:
+        path = os.path.join(root, key[:-1] if is_dir else key)
+        if is_dir:
+            yield from _walk(path)
+        else:
+            yield path
 
 
 def _stat(path: str, index: int) -> SourceFile | None:
@@ -129,11 +151,11 @@ def _expand(path: Path) -> Iterator[tuple[str, bool]]:
     if glob.has_magic(text):
         for hit in glob.iglob(text, recursive=True):
             if os.path.isdir(hit):
-                yield from ((p, False) for p in _walk(hit))
+                yield from ((p, False) for p in _walk(os.path.abspath(hit)))
             else:
                 yield hit, is_archive(hit)  # a globbed archive is opened like a named one
     elif path.is_dir():
-        yield from ((p, False) for p in _walk(text))
+        yield from ((p, False) for p in _walk(os.path.abspath(text)))
     elif path.exists() or path.is_symlink():
         yield text, True
     else:
@@ -143,7 +165,18 @@ def _expand(path: Path) -> Iterator[tuple[str, bool]]:
 def discover(
     paths: Sequence[Path], *, max_member_bytes: Sequence[int] | None = None, progress: bool = False
 ) -> list[SourceFile]:
-    """Files under each input path, sorted by path, each listed once.
+    """Files under each input path, sorted by path, each listed once: ``list(iter_files(...))``."""
+    return list(iter_files(paths, max_member_bytes=max_member_bytes, progress=progress))
+
+
+def iter_files(
+    paths: Sequence[Path], *, max_member_bytes: Sequence[int] | None = None, progress: bool = False
+) -> Iterator[SourceFile]:
+    """Files under each input path, in the order of their names, each once, as they are found.
+
+    Folders stream: memory holds one folder's listing per level, not the
+    tree, so a job over millions of files can start at once. A glob's matches,
+    and an archive's members, are sorted in memory.
 
     Parameters
     ----------
@@ -156,37 +189,51 @@ def discover(
         Count the entries looked at on a tqdm bar (stderr): a tree of 100,000
         files takes a while to list and probe.
 
-    Returns
-    -------
-    list of SourceFile
-        Sorted by path; a file reachable from two inputs belongs to the first.
+    Yields
+    ------
+    SourceFile
+        Sorted by name (``path``, or ``archive::member``); a file reachable
+        from two inputs belongs to the first.
 
     Raises
     ------
     FileNotFoundError
-        When an input path (not a glob) does not exist.
+        When an input path (not a glob) does not exist (before anything of it is yielded).
     """
-    seen: dict[str, SourceFile] = {}
     bar = tqdm(desc="discovering", unit=" files", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+    limits = [MAX_MEMBER_BYTES] * len(paths) if max_member_bytes is None else max_member_bytes
+    for root in paths:
+        if not glob.has_magic(str(root)) and not (root.exists() or root.is_symlink()):
+            raise FileNotFoundError(f"input {root} does not exist")
+    # Each input's files come sorted; merging them keeps the order, and ties
+    # (one file under two inputs) come first from the first input.
+    streams = [_root_files(root, index, bar, limits[index]) for index, root in enumerate(paths)]
+    last = None
     with bar:
-        for index, root in enumerate(paths):
-            _discover_root(
-                root, index, seen, bar, MAX_MEMBER_BYTES if max_member_bytes is None else max_member_bytes[index]
-            )
-    return [seen[k] for k in sorted(seen)]
+        for key, rec in heapq.merge(*streams, key=lambda item: item[0]):
+            if key != last:
+                last = key
+                yield rec
 
 
-def _discover_root(root: Path, index: int, seen: dict[str, SourceFile], bar: tqdm, max_member_bytes: int) -> None:
+def _root_files(root: Path, index: int, bar: tqdm, max_member_bytes: int) -> Iterator[tuple[str, SourceFile]]:
+    """(name, file) of one input, sorted by name."""
+    found = _found(root, index, bar, max_member_bytes)
+    if glob.has_magic(str(root)) or (is_archive(str(root)) and not root.is_dir()):
+        yield from sorted(dict(found).items())  # matches and members: listed, then sorted
+    else:
+        yield from found
+
+
+def _found(root: Path, index: int, bar: tqdm, max_member_bytes: int) -> Iterator[tuple[str, SourceFile]]:
     for path, explicit in _expand(root):
         bar.update()
-        key = os.path.abspath(path)
-        if key in seen:
-            continue
         if explicit and is_archive(path):
             for rec in _members(path, index, max_member_bytes):
-                seen.setdefault(rec.name, rec)
+                yield rec.name, rec
             continue
+        key = os.path.abspath(path)
         # stat before any probe: opening a FIFO named like audio would block forever.
         rec = _stat(key, index)
         if rec is not None and _candidate(path, explicit=explicit, probe=not rec.error):
-            seen[key] = rec
+            yield key, rec

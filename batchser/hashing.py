@@ -7,6 +7,7 @@ cache row can ever be filed under bytes that were not hashed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -71,8 +72,14 @@ def _map_ahead(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterat
         yield queued.popleft().result()
 
 
-def content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progress: bool) -> list[tuple[str, str]]:
-    """(content_hash, error) per file: from the path index when size and mtime match, else hashed."""
+def content_hashes(
+    files: Sequence[SourceFile], store: FeatureStore, *, progress: bool, bar: tqdm | None = None
+) -> list[tuple[str, str]]:
+    """(content_hash, error) per file: from the path index when size and mtime match, else hashed.
+
+    ``bar``: a bar of the whole job's files to advance (every file of ``files``
+    counts), instead of a bar of the files hashed here.
+    """
     out: list[tuple[str, str]] = [("", f.error) if f.error else ("", "") for f in files]
     todo = []
     for i, f in enumerate(files):
@@ -83,6 +90,8 @@ def content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progress
             out[i] = (known, "")
         else:
             todo.append(i)
+    if bar is not None:
+        bar.update(len(files) - len(todo))
     if not todo:
         return out
     # Work units: a plain file, or every member wanted from one archive (one pass over it).
@@ -105,12 +114,15 @@ def content_hashes(files: Sequence[SourceFile], store: FeatureStore, *, progress
         return [(i, *got[files[i].member]) for i in idx]
 
     # hashlib releases the GIL on large buffers: threads overlap I/O and hashing.
-    with ThreadPoolExecutor(max_workers=4) as pool, progress_bar(len(todo), "hashing", progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=4) as pool,
+        contextlib.nullcontext(bar) if bar is not None else progress_bar(len(todo), "hashing", progress) as shown,
+    ):
         for results in _map_ahead(pool, one, iter(units.values()), ahead=64):
             for i, h, err in results:
                 out[i] = (h, err)
                 if h:
                     f = files[i]
                     store.remember_hash(text_path(f.name), f.stamp, h)
-            bar.update(len(results))
+            shown.update(len(results))
     return out

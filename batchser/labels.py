@@ -276,17 +276,18 @@ def label_source(
 
 
 def label_coverage(
-    name: str, labels: list[Label], table: TableLabels | None = None, seen: set[str] | None = None
+    name: str, n_files: int, n_labelled: int, table: TableLabels | None = None, seen: set[str] | None = None
 ) -> tuple[str, bool]:
     """A line saying how many of an input's files got an emotion, and whether that is none at all.
 
-    With ``table``, also how many of its rows matched no discovered file, with examples.
+    With ``table``, also how many of its rows matched no discovered file
+    (``seen``: the normalised paths of the discovered files, or at least of
+    those the table names), with examples.
     """
-    got = sum(1 for lab in labels if lab.emotion)
-    line = f"{name}: an emotion for {got} of {len(labels)} file{'' if len(labels) == 1 else 's'}"
+    line = f"{name}: an emotion for {n_labelled} of {n_files} file{'' if n_files == 1 else 's'}"
     if table is not None and seen is not None:
         missing = table.unmatched(seen)
         if missing:
             shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
             line += f"; {len(missing)} row(s) of {table.source} match no file (e.g. {shown})"
-    return line, bool(labels) and got == 0
+    return line, n_files > 0 and n_labelled == 0

@@ -23,11 +23,11 @@ from batchser.features import FeatureSpec
 from batchser.hashing import display_path
 from batchser.labels import Label
 from batchser.model import TrainedModel
-from batchser.model.adapt import GroupStats, group_rows, voice_columns
+from batchser.model.adapt import GroupStats, RunningStats, group_rows, voice_columns
 from batchser.model.domain import distances, scaler_of
 from batchser.report import ReportRow, SegmentRow
 
-__all__ = ["PREDICT_CHUNK", "UNCERTAIN", "FileOutcome", "annotate_rows", "domain_summary"]
+__all__ = ["PREDICT_CHUNK", "UNCERTAIN", "FileOutcome", "JobAdaptation", "annotate_rows", "domain_summary"]
 
 PREDICT_CHUNK = 2048  # files per predict_proba call
 UNCERTAIN = "uncertain"  # the label of a file under model.min_confidence
@@ -58,6 +58,8 @@ def annotate_rows(
     min_confidence: float | None = None,
     adapt: str = "speaker",
     allowed: dict[str, bool] | None = None,
+    groups: JobAdaptation | None = None,
+    start: int = 0,
 ) -> tuple[list[ReportRow], list[SegmentRow]]:
     """One report row per outcome (the model's label and probabilities, or why there are none),
     and one segment row per window of each long file.
@@ -68,7 +70,9 @@ def annotate_rows(
     probability is below ``min_confidence`` is labelled ``uncertain``; its
     probabilities are still reported. With a normalising model, files are
     standardised within the groups ``adapt`` chooses (``allowed``: corpus →
-    whether its speaker ids may be used).
+    whether its speaker ids may be used): over ``outcomes`` alone, or, with
+    ``groups``, over every file of the job, measured before (``outcomes`` are
+    then its files ``start``, ``start + 1``, …; so are the indices in ``used``).
     """
 
     def top(p: np.ndarray) -> tuple[str, float]:
@@ -78,7 +82,10 @@ def annotate_rows(
 
     classes = list(model.meta.classes)
     prefix = os.path.join(root, "")  # with its trailing slash
-    adaptation = _adaptation(outcomes, labels, model, mode=adapt, allowed=allowed or {})
+    if groups is None:
+        groups = JobAdaptation(model, mode=adapt, allowed=allowed or {})
+        groups.measure([(0, outcomes, labels)])
+    adaptation = groups.keys_for(start, outcomes, labels)
     norm, keys = adaptation.stats, adaptation.keys
     seg_rows: list[SegmentRow] = []
     aggregated: dict[int, np.ndarray] = {}
@@ -138,7 +145,7 @@ def annotate_rows(
             "true_label": lab.emotion or "",
             "content_hash": o.content_hash,
             "model": model.id,
-            "used_for_training": (i in used) if train else None,
+            "used_for_training": (start + i in used) if train else None,
             "speaker": lab.speaker or "",
             "corpus": lab.corpus or "",
         }
@@ -184,59 +191,156 @@ class _Adaptation:
     stats: GroupStats | None
 
 
-def _adaptation(
-    outcomes: Sequence[FileOutcome],
-    labels: Sequence[Label],
-    model: TrainedModel,
-    *,
-    mode: str,
-    allowed: dict[str, bool],
-) -> _Adaptation:
-    """Normalisation groups over this job's files (see :mod:`batchser.model.adapt`).
+Chunk = tuple[int, Sequence[FileOutcome], Sequence[Label]]  # the index of the first file, files, labels
 
-    A group's statistics come from its files' vectors: each short file's, each
-    voiced window's of a long file.
+
+class JobAdaptation:
+    """The job's normalisation groups (see :mod:`batchser.model.adapt`), measured over all its files.
+
+    A job labels its files a chunk at a time, but a group's statistics need all
+    of the group's files first: :meth:`observe` each chunk (a first pass),
+    then, in cluster mode, :meth:`cluster` and :meth:`observe_clusters` (a
+    second), then :meth:`keys_for` each chunk while labelling it. A group's
+    statistics come from its files' vectors: each short file's, each voiced
+    window's of a long file; only the file vectors' voice columns are kept
+    between passes, and only in cluster mode.
+
+    Parameters
+    ----------
+    model : TrainedModel
+    mode : {"none", "speaker", "cluster", "corpus"}
+        ``model.adapt``; "none" when the model has no normalising network.
+    allowed : dict
+        Corpus → whether its speaker ids may be used.
     """
-    none = _Adaptation([None] * len(outcomes), [""] * len(outcomes), None)
-    if model.speaker_pipeline is None or mode == "none":
-        return none
-    ok = [i for i, o in enumerate(outcomes) if o.ok and o.record is not None]
-    if not ok:
-        return none
-    X = np.stack([outcomes[i].record.vector for i in ok]).astype(np.float64)  # type: ignore[union-attr]
-    g = group_rows(
-        X,
-        mode=mode,
-        corpora=[labels[i].corpus for i in ok],
-        speakers=[labels[i].group for i in ok],
-        speaker_ok=[allowed.get(labels[i].corpus or "", True) for i in ok],
-        min_files=model.min_speaker_files,
-        voice=voice_columns(FeatureSpec.columns_of(model.meta.feature_spec)) if mode == "cluster" else None,
-    )
-    blocks, owner = [], []
-    for j, i in enumerate(ok):
-        segs = outcomes[i].record.segments  # type: ignore[union-attr]
-        block = X[j : j + 1] if segs is None else segs.vectors[segs.voiced].astype(np.float64)
-        blocks.append(block)
-        owner += [j] * len(block)
-    stats = g.stats(np.concatenate(blocks), np.array(owner))
-    keys: list[str | None] = [None] * len(outcomes)
-    how = [""] * len(outcomes)
-    for j, i in enumerate(ok):
-        if g.keys[j] is not None and g.keys[j] in stats.mean:
-            keys[i], how[i] = g.keys[j], g.how[j]
-    return _Adaptation(keys, how, stats)
+
+    def __init__(self, model: TrainedModel, *, mode: str, allowed: dict[str, bool]) -> None:
+        self.mode = mode if model.speaker_pipeline is not None else "none"
+        self.min_files = model.min_speaker_files
+        self.allowed = allowed
+        self._running = RunningStats()
+        self._files: Counter[str] = Counter()  # files with features per candidate group
+        self._voice_cols = (
+            voice_columns(FeatureSpec.columns_of(model.meta.feature_spec)) if self.mode == "cluster" else None
+        )
+        self._voice: list[np.ndarray] = []  # per chunk, a row per file with features
+        self._voice_at: list[int] = []  # the job index of each voice row
+        self._voice_corpus: list[str | None] = []
+        self._cluster_at = np.empty(0, dtype=np.int64)  # job indices with a cluster, sorted
+        self._cluster_key: list[str] = []
+        self.stats: GroupStats | None = None
+
+    def _candidates(self, label: Label) -> list[str]:
+        keys = [f"corpus:{label.corpus}"]
+        if self.mode == "speaker" and label.group and self.allowed.get(label.corpus or "", True):
+            keys.append(f"speaker:{label.group}")
+        return keys
+
+    @staticmethod
+    def _blocks(outcomes: Sequence[FileOutcome]) -> tuple[list[int], np.ndarray, list[tuple[int, int]]]:
+        """The files with features, their rows stacked, and each one's span of rows."""
+        ok = [j for j, o in enumerate(outcomes) if o.ok and o.record is not None]
+        blocks, spans, at = [], [], 0
+        for j in ok:
+            rec = outcomes[j].record
+            segs = rec.segments  # type: ignore[union-attr]
+            block = rec.vector[None, :] if segs is None else segs.vectors[segs.voiced]  # type: ignore[union-attr,index]
+            blocks.append(block)
+            spans.append((at, at + len(block)))
+            at += len(block)
+        X = np.concatenate(blocks).astype(np.float64) if blocks else np.empty((0, 0))
+        return ok, X, spans
+
+    def _fold(self, rows: dict[str, list[tuple[int, int]]], X: np.ndarray) -> None:
+        for key, spans in rows.items():
+            idx = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.empty(0, dtype=np.intp)
+            self._running.add(key, X[idx])
+
+    def observe(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> None:
+        """First pass: fold one chunk of files into its groups' statistics."""
+        if self.mode == "none":
+            return
+        ok, X, spans = self._blocks(outcomes)
+        rows: dict[str, list[tuple[int, int]]] = {}
+        for j, span in zip(ok, spans, strict=True):
+            for key in self._candidates(labels[j]):
+                self._files[key] += 1
+                rows.setdefault(key, []).append(span)
+        self._fold(rows, X)
+        if self._voice_cols is not None and ok:  # a chunk's voice columns in one float32 block
+            self._voice.append(np.stack([outcomes[j].record.vector[self._voice_cols] for j in ok]).astype(np.float32))  # type: ignore[union-attr,index]
+            self._voice_at += [start + j for j in ok]
+            self._voice_corpus += [labels[j].corpus for j in ok]
+
+    def cluster(self) -> None:
+        """Cluster mode, between the passes: pseudo-speakers per corpus from the voice columns seen."""
+        if self.mode != "cluster" or not self._voice:
+            return
+        g = group_rows(
+            np.concatenate(self._voice).astype(np.float64),
+            mode="cluster",
+            corpora=self._voice_corpus,
+            min_files=self.min_files,
+        )
+        at = [(i, k) for i, k, how in zip(self._voice_at, g.keys, g.how, strict=True) if how == "cluster"]
+        self._cluster_at = np.array([i for i, _ in at], dtype=np.int64)
+        self._cluster_key = [k for _, k in at]  # type: ignore[misc]
+        self._voice, self._voice_at, self._voice_corpus = [], [], []
+
+    def _cluster_of(self, i: int) -> str | None:
+        k = int(np.searchsorted(self._cluster_at, i))
+        return self._cluster_key[k] if k < len(self._cluster_at) and self._cluster_at[k] == i else None
+
+    def observe_clusters(self, start: int, outcomes: Sequence[FileOutcome]) -> None:
+        """Second pass (cluster mode): fold one chunk of files into their clusters' statistics."""
+        if not len(self._cluster_at):
+            return
+        ok, X, spans = self._blocks(outcomes)
+        rows: dict[str, list[tuple[int, int]]] = {}
+        for j, span in zip(ok, spans, strict=True):
+            if (key := self._cluster_of(start + j)) is not None:
+                self._files[key] += 1
+                rows.setdefault(key, []).append(span)
+        self._fold(rows, X)
+
+    def measure(self, chunks: Sequence[Chunk]) -> None:
+        """Both passes over chunks held in memory."""
+        for start, outcomes, labels in chunks:
+            self.observe(start, outcomes, labels)
+        self.cluster()
+        for start, outcomes, _ in chunks:
+            self.observe_clusters(start, outcomes)
+
+    def keys_for(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> _Adaptation:
+        """Each file's group and rule: its speaker's or cluster's, else its corpus's, else none."""
+        if self.stats is None:
+            self.stats = self._running.stats()
+        keys: list[str | None] = [None] * len(outcomes)
+        how = [""] * len(outcomes)
+        if self.mode == "none":
+            return _Adaptation(keys, how, None)
+        for j, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
+            if not o.ok:
+                continue
+            choices = []
+            if self.mode == "cluster":
+                choices.append((self._cluster_of(start + j), "cluster"))
+            choices += [(k, k.split(":", 1)[0]) for k in reversed(self._candidates(lab))]
+            for key, rule in choices:
+                if key is not None and self._files[key] >= self.min_files and self.stats.covers(key):
+                    keys[j], how[j] = key, rule
+                    break
+        return _Adaptation(keys, how, self.stats)
 
 
 def chunks_of(items: Sequence[int], size: int) -> list[Sequence[int]]:
     return [items[k : k + size] for k in range(0, len(items), size)]
 
 
-def domain_summary(rows: Sequence[ReportRow], model: TrainedModel) -> dict[str, Any] | None:
-    """The job's median distance from the training data against the model's reference."""
-    d = [r.domain_distance for r in rows if r.status == "ok"]
+def domain_summary(d: np.ndarray, model: TrainedModel) -> dict[str, Any] | None:
+    """The job's median distance from the training data (``d``, one per labelled file) against the model's reference."""
     ref = model.meta.metrics.get("domain")
-    if not d or not ref:
+    if not len(d) or not ref:
         return None
     median, limit = float(np.median(d)), ref.get("limit")
     return {

@@ -86,6 +86,28 @@ def run_job(job: dict[str, Any], manifest: Path) -> tuple[float, float, dict[str
     return wall, rss_mib, summary
 
 
+# A job in a fresh interpreter, reporting its own peak RSS (ru_maxrss of a child
+# would include its parent's, from before exec).
+_RUN_MEASURED = """
+import sys
+from batchser.cli import main
+code = main(["run", "-q", sys.argv[1]])
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]
+print(hwm, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_measured(manifest: Path) -> tuple[float, float]:
+    """(wall s, peak RSS MiB of the job's own process: VmHWM as it exits) of ``batchser run -q manifest``."""
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", _RUN_MEASURED, str(manifest)], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        raise SystemExit(f"the job failed: {res.stderr}")
+    return wall, int(res.stderr.split()[-1]) / 1024
+
+
 def feature_stage(summary: dict[str, Any]) -> float:
     """Seconds the job spent turning files into features (from discovery to closing the cache)."""
     st = summary["stage_seconds"]
@@ -114,11 +136,14 @@ def train_seed_model(work: Path, *, chroma_tuning: float | None = None) -> Path:
     return model
 
 
-def synthetic_rows(store: Any, n: int, *, seed: int = 0, per_part: int | None = None) -> None:
+def synthetic_rows(
+    store: Any, n: int, *, seed: int = 0, per_part: int | None = None, hashes: list[str] | None = None
+) -> None:
     """``n`` random rows in ``store``'s real schema, written and indexed as merged parts are.
 
-    Random hashes and vectors, sorted by hash, in row groups of ``ROW_GROUP``:
-    a large cache in seconds, for the cache-size benchmark and the bounded-memory test.
+    Random vectors under random hashes (or under ``hashes``, the first ``n``), sorted by
+    hash, in row groups of ``ROW_GROUP``: a large cache in seconds, for the cache-size and
+    file-count benchmarks and the bounded-memory test.
     """
     import pyarrow as pa
 
@@ -129,7 +154,9 @@ def synthetic_rows(store: Any, n: int, *, seed: int = 0, per_part: int | None = 
     for start in range(0, n, per_part):
         k = min(per_part, n - start)
         cols: dict[str, Any] = {
-            "content_hash": pa.array(sorted(rng.bytes(32).hex() for _ in range(k)), pa.string()),
+            "content_hash": pa.array(
+                sorted(hashes[start : start + k] if hashes else [rng.bytes(32).hex() for _ in range(k)]), pa.string()
+            ),
             "status": pa.array(["ok"] * k, pa.string()),
             "error": pa.array([""] * k, pa.string()),
             "warning": pa.array([""] * k, pa.string()),

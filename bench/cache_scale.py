@@ -22,40 +22,19 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from _common import MODEL, ROOT, progress_log, shipped_features, synthetic_rows
+from _common import MODEL, ROOT, progress_log, run_measured, shipped_features, synthetic_rows
 
 from batchser.cache import FeatureStore
 from batchser.features import FeatureSpec
 from batchser.segments import SegmentSpec
 
 DEMO = ROOT / "data" / "demo"
-# The job in a fresh interpreter, reporting its own peak RSS (ru_maxrss of a child
-# would include its parent's, from before exec).
-RUN = """
-import sys
-from batchser.cli import main
-code = main(["run", "-q", sys.argv[1]])
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]
-print(hwm, file=sys.stderr)
-sys.exit(code)
-"""
-
-
-def run(manifest: Path) -> tuple[float, float]:
-    """(wall s, peak RSS MiB) of one job in a fresh process."""
-    t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", RUN, str(manifest)], capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if res.returncode != 0:
-        raise SystemExit(f"the job failed: {res.stderr}")
-    return wall, int(res.stderr.split()[-1]) / 1024
 
 
 def main() -> int:
@@ -86,7 +65,7 @@ def main() -> int:
             manifest = tmp / f"scale-{size}.yaml"
             manifest.write_text(yaml.safe_dump(m))
             log(f"{size:,} rows: the demo files, cold …")
-            run(manifest)
+            run_measured(manifest)
             n_demo = 6
             log(f"{size:,} rows: {size - n_demo:,} synthetic rows …")
             t = time.perf_counter()
@@ -97,10 +76,10 @@ def main() -> int:
             runs = []
             for r in range(args.repeats):
                 log(f"{size:,} rows: warm job {r + 1}/{args.repeats} …")
-                runs.append(run(manifest))
+                runs.append(run_measured(manifest))
             shutil.rmtree(cache / "index")
             log(f"{size:,} rows: warm job with its index rebuilt …")
-            rebuild = run(manifest)[0]
+            rebuild = run_measured(manifest)[0]
             wall = statistics.median(w for w, _ in runs)
             rss = statistics.median(m for _, m in runs)
             rows.append((size, wall, rss, rebuild, build))

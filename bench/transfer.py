@@ -36,7 +36,8 @@ from batchser.audio import load
 from batchser.cache import FeatureStore
 from batchser.discover import discover
 from batchser.features import FeatureSpec, extract
-from batchser.job import JobSummary, _Executors, _features, _input_paths, _segment_spec
+from batchser.featurize import Executors, file_features
+from batchser.job import JobSummary, _input_paths, _segment_spec
 from batchser.manifest import parse_manifest
 from batchser.model.evaluate import evaluate_corpora
 
@@ -69,7 +70,7 @@ def labelled_features(names: tuple[str, ...], log) -> tuple[np.ndarray, ...]:  #
     labels = [fns[f.input_index](f.path) for f in files]
     log(f"  extracting {', '.join(names)} for {len(files)} files (cached after the first run)")
     with contextlib.ExitStack() as stack, FeatureStore(m.cache_dir, spec, segments=_segment_spec(m)) as store:
-        out = _features(m, files, store, JobSummary(m.name), executors=_Executors(stack, m), progress=False)
+        out = file_features(m, files, store, JobSummary(m.name), executors=Executors(stack, m))
     keep = [i for i, (o, lab) in enumerate(zip(out, labels, strict=True)) if o.ok and lab.emotion in m.emotions]
     allowed = {i.corpus_name: i.speaker_normalization for i in m.inputs}
     return (

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+import batchser.featurize
 import batchser.job
 from batchser.cache import FeatureStore
 from batchser.cli import main
@@ -69,7 +70,7 @@ def rows(tmp_path: Path, out: str = "reports") -> pd.DataFrame:
 
 def after_hashing(monkeypatch: pytest.MonkeyPatch, action) -> None:  # type: ignore[no-untyped-def]
     """Run ``action`` once, right after the job hashed its files and before it extracts them."""
-    real = batchser.job.content_hashes
+    real = batchser.featurize.content_hashes
     done = []
 
     def hashes_then_act(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -79,7 +80,7 @@ def after_hashing(monkeypatch: pytest.MonkeyPatch, action) -> None:  # type: ign
             action()
         return out
 
-    monkeypatch.setattr(batchser.job, "content_hashes", hashes_then_act)
+    monkeypatch.setattr(batchser.featurize, "content_hashes", hashes_then_act)
 
 
 def cached_hashes(cache: Path) -> set[str]:
@@ -316,17 +317,16 @@ _RUN_AND_DIE = textwrap.dedent(
             if len(moved) == 2:
                 os._exit(9)  # killed after moving two of the set's files into place
 
-    real_write = br.write_annotations
+    real_close = br.TableWriter.close
 
-    def write(table, out_dir, formats, *, stem="annotations"):
-        paths = real_write(table, out_dir, formats, stem=stem)
+    def close(self):
+        paths = real_close(self)
         if when == "write":
             os._exit(9)  # killed with the new CSV and Parquet staged, nothing in place
         return paths
 
     br.os.replace = replace
-    import batchser.job as bj
-    bj.write_annotations = write
+    br.TableWriter.close = close
     run_job(load_manifest(sys.argv[1]), progress=False)
     """
 )

@@ -110,14 +110,13 @@ def test_fail_threshold_exits_1_after_writing_reports(tmp_path: Path, good_dir: 
 
 
 def test_file_vanishing_after_discovery(tmp_path: Path, good_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = batchser.job.discover
+    real = batchser.job.iter_files
 
     def discover_then_delete(paths, **kwargs):  # type: ignore[no-untyped-def]
-        files = real(paths, **kwargs)
+        yield from real(paths, **kwargs)
         (good_dir / "sad.wav").unlink()  # gone between the listing and the read
-        return files
 
-    monkeypatch.setattr(batchser.job, "discover", discover_then_delete)
+    monkeypatch.setattr(batchser.job, "iter_files", discover_then_delete)
     s = run_job(load_manifest(annotate_manifest(tmp_path, ["good"])), progress=False)
     assert (s.n_files, s.n_failed) == (4, 1)
     assert s.failures == [("good/sad.wav", VANISHED)]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from batchser.cache.errors import CacheError
+from batchser.pids import pid_alive
 
 __all__ = ["CLAIM_STALE_S", "Claims"]
 
@@ -29,14 +30,7 @@ def _dead_here(claim_file: Path) -> bool:
     parts = claim_file.stem.rsplit("-", 2)
     if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False
-    pid = parts[1]
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, another user's
-    return False
+    return not pid_alive(int(parts[1]))
 
 
 class Claims:

@@ -348,6 +348,19 @@ class FeatureStore:
             cols[name] = pa.array(matrix[:, j], pa.float32())
         return pa.table(cols)
 
+    def release(self) -> None:
+        """Forget the records read or written so far (not those still to be written).
+
+        A job labelling an archive a chunk at a time calls this after each
+        chunk, so that memory holds a chunk's records, not the archive's;
+        their uses are recorded now rather than at :meth:`close`.
+        """
+        with self._lock:
+            self._records = {r.content_hash: r for r in self._pending}
+            if self._used:
+                self._index.mark_used(self._fkey, self._used)
+                self._used.clear()
+
     def __len__(self) -> int:
         """Feature rows in the cache for this key (an index count: no part is read)."""
         return self._index.count(self._fkey)

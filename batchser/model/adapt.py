@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["ADAPT_MODES", "GroupStats", "Grouping", "group_rows", "voice_columns"]
+__all__ = ["ADAPT_MODES", "GroupStats", "Grouping", "RunningStats", "group_rows", "voice_columns"]
 
 AdaptMode = Literal["none", "speaker", "cluster", "corpus"]
 ADAPT_MODES: tuple[str, ...] = ("none", "speaker", "cluster", "corpus")
@@ -124,6 +124,50 @@ class GroupStats:
             rows = np.array([k == key for k in keys])
             out[rows] = (out[rows] - self.mean[key]) / self.std[key]  # type: ignore[index]
         return out, covered
+
+
+class RunningStats:
+    """Per-group feature mean and spread, measured a block of rows at a time.
+
+    For jobs too large to hold every vector: each block's mean and sum of
+    squared deviations are merged into the group's (the pairwise update of
+    Chan, Golub and LeVeque), which stays as exact as numpy's two-pass
+    ``mean``/``std`` over the whole group (about 1e-12 apart), unlike a
+    running sum of squares.
+    """
+
+    def __init__(self) -> None:
+        self._n: dict[str, int] = {}
+        self._mean: dict[str, np.ndarray] = {}
+        self._m2: dict[str, np.ndarray] = {}
+
+    def add(self, key: str, block: np.ndarray) -> None:
+        """Fold ``block`` (rows of one group, shape (m, d)) into ``key``'s statistics."""
+        m = len(block)
+        if not m:
+            return
+        block = np.asarray(block, dtype=np.float64)
+        mean_b = block.mean(axis=0)
+        m2_b = ((block - mean_b) ** 2).sum(axis=0)
+        n = self._n.get(key, 0)
+        if not n:
+            self._n[key], self._mean[key], self._m2[key] = m, mean_b, m2_b
+            return
+        total = n + m
+        delta = mean_b - self._mean[key]
+        self._mean[key] = self._mean[key] + delta * (m / total)
+        self._m2[key] = self._m2[key] + m2_b + delta**2 * (n * m / total)
+        self._n[key] = total
+
+    def stats(self) -> GroupStats:
+        """Every group of at least two rows, as :meth:`GroupStats.fit` would measure it."""
+        mean, std, count = {}, {}, {}
+        for key, n in self._n.items():
+            if n < 2:
+                continue
+            sd = np.sqrt(self._m2[key] / n)
+            mean[key], std[key], count[key] = self._mean[key], np.where(sd > 1e-12, sd, 1.0), n
+        return GroupStats(mean, std, count)
 
 
 def voice_columns(names: Sequence[str]) -> np.ndarray:

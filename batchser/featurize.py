@@ -1,0 +1,184 @@
+"""The features stage of a job: each file's content hash, then its cached record or a fresh extraction.
+
+Files are hashed (or their hash found by their listing stamp), looked up in the
+shared cache, and the rest extracted on the job's executor; a file another job
+sharing the cache is extracting is waited for (and taken over if that job
+dies), never extracted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from tqdm import tqdm
+
+from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore
+from batchser.discover import SourceFile
+from batchser.engine import Executor, ExtractTask, open_executor, part_seconds, run_tasks
+from batchser.hashing import content_hashes, progress_bar
+from batchser.manifest import Manifest
+from batchser.predict import FileOutcome
+
+__all__ = ["Counts", "Executors", "file_features"]
+
+log = logging.getLogger(__name__)
+
+
+class Counts(Protocol):
+    """Where the stage counts files: a job's summary."""
+
+    n_cached: int
+    n_extracted: int
+
+
+class Executors:
+    """The job's executor, opened on first use (a fully cached run starts no workers or cluster)."""
+
+    def __init__(self, stack: contextlib.ExitStack, manifest: Manifest) -> None:
+        self._stack, self._engine = stack, manifest.engine
+        self._executor: Executor | None = None
+
+    def get(self) -> Executor:
+        if self._executor is None:
+            e = self._engine
+            self._executor = self._stack.enter_context(open_executor(e.backend, n_jobs=e.n_jobs, scheduler=e.scheduler))
+        return self._executor
+
+
+def file_features(
+    manifest: Manifest,
+    files: Sequence[SourceFile],
+    store: FeatureStore,
+    counts: Counts,
+    *,
+    executors: Executors,
+    bar: tqdm | None = None,
+    hash_bar: tqdm | None = None,
+    lap: Callable[[str], None] | None = None,
+) -> list[FileOutcome]:
+    """Each file's content hash and feature record: from the cache, or extracted (and cached).
+
+    Parameters
+    ----------
+    manifest : Manifest
+    files : sequence of SourceFile
+        A chunk of the job's files.
+    store : FeatureStore
+    counts : Counts
+        Files found in the cache and extracted are added to it.
+    executors : Executors
+        Opened on the first file to extract.
+    bar, hash_bar : tqdm or None
+        The job's bars of files extracted and hashed, advanced by this chunk's files.
+    lap : callable or None
+        Called with "hash" once the files are hashed (the job's stage clock).
+
+    Returns
+    -------
+    list of FileOutcome
+        In the order of ``files``.
+    """
+    hashes = content_hashes(files, store, progress=False, bar=hash_bar)
+    if lap is not None:
+        lap("hash")
+    todo: dict[str, SourceFile] = {}  # content hash -> one file having it
+    waiting: Counter[str] = Counter()
+    cached = store.get_many(h for h, _ in hashes if h)  # one read per part, of the row groups needed
+    for f, (h, _err) in zip(files, hashes, strict=True):
+        if h and h not in cached:
+            todo.setdefault(h, f)
+            waiting[h] += 1
+    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True, stamp=f.stamp) for h, f in todo.items()]
+    retry: dict[str, FeatureRecord] = {}  # this run's read failures: reported, never cached
+    eng = manifest.engine
+    extracted: set[str] = set()
+    deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
+    credited: dict[str, float] = {}  # progress given for the finished parts of long files
+    parts_s: dict[str, float] = {}  # and their seconds of audio
+    audio_s = [0.0]
+    shown = bar if bar is not None else progress_bar(len(files), "extracting", False)
+    shown.update(len(files) - sum(waiting.values()))
+    with contextlib.nullcontext(shown) as bar:
+
+        def still_needed(task: ExtractTask) -> bool:
+            if store.claim(task.content_hash):
+                return True
+            if store.get(task.content_hash) is None:
+                deferred.append(task)
+            else:
+                bar.update(waiting[task.content_hash])  # another job finished it meanwhile
+            return False
+
+        def extract(batch_tasks: list[ExtractTask]) -> None:
+            if not batch_tasks:
+                return
+            batches = run_tasks(
+                batch_tasks,
+                spec=store.spec,
+                segments=store.segment_spec,
+                batch_size=eng.batch_size,
+                still_needed=still_needed,
+                executor=executors.get(),
+                on_part=on_part,
+            )
+            for batch in batches:
+                store.add(batch)
+                counts.n_extracted += len(batch)
+                extracted.update(r.content_hash for r in batch)
+                retry.update((r.content_hash, r) for r in batch if r.status == "retry")
+                audio_s[0] += sum(r.duration_s for r in batch) - sum(parts_s.pop(r.content_hash, 0.0) for r in batch)
+                bar.set_postfix_str(f"{audio_s[0] / 3600:.2f} h audio", refresh=False)
+                bar.update(sum(waiting[r.content_hash] - credited.pop(r.content_hash, 0.0) for r in batch))
+
+        def on_part(task: ExtractTask) -> None:
+            # A long file moves the bar part by part, in files and in hours of audio.
+            span = part_seconds(task, store.segment_spec)  # type: ignore[arg-type]  # parts exist only with segments
+            parts_s[task.content_hash] = parts_s.get(task.content_hash, 0.0) + span
+            audio_s[0] += span
+            bar.set_postfix_str(f"{audio_s[0] / 3600:.2f} h audio", refresh=False)
+            share = waiting[task.content_hash] / task.n_parts
+            credited[task.content_hash] = credited.get(task.content_hash, 0.0) + share
+            bar.update(share)
+
+        extract(tasks)
+        next_note = time.monotonic() + 2  # say what we wait for if it lasts
+        # Wait for what other jobs are extracting; take over from any that died.
+        while deferred:
+            # Our own finished rows must reach disk first: the job we wait for
+            # may be waiting for them.
+            store.flush()
+            store.refresh()
+            pending, orphans = [], []
+            for t in deferred:
+                if store.get(t.content_hash) is not None:
+                    bar.update(waiting[t.content_hash])
+                elif store.held_elsewhere(t.content_hash):
+                    pending.append(t)
+                else:
+                    orphans.append(t)
+            deferred[:] = pending
+            if orphans:
+                log.info("taking over %d files from a job that stopped", len(orphans))
+                extract(orphans)
+            elif deferred:
+                if time.monotonic() >= next_note:
+                    next_note = time.monotonic() + 10
+                    who = ", ".join(p.name for p in store.claimants()) or "another job"
+                    log.warning(
+                        "waiting for %d file(s) another job sharing the cache is extracting (claims: %s); "
+                        "a job that stops heartbeating for %d s is taken over",
+                        len(deferred),
+                        who,
+                        int(CLAIM_STALE_S),
+                    )
+                time.sleep(0.2)
+    counts.n_cached += sum(1 for h, _ in hashes if h and h not in extracted)
+    return [
+        FileOutcome(f, h, (store.get(h) or retry.get(h)) if h else None, err)
+        for f, (h, err) in zip(files, hashes, strict=True)
+    ]

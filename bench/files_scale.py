@@ -1,0 +1,142 @@
+"""Archive scale: does a job over a million files cost ten times one over 100,000, and no more memory?
+
+    python bench/files_scale.py                        # 100,000 and 1,000,000 files
+    python bench/files_scale.py --sizes 20000,200000 --quiet
+
+The archive is a tree of tiny WAV files (8 samples each, every one different),
+1,000 to a folder, 100,000 to a top folder: the job over N files names the first
+N/100,000 top folders. A cache gets a feature row for every file's content
+(random vectors in the real schema, written as merged parts are), so that the
+benchmark measures the job's own per-file work, discovery, hashing, cache lookups,
+normalisation over the job's files, prediction and reports, not feature extraction.
+Each size runs the shipped model's labelling job twice in fresh processes: "first"
+hashes every file (the path index is cold), "again" finds each file's hash by its
+listing stamp. Columns: wall seconds, files per second and peak RSS (the job's
+process: VmHWM as it exits), with ratios against the smallest size of this run.
+
+Targets (issue J): with 1,000,000 files, a peak RSS under 1 GB and at most 1.2x that
+of 100,000 files, and files/s within 15 % of the 100,000-file job's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _common import MODEL, progress_log, run_measured, shipped_features, synthetic_rows
+
+from batchser.cache import FeatureStore
+from batchser.features import FeatureSpec
+from batchser.segments import SegmentSpec
+
+PER_FOLDER = 1000
+PER_TOP = 100_000
+N_SAMPLES = 8
+
+
+def _header() -> bytes:
+    data = N_SAMPLES * 2
+    return (
+        b"RIFF"
+        + struct.pack("<I4s", 36 + data, b"WAVE")
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
+        + b"data"
+        + struct.pack("<I", data)
+    )
+
+
+def make_tree(root: Path, n: int) -> list[str]:
+    """``n`` distinct tiny WAV files under ``root``; their SHA-256 hashes."""
+    header = _header()
+    hashes = []
+    for i in range(n):
+        top, rest = divmod(i, PER_TOP)
+        folder = root / f"a{top}" / f"d{rest // PER_FOLDER:03d}"
+        if rest % PER_FOLDER == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        samples = np.array([i & 0x7FFF, (i >> 15) & 0x7FFF, 7, -7, 100, -100, 0, 1], dtype="<i2").tobytes()
+        data = header + samples
+        (folder / f"f{i:07d}.wav").write_bytes(data)
+        hashes.append(hashlib.sha256(data).hexdigest())
+    return hashes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100000,1000000", help="files per job, multiples of 100,000 (or one smaller)")
+    ap.add_argument("--quiet", action="store_true", help="print only the table")
+    ap.add_argument("--keep", type=Path, help="build (or reuse) the tree and cache here, not in a temp folder")
+    args = ap.parse_args()
+    log = progress_log(args.quiet)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if any(s > PER_TOP and s % PER_TOP for s in sizes):
+        raise SystemExit("sizes above 100,000 must be multiples of 100,000")
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="batchser-files-scale-") if args.keep is None else None
+    work = Path(tmp_ctx.name) if tmp_ctx else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    tree, cache = work / "tree", work / "cache"
+    done = work / "tree.json"
+    if not done.exists() or json.loads(done.read_text())["n"] < sizes[-1]:
+        shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        log(f"writing {sizes[-1]:,} files …")
+        t = time.perf_counter()
+        hashes = make_tree(tree, sizes[-1])
+        log(f"  {time.perf_counter() - t:.0f} s; {len(hashes):,} cache rows …")
+        spec = FeatureSpec(tuple(shipped_features()), 16000)
+        with FeatureStore(cache, spec, segments=SegmentSpec()) as store:
+            synthetic_rows(store, len(hashes), hashes=hashes)
+        done.write_text(json.dumps({"n": sizes[-1]}))
+    rows = []
+    for n in sizes:
+        if n < PER_TOP:
+            inputs = [{"path": str(tree / "a0" / f"d{k:03d}")} for k in range(-(-n // PER_FOLDER))]
+        else:
+            inputs = [{"path": str(tree / f"a{k}")} for k in range(n // PER_TOP)]
+        m = {
+            "name": f"files-{n}",
+            "inputs": inputs,
+            "features": shipped_features(),
+            "cache": str(cache),
+            "engine": {"backend": "loky", "n_jobs": 2},
+            "model": {"path": str(MODEL)},
+            "output": {"dir": str(work / f"out-{n}")},
+        }
+        manifest = work / f"files-{n}.yaml"
+        manifest.write_text(yaml.safe_dump(m))
+        shutil.rmtree(cache / "index", ignore_errors=True)  # the path index: every file hashed again
+        log(f"{n:,} files: first run …")
+        first = run_measured(manifest)
+        log(f"  {first[0]:.1f} s, {first[1]:.0f} MiB; again …")
+        again = run_measured(manifest)
+        log(f"  {again[0]:.1f} s, {again[1]:.0f} MiB")
+        summary = json.loads((work / f"out-{n}" / "summary.json").read_text())
+        if summary["files"] != n or summary["extracted"]:
+            raise SystemExit(f"expected {n} files all from the cache, the job says {summary}")
+        rows.append((n, first, again))
+    n0, f0, a0 = rows[0]
+    print("labelling job, shipped model, every file's features in the cache; one run each")
+    head = ("files", "run", "wall s", "files/s", "vs first", "peak RSS MiB", "vs first")
+    print("{:>10} {:>6} {:>8} {:>8} {:>8} {:>12} {:>8}".format(*head))
+    for n, first, again in rows:
+        for name, (wall, rss), (wall0, rss0) in (("first", first, f0), ("again", again, a0)):
+            rate, rate0 = n / wall, n0 / wall0
+            ratios = f"{rate:>8.0f} {rate / rate0:>7.2f}x {rss:>12.0f} {rss / rss0:>7.2f}x"
+            print(f"{n:>10,} {name:>6} {wall:>8.1f} {ratios}")
+    if tmp_ctx:
+        tmp_ctx.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
