@@ -10,6 +10,7 @@ entry with the reason.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import heapq
 import logging
@@ -80,17 +81,16 @@ def _candidate(path: str, *, explicit: bool, probe: bool) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS or (probe and _looks_like_audio(path))
 
 
-def _walk(root: str) -> Iterator[str]:
-    """Files under ``root`` in the order of their full paths, one folder's listing in memory at a time.
+def _listing(folder: str) -> list[tuple[str, bool]]:
+    """(name, is a folder) of ``folder``'s entries, in the order of their full paths.
 
-    A folder's entries are sorted with a ``/`` after each subfolder's name, so
-    that visiting them depth first yields exactly ``sorted()`` of the full
-    paths: a million-file tree streams in order without a list of it.
-    Hidden folders and linked folders are skipped (a link loop cannot trap
-    us); linked files are still seen.
+    Sorted with a ``/`` after each subfolder's name, so that visiting them
+    depth first yields exactly ``sorted()`` of the full paths: a million-file
+    tree streams in order without a list of it. Hidden folders and linked
+    folders are left out (a link loop cannot trap us); linked files stay.
     """
     try:
-        with os.scandir(root) as it:
+        with os.scandir(folder) as it:
             entries = []
             for e in it:
                 try:
@@ -101,11 +101,16 @@ def _walk(root: str) -> Iterator[str]:
                     is_dir = False
                 entries.append((e.name + "/" if is_dir else e.name, is_dir))
     except OSError as err:
-        log.warning("cannot list %s: %s", root, err.strerror)
-        return
+        log.warning("cannot list %s: %s", folder, err.strerror)
+        return []
     entries.sort()
-    for key, is_dir in entries:
-        path = os.path.join(root, key[:-1] if is_dir else key)
+    return [(key[:-1] if is_dir else key, is_dir) for key, is_dir in entries]
+
+
+def _walk(root: str) -> Iterator[str]:
+    """Files under ``root`` in the order of their full paths, one folder's listing in memory per level."""
+    for name, is_dir in _listing(root):
+        path = os.path.join(root, name)
         if is_dir:
             yield from _walk(path)
         else:
@@ -149,17 +154,65 @@ def _members(path: str, index: int, max_member_bytes: int) -> Iterator[SourceFil
 def _expand(path: Path) -> Iterator[tuple[str, bool]]:
     text = str(path)
     if glob.has_magic(text):
-        for hit in glob.iglob(text, recursive=True):
-            if os.path.isdir(hit):
-                yield from ((p, False) for p in _walk(os.path.abspath(hit)))
-            else:
-                yield hit, is_archive(hit)  # a globbed archive is opened like a named one
+        yield from _glob(text)
     elif path.is_dir():
         yield from ((p, False) for p in _walk(os.path.abspath(text)))
     elif path.exists() or path.is_symlink():
         yield text, True
     else:
         raise FileNotFoundError(f"input {text} does not exist")
+
+
+def _glob(pattern: str) -> Iterator[tuple[str, bool]]:
+    """A glob's files in path order, streamed: a folder it matches stands for every file under it.
+
+    ``glob.iglob`` yields in directory order, so its matches would have to be
+    sorted in memory; this walks from the pattern's last literal folder as
+    :func:`_walk` does, matching one path component at a time (``*``, ``?``
+    and ``[…]`` within a name, ``**`` for any number of folders, hidden names
+    only by a pattern that starts with a dot) and skipping folders no match
+    can lie under. A matched archive is opened like a named one.
+    """
+    parts = pattern.split(os.sep)
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = os.sep.join(parts[:first]) or os.sep
+    if os.path.isdir(base):
+        yield from _glob_walk(os.path.abspath(base), [], parts[first:])
+
+
+def _glob_walk(folder: str, rel: list[str], pats: list[str]) -> Iterator[tuple[str, bool]]:
+    for name, is_dir in _listing(folder):
+        path, comps = os.path.join(folder, name), [*rel, name]
+        if _glob_match(pats, comps):
+            if is_dir:
+                yield from ((p, False) for p in _walk(path))
+            else:
+                yield path, is_archive(path)
+        elif is_dir and _glob_prefix(pats, comps):
+            yield from _glob_walk(path, comps, pats)
+
+
+def _glob_name(pat: str, name: str) -> bool:
+    return (pat.startswith(".") or not name.startswith(".")) and fnmatch.fnmatchcase(name, pat)
+
+
+def _glob_match(pats: list[str], comps: list[str]) -> bool:
+    if not pats:
+        return not comps
+    if pats[0] == "**":
+        return any(_glob_match(pats[1:], comps[i:]) for i in range(len(comps) + 1))
+    return bool(comps) and _glob_name(pats[0], comps[0]) and _glob_match(pats[1:], comps[1:])
+
+
+def _glob_prefix(pats: list[str], comps: list[str]) -> bool:
+    """Whether a path under the folder ``comps`` could match ``pats``."""
+    if not comps:
+        return True
+    if not pats:
+        return False
+    if pats[0] == "**":
+        return True
+    return _glob_name(pats[0], comps[0]) and _glob_prefix(pats[1:], comps[1:])
 
 
 def discover(
@@ -174,9 +227,8 @@ def iter_files(
 ) -> Iterator[SourceFile]:
     """Files under each input path, in the order of their names, each once, as they are found.
 
-    Folders stream: memory holds one folder's listing per level, not the
-    tree, so a job over millions of files can start at once. A glob's matches,
-    and an archive's members, are sorted in memory.
+    Folders and globs stream: memory holds one folder's listing per level,
+    not the tree. An archive's members are listed and sorted in memory.
 
     Parameters
     ----------
@@ -207,7 +259,7 @@ def iter_files(
             raise FileNotFoundError(f"input {root} does not exist")
     # Each input's files come sorted; merging them keeps the order, and ties
     # (one file under two inputs) come first from the first input.
-    streams = [_root_files(root, index, bar, limits[index]) for index, root in enumerate(paths)]
+    streams = [_found(root, index, bar, limits[index]) for index, root in enumerate(paths)]
     last = None
     with bar:
         for key, rec in heapq.merge(*streams, key=lambda item: item[0]):
@@ -216,21 +268,12 @@ def iter_files(
                 yield rec
 
 
-def _root_files(root: Path, index: int, bar: tqdm, max_member_bytes: int) -> Iterator[tuple[str, SourceFile]]:
-    """(name, file) of one input, sorted by name."""
-    found = _found(root, index, bar, max_member_bytes)
-    if glob.has_magic(str(root)) or (is_archive(str(root)) and not root.is_dir()):
-        yield from sorted(dict(found).items())  # matches and members: listed, then sorted
-    else:
-        yield from found
-
-
 def _found(root: Path, index: int, bar: tqdm, max_member_bytes: int) -> Iterator[tuple[str, SourceFile]]:
+    """(name, file) of one input, in name order."""
     for path, explicit in _expand(root):
         bar.update()
-        if explicit and is_archive(path):
-            for rec in _members(path, index, max_member_bytes):
-                yield rec.name, rec
+        if explicit and is_archive(path):  # its members, listed and sorted in memory
+            yield from sorted(((rec.name, rec) for rec in _members(path, index, max_member_bytes)), key=lambda t: t[0])
             continue
         key = os.path.abspath(path)
         # stat before any probe: opening a FIFO named like audio would block forever.

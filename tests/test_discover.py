@@ -66,3 +66,27 @@ def test_discovery_counts_what_it_looks_at(tmp_path: Path, capsys: pytest.Captur
     assert "discovering: 301 files" in capsys.readouterr().err
     discover([tmp_path])
     assert capsys.readouterr().err == ""
+
+
+def test_globs_stream_in_path_order_with_glob_semantics(tmp_path: Path) -> None:
+    """A glob walks from its last literal folder, matching name by name, as glob.glob would."""
+    import glob
+
+    r = tmp_path / "g"
+    names = ["2024-01/a.wav", "2024-01/sub/b.wav", "2024-02/c.wav", "2023-12/d.wav", "2024-x.wav", "2024-03/.e.wav"]
+    names += ["other/2024-01/f.wav", "2024-04/g.flac", "2024-05/deep/er/h.wav"]
+    for n in names:
+        (r / n).parent.mkdir(parents=True, exist_ok=True)
+        (r / n).write_bytes(b"")
+    patterns = [r / "2024-*" / "*.wav", r / "**" / "*.wav", r / "2024-0[12]", r / "2024-0?" / "**" / "h.wav"]
+    for pattern in patterns:
+        got = [str(f.path) for f in discover([pattern])]
+        hits = glob.glob(str(pattern), recursive=True)
+        expect = sorted(
+            p
+            for h in hits
+            for p in ([h] if os.path.isfile(h) else glob.glob(os.path.join(h, "**", "*"), recursive=True))
+            if os.path.isfile(p) and not os.path.basename(p).startswith(".")
+        )
+        assert got == expect, pattern
+        assert got, pattern
