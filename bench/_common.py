@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from batchser.api import default_model_path, shipped_features  # noqa: F401 - the benches import it from here
+from batchser.api import default_model_path, shipped_features
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
@@ -29,6 +29,30 @@ def have(folder: Path, what: str) -> bool:
         return True
     print(f"needs {what} in {folder}", file=sys.stderr)
     return False
+
+
+POOLED = ("ravdess", "savee", "nemo", "urdu")  # the corpora of the pooled train job
+
+
+def have_pooled() -> bool:
+    """Whether the four corpora of the leave-one-corpus-out benchmarks are there (else says which is not)."""
+    return all(have(CORPORA / c, c) for c in POOLED)
+
+
+def shipped_job(manifest: Path, name: str, inputs: list[dict[str, Any]], *, cache: Path, out: Path) -> Path:
+    """Write a labelling manifest for the shipped model (2 loky workers) to ``manifest``; returns it."""
+    job = {
+        "name": name,
+        "inputs": inputs,
+        "emotions": EMOTIONS,
+        "features": shipped_features(),
+        "cache": str(cache),
+        "engine": {"backend": "loky", "n_jobs": 2},
+        "model": {"path": str(MODEL)},
+        "output": {"dir": str(out)},
+    }
+    manifest.write_text(yaml.safe_dump(job))
+    return manifest
 
 
 def progress_log(quiet: bool) -> Callable[[str], None]:

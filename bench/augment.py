@@ -20,7 +20,7 @@ import time
 import joblib
 import numpy as np
 import soxr
-from _common import CORPORA, have, progress_log
+from _common import have_pooled, progress_log
 from sklearn.metrics import balanced_accuracy_score  # UAR: recall averaged over the classes
 from transfer import MLP, labelled_features
 
@@ -77,7 +77,7 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     log = progress_log(args.quiet)
-    if not all(have(CORPORA / k, k) for k in ("ravdess", "savee", "nemo", "urdu")):
+    if not have_pooled():
         return 2
     X, y, c, s, ok, paths = labelled_features(NAMES, log)
     spec = FeatureSpec(NAMES, 16000)

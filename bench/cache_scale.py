@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from _common import MODEL, ROOT, progress_log, run_measured, shipped_features, synthetic_rows
+from _common import ROOT, progress_log, run_measured, shipped_features, shipped_job, synthetic_rows
 
 from batchser.cache import FeatureStore
 from batchser.features import FeatureSpec
@@ -52,18 +51,13 @@ def main() -> int:
         shutil.copytree(DEMO, audio)
         for size in sizes:
             cache = tmp / f"cache-{size}"
-            m = {
-                "name": f"scale-{size}",
-                "inputs": [{"path": str(audio)}],
-                "emotions": ["angry", "sad", "neutral", "happy"],
-                "features": shipped_features(),
-                "cache": str(cache),
-                "engine": {"backend": "loky", "n_jobs": 2},
-                "model": {"path": str(MODEL)},
-                "output": {"dir": str(tmp / f"out-{size}")},
-            }
-            manifest = tmp / f"scale-{size}.yaml"
-            manifest.write_text(yaml.safe_dump(m))
+            manifest = shipped_job(
+                tmp / f"scale-{size}.yaml",
+                f"scale-{size}",
+                [{"path": str(audio)}],
+                cache=cache,
+                out=tmp / f"out-{size}",
+            )
             log(f"{size:,} rows: the demo files, cold …")
             run_measured(manifest)
             n_demo = 6

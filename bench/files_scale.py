@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
-from _common import MODEL, progress_log, run_measured, shipped_features, synthetic_rows
+from _common import progress_log, run_measured, shipped_features, shipped_job, synthetic_rows
 
 from batchser.cache import FeatureStore
 from batchser.features import FeatureSpec
@@ -103,17 +102,7 @@ def main() -> int:
             inputs = [{"path": str(tree / "a0" / f"d{k:03d}")} for k in range(-(-n // PER_FOLDER))]
         else:
             inputs = [{"path": str(tree / f"a{k}")} for k in range(n // PER_TOP)]
-        m = {
-            "name": f"files-{n}",
-            "inputs": inputs,
-            "features": shipped_features(),
-            "cache": str(cache),
-            "engine": {"backend": "loky", "n_jobs": 2},
-            "model": {"path": str(MODEL)},
-            "output": {"dir": str(work / f"out-{n}")},
-        }
-        manifest = work / f"files-{n}.yaml"
-        manifest.write_text(yaml.safe_dump(m))
+        manifest = shipped_job(work / f"files-{n}.yaml", f"files-{n}", inputs, cache=cache, out=work / f"out-{n}")
         shutil.rmtree(cache / "index", ignore_errors=True)  # the path index: every file hashed again
         log(f"{n:,} files: first run …")
         first = run_measured(manifest)

@@ -19,7 +19,7 @@ import argparse
 import sys
 
 import numpy as np
-from _common import CORPORA, have, progress_log
+from _common import have_pooled, progress_log
 from sklearn.metrics import balanced_accuracy_score  # UAR: recall averaged over the classes
 from transfer import MLP, labelled_features
 
@@ -55,9 +55,8 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     log = progress_log(args.quiet)
-    for c in ("ravdess", "savee", "nemo", "urdu"):
-        if not have(CORPORA / c, c):
-            return 2
+    if not have_pooled():
+        return 2
     X, y, c, s, ok, _ = labelled_features(NAMES, log)
     held_out = sorted(set(c.tolist()))
     # scores[mode][round] = [(uar, ece) per held-out corpus]; round 0 is the plain prediction.

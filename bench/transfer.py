@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 import yaml
-from _common import CORPORA, ROOT, have, progress_log
+from _common import ROOT, have_pooled, progress_log
 from accuracy import PARAMS
 
 from batchser.audio import load
@@ -102,9 +102,8 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     log = progress_log(args.quiet)
-    for c in ("ravdess", "savee", "nemo", "urdu"):
-        if not have(CORPORA / c, c):
-            return 2
+    if not have_pooled():
+        return 2
     try:
         import opensmile  # noqa: F401
 
