@@ -301,11 +301,10 @@ def _find_features(
 
 
 def _observe(store: FeatureStore, hashed: Spool, fn: Callable[[int, list[FileOutcome], list[Label]], None]) -> None:
-    """Another pass over the job's files, each chunk's records read back from the cache."""
+    """Another pass over the job's files, each chunk's records read back from the spool."""
     start = 0
     for chunk in hashed.chunks(CHUNK, found=True):
         fn(start, _outcomes(store, chunk), chunk.labels)
-        store.release()
         start += len(chunk)
 
 
@@ -338,7 +337,6 @@ def _label_all(
             groups=groups,
             start=start,
         )
-        store.release()
         clock.lap("predict")
         tally.add(rows)
         annotations.add(annotations_table(rows, classes))
