@@ -22,16 +22,16 @@ import numpy as np
 import soxr
 from _common import have_pooled, progress_log
 from sklearn.metrics import balanced_accuracy_score  # UAR: recall averaged over the classes
-from transfer import MLP, labelled_features
+from transfer import SHIPPED, SHIPPED_FIT, labelled_features
 
 from batchser.audio import load
 from batchser.features import FeatureSpec, extract
 from batchser.model.evaluate import calibration_table, fit_normalized, predict_adapted
 
-NAMES = ("mfcc_stats", "logmel_stats", "spectral_stats", "prosody", "voice_stats")
+NAMES = SHIPPED  # default + voice_stats
 KINDS = ("slow", "fast", "noise")
 MODES = ("none", "corpus", "speaker")
-FIT = {"params": MLP, "random_state": 0, "calibration": "temperature", "classifier": "logistic", "C": 0.01}
+FIT = SHIPPED_FIT  # logistic C=0.01, temperature-calibrated
 VARIANTS = {"no augmentation": (), "noise": ("noise",), "speed": ("slow", "fast"), "speed + noise": KINDS}
 
 

@@ -21,15 +21,15 @@ import sys
 import numpy as np
 from _common import have_pooled, progress_log
 from sklearn.metrics import balanced_accuracy_score  # UAR: recall averaged over the classes
-from transfer import MLP, labelled_features
+from transfer import SHIPPED, SHIPPED_FIT, labelled_features
 
 from batchser.model.adapt import group_rows
 from batchser.model.evaluate import calibration_table, fit_normalized
 from batchser.model.train import fit_model
 
-NAMES = ("mfcc_stats", "logmel_stats", "spectral_stats", "prosody", "voice_stats")
+NAMES = SHIPPED  # default + voice_stats
 MODES = ("corpus", "speaker")
-FIT = {"params": MLP, "random_state": 0, "calibration": "temperature", "classifier": "logistic", "C": 0.01}
+FIT = SHIPPED_FIT  # logistic C=0.01, temperature-calibrated
 ROUNDS = (0.25, 0.5, 0.75, 1.0)
 
 
