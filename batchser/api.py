@@ -19,34 +19,12 @@ from typing import Any
 import pandas as pd
 
 from batchser.features import FeatureSpec
+from batchser.locations import default_cache_dir, default_model_path
 from batchser.manifest import Manifest
 from batchser.model import TrainedModel, read_meta
 from batchser.model import load_model as _load_model
 
 __all__ = ["annotate", "annotation_manifest", "default_cache_dir", "default_model_path", "load_model", "train"]
-
-_SHIPPED = "pooled-4emo.skops"
-
-
-def default_model_path() -> Path:
-    """The shipped model: trained on four corpora by ``jobs/train-pooled.yaml``.
-
-    Raises
-    ------
-    FileNotFoundError
-        When batchser runs from an installation without the model file.
-    """
-    path = Path(__file__).resolve().parent / "models" / _SHIPPED  # package data (pyproject.toml)
-    if not path.is_file():
-        raise FileNotFoundError(f"the shipped model {path} is missing from this installation; pass model=")
-    return path
-
-
-def default_cache_dir() -> Path:
-    """The per-user feature cache the Python interface uses when none is given."""
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("batchser")) / "features"
 
 
 def shipped_features() -> list[str]:
@@ -85,6 +63,7 @@ def annotation_manifest(
     n_jobs: int = -1,
     backend: str = "loky",
     allow_empty: bool = False,
+    allow_unlistable: bool = False,
 ) -> Manifest:
     """The manifest of a labelling job over ``inputs`` with a model's own features and classes.
 
@@ -108,6 +87,7 @@ def annotation_manifest(
             "output": {"dir": str(out_dir), "formats": list(formats)},
             "queue": str(Path(out_dir) / ".queue"),  # no capture queue: nothing of the user's is read
             "allow_empty": allow_empty,
+            "allow_unlistable": allow_unlistable,
         }
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import tarfile
 import tempfile
@@ -30,6 +31,8 @@ __all__ = [
     "ARCHIVE_SUFFIXES",
     "IN_MEMORY_BYTES",
     "MAX_MEMBER_BYTES",
+    "MAX_MEMBER_RATIO",
+    "RATIO_CHECK_BYTES",
     "ArchiveError",
     "Member",
     "MemberData",
@@ -44,6 +47,13 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 # The default size limit of a member (a zip bomb, or hours of audio better
 # stored as a plain file); inputs[].max_member_mb changes it.
 MAX_MEMBER_BYTES = 1 << 30
+# The default limit of how many times larger a member is read than packed.
+# Audio deflates by 1.1 to 3 times, long pauses a little more; a member past
+# this is mostly one repeated byte (a zip bomb of silence): refused at discovery
+# before it costs minutes of decoding. inputs[].max_member_ratio changes it.
+MAX_MEMBER_RATIO = 100.0
+# Members smaller than this are read whatever their ratio: they cost little.
+RATIO_CHECK_BYTES = 16 << 20
 # Members up to this size are decoded from memory; larger ones from a temp file.
 IN_MEMORY_BYTES = 64 << 20
 SEPARATOR = "::"
@@ -64,6 +74,14 @@ class Member:
     name: str
     size: int
     link: str = ""  # a tar symbolic or hard link: its target (links are reported, never followed)
+    # Bytes it takes in the archive: a zip records each member's; a compressed
+    # tar only its whole, so each member gets its share of it.
+    packed: int = -1
+
+    @property
+    def ratio(self) -> float:
+        """How many times smaller the member is packed than read (1 when unknown or stored)."""
+        return self.size / self.packed if self.packed > 0 else 1.0
 
 
 _OPEN_ZIPS = 4
@@ -114,13 +132,19 @@ def list_members(path: Path) -> list[Member]:
     try:
         if _is_zip(path):
             with _zip(path) as zf:
-                return [Member(i.filename, i.file_size) for i in zf.infolist() if not i.is_dir()]
+                return [
+                    Member(i.filename, i.file_size, packed=i.compress_size) for i in zf.infolist() if not i.is_dir()
+                ]
         with tarfile.open(path, mode="r:*") as tf:
-            return [
-                Member(m.name, m.size, m.linkname if m.issym() or m.islnk() else "")
-                for m in tf.getmembers()
-                if m.isreg() or m.issym() or m.islnk()
-            ]
+            members = [m for m in tf.getmembers() if m.isreg() or m.issym() or m.islnk()]
+        # A compressed tar's members share its compression: each is charged the
+        # archive's overall ratio (a plain tar stores them: ratio 1).
+        total = sum(m.size for m in members)
+        scale = min(1.0, os.path.getsize(path) / total) if total else 1.0
+        return [
+            Member(m.name, m.size, m.linkname if m.issym() or m.islnk() else "", packed=math.ceil(m.size * scale))
+            for m in members
+        ]
     except _READ_ERRORS as exc:
         raise ArchiveError(f"cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
 

@@ -36,6 +36,9 @@ __all__ = [
 
 SILENCE_DBFS = -100
 SILENCE_PEAK = 10 ** (SILENCE_DBFS / 20)
+# Float files may go past full scale (±1) a little; past this (+80 dBFS) the
+# numbers are broken data or the wrong scale, and every feature would overflow.
+MAX_PEAK = 1e4
 # Outside this range a header's rate is a lie or a corruption, not a recording.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768000
 # Decode in blocks of about 1 Mi samples (4 MiB) whatever the channel count:
@@ -384,10 +387,15 @@ def check_signal(frames: int, peak: float) -> None:
     Raises
     ------
     AudioError
-        No samples, or a peak below ``SILENCE_DBFS``: any emotion label for
-        silence would be a guess, so say so instead.
+        No samples, a peak below ``SILENCE_DBFS`` (any emotion label for
+        silence would be a guess, so say so instead), or one above ``MAX_PEAK``.
     """
     if frames == 0:
         raise AudioError("no audio samples (empty or header-only file)")
     if peak < SILENCE_PEAK:
         raise AudioError(f"silent: peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS, below {SILENCE_DBFS} dBFS")
+    if peak > MAX_PEAK:
+        raise AudioError(
+            f"samples reach {peak:.3g}, far beyond full scale (1.0): a float file holding broken data or samples "
+            "on another scale; rescale it to -1..1 (e.g. sox --norm) to label it"
+        )

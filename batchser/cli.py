@@ -27,6 +27,7 @@ from batchser.job import JobSummary, NoInputError, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
 from batchser.report import ReportError
+from batchser.spool import SpoolError
 
 __all__ = ["main"]
 
@@ -101,6 +102,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         _print_summary(summary)
+    return _exit_code(manifest, summary, allow_hint="allow_unlistable: true in the manifest")
+
+
+def _exit_code(manifest: Manifest, summary: JobSummary, *, allow_hint: str) -> int:
+    """1 when files were left out or failed beyond the job's limit (the reports are written either way)."""
+    if summary.n_unlisted and not manifest.allow_unlistable:
+        shown = ", ".join(summary.unlisted[:5]) + (" …" if summary.n_unlisted > 5 else "")
+        print(
+            f"batchser: {summary.n_unlisted} folder{'s' if summary.n_unlisted > 1 else ''} could not be listed, "
+            f"so the files in them are not in the reports: {shown} (see their rows' error column). "
+            f"Fix their permissions or paths and run again, or accept it with {allow_hint}; the reports are written",
+            file=sys.stderr,
+        )
+        return EXIT_FATAL
     limit = manifest.fail_threshold
     if limit is not None and summary.n_files and summary.n_failed / summary.n_files > limit:
         print(
@@ -203,11 +218,12 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         speaker="folder" if args.speaker_folders else "labels",
         cache=args.cache,
         n_jobs=args.jobs,
+        allow_unlistable=args.allow_unlistable,
     )
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         _print_summary(summary)
-    return EXIT_OK
+    return _exit_code(manifest, summary, allow_hint="--allow-unlistable")
 
 
 INIT_TEMPLATE = """\
@@ -349,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("--cache", help="feature cache folder (default: a per-user cache)")
     ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")
     ann.add_argument("--overwrite", action="store_true", help="replace reports that other inputs wrote in --out")
+    ann.add_argument(
+        "--allow-unlistable",
+        action="store_true",
+        help="exit 0 even when a folder could not be listed (its row in the report still says so)",
+    )
     ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary")
     ann.set_defaults(func=_cmd_annotate)
     ini = sub.add_parser("init", help="write a commented job manifest to start from")
@@ -397,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaptureSetupError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_SETUP
-    except (ModelError, ReportError, CacheError, CaptureError, EngineError, NoInputError) as exc:
+    except (ModelError, ReportError, CacheError, CaptureError, EngineError, NoInputError, SpoolError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt as exc:

@@ -23,9 +23,26 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from batchser.archive import MAX_MEMBER_BYTES, ArchiveError, is_archive, list_members, member_name
+from batchser.archive import (
+    MAX_MEMBER_BYTES,
+    MAX_MEMBER_RATIO,
+    RATIO_CHECK_BYTES,
+    ArchiveError,
+    is_archive,
+    list_members,
+    member_name,
+)
 
-__all__ = ["AUDIO_EXTENSIONS", "SourceFile", "discover", "iter_files"]
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "UNLISTABLE",
+    "SourceFile",
+    "archives_under",
+    "discover",
+    "is_pattern",
+    "iter_files",
+    "pattern_matches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +50,11 @@ AUDIO_EXTENSIONS = frozenset(
     {f".{k.lower()}" for k in sf.available_formats()}
     | {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf"}
 ) - {".raw"}  # headerless PCM cannot be told from any other bytes
+
+
+# The error of a folder that could not be listed (no permission, a path over
+# the OS limit, an I/O error): one row in the reports stands for its unseen files.
+UNLISTABLE = "cannot list this folder"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,33 +110,45 @@ def _listing(folder: str) -> list[tuple[str, bool]]:
     depth first yields exactly ``sorted()`` of the full paths: a million-file
     tree streams in order without a list of it. Hidden folders and linked
     folders are left out (a link loop cannot trap us); linked files stay.
+
+    Raises
+    ------
+    OSError
+        When the folder cannot be listed.
     """
-    try:
-        with os.scandir(folder) as it:
-            entries = []
-            for e in it:
-                try:
-                    is_dir = e.is_dir()
-                    if is_dir and (e.is_symlink() or e.name.startswith(".")):
-                        continue
-                except OSError:
-                    is_dir = False
-                entries.append((e.name + "/" if is_dir else e.name, is_dir))
-    except OSError as err:
-        log.warning("cannot list %s: %s", folder, err.strerror)
-        return []
+    with os.scandir(folder) as it:
+        entries = []
+        for e in it:
+            try:
+                is_dir = e.is_dir()
+                if is_dir and (e.is_symlink() or e.name.startswith(".")):
+                    continue
+            except OSError:
+                is_dir = False
+            entries.append((e.name + "/" if is_dir else e.name, is_dir))
     entries.sort()
     return [(key[:-1] if is_dir else key, is_dir) for key, is_dir in entries]
 
 
-def _walk(root: str) -> Iterator[str]:
-    """Files under ``root`` in the order of their full paths, one folder's listing in memory per level."""
-    for name, is_dir in _listing(root):
+def _unlistable(folder: str, err: OSError) -> str:
+    log.warning("cannot list %s: %s", folder, err.strerror or err)
+    return f"{UNLISTABLE}: {err.strerror or err}; the files in it are not in this job"
+
+
+def _walk(root: str) -> Iterator[tuple[str, str]]:
+    """(path, "") of the files under ``root`` in the order of their full paths, one folder's listing
+    in memory per level; (folder, why) in its place for a folder that cannot be listed."""
+    try:
+        listing = _listing(root)
+    except OSError as err:
+        yield root, _unlistable(root, err)
+        return
+    for name, is_dir in listing:
         path = os.path.join(root, name)
         if is_dir:
             yield from _walk(path)
         else:
-            yield path
+            yield path, ""
 
 
 def _stat(path: str, index: int) -> SourceFile | None:
@@ -128,7 +162,7 @@ def _stat(path: str, index: int) -> SourceFile | None:
     return SourceFile(Path(path), index, st.st_size, st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 
 
-def _members(path: str, index: int, max_member_bytes: int) -> Iterator[SourceFile]:
+def _members(path: str, index: int, max_member_bytes: int, max_ratio: float) -> Iterator[SourceFile]:
     rec = _stat(os.path.abspath(path), index)
     if rec is None or rec.error:
         if rec is not None:
@@ -148,22 +182,51 @@ def _members(path: str, index: int, max_member_bytes: int) -> Iterator[SourceFil
                 f"archive member of {m.size / 2**20:.0f} MiB, over the input's limit of "
                 f"{max_member_bytes / 2**20:.0f} MiB (raise inputs[].max_member_mb, or extract it)"
             )
+        elif m.size > RATIO_CHECK_BYTES and m.ratio > max_ratio:
+            error = (
+                f"archive member of {m.size / 2**20:.0f} MiB packed into {m.packed / 2**20:.2f} MiB "
+                f"({m.ratio:.0f} times smaller, over the input's limit of {max_ratio:g}): audio does not "
+                "compress like that, so it is mostly one repeated value (silence); raise "
+                "inputs[].max_member_ratio to read it anyway"
+            )
         yield SourceFile(rec.path, index, m.size, rec.mtime_ns, error, member=m.name, ctime_ns=rec.ctime_ns)
 
 
-def _expand(path: Path) -> Iterator[tuple[str, bool]]:
+def is_pattern(path: Path | str) -> bool:
+    """Whether an input is a glob pattern: it has ``*?[`` and no file or folder has that very name.
+
+    An existing path is always literal (``take[1]/`` is that folder, not
+    ``take1/``); :func:`iter_files` warns when both readings would find files.
+    """
     text = str(path)
-    if glob.has_magic(text):
+    return glob.has_magic(text) and not os.path.lexists(text)
+
+
+def pattern_matches(pattern: Path | str) -> bool:
+    """Whether a glob pattern (:func:`is_pattern`) matches any path, read as discovery reads it."""
+    return next((p for p, _, error in _glob(str(pattern)) if not error), None) is not None
+
+
+def _expand(path: Path) -> Iterator[tuple[str, bool, str]]:
+    text = str(path)
+    if is_pattern(text):
         yield from _glob(text)
-    elif path.is_dir():
-        yield from ((p, False) for p in _walk(os.path.abspath(text)))
+        return
+    if glob.has_magic(text) and any(os.path.abspath(m) != os.path.abspath(text) for m in glob.iglob(text)):
+        log.warning(
+            "input %s exists and is read as that path; as a glob pattern it would also match other paths "
+            "(escape the brackets, e.g. [[] for [, to make a pattern of it on purpose)",
+            text,
+        )
+    if path.is_dir():
+        yield from ((p, False, err) for p, err in _walk(os.path.abspath(text)))
     elif path.exists() or path.is_symlink():
-        yield text, True
+        yield text, True, ""
     else:
         raise FileNotFoundError(f"input {text} does not exist")
 
 
-def _glob(pattern: str) -> Iterator[tuple[str, bool]]:
+def _glob(pattern: str) -> Iterator[tuple[str, bool, str]]:
     """A glob's files in path order, streamed: a folder it matches stands for every file under it.
 
     ``glob.iglob`` yields in directory order, so its matches would have to be
@@ -174,20 +237,31 @@ def _glob(pattern: str) -> Iterator[tuple[str, bool]]:
     can lie under. A matched archive is opened like a named one.
     """
     parts = pattern.split(os.sep)
-    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    # The walk starts below the longest leading run of folders that exist as
+    # written: ``take[1]/*.wav`` lists the folder ``take[1]``, as the path says.
+    first = 0
+    while first < len(parts) - 1 and (
+        not glob.has_magic(parts[first]) or os.path.isdir(os.sep.join(parts[: first + 1]) or os.sep)
+    ):
+        first += 1
     base = os.sep.join(parts[:first]) or os.sep
     if os.path.isdir(base):
         yield from _glob_walk(os.path.abspath(base), [], parts[first:])
 
 
-def _glob_walk(folder: str, rel: list[str], pats: list[str]) -> Iterator[tuple[str, bool]]:
-    for name, is_dir in _listing(folder):
+def _glob_walk(folder: str, rel: list[str], pats: list[str]) -> Iterator[tuple[str, bool, str]]:
+    try:
+        listing = _listing(folder)
+    except OSError as err:
+        yield folder, False, _unlistable(folder, err)
+        return
+    for name, is_dir in listing:
         path, comps = os.path.join(folder, name), [*rel, name]
         if _glob_match(pats, comps):
             if is_dir:
-                yield from ((p, False) for p in _walk(path))
+                yield from ((p, False, err) for p, err in _walk(path))
             else:
-                yield path, is_archive(path)
+                yield path, is_archive(path), ""
         elif is_dir and _glob_prefix(pats, comps):
             yield from _glob_walk(path, comps, pats)
 
@@ -215,15 +289,39 @@ def _glob_prefix(pats: list[str], comps: list[str]) -> bool:
     return _glob_name(pats[0], comps[0]) and _glob_prefix(pats[1:], comps[1:])
 
 
+def archives_under(paths: Sequence[Path], *, limit: int = 10) -> list[Path]:
+    """Up to ``limit`` zip/tar archives inside the folders among ``paths`` (which discovery does not open)."""
+    found: list[Path] = []
+    for root in paths:
+        if not root.is_dir():
+            continue
+        for path, error in _walk(os.path.abspath(root)):
+            if not error and is_archive(path):
+                found.append(Path(path))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
 def discover(
-    paths: Sequence[Path], *, max_member_bytes: Sequence[int] | None = None, progress: bool = False
+    paths: Sequence[Path],
+    *,
+    max_member_bytes: Sequence[int] | None = None,
+    max_member_ratio: Sequence[float] | None = None,
+    progress: bool = False,
 ) -> list[SourceFile]:
     """Files under each input path, sorted by path, each listed once: ``list(iter_files(...))``."""
-    return list(iter_files(paths, max_member_bytes=max_member_bytes, progress=progress))
+    return list(
+        iter_files(paths, max_member_bytes=max_member_bytes, max_member_ratio=max_member_ratio, progress=progress)
+    )
 
 
 def iter_files(
-    paths: Sequence[Path], *, max_member_bytes: Sequence[int] | None = None, progress: bool = False
+    paths: Sequence[Path],
+    *,
+    max_member_bytes: Sequence[int] | None = None,
+    max_member_ratio: Sequence[float] | None = None,
+    progress: bool = False,
 ) -> Iterator[SourceFile]:
     """Files under each input path, in the order of their names, each once, as they are found.
 
@@ -237,6 +335,10 @@ def iter_files(
     max_member_bytes : sequence of int or None
         Per path, the largest archive member read; larger ones are listed
         with an error. None: :data:`~batchser.archive.MAX_MEMBER_BYTES`.
+    max_member_ratio : sequence of float or None
+        Per path, how many times larger than packed an archive member may be
+        read (past :data:`~batchser.archive.RATIO_CHECK_BYTES`); others are
+        listed with an error. None: :data:`~batchser.archive.MAX_MEMBER_RATIO`.
     progress : bool
         Count the entries looked at on a tqdm bar (stderr): a tree of 100,000
         files takes a while to list and probe.
@@ -254,12 +356,13 @@ def iter_files(
     """
     bar = tqdm(desc="discovering", unit=" files", disable=not progress, dynamic_ncols=True, mininterval=0.5)
     limits = [MAX_MEMBER_BYTES] * len(paths) if max_member_bytes is None else max_member_bytes
+    ratios = [MAX_MEMBER_RATIO] * len(paths) if max_member_ratio is None else max_member_ratio
     for root in paths:
-        if not glob.has_magic(str(root)) and not (root.exists() or root.is_symlink()):
+        if not is_pattern(root) and not os.path.lexists(root):
             raise FileNotFoundError(f"input {root} does not exist")
     # Each input's files come sorted; merging them keeps the order, and ties
     # (one file under two inputs) come first from the first input.
-    streams = [_found(root, index, bar, limits[index]) for index, root in enumerate(paths)]
+    streams = [_found(root, index, bar, limits[index], ratios[index]) for index, root in enumerate(paths)]
     last = None
     with bar:
         for key, rec in heapq.merge(*streams, key=lambda item: item[0]):
@@ -268,12 +371,20 @@ def iter_files(
                 yield rec
 
 
-def _found(root: Path, index: int, bar: tqdm, max_member_bytes: int) -> Iterator[tuple[str, SourceFile]]:
+def _found(
+    root: Path, index: int, bar: tqdm, max_member_bytes: int, max_ratio: float
+) -> Iterator[tuple[str, SourceFile]]:
     """(name, file) of one input, in name order."""
-    for path, explicit in _expand(root):
+    for path, explicit, error in _expand(root):
         bar.update()
+        if error:  # a folder that could not be listed: a row says so, where its files would sort
+            key = os.path.abspath(path)
+            yield os.path.join(key, ""), SourceFile(Path(key), index, -1, -1, error)
+            continue
         if explicit and is_archive(path):  # its members, listed and sorted in memory
-            yield from sorted(((rec.name, rec) for rec in _members(path, index, max_member_bytes)), key=lambda t: t[0])
+            yield from sorted(
+                ((rec.name, rec) for rec in _members(path, index, max_member_bytes, max_ratio)), key=lambda t: t[0]
+            )
             continue
         key = os.path.abspath(path)
         # stat before any probe: opening a FIFO named like audio would block forever.

@@ -179,11 +179,21 @@ def _analyse_windows(
     """Each window's vector and voiced flag over ``chunks``, a stream beginning at sample ``start``."""
     sr = spec.sample_rate
     sliding = SlidingExtractor(spec)  # overlapping windows share their common frames
+    # A window of one constant value (digital silence, a stuck converter) has the
+    # same vector wherever it stands: computed once. Hours of zeros padded into
+    # a file (or a zip bomb of them) then cost a min and a max per window.
+    constant: dict[tuple[float, int], np.ndarray] = {}
     starts, ends, voiced, vectors = [], [], [], []
     for rel, samples in windows(chunks, sample_rate=sr, window_s=seg.window_s, hop_s=seg.hop_s, min_tail_s=min_tail_s):
         if samples.size < spec.n_fft:
             continue
-        vectors.append(sliding.extract(start + rel, samples))
+        if samples[0] == samples.min() == samples.max():
+            key = (float(samples[0]), samples.size)
+            if key not in constant:
+                constant[key] = sliding.extract(start + rel, samples)
+            vectors.append(constant[key])
+        else:
+            vectors.append(sliding.extract(start + rel, samples))
         starts.append((start + rel) / sr)
         ends.append((start + rel + samples.size) / sr)
         voiced.append(is_voiced(samples, sample_rate=sr, voiced_db=seg.voiced_db, fraction=seg.voiced_fraction))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,16 +23,60 @@ from batchser.cache import FeatureStore, FileChangedError, hash_file
 from batchser.discover import SourceFile
 from batchser.engine import CHANGED, VANISHED
 
-__all__ = ["content_hashes", "display_path", "progress_bar", "text_path"]
+__all__ = ["content_hashes", "display_path", "path_from_text", "progress_bar", "text_path"]
+
+
+# What a report path escapes: the backslash itself (so that every escape is
+# unambiguous), C0 controls and DEL (a carriage return would split a CSV line;
+# an ESC would drive a terminal), and the lone surrogates that stand for bytes
+# that are not UTF-8.
+_ESCAPED = re.compile(r"[\\\x00-\x1f\x7f\udc80-\udcff]")
+_ESCAPE = re.compile(r"\\(\\|x([0-9a-f]{2}))")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    if c == "\\":
+        return "\\\\"
+    code = ord(c)
+    return f"\\x{code - 0xDC00 if code >= 0xDC80 else code:02x}"
 
 
 def text_path(path: Path | str) -> str:
-    """A path as valid UTF-8 text: undecodable name bytes become ``\\xNN`` escapes.
+    """A file name as one line of valid UTF-8 text, one-to-one with the name's bytes.
 
-    Parquet, CSV and JSON need real Unicode; Python keeps such bytes as lone
-    surrogates, which cannot be encoded.
+    Bytes that are not UTF-8, control characters and DEL become ``\\xNN``
+    escapes and a backslash becomes ``\\\\``, so two names never show alike:
+    the byte 0xFF shows as ``x\\xff.wav``, a name written with a backslash
+    and ``xff`` as ``x\\\\xff.wav``. :func:`path_from_text` inverts it.
+    (Parquet, CSV and JSON need real Unicode; Python keeps undecodable bytes
+    as lone surrogates, which cannot be encoded.)
     """
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    text = os.fsdecode(os.fsencode(path))
+    if "\\" not in text and text.isprintable():
+        return text  # nearly every name: nothing to escape
+    return _ESCAPED.sub(_escape, text)
+
+
+def path_from_text(text: str) -> bytes:
+    """The file name's bytes from a report path written by :func:`text_path`.
+
+    Raises
+    ------
+    ValueError
+        When ``text`` holds a backslash that starts no escape :func:`text_path` writes.
+    """
+    out = bytearray()
+    pos = 0
+    for m in [*_ESCAPE.finditer(text), None]:
+        plain = text[pos : m.start() if m else len(text)]
+        if "\\" in plain:
+            raise ValueError(f"{text!r} is not a report path: a backslash must start \\\\ or \\xNN")
+        out += plain.encode("utf-8")
+        if m:
+            out += b"\\" if m.group(1) == "\\" else bytes([int(m.group(2), 16)])
+            pos = m.end()
+    return bytes(out)
 
 
 def display_path(source: SourceFile, root: str) -> str:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from batchser.archive import MAX_MEMBER_BYTES
+from batchser.archive import MAX_MEMBER_BYTES, MAX_MEMBER_RATIO
 from batchser.cache import FeatureStore
-from batchser.discover import SourceFile, iter_files
+from batchser.discover import SourceFile, archives_under, iter_files
 from batchser.features import FeatureSpec
 from batchser.featurize import Executors, file_features
 from batchser.hashing import progress_bar
@@ -222,11 +222,12 @@ def _list_files(
     limits = [round(i.max_member_mb * 2**20) for i in manifest.inputs] + [MAX_MEMBER_BYTES] * (
         len(paths) - len(manifest.inputs)
     )
+    ratios = [i.max_member_ratio for i in manifest.inputs] + [MAX_MEMBER_RATIO] * (len(paths) - len(manifest.inputs))
     coverage = _Coverage(manifest, label_fns)
     queued: list[SourceFile] = []
     files: list[SourceFile] = []
     labels: list[Label] = []
-    for f in iter_files(paths, max_member_bytes=limits, progress=progress):
+    for f in iter_files(paths, max_member_bytes=limits, max_member_ratio=ratios, progress=progress):
         label = label_fns[f.input_index](Path(f.name) if f.member else f.path)
         coverage.add(f, label)
         files.append(f)
@@ -387,9 +388,17 @@ def _run(
         log.info("%s: %d files discovered", manifest.name, n)
         if not n and not (manifest.allow_empty or allow_empty):
             where = ", ".join(str(manifest.resolve(i.path)) for i in manifest.inputs)
+            archives = archives_under(paths[: len(manifest.inputs)])
+            hint = (
+                f" It holds archives ({', '.join(str(a) for a in archives[:3])}{' …' if len(archives) > 3 else ''}):"
+                " archives inside a folder are not opened; name them as inputs to label their audio "
+                f"(for example {Path(where.split(', ')[0]) / '*.zip'})."
+                if archives
+                else ""
+            )
             raise NoInputError(
                 f"no audio files found in {where}; nothing was labelled and the reports in {manifest.output_dir} "
-                "are left as they were. Check the path (an unmounted share? an empty folder?), or set "
+                f"are left as they were.{hint} Check the path (an unmounted share? an empty folder?), or set "
                 "allow_empty: true in the manifest to write empty reports"
             )
         clock.lap("discover")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.json_schema import SkipJsonSchema
 
 from batchser.features import FEATURE_DIMS, OPENSMILE_GROUPS, opensmile_version
+from batchser.locations import default_model_path
 
 __all__ = ["Manifest", "ManifestError", "load_manifest", "parse_manifest"]
 
@@ -117,6 +118,10 @@ class InputSpec(_Strict):
     # (a zip bomb, or hours of audio better kept as a plain file). Members over
     # 64 MiB are decoded from a temporary file, so memory does not grow with it.
     max_member_mb: float = Field(default=1024, gt=0, le=1 << 20)
+    # Archive members over 16 MiB read more than this many times larger than
+    # they are packed get an error row: audio never compresses so far, so such
+    # a member is mostly silence (a zip bomb would cost minutes of decoding).
+    max_member_ratio: float = Field(default=100.0, ge=1)
 
     @field_validator("labels")
     @classmethod
@@ -281,6 +286,10 @@ class Manifest(_Strict):
     # A run that finds no audio is an error (and leaves earlier reports alone);
     # true writes empty reports instead, for inputs that are empty on purpose.
     allow_empty: bool = False
+    # A folder under an input that cannot be listed (permissions, a path over
+    # the OS limit, an I/O error) gets an error row and makes the job exit 1
+    # after writing its reports; true accepts such folders (the row stays).
+    allow_unlistable: bool = False
     # Set by load_manifest: the folder the manifest file is in, and the file.
     base_dir: SkipJsonSchema[Annotated[Path, Field(exclude=True)]] = Path()
     manifest_file: SkipJsonSchema[Annotated[Path | None, Field(exclude=True)]] = None
@@ -396,8 +405,6 @@ class Manifest(_Strict):
     @property
     def model_path(self) -> Path:
         if self.model.path is None:
-            from batchser.api import default_model_path  # here: api imports this module
-
             return default_model_path()
         return self.resolve(self.model.path)
 
@@ -546,8 +553,6 @@ def _model_defaults(data: dict[str, Any], *, base_dir: Path) -> tuple[dict[str, 
     where = model.get("path")
     try:
         if where is None:
-            from batchser.api import default_model_path
-
             path = default_model_path()
         else:
             root = data.get("root", ".")

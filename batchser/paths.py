@@ -8,13 +8,12 @@ label file, the model it labels with, the manifest itself).
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from batchser.discover import AUDIO_EXTENSIONS
+from batchser.discover import AUDIO_EXTENSIONS, is_pattern, pattern_matches
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
 
@@ -52,7 +51,7 @@ def _read_files(manifest: Manifest) -> Iterator[tuple[str, Path]]:
         yield "the manifest", manifest.manifest_file
     for i, inp in enumerate(manifest.inputs):
         p = manifest.resolve(inp.path)
-        if not glob.has_magic(str(p)) and not p.is_dir():
+        if not is_pattern(p) and not p.is_dir():
             yield f"inputs[{i}].path", p
         if inp.label_file is not None:
             yield f"inputs[{i}].labels", manifest.resolve(inp.label_file)
@@ -68,7 +67,12 @@ def _write_conflicts(manifest: Manifest) -> list[str]:
         writes += [("model.path", p) for p in model_files(manifest.model_path)]
     in_dirs = [(i, _real(manifest.resolve(inp.path))) for i, inp in enumerate(manifest.inputs)]
     in_dirs = [(i, d) for i, d in in_dirs if os.path.isdir(d)]
-    problems = []
+    problems = [
+        f"output.dir: {manifest.output_dir} is the folder inputs[{i}].path reads; "
+        "give the reports a folder of their own (for example a 'reports' folder beside it)"
+        for i, d in in_dirs
+        if _real(manifest.output_dir) == d
+    ]
     for field, w in writes:
         rw = _real(w)
         if os.path.splitext(rw)[1].lower() in AUDIO_EXTENSIONS and os.path.exists(rw):
@@ -107,8 +111,8 @@ def check_manifest_paths(manifest: Manifest) -> None:
     problems = []
     for i, inp in enumerate(manifest.inputs):
         p = manifest.resolve(inp.path)
-        if glob.has_magic(str(p)):
-            if next(glob.iglob(str(p), recursive=True), None) is None:
+        if is_pattern(p):
+            if not pattern_matches(p):
                 problems.append(f"inputs[{i}].path: the pattern {p} matches nothing; check it for typos")
         elif not (p.exists() or p.is_symlink()):
             problems.append(
@@ -126,7 +130,14 @@ def check_manifest_paths(manifest: Manifest) -> None:
     if manifest.engine.backend == "dask" and importlib.util.find_spec("distributed") is None:
         problems.append("engine.backend: dask needs dask.distributed; install it with pip install 'batchser[dask]'")
     if not manifest.model.train and not manifest.model_path.is_file():
-        what = "is a folder, not a model file" if manifest.model_path.is_dir() else "does not exist"
+        mp = manifest.model_path
+        what = (
+            "is a folder, not a model file"
+            if mp.is_dir()
+            else "is not a regular file (a pipe or a device)"
+            if mp.exists()
+            else "does not exist"
+        )
         problems.append(
             f"model.path: {manifest.model_path} {what}; point it at a trained model or set model.train: true"
         )

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchser.atomic import atomic_path, atomic_write_bytes, atomic_write_text, fsync_dir
-from batchser.pids import pid_alive
+from batchser.pids import OWNER_FILE, OwnerLock, owner_state
 
 __all__ = [
     "ReportError",
@@ -39,12 +40,14 @@ __all__ = [
     "TableWriter",
     "annotations_table",
     "file_digests",
+    "read_csv_report",
     "recover_reports",
     "segments_table",
     "write_annotations",
     "write_confusion_png",
     "write_json",
     "write_reliability_png",
+    "writing_now",
 ]
 
 
@@ -88,8 +91,8 @@ def recover_reports(out_dir: Path) -> None:
         return
     for entry in out_dir.iterdir():
         if entry.name.startswith(_STAGING) and entry.is_dir():
-            if _owner_alive(entry.name):
-                continue  # another job on this host is writing right now
+            if owner_state(entry) != "dead":
+                continue  # another job is writing right now (or may be: never remove what may be alive)
             if (entry / _COMMIT).is_file():
                 log.warning("completing the reports an interrupted job was moving into %s", out_dir)
                 _finish(entry, out_dir)
@@ -99,11 +102,13 @@ def recover_reports(out_dir: Path) -> None:
             entry.unlink(missing_ok=True)
 
 
-def _owner_alive(name: str) -> bool:
-    pid = name.removeprefix(_STAGING).split("-", 1)[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
+def writing_now(out_dir: Path) -> bool:
+    """Whether a job that may be alive has a staging folder in ``out_dir`` (it is writing reports there)."""
+    try:
+        entries = list(out_dir.iterdir())
+    except OSError:
         return False
-    return pid_alive(int(pid))
+    return any(e.name.startswith(_STAGING) and e.is_dir() and owner_state(e) != "dead" for e in entries)
 
 
 def file_digests(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
@@ -128,15 +133,18 @@ class ReportSet:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self.stage = out_dir / f"{_STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lock = OwnerLock(self.stage)
 
     def __enter__(self) -> ReportSet:
         with _clear_errors(self.out_dir):
             self.out_dir.mkdir(parents=True, exist_ok=True)
             recover_reports(self.out_dir)
             self.stage.mkdir()
+            self._lock.acquire()  # held until the set is committed or dropped: other jobs leave it alone
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._lock.release()
         shutil.rmtree(self.stage, ignore_errors=True)
 
     def commit(self, *, drop: Sequence[str] = ()) -> list[Path]:
@@ -145,7 +153,7 @@ class ReportSet:
         ``drop`` names files of an earlier set that this one does not have
         (``segments.*`` when no file was long): removed with the same commit.
         """
-        names = sorted(p.name for p in self.stage.iterdir() if p.name != _COMMIT)
+        names = sorted(p.name for p in self.stage.iterdir() if p.name not in (_COMMIT, OWNER_FILE))
         names.sort(key=lambda n: n == _SUMMARY)  # stable: summary.json last
         drop = [n for n in drop if n not in names]
         with _clear_errors(self.out_dir):
@@ -251,6 +259,46 @@ def _table(columns: dict[str, Any]) -> pa.Table:
     )
 
 
+# A CSV cell starting with one of these is read as a formula by spreadsheets
+# (OWASP's CSV injection list); "'" is in it so that the guard can be undone.
+_FORMULA_START = r"^[=+\-@\t\r']"
+
+
+def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells as a spreadsheet should see them: never a formula, never a line break.
+
+    A cell starting with ``= + - @``, a tab or ``'`` gets a leading ``'``
+    (:func:`read_csv_report` removes it). Line breaks inside messages become
+    spaces: Python's csv writer leaves a lone carriage return unquoted, and
+    readers split the row there. Report paths hold none (``text_path``
+    escapes them). The Parquet keeps every value as it is.
+    """
+    for col in df.columns:
+        if not pd.api.types.is_string_dtype(df[col].dtype):
+            continue
+        cells = df[col]
+        text = cells.notna()
+        if not text.any():
+            continue
+        cells = cells.where(~text, cells.str.replace(r"[\r\n]+", " ", regex=True))
+        guard = cells.str.contains(_FORMULA_START, regex=True, na=False)
+        if guard.any():
+            cells = cells.where(~guard, "'" + cells.astype(str))
+        df[col] = cells
+    return df
+
+
+def read_csv_report(path: Path) -> pd.DataFrame:
+    """A CSV report read back as written: the formula guard of :func:`_csv_safe` removed."""
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for col in df.columns:
+        if pd.api.types.is_string_dtype(df[col].dtype):
+            guarded = df[col].str.startswith("'", na=False)
+            if guarded.any():
+                df[col] = df[col].where(~guarded, df[col].str.slice(1))
+    return df
+
+
 def _csv_chunk(fh: Any, table: pa.Table, *, header: bool, rows_per_chunk: int = 4096) -> None:
     # pandas' CSV writer (6 significant digits, nulls as empty cells), a chunk of
     # rows at a time: the text of a whole large report at once would cost 1 KB per
@@ -258,7 +306,9 @@ def _csv_chunk(fh: Any, table: pa.Table, *, header: bool, rows_per_chunk: int = 
     # the same bytes, measured: 3 s more for a million-file job, which spends far
     # longer decoding.
     for i, batch in enumerate(table.to_batches(max_chunksize=rows_per_chunk)):
-        batch.to_pandas().to_csv(fh, index=False, header=header and i == 0, float_format="%.6g", lineterminator="\n")
+        _csv_safe(batch.to_pandas()).to_csv(
+            fh, index=False, header=header and i == 0, float_format="%.6g", lineterminator="\n"
+        )
 
 
 def _write_csv(table: pa.Table, path: Path, *, rows_per_chunk: int = 4096) -> None:

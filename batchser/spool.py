@@ -25,12 +25,33 @@ import pyarrow.parquet as pq
 from batchser.cache import FeatureRecord
 from batchser.discover import SourceFile
 from batchser.labels import Label
-from batchser.pids import pid_alive
+from batchser.pids import OwnerLock, owner_state
 from batchser.predict import FileOutcome
 
-__all__ = ["Listed", "Spool", "listed_table", "work_folder"]
+__all__ = ["Listed", "Spool", "SpoolError", "listed_table", "work_folder"]
 
 _WORK = "batchser-job-"
+
+
+class SpoolError(RuntimeError):
+    """The job's temporary folder (in TMPDIR) cannot be written: full, read-only or missing."""
+
+
+def _tmpdir_advice(root: Path, exc: OSError) -> str:
+    return (
+        f"cannot write the job's temporary files in {root} (TMPDIR): {exc.strerror or exc}. "
+        "A job keeps about 1 KB per file there while it runs; free space there, or point TMPDIR "
+        "at a folder with room (TMPDIR=/path/with/space batchser ...). Nothing was written to the reports"
+    )
+
+
+@contextlib.contextmanager
+def _tmp_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:  # pyarrow's ArrowIOError is one too
+        raise SpoolError(_tmpdir_advice(path.parent.parent, exc)) from None
+
 
 _SCHEMA = pa.schema(
     [
@@ -161,20 +182,23 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(path, _SCHEMA, compression="zstd")
+        with _tmp_errors(path):
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(path, _SCHEMA, compression="zstd")
         self._rows = 0
 
     def append(self, table: pa.Table) -> None:
         if self._writer is None:
             raise RuntimeError(f"spool {self.path} is closed")
         if table.num_rows:
-            self._writer.write_table(table)
+            with _tmp_errors(self.path):
+                self._writer.write_table(table)
             self._rows += table.num_rows
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            with _tmp_errors(self.path):
+                writer.close()
 
     def __len__(self) -> int:
         return self._rows
@@ -201,14 +225,19 @@ class Spool:
 def work_folder() -> Iterator[Path]:
     """A job's temporary folder for its spools (in TMPDIR), removed when the job ends.
 
-    Named ``batchser-job-<pid>-…``: the folders of jobs that were killed
-    (``kill -9`` leaves them) are removed by the next job on the host.
+    Named ``batchser-job-…`` and guarded by an :class:`~batchser.pids.OwnerLock`:
+    the folders of jobs that were killed (``kill -9`` leaves them) are removed
+    by the next job that shares TMPDIR, from any host or container; a live
+    job's folder is never touched.
     """
     root = Path(tempfile.gettempdir())
     with contextlib.suppress(OSError):
         for entry in root.iterdir():
-            pid = entry.name.removeprefix(_WORK).split("-", 1)[0]
-            if entry.name.startswith(_WORK) and pid.isdigit() and not pid_alive(int(pid)):
+            if entry.name.startswith(_WORK) and entry.is_dir() and owner_state(entry) == "dead":
                 shutil.rmtree(entry, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix=f"{_WORK}{os.getpid()}-") as folder:
-        yield Path(folder)
+    try:
+        folder = tempfile.TemporaryDirectory(prefix=f"{_WORK}{os.getpid()}-")
+    except OSError as exc:
+        raise SpoolError(_tmpdir_advice(root, exc)) from None
+    with folder as name, OwnerLock(Path(name)):
+        yield Path(name)

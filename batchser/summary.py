@@ -22,10 +22,12 @@ import numpy as np
 # instead of in whichever stage converts first, so stage timings stay comparable.
 import pandas
 
+from batchser.discover import UNLISTABLE
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel
+from batchser.paths import report_files
 from batchser.predict import domain_summary
-from batchser.report import ReportRow, file_digests, write_json
+from batchser.report import ReportRow, file_digests, read_csv_report, recover_reports, write_json, writing_now
 
 __all__ = ["MAX_FAILURES_LISTED", "JobSummary", "StageClock", "Tally", "check_output_owner", "write_summary"]
 
@@ -40,6 +42,9 @@ class JobSummary:
     n_extracted: int = 0
     n_failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # Folders that could not be listed (their files are missing from the job): how many, and the first ones.
+    n_unlisted: int = 0
+    unlisted: list[str] = field(default_factory=list)
     label_counts: dict[str, int] = field(default_factory=dict)
     reports: list[Path] = field(default_factory=list)
     model_id: str = ""
@@ -64,7 +69,7 @@ class JobSummary:
         if f"{name}.parquet" in written:
             return pandas.read_parquet(written[f"{name}.parquet"]).set_index("path")
         if f"{name}.csv" in written:
-            return pandas.read_csv(written[f"{name}.csv"]).set_index("path")
+            return read_csv_report(written[f"{name}.csv"]).set_index("path")
         raise FileNotFoundError(f"job {self.name} wrote no {name} report (it wrote {', '.join(written) or 'none'})")
 
 
@@ -86,6 +91,7 @@ class Tally:
     def __init__(self, summary: JobSummary) -> None:
         self.summary = summary
         summary.n_files, summary.n_failed, summary.failures, summary.label_counts = 0, 0, [], {}
+        summary.n_unlisted, summary.unlisted = 0, []
         self.labels: Counter[str] = Counter()
         self.distances = array("d")  # 8 bytes per labelled file, for the median
 
@@ -100,6 +106,10 @@ class Tally:
                 s.n_failed += 1
                 if len(s.failures) < MAX_FAILURES_LISTED:
                     s.failures.append((r.path, r.error))
+                if r.error.startswith(UNLISTABLE):
+                    s.n_unlisted += 1
+                    if len(s.unlisted) < MAX_FAILURES_LISTED:
+                        s.unlisted.append(r.path)
 
     def finish(self, model: TrainedModel) -> None:
         self.summary.label_counts = dict(self.labels.most_common())
@@ -121,6 +131,7 @@ def write_summary(
             "from_cache": s.n_cached,
             "extracted": s.n_extracted,
             "failed": s.n_failed,
+            "unlisted_folders": {"count": s.n_unlisted, "first": s.unlisted},
             "labels": s.label_counts,
             "model": model_id,
             "feature_fingerprint": features,
@@ -133,27 +144,63 @@ def write_summary(
 
 
 def check_output_owner(manifest: Manifest) -> None:
-    """Refuse to replace reports another set of inputs wrote (``summary.json``'s job fingerprint).
+    """Refuse to replace files in ``output.dir`` that this job did not write.
+
+    A report file (any name the job may write) may be replaced without
+    ``--overwrite`` only when ``summary.json`` there is batchser's, carries
+    this job's fingerprint and lists that file at its current size: a
+    hand-written ``annotations.csv``, a ``summary.json`` that is not
+    batchser's, a report edited since, another job's reports and a set
+    another job is writing right now are all refused. A set a killed job was
+    moving into place is completed first, so it counts as that job's.
 
     Raises
     ------
     ManifestError
-        Naming the other job, its inputs, and the two fixes.
+        Naming the files, whose they are, and the two fixes.
     """
-    summary = manifest.output_dir / "summary.json"
-    try:
-        previous = json.loads(summary.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # no reports yet (or none batchser can read: nothing of a job to protect)
-    theirs = previous.get("job_fingerprint")
-    if theirs is None or theirs == manifest.fingerprint():
+    out = manifest.output_dir
+    where = str(manifest.manifest_file or manifest.name)
+    fix = "set output.dir to a folder of this job's own, or pass --overwrite to replace them"
+    if not out.is_dir():
         return
-    inputs = ", ".join(previous.get("inputs", [])) or "unknown"
-    raise ManifestError(
-        str(manifest.manifest_file or manifest.name),
-        [
-            f"output.dir: {manifest.output_dir} holds the reports of another job ({previous.get('job')!r}, "
-            f"inputs {inputs}); set output.dir to a folder of this job's own (or leave it out: "
-            "result/reports/<manifest name>), or pass --overwrite to replace them"
-        ],
-    )
+    recover_reports(out)
+    if writing_now(out):
+        raise ManifestError(where, [f"output.dir: another job is writing reports into {out} right now; {fix}"])
+    present = [p for p in report_files(manifest) if p.is_file() or p.is_symlink()]
+    if not present:
+        return
+    try:
+        previous = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        theirs = previous["job_fingerprint"]
+        listed = {name: int(d["bytes"]) for name, d in previous.get("reports", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        previous, theirs, listed = None, None, {}
+    if previous is not None and theirs != manifest.fingerprint():
+        inputs = ", ".join(previous.get("inputs", [])) or "unknown"
+        raise ManifestError(
+            where,
+            [f"output.dir: {out} holds the reports of another job ({previous.get('job')!r}, inputs {inputs}); {fix}"],
+        )
+    foreign = []
+    for p in present:
+        if p.name == "summary.json":
+            if previous is None:
+                foreign.append(p.name)
+        elif p.is_symlink() or previous is None or ("reports" in previous and listed.get(p.name) != _size(p)):
+            foreign.append(p.name)
+    if foreign:
+        raise ManifestError(
+            where,
+            [
+                f"output.dir: {out} holds {', '.join(foreign)}, which this job did not write "
+                f"(or which changed since it did), and the job would replace them; {fix}"
+            ],
+        )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

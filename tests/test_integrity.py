@@ -169,9 +169,10 @@ def test_refusal_names_the_field_and_the_fix(tmp_path: Path, good: Path, capsys:
     (good / "labels.csv").write_text("path,label\n")
     job = job_file(tmp_path, inputs=[{"path": "good", "labels": "csv:good/labels.csv"}], output={"dir": "good"})
     (good / "annotations.csv").unlink(missing_ok=True)
-    assert main(["validate", str(job)]) == 0  # reports into the input folder replace no input
+    assert main(["validate", str(job)]) == 2  # reports into a folder the job reads: refused
+    assert "output.dir" in capsys.readouterr().err
     job = job_file(tmp_path, inputs=[{"path": "good/sad.wav"}], output={"dir": "good"}, name="j2.yaml")
-    assert main(["validate", str(job)]) == 0
+    assert main(["validate", str(job)]) == 0  # beside a single input file: nothing of it is read again
     job = job_file(
         tmp_path,
         model={"path": "good/sad.wav", "train": True},

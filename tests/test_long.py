@@ -77,7 +77,7 @@ def test_a_30_minute_recording(tmp_path: Path) -> None:
     audio = tmp_path / "audio"
     audio.mkdir()
     total_s = _long_file(audio / "long.wav", minutes=30)
-    short = tmp_path / "short"
+    short = tmp_path / "short-audio"
     short.mkdir()
     _long_file(short / "36s.wav", minutes=0.6)
     sf.write(short / "clip.wav", speechlike("sad", sr=SR, seconds=3.0), SR, subtype="PCM_16")  # not segmented

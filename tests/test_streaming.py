@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from batchser.cache import FeatureStore
 from batchser.features import FeatureSpec
 from batchser.job import run_job
 from batchser.manifest import ManifestError, load_manifest
+from batchser.pids import OwnerLock
 from batchser.segments import SegmentSpec
 from batchser.spool import work_folder
 
@@ -134,12 +134,13 @@ def test_memory_stays_flat_as_the_archive_grows(tmp_path: Path, monkeypatch: pyt
 
 def test_spools_of_killed_jobs_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = tmp_path / "batchser-job-999999999-abc"  # above any pid_max: no such process
-    live = tmp_path / f"batchser-job-{os.getppid()}-abc"
-    other = tmp_path / "batchser-job-x"
+    dead = tmp_path / "batchser-job-999999999-abc"  # its owner lock is free: a killed job's
+    live = tmp_path / "batchser-job-999999999-def"  # its owner lock is held, whatever the pid says
+    other = tmp_path / "batchser-job-x"  # no lock at all and young: may be a job starting, left alone
     for d in (dead, live, other):
         d.mkdir()
-    with work_folder() as work:
+    OwnerLock(dead).acquire().release()
+    with OwnerLock(live), work_folder() as work:
         assert work.is_dir() and work.parent == tmp_path
         assert not dead.exists() and live.exists() and other.exists()
     assert not work.exists()

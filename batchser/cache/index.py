@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchser.cache.errors import CacheError
+from batchser.locations import default_cache_dir
 
 __all__ = ["DAY_S", "CacheIndex", "Group", "Location", "filesystem_type", "index_path", "row_groups", "today"]
 
@@ -161,10 +162,45 @@ def index_path(root: Path, *, mountinfo: str | None = None) -> Path:
     host = socket.gethostname()
     if filesystem_type(root, mountinfo) not in NETWORK_FS:
         return Path(root) / "index" / f"{host}.sqlite"
-    from batchser.api import default_cache_dir  # here: api imports the cache
 
     key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
     return default_cache_dir() / "indexes" / f"{key}-{host}.sqlite"
+
+
+LOCK_WAIT_S = 60.0  # how long a write waits for another process's transaction
+
+
+def lock_holders(path: Path) -> list[str]:
+    """``pid (command)`` of each process on this host (and pid namespace) that has ``path`` open.
+
+    Read from ``/proc``; empty where that is not available or shows nothing.
+    """
+    target = os.path.realpath(path)
+    found = []
+    with contextlib.suppress(OSError):
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                if not any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                    continue
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue  # gone, or another user's
+            found.append(f"{pid} ({cmd[:120]})")
+    return found
+
+
+def _locked_message(path: Path) -> str:
+    holders = lock_holders(path)
+    who = f"held by process {', '.join(holders)}" if holders else "held by another process (not one visible here)"
+    return (
+        f"the feature cache index {path} stayed locked for {LOCK_WAIT_S:.0f} s, {who}. Wait for that job to "
+        f"finish, or stop it. The index is only a lookup table rebuilt from the cache's parts: if no batchser "
+        f"job is running, deleting {path} (with its -wal and -shm files) is safe and the next job rebuilds it"
+    )
 
 
 class CacheIndex:
@@ -197,7 +233,7 @@ class CacheIndex:
         raise AssertionError("unreachable")
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
         db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a kill; a power cut may drop the last
         db.executescript(_SCHEMA)
@@ -233,6 +269,8 @@ class CacheIndex:
             yield
         except sqlite3.OperationalError as exc:
             msg = str(exc)
+            if "locked" in msg:
+                raise CacheError(_locked_message(self.path)) from None
             # SQLite says "disk I/O error" when it cannot grow its log on a full disk.
             with contextlib.suppress(OSError):
                 st = os.statvfs(self.path.parent)

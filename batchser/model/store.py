@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import zipfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -20,7 +22,12 @@ from batchser.atomic import atomic_path
 from batchser.model.base import ModelError, ModelMeta, TrainedModel
 from batchser.model.network import NumpyNetwork, layers, network_arrays
 
-__all__ = ["TRUSTED_TYPES", "load_model", "read_meta", "save_model", "weights_digest"]
+__all__ = ["MAX_MODEL_BYTES", "TRUSTED_TYPES", "load_model", "read_meta", "save_model", "weights_digest"]
+
+# The largest model file read: the shipped one is about 0.3 MB, and one carrying
+# its training features for a refit some MB; a bound stops a wrong path (a
+# device, a huge file) from filling memory.
+MAX_MODEL_BYTES = 256 << 20
 
 # Types a model file may hold beyond those skops trusts by default (plain
 # sklearn estimators, numpy arrays). Anything else is refused, so a model
@@ -208,7 +215,7 @@ class _ModelFile:
 
 def _read_meta(side: Path) -> ModelMeta:
     try:
-        return ModelMeta(**json.loads(side.read_text(encoding="utf-8")))
+        return ModelMeta(**json.loads(_read_bounded(side, "model metadata").decode("utf-8")))
     except FileNotFoundError:
         raise ModelError(
             f"model file {side.with_suffix('')} is damaged or not a batchser model: no metadata inside it, and "
@@ -218,15 +225,54 @@ def _read_meta(side: Path) -> ModelMeta:
         raise ModelError(f"model metadata {side} is unreadable: {exc}") from None
 
 
+def _read_bounded(path: Path, what: str) -> bytes:
+    """A regular file's bytes, at most :data:`MAX_MODEL_BYTES`: never a FIFO (which would block
+    forever), a device such as ``/dev/zero`` (which never ends) or a folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no such file.
+    ModelError
+        When it is no regular file, is too large, or cannot be read.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise ModelError(f"{what} {path} is a folder; point it at the .skops file inside it") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ModelError(f"{what} {path} is a folder; point it at the .skops file inside it")
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"{what} {path} is not a regular file (a pipe or a device); point it at a .skops file")
+        if st.st_size > MAX_MODEL_BYTES:
+            raise ModelError(
+                f"{what} {path} is {st.st_size / 2**20:.0f} MiB, over the {MAX_MODEL_BYTES >> 20} MiB a batchser "
+                "model can be; it is not one"
+            )
+        try:
+            blob = fh.read(MAX_MODEL_BYTES + 1)  # bounded even if the file grows while read
+        except OSError as exc:
+            raise ModelError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(blob) > MAX_MODEL_BYTES:
+        raise ModelError(f"{what} {path} grew past {MAX_MODEL_BYTES >> 20} MiB while read; it is not a batchser model")
+    return blob
+
+
 def _read_file(path: Path) -> _ModelFile:
     """Read a model in either layout: one file (metadata inside), or the older three files."""
-    if path.is_dir():
-        raise ModelError(f"model path {path} is a folder; point model.path at the .skops file inside it")
     try:
-        blob = path.read_bytes()
+        blob = _read_bounded(path, "model file")
     except FileNotFoundError:
         raise ModelError(
-            f"model file {path} does not exist; train one with model.train: true (see jobs/train-ravdess.yaml)"
+            f"model file {path} does not exist; train one with `batchser run` on a manifest that sets "
+            "model.train: true (README, training your own model), or leave the model out to use the shipped one"
         ) from None
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as zf:
@@ -246,7 +292,7 @@ def _read_file(path: Path) -> _ModelFile:
     if meta.arrays_sha256:
         arrays_path = _arrays_file(path)
         try:
-            arrays = arrays_path.read_bytes()
+            arrays = _read_bounded(arrays_path, "model arrays")
         except FileNotFoundError:
             raise ModelError(f"model arrays {arrays_path} are missing; restore them or retrain") from None
         _check_sha256(arrays, meta.arrays_sha256, f"model arrays {arrays_path}", plural=True)
