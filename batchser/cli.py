@@ -73,6 +73,13 @@ def _print_summary(s: JobSummary) -> None:
             f"{d['median_distance']:.2f}, beyond {d['held_out_limit']:.2f}, the furthest held-out corpus it was "
             "scored on): its published accuracy does not describe them; check a sample by ear"
         )
+    for g in s.emotion_groups:
+        names = ", ".join(g["groups"][:6]) + (" …" if len(g["groups"]) > 6 else "")
+        print(
+            f"warning: the speaker groups of {g['corpus']} ({names}) look like emotion groups ({g['why']}); "
+            "their files were standardised over the whole input instead (normalized_by: corpus). If each folder "
+            "holds one speaker's recordings of every emotion, name the speakers in a label table instead"
+        )
     print(f"model: {s.model_id}")
     for p in s.reports:
         print(f"report: {p}")
@@ -218,6 +225,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         speaker="folder" if args.speaker_folders else "labels",
         cache=args.cache,
         n_jobs=args.jobs,
+        min_confidence=args.min_confidence,
         allow_unlistable=args.allow_unlistable,
     )
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
@@ -239,8 +247,9 @@ inputs:
 engine: {{backend: loky, n_jobs: -1}}     # all cores
 model:
   adapt: speaker                  # standardise by speaker (10+ files) or else by input (10+ files)
-  # path: my-model.skops          # default: the shipped model (trained on four corpora; non-commercial use)
-  # min_confidence: 0.5           # files the model is less sure of are labelled "uncertain"
+  # path: my-model.skops          # default: the shipped model (trained on six corpora; non-commercial use)
+  # min_confidence: 0.6           # files the model is less sure of are labelled "uncertain" (docs/accuracy.md)
+  # train: true                   # train instead (needs labels); the recipe defaults to the shipped model's
 output:
   formats: [csv, parquet]         # reports go to result/reports/{stem}/ beside this file
 """
@@ -260,6 +269,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(Manifest.model_json_schema(), indent=2))
     return EXIT_OK
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; write e.g. 0.6") from None
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text}")
+    return v
 
 
 def _days(text: str) -> float:
@@ -362,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--speaker-folders", action="store_true", help="one folder per speaker: standardise each speaker's files"
     )
     ann.add_argument("--adapt", default="speaker", choices=["speaker", "corpus", "cluster", "none"])
+    ann.add_argument(
+        "--min-confidence",
+        type=_probability,
+        help="label files whose top probability is lower 'uncertain' (e.g. 0.6; docs/accuracy.md: what it buys)",
+    )
     ann.add_argument("--cache", help="feature cache folder (default: a per-user cache)")
     ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")
     ann.add_argument("--overwrite", action="store_true", help="replace reports that other inputs wrote in --out")

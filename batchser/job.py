@@ -444,6 +444,7 @@ def _run(
                 if groups is None:  # a train job: its model's groups, measured now
                     groups = JobAdaptation(model, mode=manifest.model.adapt, allowed=_speaker_allowed(manifest))
                     _observe(store, hashed, groups.observe)
+                summary.emotion_groups = groups.check_groups(model)
                 groups.cluster()
                 if groups.mode == "cluster":
                     _observe(store, hashed, lambda start, outcomes, _labels: groups.observe_clusters(start, outcomes))

@@ -196,19 +196,23 @@ class ModelSpec(_Strict):
     mlp: MLPSpec = MLPSpec()
     # Actor-wise evaluation: number of folds of GroupKFold over speakers.
     cv_folds: Annotated[int, Field(ge=2, le=24)] = 4
-    # mlp: the seed's MLPClassifier (model.mlp); logistic: LogisticRegression(C),
-    # which transfers better to corpora it never heard (README, Accuracy).
-    classifier: Literal["mlp", "logistic"] = "mlp"
+    # The defaults of classifier, C, calibration and normalize are the recipe that
+    # scored best leave-one-corpus-out (docs/accuracy.md), the shipped model's.
+    # mlp: the librosa tutorial recipe's MLPClassifier (model.mlp); logistic:
+    # LogisticRegression(C), which transfers better to corpora it never heard.
+    classifier: Literal["mlp", "logistic"] = "logistic"
     C: Annotated[float, Field(gt=0)] = 0.01
     # Probability calibration fitted on held-out speakers (held-out corpora when
     # there are 3+); "temperature" keeps every label and only rescales confidence.
-    calibration: Literal["none", "sigmoid", "isotonic", "temperature"] = "none"
+    calibration: Literal["none", "sigmoid", "isotonic", "temperature"] = "temperature"
     # Files whose top probability is below this are labelled "uncertain".
     min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
     # "speaker": standardise features over each speaker's own recordings
-    # (batchser.model.adapt); files of speakers with fewer than min_speaker_files
-    # recordings in the job use a second network trained without it.
-    normalize: Literal["none", "speaker"] = "none"
+    # (batchser.model.adapt), else over each corpus; files of speakers with fewer
+    # than min_speaker_files recordings in the job use a second network trained
+    # without it. Left at its default, a job with fewer than two such groups
+    # trains the plain network alone (and says so); asked for, it is an error.
+    normalize: Literal["none", "speaker"] = "speaker"
     min_speaker_files: Annotated[int, Field(ge=2)] = 10
     # When labelling with a normalising model, whose statistics each file is
     # standardised by (batchser.model.adapt): speaker (falls back to corpus),

@@ -26,7 +26,13 @@ _REPORT_EXTRAS = ("metrics.json", "confusion_matrix.png", "reliability.png", "su
 
 def model_files(path: Path) -> list[Path]:
     """The model file and what is kept beside it: metadata, arrays (older models) and the card."""
-    return [path, path.with_name(path.name + ".json"), path.with_name(path.name + ".npz"), path.with_suffix(".md")]
+    return [
+        path,
+        path.with_name(path.name + ".json"),
+        path.with_name(path.name + ".npz"),
+        path.with_suffix(".md"),
+        path.with_suffix(".reliability.png"),
+    ]
 
 
 def report_files(manifest: Manifest) -> list[Path]:

@@ -8,7 +8,9 @@ the training data.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,15 @@ from batchser.report import ReportRow, SegmentRow
 
 __all__ = ["PREDICT_CHUNK", "UNCERTAIN", "FileOutcome", "JobAdaptation", "annotate_rows", "domain_summary"]
 
+log = logging.getLogger(__name__)
+
 PREDICT_CHUNK = 2048  # files per predict_proba call
+# Group names that say an emotion, not a person (a folder per emotion given as speaker folders).
+_EMOTION_WORDS = re.compile(
+    r"(?<![a-z])(ang(ry|er)|happ(y|iness)|joy(ful)?|sad(ness)?|neutral|calm|fear(ful)?|disgust(ed)?"
+    r"|surprised?|bored(om)?|excited|frustrat(ed|ion)|contempt)(?![a-z])",
+    re.IGNORECASE,
+)
 UNCERTAIN = "uncertain"  # the label of a file under model.min_confidence
 
 
@@ -84,7 +94,7 @@ def annotate_rows(
     prefix = os.path.join(root, "")  # with its trailing slash
     if groups is None:
         groups = JobAdaptation(model, mode=adapt, allowed=allowed or {})
-        groups.measure([(0, outcomes, labels)])
+        groups.measure([(0, outcomes, labels)], model)
     adaptation = groups.keys_for(start, outcomes, labels)
     norm, keys = adaptation.stats, adaptation.keys
     seg_rows: list[SegmentRow] = []
@@ -229,11 +239,20 @@ class JobAdaptation:
         self._cluster_at = np.empty(0, dtype=np.int64)  # job indices with a cluster, sorted
         self._cluster_key: list[str] = []
         self.stats: GroupStats | None = None
+        self._corpus_of: dict[str, str] = {}  # speaker group key -> its corpus
+        self._not_speakers: set[str] = set()  # corpora whose speaker groups are emotion groups
 
     def _candidates(self, label: Label) -> list[str]:
         keys = [f"corpus:{label.corpus}"]
-        if self.mode == "speaker" and label.group and self.allowed.get(label.corpus or "", True):
+        corpus = label.corpus or ""
+        if (
+            self.mode == "speaker"
+            and label.group
+            and self.allowed.get(corpus, True)
+            and corpus not in self._not_speakers
+        ):
             keys.append(f"speaker:{label.group}")
+            self._corpus_of[keys[-1]] = corpus
         return keys
 
     @staticmethod
@@ -272,6 +291,70 @@ class JobAdaptation:
             self._voice_at += [start + j for j in ok]
             self._voice_corpus += [labels[j].corpus for j in ok]
 
+    def check_groups(self, model: TrainedModel) -> list[dict[str, Any]]:
+        """Between the passes: find speaker groups that are really emotion groups, and stop using them.
+
+        Standardising within a group that holds one emotion subtracts that
+        emotion (folders named by emotion given as speaker folders labelled
+        23 % instead of 78 %). A corpus's speaker groups are taken for
+        emotion groups when most of their names are emotion words, or when
+        there are 4 or more of them, at most one per class, each of at least
+        three times ``min_files`` files, and the plain network, reading each
+        group's mean against the corpus's mean, names a different emotion for
+        every one of them. Their files are then standardised over the corpus
+        (``normalized_by`` says ``corpus``).
+
+        Returns
+        -------
+        list of dict
+            Per flagged corpus: ``corpus``, ``groups`` (names), ``why``, and the
+            emotion the network read in each group (``reads_as``).
+        """
+        if self.mode != "speaker":
+            return []
+        stats = self._running.stats()
+        classes = list(model.meta.classes)
+        found = []
+        for corpus_key in [k for k in stats.mean if k.startswith("corpus:")]:
+            corpus = corpus_key.removeprefix("corpus:")
+            groups = [
+                k
+                for k in stats.mean
+                if k.startswith("speaker:") and self._corpus_of.get(k) == corpus and stats.count[k] >= self.min_files
+            ]
+            if len(groups) < 2:
+                continue
+            names = [k.removeprefix("speaker:").rsplit("/", 1)[-1] for k in groups]
+            means = np.stack([stats.mean[k] for k in groups] + [stats.mean[corpus_key]])
+            logp = np.log(model.predict_proba(means))
+            reads = (logp[:-1] - logp[-1]).argmax(axis=1)  # each group against its corpus
+            worded = sum(bool(_EMOTION_WORDS.search(n)) for n in names) > len(names) / 2
+            distinct = (
+                4 <= len(groups) <= len(classes)
+                and len(set(reads.tolist())) == len(groups)
+                and min(stats.count[k] for k in groups) >= 3 * self.min_files
+            )
+            if not (worded or distinct):
+                continue
+            why = "their names are emotion words" if worded else "each reads as a different emotion"
+            found.append(
+                {
+                    "corpus": corpus,
+                    "groups": names,
+                    "why": why,
+                    "reads_as": {n: classes[r] for n, r in zip(names, reads.tolist(), strict=True)},
+                }
+            )
+            self._not_speakers.add(corpus)
+            log.info(
+                "the speaker groups of %s look like emotion groups (%s: %s); standardising those files over "
+                "the whole input instead, since standardising within one emotion subtracts it",
+                corpus,
+                why,
+                ", ".join(names[:8]) + (" …" if len(names) > 8 else ""),
+            )
+        return found
+
     def cluster(self) -> None:
         """Cluster mode, between the passes: pseudo-speakers per corpus from the voice columns seen."""
         if self.mode != "cluster" or not self._voice:
@@ -303,13 +386,15 @@ class JobAdaptation:
                 rows.setdefault(key, []).append(span)
         self._fold(rows, X)
 
-    def measure(self, chunks: Sequence[Chunk]) -> None:
-        """Both passes over chunks held in memory."""
+    def measure(self, chunks: Sequence[Chunk], model: TrainedModel | None = None) -> list[dict[str, Any]]:
+        """Both passes over chunks held in memory; returns :meth:`check_groups`'s findings (with ``model``)."""
         for start, outcomes, labels in chunks:
             self.observe(start, outcomes, labels)
+        found = self.check_groups(model) if model is not None else []
         self.cluster()
         for start, outcomes, _ in chunks:
             self.observe_clusters(start, outcomes)
+        return found
 
     def keys_for(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> _Adaptation:
         """Each file's group and rule: its speaker's or cluster's, else its corpus's, else none."""

@@ -455,8 +455,12 @@ def write_reliability_png(path: Path, evaluations: dict[str, dict[str, Any]], *,
     """Reliability diagram per evaluation: accuracy against mean confidence per bin, with ECE."""
     plt = _pyplot()
     panels = {k: v["calibration"] for k, v in evaluations.items() if "calibration" in v}
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.8 * max(1, len(panels)), 4.6), squeeze=False)
-    for ax, (name, cal) in zip(axes[0], panels.items(), strict=False):
+    cols = min(3, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (name, cal) in zip(axes.flat, panels.items(), strict=False):
         bins = cal["bins"]
         centers = [(b["lo"] + b["hi"]) / 2 for b in bins]
         width = 1.0 / cal["n_bins"]

@@ -50,6 +50,8 @@ class JobSummary:
     model_id: str = ""
     metrics: dict[str, Any] | None = None
     domain: dict[str, Any] | None = None  # how far the job's files are from the training data
+    # Speaker groups found to be emotion groups, per corpus (standardised over the corpus instead).
+    emotion_groups: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
@@ -138,6 +140,7 @@ def write_summary(
             "seconds": round(s.seconds, 3),
             "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
             "domain": s.domain,
+            "speaker_groups_that_are_emotions": s.emotion_groups,
             "reports": file_digests(reports),
         },
     )

@@ -148,7 +148,34 @@ def train(
     }
     groups = np.asarray(data.speakers) if data.has_all_speakers else None
     n_corpora = len(set(data.corpora.tolist()))
-    steps = (3 if ms.normalize == "speaker" else 2) + (n_corpora if n_corpora >= 2 else 0)
+    normalize, g = ms.normalize, None
+    if normalize == "speaker":
+        g = group_rows(
+            data.X,
+            mode="speaker",
+            corpora=data.corpora,
+            speakers=data.speakers,
+            speaker_ok=data.speaker_ok,
+            min_files=ms.min_speaker_files,
+        )
+        n_groups = len(set(k for k in g.keys if k))
+        if n_groups < 2 and "normalize" in ms.model_fields_set:
+            raise ModelError(
+                "model.normalize: speaker needs 2+ groups to standardise within: speakers with "
+                f"{ms.min_speaker_files}+ training files (labels with a speaker: a pattern's speaker group, "
+                "a table's speaker column, or inputs[].speaker: folder) or several corpora; found "
+                f"{n_groups}. Lower model.min_speaker_files, name the speakers, or set normalize: none"
+            )
+        if n_groups < 2:  # the default asked for it: train the plain network alone, and say so
+            log.warning(
+                "training without speaker normalisation: it needs 2+ groups of %d+ files (speakers or corpora) "
+                "and found %d; name the speakers (a label table's speaker column, or inputs[].speaker: folder) "
+                "to train the normalising network too",
+                ms.min_speaker_files,
+                n_groups,
+            )
+            normalize, g = "none", None
+    steps = (3 if normalize == "speaker" else 2) + (n_corpora if n_corpora >= 2 else 0)
     log.info("training on %d files from %d corpora, %d features, classes %s", len(use), n_corpora, data.X.shape[1], ms)
     with tqdm(total=steps, desc="training", unit="step", disable=not progress, dynamic_ncols=True) as bar:
 
@@ -159,26 +186,10 @@ def train(
         metrics = evaluate(data.X, data.y, groups, cv_folds=ms.cv_folds, **fit_kw)
         step("evaluated without normalisation")
         norm_net = None
-        if ms.normalize != "speaker":
+        if g is None:
             plain = fit_model(data.X, data.y, calibration_groups(data.corpora, data.speakers), **fit_kw)
             step("fitted the network")
         else:
-            g = group_rows(
-                data.X,
-                mode="speaker",
-                corpora=data.corpora,
-                speakers=data.speakers,
-                speaker_ok=data.speaker_ok,
-                min_files=ms.min_speaker_files,
-            )
-            n_groups = len(set(k for k in g.keys if k))
-            if n_groups < 2:
-                raise ModelError(
-                    "model.normalize: speaker needs 2+ groups to standardise within: speakers with "
-                    f"{ms.min_speaker_files}+ training files (labels with a speaker: a pattern's speaker group, "
-                    "a table's speaker column, or inputs[].speaker: folder) or several corpora; found "
-                    f"{n_groups}. Lower model.min_speaker_files, name the speakers, or set normalize: none"
-                )
             Xn, covered = g.stats(data.X).transform(data.X, g.keys)
             # Speaker-wise scores of the normalised network: each speaker's statistics come from their own files.
             gn = groups[covered] if groups is not None else None
@@ -212,7 +223,7 @@ def train(
                 data.corpora,
                 data.speakers,
                 data.speaker_ok,
-                modes=tuple(ms.evaluate_modes) if ms.normalize == "speaker" else ("none",),
+                modes=tuple(ms.evaluate_modes) if normalize == "speaker" else ("none",),
                 min_files=ms.min_speaker_files,
                 fit_kw=fit_kw,
                 n_jobs=_workers(manifest),
@@ -232,7 +243,7 @@ def train(
             "C": ms.C,
             "random_state": ms.random_state,
             "calibration": ms.calibration,
-            "normalize": ms.normalize,
+            "normalize": normalize,
             "min_speaker_files": ms.min_speaker_files,
             "job": manifest.name,
             "corpora": sorted(set(data.corpora.tolist())),

@@ -31,11 +31,11 @@ def have(folder: Path, what: str) -> bool:
     return False
 
 
-POOLED = ("ravdess", "savee", "nemo", "urdu")  # the corpora of the pooled train job
+POOLED = ("ravdess", "savee", "nemo", "urdu", "emovo", "ased")  # the corpora of the pooled train job
 
 
 def have_pooled() -> bool:
-    """Whether the four corpora of the leave-one-corpus-out benchmarks are there (else says which is not)."""
+    """Whether the six corpora of the leave-one-corpus-out benchmarks are there (else says which is not)."""
     return all(have(CORPORA / c, c) for c in POOLED)
 
 

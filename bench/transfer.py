@@ -68,10 +68,16 @@ SHIPPED_FIT = fit_kw(CLASSIFIERS["logistic C=0.01"])  # the shipped model's clas
 MODES = ("none", "corpus", "cluster", "speaker")
 
 
-def labelled_features(names: tuple[str, ...], log) -> tuple[np.ndarray, ...]:  # type: ignore[no-untyped-def]
-    """(X, y, corpora, speakers, speaker_ok, paths) of the pooled job's labelled files for ``names``."""
+def labelled_features(  # type: ignore[no-untyped-def]
+    names: tuple[str, ...], log, *, other: bool = False, cache: str = "result/bench-cache"
+) -> tuple[np.ndarray, ...]:
+    """(X, y, corpora, speakers, speaker_ok, paths) of the pooled job's labelled files for ``names``.
+
+    ``other``: keep files labelled with an emotion outside the job's (fearful,
+    calm, disgust, surprised: what "none of these" must catch) as well.
+    """
     job = yaml.safe_load(JOB.read_text())
-    job |= {"features": list(names), "cache": "result/bench-cache"}
+    job |= {"features": list(names), "cache": cache}
     m = parse_manifest(yaml.safe_dump(job), base_dir=JOB.parent, source=str(JOB))
     spec = FeatureSpec(names, m.audio.sample_rate)
     paths, fns = _input_paths(m)
@@ -80,7 +86,11 @@ def labelled_features(names: tuple[str, ...], log) -> tuple[np.ndarray, ...]:  #
     log(f"  extracting {', '.join(names)} for {len(files)} files (cached after the first run)")
     with contextlib.ExitStack() as stack, FeatureStore(m.cache_dir, spec, segments=_segment_spec(m)) as store:
         out = file_features(m, files, store, JobSummary(m.name), executors=Executors(stack, m))
-    keep = [i for i, (o, lab) in enumerate(zip(out, labels, strict=True)) if o.ok and lab.emotion in m.emotions]
+    keep = [
+        i
+        for i, (o, lab) in enumerate(zip(out, labels, strict=True))
+        if o.ok and lab.emotion and (other or lab.emotion in m.emotions)
+    ]
     allowed = {i.corpus_name: i.speaker_normalization for i in m.inputs}
     return (
         np.nan_to_num(np.stack([out[i].record.vector for i in keep]).astype(np.float64)),

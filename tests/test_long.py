@@ -109,8 +109,8 @@ def test_a_30_minute_recording(tmp_path: Path) -> None:
 
     short_ann = pd.read_parquet(tmp_path / "short" / "annotations.parquet").set_index("path")
     assert short_ann["segments"].to_dict() == {
-        "short/clip.wav": 0,
-        "short/36s.wav": (36 - 4) // 2 + 1,
+        "short-audio/clip.wav": 0,
+        "short-audio/36s.wav": (36 - 4) // 2 + 1,
     }
 
     # A rerun takes every window from the cache: no decoding at all.

@@ -8,7 +8,7 @@ from typing import Any
 from batchser.atomic import atomic_write_text
 from batchser.model.base import TrainedModel
 
-__all__ = ["loco_table", "write_model_card"]
+__all__ = ["calibration_table_md", "loco_table", "reliability_png_path", "write_model_card"]
 
 
 def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
@@ -34,6 +34,39 @@ def loco_table(loco: dict[str, Any]) -> str:
             f"{mean['accuracy']:.1%} | {mean['ece']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def calibration_table_md(loco: dict[str, Any], modes: tuple[str, ...] = ("corpus", "speaker")) -> str:
+    """Markdown table: per held-out corpus and mode, accuracy beside mean confidence and the ECE."""
+    corpora = loco["corpora"]
+    modes = tuple(m for m in modes if m in loco["modes"])
+    head = "| held out | " + " | ".join(f"{m}: accuracy / mean confidence / ECE" for m in modes) + " |"
+    lines = [head, "|---|" + "---|" * len(modes)]
+    for c in corpora:
+        cells = []
+        for mode in modes:
+            ev = loco["modes"][mode]["per_corpus"][c]
+            conf = ev.get("mean_confidence")
+            conf_text = f"{conf:.1%}" if conf is not None else "n/a"
+            cells.append(f"{ev['accuracy']:.1%} / {conf_text} / {ev['calibration']['ece']:.3f}")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reliability_png_path(model_path: Path) -> Path:
+    """Where a model's per-corpus reliability diagrams are drawn: ``<model>.reliability.png``."""
+    return model_path.with_suffix(".reliability.png")
+
+
+def _write_reliability(model: TrainedModel, loco: dict[str, Any], mode: str) -> Path | None:
+    from batchser.report import write_reliability_png
+
+    if mode not in loco["modes"]:
+        return None
+    panels = {c: ev for c, ev in loco["modes"][mode]["per_corpus"].items() if "calibration" in ev}
+    path = reliability_png_path(model.path)
+    write_reliability_png(path, panels, title=f"{model.path.name}: held out, adaptation '{mode}'")
+    return path
 
 
 def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
@@ -84,6 +117,16 @@ def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
             "clusters, or its speaker (falling back to the corpus). This is what to expect on a new archive.\n\n"
             + loco_table(m.metrics["leave_one_corpus_out"])
             + "\n"
+        )
+        lo = m.metrics["leave_one_corpus_out"]
+        mode = "speaker" if "speaker" in lo["modes"] else next(iter(lo["modes"]))
+        png = _write_reliability(model, lo, mode)
+        loco += (
+            "\n### Confidence on each held-out corpus\n\nA confidence means what it says when it matches "
+            "the accuracy of the files given it (ECE: the gap, weighted over 15 bins).\n\n"
+            + calibration_table_md(lo)
+            + "\n"
+            + (f"\nReliability diagrams (adaptation '{mode}'): ![reliability]({png.name})\n" if png else "")
         )
     card = f"""# {model.path.name}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import platform
 import warnings
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 __all__ = ["build_pipeline", "fit", "fit_model", "training_fingerprint", "versions"]
+
+log = logging.getLogger(__name__)
 
 
 def build_pipeline(params: dict[str, Any], *, random_state: int, classifier: str = "mlp", C: float = 0.01) -> Pipeline:
@@ -110,6 +113,11 @@ def fit_model(
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
     pipe = build_pipeline(params, random_state=random_state, classifier=classifier, C=C)
+    fewest = min(np.unique(y, return_counts=True)[1]) if len(y) else 0
+    if calibration != "none" and fewest < 3:
+        # A calibrator is fitted on three held-out folds: with fewer files of a class it cannot be.
+        log.warning("calibration %s skipped: an emotion has %d training files (3 needed)", calibration, fewest)
+        calibration = "none"
     if calibration == "none":
         return fit(pipe, X, y)
     n_classes = len(set(y.tolist()))
