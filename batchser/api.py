@@ -64,6 +64,8 @@ def annotation_manifest(
     backend: str = "loky",
     allow_empty: bool = False,
     allow_unlistable: bool = False,
+    reviewed: str | Path | None = None,
+    page: bool = True,
 ) -> Manifest:
     """The manifest of a labelling job over ``inputs`` with a model's own features and classes.
 
@@ -83,8 +85,13 @@ def annotation_manifest(
             "audio": {"sample_rate": spec.sample_rate},
             "cache": str(cache or default_cache_dir()),
             "engine": {"backend": backend, "n_jobs": n_jobs},
-            "model": {"path": str(model_path), "adapt": adapt, "min_confidence": min_confidence},
-            "output": {"dir": str(out_dir), "formats": list(formats)},
+            "model": {
+                "path": str(model_path),
+                "adapt": adapt,
+                "min_confidence": min_confidence,
+                "reviewed": str(Path(reviewed).resolve()) if reviewed else None,
+            },
+            "output": {"dir": str(out_dir), "formats": list(formats), "page": page},
             "queue": str(Path(out_dir) / ".queue"),  # no capture queue: nothing of the user's is read
             "allow_empty": allow_empty,
             "allow_unlistable": allow_unlistable,
@@ -104,6 +111,7 @@ def annotate(
     n_jobs: int = -1,
     backend: str = "loky",
     progress: bool = False,
+    reviewed: str | Path | None = None,
 ) -> pd.DataFrame:
     """Label audio files with an emotion and every class's probability.
 
@@ -128,6 +136,11 @@ def annotate(
         Workers and joblib backend, as ``engine`` in a manifest.
     progress : bool
         Progress bars on stderr.
+    reviewed : path or None
+        A person's answers to learn from first (``batchser review``'s
+        ``review/answers.csv``, or any CSV with ``path`` and ``label``
+        columns, paths as the reports write them): the model is refitted on
+        its training rows plus those files; an answered file keeps the answer.
 
     Returns
     -------
@@ -159,6 +172,8 @@ def annotate(
             n_jobs=n_jobs,
             backend=backend,
             allow_empty=True,
+            reviewed=reviewed,
+            page=False,  # nobody opens a temporary folder's page
         )
         return run_job(manifest, progress=progress).table()
 

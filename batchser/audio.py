@@ -238,6 +238,8 @@ class AudioStream:
         # that are not UTF-8 (kept by Python as lone surrogates) would not open.
         target = os.fsencode(source) if isinstance(source, (str, Path)) else source
         with _decode_errors():
+            if isinstance(target, bytes) and os.path.getsize(target) == 0:
+                raise AudioError("cannot decode: empty file (0 bytes)")
             self._f = sf.SoundFile(target)
         self.source = source
         self.sample_rate = sample_rate

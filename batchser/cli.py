@@ -80,6 +80,8 @@ def _print_summary(s: JobSummary) -> None:
             "their files were standardised over the whole input instead (normalized_by: corpus). If each folder "
             "holds one speaker's recordings of every emotion, name the speakers in a label table instead"
         )
+    if s.review:
+        print(_review_line(s.review))
     print(f"model: {s.model_id}")
     for p in s.reports:
         print(f"report: {p}")
@@ -102,14 +104,50 @@ def _codecs_muted(quiet: bool) -> Iterator[None]:
             os.environ[QUIET_ENV] = before
 
 
+def _with_reviewed(manifest: Manifest, answers: str | None) -> Manifest:
+    """``manifest`` learning from ``answers`` (``--reviewed``), which wins over ``model.reviewed``."""
+    if not answers:
+        return manifest
+    if manifest.model.train:
+        raise ManifestError(
+            str(manifest.manifest_file or manifest.name),
+            ["--reviewed refits a trained model on a person's answers; run it on a labelling job, not a train job"],
+        )
+    model = manifest.model.model_copy(update={"reviewed": str(Path(answers).resolve())})
+    return manifest.model_copy(update={"model": model})
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.manifest)
+    if Path(args.manifest).is_dir():
+        print(
+            f"batchser: {args.manifest} is a folder; `run` takes a job manifest (a .yaml file). "
+            f"To label the folder's audio: batchser annotate {args.manifest}",
+            file=sys.stderr,
+        )
+        return EXIT_MANIFEST
+    manifest = _with_reviewed(load_manifest(args.manifest), args.reviewed)
     if args.watch:
         return _watch(manifest, args)
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         _print_summary(summary)
     return _exit_code(manifest, summary, allow_hint="allow_unlistable: true in the manifest")
+
+
+def _review_line(r: dict) -> str:  # type: ignore[type-arg]
+    """What a person's answers said, in one line: how many, and accuracy and UAR before and after learning."""
+    text = f"review: learned from {r['learned_from']} of {r['answers']} answers"
+    if r.get("stale"):
+        text += f" ({len(r['stale'])} set aside: the file changed since it was answered)"
+    for when in ("before", "after"):
+        e = r.get(when)
+        if e and e.get("accuracy") is not None:
+            lo, hi = e["accuracy_ci"]
+            uar = f", UAR {e['uar']:.0%}" if e.get("uar") is not None else ""
+            text += f"; {when} learning: accuracy {e['accuracy']:.0%} (95 % interval {lo:.0%}-{hi:.0%}){uar}"
+    if "before" in r and not r.get("random_sample", False):
+        text += " (estimated from answers that are not a random sample of these files)"
+    return text
 
 
 def _exit_code(manifest: Manifest, summary: JobSummary, *, allow_hint: str) -> int:
@@ -213,6 +251,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from batchser.api import annotation_manifest
+    from batchser.discover import is_pattern, pattern_matches
+
+    for given in args.inputs:
+        if is_pattern(given) and not pattern_matches(Path(given).resolve()):
+            print(f"batchser: the pattern {given} matches nothing; check it for typos", file=sys.stderr)
+            return EXIT_MANIFEST
+        if not is_pattern(given) and not os.path.lexists(given):
+            print(f"batchser: {given} does not exist (looked for it in {Path.cwd()})", file=sys.stderr)
+            return EXIT_MANIFEST
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = args.out or f"batchser-reports/{Path(args.inputs[0]).resolve().name or 'root'}"
@@ -227,6 +274,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         n_jobs=args.jobs,
         min_confidence=args.min_confidence,
         allow_unlistable=args.allow_unlistable,
+        reviewed=args.reviewed,
     )
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
@@ -253,6 +301,46 @@ model:
 output:
   formats: [csv, parquet]         # reports go to result/reports/{stem}/ beside this file
 """
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from batchser.review import ANSWERS, read_answers
+    from batchser.web.review import ReviewError, ReviewSession, serve
+
+    out = Path(args.out_dir)
+    try:
+        session = ReviewSession.open(out, per_label=args.n)
+    except ReviewError as exc:
+        print(f"batchser: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    if args.list:
+        given = read_answers(out / ANSWERS) if (out / ANSWERS).is_file() else {}
+        table = session.sample[["order", "path", "model_label", "confidence", "part", "stratum_size"]].copy()
+        # A "label" column to fill in: the filled file is itself an answers file (--reviewed).
+        table["label"] = [given[p].label if p in given else "" for p in table["path"]]
+        table.to_csv(sys.stdout, index=False, float_format="%.4g", lineterminator="\n")
+        return EXIT_OK
+    serve(session, port=args.port, open_browser=args.open)
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from batchser.web.page import rerender
+
+    try:
+        page = rerender(Path(args.out_dir))
+    except (FileNotFoundError, ValueError) as exc:
+        print(
+            f"batchser: {exc}; point it at a run or annotate output folder (it holds summary.json)",
+            file=sys.stderr,
+        )
+        return EXIT_FATAL
+    print(f"report: {page}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
+    return EXIT_OK
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -358,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--poll", type=_positive, default=0.5, help="seconds between looks at the queue (default 0.5)")
     run.add_argument(
+        "--reviewed",
+        metavar="ANSWERS",
+        help="learn from a person's answers first (review/answers.csv, or a CSV with path and label columns)",
+    )
+    run.add_argument(
         "--overwrite", action="store_true", help="replace reports in output.dir that another set of inputs wrote"
     )
     run.set_defaults(func=_cmd_run)
@@ -390,12 +483,35 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")
     ann.add_argument("--overwrite", action="store_true", help="replace reports that other inputs wrote in --out")
     ann.add_argument(
+        "--reviewed",
+        metavar="ANSWERS",
+        help="learn from a person's answers first (review/answers.csv, or a CSV with path and label columns)",
+    )
+    ann.add_argument(
         "--allow-unlistable",
         action="store_true",
         help="exit 0 even when a folder could not be listed (its row in the report still says so)",
     )
     ann.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary")
     ann.set_defaults(func=_cmd_annotate)
+    rev = sub.add_parser(
+        "review", help="check a sample of a job's labels by ear in a local page; the job then learns from them"
+    )
+    rev.add_argument("out_dir", help="a run or annotate output folder (its annotations and summary.json)")
+    rev.add_argument(
+        "--n",
+        type=int,
+        default=20,
+        help="files per model label in the sample (default 20); a larger number adds files to an earlier sample",
+    )
+    rev.add_argument("--list", action="store_true", help="print the sample as CSV (with answers so far) and exit")
+    rev.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    rev.add_argument("--open", action="store_true", help="open the page in the default browser")
+    rev.set_defaults(func=_cmd_review)
+    rep = sub.add_parser("report", help="draw a job's report.html again from its reports (after a review, say)")
+    rep.add_argument("out_dir", help="a run or annotate output folder")
+    rep.add_argument("--open", action="store_true", help="open the page in the default browser")
+    rep.set_defaults(func=_cmd_report)
     ini = sub.add_parser("init", help="write a commented job manifest to start from")
     ini.add_argument("manifest", nargs="?", default="job.yaml", help="the file to write (default job.yaml)")
     ini.add_argument("--inputs", default="audio", help="the folder to label (default audio)")
@@ -434,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * args.verbose if not getattr(args, "quiet", False) else logging.ERROR
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
     try:
-        with _codecs_muted(getattr(args, "quiet", False)):
+        with _codecs_muted(not getattr(args, "verbose", 0)):  # decoders' own notes only with -v
             return int(args.func(args))
     except ManifestError as exc:
         print(f"batchser: {exc}", file=sys.stderr)
@@ -445,6 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelError, ReportError, CacheError, CaptureError, EngineError, NoInputError, SpoolError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
+    except BrokenPipeError:  # the reader went away (`batchser review --list | head`): nothing left to say
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush stays quiet
+        return EXIT_OK
     except KeyboardInterrupt as exc:
         code, how = (EXIT_TERMINATED, "terminated (SIGTERM)") if isinstance(exc, Terminated) else (130, "interrupted")
         if args.func is _cmd_capture:

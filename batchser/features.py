@@ -1,4 +1,4 @@
-"""Per-file feature vectors: the seed recipe's definitions, computed from one STFT.
+"""Per-file feature vectors: the librosa tutorial recipe's definitions, computed from one STFT.
 
 The seed called ``librosa.feature.mfcc(y=...)``, ``melspectrogram(y=...)`` and
 ``chroma_stft(S=|stft(y)|)``: three STFTs per file and fresh filter banks on
@@ -7,7 +7,7 @@ MFCC / chroma / contrast are derived from it, filter banks are built once per
 process (the mel bank as a sparse matrix), and chroma's tuning estimate is
 librosa's, computed only at the peaks it uses. The default features touch no
 librosa module at run time (see ``batchser.dsp``): a worker process starts in
-well under a second instead of 2-3 s. The numbers are the seed's to
+well under a second instead of 2-3 s. The numbers are the librosa tutorial recipe's to
 within 1e-5 relative (``tests/test_features.py`` checks against the plain
 librosa calls).
 """
@@ -49,7 +49,7 @@ __all__ = [
 FEATURE_VERSION = 2
 
 FEATURE_DIMS: dict[str, int] = {
-    # The seed recipe's: means over 128 ms frames (n_fft 2048, hop 512).
+    # The librosa tutorial recipe's: means over 128 ms frames (n_fft 2048, hop 512).
     "mfcc": 40,
     "chroma": 12,
     "mel": 128,
@@ -99,11 +99,11 @@ class FeatureSpec:
     sample_rate : int
         Rate the audio is resampled to before analysis.
     n_fft, hop_length : int
-        STFT frame and hop (librosa's defaults, as in the seed).
+        STFT frame and hop (librosa's defaults, as in the librosa tutorial recipe).
     chroma_tuning : float or None
         Chroma's tuning offset in fractions of a chroma bin. None estimates it
-        per file, as ``librosa.feature.chroma_stft`` does (the seed); a number
-        pins it (0.0: A440), which skips the estimate, a fifth of the seed
+        per file, as ``librosa.feature.chroma_stft`` does (as the librosa tutorial does); a number
+        pins it (0.0: A440), which skips the estimate, a fifth of the librosa tutorial recipe
         features' cost per file, at no loss of accuracy on RAVDESS (README).
     """
 
@@ -613,7 +613,7 @@ def extract(y: np.ndarray, *, spec: FeatureSpec) -> np.ndarray:
     Returns
     -------
     np.ndarray, shape (spec.dim,), float32
-        Each group's per-file statistics (the seed's groups: means over
+        Each group's per-file statistics (the librosa tutorial recipe's groups: means over
         frames), concatenated in ``spec.names`` order.
     """
     speech = speech_frames(y, sr=spec.sample_rate) if SPEECH_GROUPS & set(spec.names) else None
@@ -626,7 +626,7 @@ class SlidingExtractor:
     Each window's vector is ``extract(window)``'s up to float32 rounding; the
     speech-rate frames two windows have in common are computed once (see
     :func:`speech_frames`).
-    The seed's groups are computed per window: their 512-sample hop does not
+    The librosa tutorial recipe's groups are computed per window: their 512-sample hop does not
     divide the usual window step, so their frames never coincide.
 
     Parameters
@@ -698,7 +698,7 @@ def _vector(y: np.ndarray, spec: FeatureSpec, speech: SpeechFrames | None) -> np
             import librosa
 
             block = librosa.feature.spectral_contrast(S=mag, sr=sr, n_fft=n_fft, hop_length=hop)
-        else:  # tonnetz, as in the seed: on the harmonic component, via chroma_cqt
+        else:  # tonnetz, as in the librosa tutorial recipe: on the harmonic component, via chroma_cqt
             import librosa
 
             block = librosa.feature.tonnetz(y=librosa.effects.harmonic(y), sr=sr)

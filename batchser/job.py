@@ -28,6 +28,7 @@ from batchser.model import TrainedModel, load_model
 from batchser.paths import check_manifest_paths
 from batchser.predict import FileOutcome, JobAdaptation, annotate_rows
 from batchser.queue import QueueWatcher
+from batchser.relearn import ReviewedFiles, relearn
 from batchser.report import (
     ReportRow,
     ReportSet,
@@ -39,10 +40,12 @@ from batchser.report import (
     write_json,
     write_reliability_png,
 )
+from batchser.review import read_answers
 from batchser.segments import SegmentSpec
 from batchser.spool import Listed, Spool, listed_table, work_folder
-from batchser.summary import JobSummary, StageClock, Tally, check_output_owner, write_summary
+from batchser.summary import JobSummary, StageClock, Tally, check_output_owner, summary_payload, write_summary
 from batchser.training import train as train_model
+from batchser.web.page import PageStats, write_page
 
 __all__ = ["FileOutcome", "JobSummary", "NoInputError", "check_manifest_paths", "run_job", "watch_job"]
 
@@ -67,6 +70,7 @@ class _Run:
     files: list[SourceFile]  # the queue's clips (a watch's first run keeps every row, below)
     rows: list[ReportRow]
     segment_rows: list[SegmentRow]
+    page: PageStats | None = None  # what report.html shows, gathered as the rows were written
 
 
 def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
@@ -174,26 +178,37 @@ def _commit_reports(
     """
     m, s, model = run.manifest, run.summary, run.model
     classes = list(model.meta.classes)
-    if metrics and s.metrics is not None:
+    if metrics and (s.metrics or s.review):
         title = f"{m.name} ({model.id})"
-        write_json(rs.stage / "metrics.json", {"model": model.id, "classes": classes, **s.metrics})
-        write_confusion_png(rs.stage / "confusion_matrix.png", s.metrics, title=title)
-        write_reliability_png(rs.stage / "reliability.png", s.metrics, title=title)
-        written = [*written, rs.stage / "metrics.json", rs.stage / "confusion_matrix.png", rs.stage / "reliability.png"]
-    if clock is not None:
-        clock.lap("reports")  # summary.json, written last, holds every stage but its own write
+        evaluations = s.metrics or {}
+        review = {"review": s.review} if s.review else {}
+        write_json(rs.stage / "metrics.json", {"model": model.id, "classes": classes, **evaluations, **review})
+        written = [*written, rs.stage / "metrics.json"]
+        if any(isinstance(v, dict) and "confusion_matrix" in v for v in evaluations.values()):
+            write_confusion_png(rs.stage / "confusion_matrix.png", evaluations, title=title)
+            write_reliability_png(rs.stage / "reliability.png", evaluations, title=title)
+            written += [rs.stage / "confusion_matrix.png", rs.stage / "reliability.png"]
     if t0 is not None:
         s.seconds = time.perf_counter() - t0
-    write_summary(rs.stage / "summary.json", m, s, model_id=model.id, features=run.spec.fingerprint(), reports=written)
-    return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")])
+    payload = summary_payload(m, s, model_id=model.id, features=run.spec.fingerprint())
+    if run.page is not None and m.output.page:
+        written = [*written, write_page(rs.stage / "report.html", run.page, payload, metrics=s.metrics)]
+    if clock is not None:
+        clock.lap("reports")  # summary.json, written last, holds every stage but its own write
+    write_summary(rs.stage / "summary.json", payload, reports=written)
+    # Reports of an earlier set that this one has none of go with the commit: no stale page or scores stay.
+    extras = ["report.html", "metrics.json", "confusion_matrix.png", "reliability.png"]
+    return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")] + extras)
 
 
 def _write_reports(run: _Run) -> list[Path]:
     """Every report again from the rows a watch keeps (annotations.*, segments.* when a file was long)."""
     classes = list(run.model.meta.classes)
-    tally = Tally(run.summary)
+    tally = Tally(run.summary, classes)
     tally.add(run.rows)
     tally.finish(run.model)
+    run.page = PageStats(classes, run.manifest.model.min_confidence)
+    run.page.add(run.rows, run.segment_rows)
     with ReportSet(run.manifest.output_dir) as rs:
         annotations, segments = _report_writers(rs, run.manifest, classes)
         annotations.add(annotations_table(run.rows, classes))
@@ -319,11 +334,16 @@ def _label_all(
     *,
     clock: StageClock,
     keep_rows: bool,
+    reviewed: dict[str, str] | None = None,
 ) -> list[Path]:
-    """The last pass: each chunk labelled and appended to the staged reports; returns their paths."""
+    """The last pass: each chunk labelled and appended to the staged reports; returns their paths.
+
+    ``reviewed``: report path -> a person's answer, which wins over the model's label.
+    """
     m, model = run.manifest, run.model
     classes = list(model.meta.classes)
-    tally = Tally(run.summary)
+    tally = Tally(run.summary, classes)
+    run.page = PageStats(classes, m.model.min_confidence)
     annotations, segments = _report_writers(rs, m, classes)
     start = 0
     for chunk in hashed.chunks(CHUNK, found=True):
@@ -337,9 +357,11 @@ def _label_all(
             min_confidence=m.model.min_confidence,
             groups=groups,
             start=start,
+            reviewed=reviewed,
         )
         clock.lap("predict")
         tally.add(rows)
+        run.page.add(rows, seg_rows)
         annotations.add(annotations_table(rows, classes))
         if seg_rows:
             segments.add(segments_table(seg_rows, classes))
@@ -396,10 +418,15 @@ def _run(
                 if archives
                 else ""
             )
+            opt_in = (
+                " Check the path (an unmounted share? an empty folder?)"
+                if manifest.manifest_file is None  # batchser annotate or the Python interface: no manifest to edit
+                else " Check the path (an unmounted share? an empty folder?), or set allow_empty: true in "
+                f"{manifest.manifest_file.name} to write empty reports"
+            )
             raise NoInputError(
                 f"no audio files found in {where}; nothing was labelled and the reports in {manifest.output_dir} "
-                f"are left as they were.{hint} Check the path (an unmounted share? an empty folder?), or set "
-                "allow_empty: true in the manifest to write empty reports"
+                f"are left as they were.{hint}{opt_in}"
             )
         clock.lap("discover")
         # The reports' staging folder outlives the store (closed before the reports are
@@ -448,10 +475,19 @@ def _run(
                 groups.cluster()
                 if groups.mode == "cluster":
                     _observe(store, hashed, lambda start, outcomes, _labels: groups.observe_clusters(start, outcomes))
+                wins: dict[str, str] = {}
+                if manifest.model.reviewed and not manifest.model.train:
+                    answers_file = manifest.resolve(manifest.model.reviewed)
+                    reviewed = ReviewedFiles(read_answers(answers_file), root=manifest.root_dir, groups=groups)
+                    _observe(store, hashed, reviewed.observe)
+                    model, summary.review, wins = relearn(model, answers_file, reviewed)
+                    summary.model_id = model.id
                 clock.lap("predict")
                 run = _Run(manifest, spec, model, summary, queued, [], [])
                 rs = reports.enter_context(ReportSet(manifest.output_dir))
-                written = _label_all(run, rs, store, hashed, groups, used, clock=clock, keep_rows=keep_rows)
+                written = _label_all(
+                    run, rs, store, hashed, groups, used, clock=clock, keep_rows=keep_rows, reviewed=wins
+                )
             clock.lap("close_cache")
             summary.reports = _commit_reports(rs, run, written, clock, t0, metrics=True)
     return run

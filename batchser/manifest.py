@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.json_schema import SkipJsonSchema
 
 from batchser.features import FEATURE_DIMS, OPENSMILE_GROUPS, opensmile_version
-from batchser.locations import default_model_path
+from batchser.locations import default_cache_dir, default_model_path
 
 __all__ = ["Manifest", "ManifestError", "load_manifest", "parse_manifest"]
 
@@ -178,7 +178,7 @@ class EngineSpec(_Strict):
 
 
 class MLPSpec(_Strict):
-    """MLPClassifier parameters; the defaults are the seed recipe's (checked here as scikit-learn would)."""
+    """MLPClassifier parameters; the defaults are the librosa tutorial recipe's (checked here as scikit-learn would)."""
 
     alpha: Annotated[float, Field(ge=0)] = 0.01
     batch_size: Annotated[int, Field(ge=1)] = 256
@@ -218,6 +218,11 @@ class ModelSpec(_Strict):
     # standardised by (batchser.model.adapt): speaker (falls back to corpus),
     # corpus (the input's files in the job), cluster (pseudo-speakers), none.
     adapt: Literal["speaker", "corpus", "cluster", "none"] = "speaker"
+    # A person's answers to learn from before labelling (`batchser review`'s
+    # review/answers.csv, or any CSV with path and label columns; paths as the
+    # reports write them): the model is refitted on its training rows plus
+    # the answered files, and an answered file keeps the person's answer.
+    reviewed: str | None = None
     # Adaptation modes scored leave-one-corpus-out in a train job with 2+ corpora.
     evaluate_modes: Annotated[list[Literal["none", "corpus", "cluster", "speaker"]], Field(min_length=1)] = [
         "none",
@@ -252,6 +257,8 @@ class OutputSpec(_Strict):
     # manifest never writes over the reports of the one it was copied from.
     dir: str | None = None
     formats: list[Literal["csv", "parquet"]] = ["csv", "parquet"]
+    # report.html: a page of charts and tables a person opens first (batchser report re-renders it).
+    page: bool = True
 
     @field_validator("formats")
     @classmethod
@@ -269,13 +276,15 @@ class Manifest(_Strict):
     inputs: Annotated[list[InputSpec], Field(min_length=1)]
     # Both default to the model's own when a job labels with a trained model.
     emotions: Annotated[list[str], Field(min_length=2)]
-    # Train jobs: the shipped model's groups but voice_stats; the seed recipe's are [mfcc, chroma, mel].
+    # Train jobs: the shipped model's groups but voice_stats; the librosa tutorial recipe's are [mfcc, chroma, mel].
     features: Annotated[list[str], Field(min_length=1)] = ["mfcc_stats", "logmel_stats", "spectral_stats", "prosody"]
-    # chroma's tuning in fractions of a bin: null estimates it per file (librosa, the
-    # seed); a number (0.0: A440) pins it, which makes the seed's features 20 % faster.
+    # chroma's tuning in fractions of a bin: null estimates it per file (librosa, as the
+    # tutorial does); a number (0.0: A440) pins it, which makes the librosa tutorial recipe's features 20 % faster.
     chroma_tuning: Annotated[float, Field(ge=-0.5, lt=0.5)] | None = None
     audio: AudioSpec = AudioSpec()
-    cache: str = "result/cache"
+    # The feature cache; null: the per-user cache that `batchser annotate` and the
+    # Python interface use too, so no file is analysed twice for the same features.
+    cache: str | None = None
     engine: EngineSpec = EngineSpec()
     model: ModelSpec
     output: OutputSpec = OutputSpec()
@@ -345,6 +354,11 @@ class Manifest(_Strict):
             raise ValueError("chroma_tuning is set but features has no chroma; remove chroma_tuning or add chroma")
         if self.engine.backend == "dask" and not self.engine.scheduler:
             raise ValueError("engine.backend dask needs engine.scheduler: local or tcp://host:port")
+        if self.model.train and self.model.reviewed:
+            raise ValueError(
+                "model.reviewed is for labelling jobs (it refits a trained model on a person's answers); "
+                "remove it, or set model.train: false and point model.path at the model to refit"
+            )
         return self
 
     @classmethod
@@ -384,7 +398,7 @@ class Manifest(_Strict):
 
     @property
     def cache_dir(self) -> Path:
-        return self.resolve(self.cache)
+        return default_cache_dir() if self.cache is None else self.resolve(self.cache)
 
     @property
     def output_dir(self) -> Path:

@@ -16,12 +16,13 @@ from pathlib import Path
 from batchser.discover import AUDIO_EXTENSIONS, is_pattern, pattern_matches
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
+from batchser.review import read_answers
 
 __all__ = ["check_manifest_paths", "model_files", "report_files"]
 
 # Every file name a job may write into output.dir (summary.json last).
 _REPORT_STEMS = ("annotations", "segments")
-_REPORT_EXTRAS = ("metrics.json", "confusion_matrix.png", "reliability.png", "summary.json")
+_REPORT_EXTRAS = ("metrics.json", "confusion_matrix.png", "reliability.png", "report.html", "summary.json")
 
 
 def model_files(path: Path) -> list[Path]:
@@ -133,6 +134,14 @@ def check_manifest_paths(manifest: Manifest) -> None:
                     label_source(inp.labels, resolve=manifest.resolve)
                 except ValueError as exc:
                     problems.append(f"inputs[{i}].labels: {exc}")
+    if manifest.model.reviewed:
+        answers = manifest.resolve(manifest.model.reviewed)
+        try:
+            read_answers(answers)
+        except FileNotFoundError:
+            problems.append(f"model.reviewed: {answers} does not exist (batchser review writes review/answers.csv)")
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            problems.append(f"model.reviewed: {exc}")
     if manifest.engine.backend == "dask" and importlib.util.find_spec("distributed") is None:
         problems.append("engine.backend: dask needs dask.distributed; install it with pip install 'batchser[dask]'")
     if not manifest.model.train and not manifest.model_path.is_file():

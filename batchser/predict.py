@@ -70,6 +70,7 @@ def annotate_rows(
     allowed: dict[str, bool] | None = None,
     groups: JobAdaptation | None = None,
     start: int = 0,
+    reviewed: dict[str, str] | None = None,
 ) -> tuple[list[ReportRow], list[SegmentRow]]:
     """One report row per outcome (the model's label and probabilities, or why there are none),
     and one segment row per window of each long file.
@@ -83,6 +84,8 @@ def annotate_rows(
     whether its speaker ids may be used): over ``outcomes`` alone, or, with
     ``groups``, over every file of the job, measured before (``outcomes`` are
     then its files ``start``, ``start + 1``, …; so are the indices in ``used``).
+    ``reviewed`` maps report paths to a person's answers: such a file's label
+    is the answer (``reviewed`` true); its probabilities stay the model's.
     """
 
     def top(p: np.ndarray) -> tuple[str, float]:
@@ -171,11 +174,13 @@ def annotate_rows(
         p = proba[proba_row[i]] if i in proba_row else aggregated.get(i)
         if p is not None:
             label, conf = top(p)
+            answer = reviewed.get(common["path"]) if reviewed else None
             probabilities = dict(zip(classes, map(float, p), strict=True))
             rows.append(
                 ReportRow(
                     status="ok",
-                    label=label,
+                    label=answer or label,
+                    reviewed=answer is not None,
                     confidence=conf,
                     probabilities=probabilities,
                     speaker_normalized=adaptation.how[i] == "speaker",

@@ -186,6 +186,7 @@ class ReportRow:
     corpus: str = ""  # the input's corpus (inputs[].corpus)
     normalized_by: str = ""  # speaker | cluster | corpus: whose statistics standardised it; "": none
     domain_distance: float = math.nan  # RMS z-score against the training data (about 1: like it)
+    reviewed: bool = False  # the label is a person's answer (batchser review), not the model's
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
         "corpus": [r.corpus for r in rows],
         "normalized_by": [r.normalized_by for r in rows],
         "domain_distance": np.array([r.domain_distance for r in rows], dtype=np.float64),
+        "reviewed": np.array([r.reviewed for r in rows], dtype=bool),
     }
     if any(r.used_for_training is not None for r in rows):
         data["used_for_training"] = np.array([bool(r.used_for_training) for r in rows], dtype=bool)

@@ -29,7 +29,15 @@ from batchser.paths import report_files
 from batchser.predict import domain_summary
 from batchser.report import ReportRow, file_digests, read_csv_report, recover_reports, write_json, writing_now
 
-__all__ = ["MAX_FAILURES_LISTED", "JobSummary", "StageClock", "Tally", "check_output_owner", "write_summary"]
+__all__ = [
+    "MAX_FAILURES_LISTED",
+    "JobSummary",
+    "StageClock",
+    "Tally",
+    "check_output_owner",
+    "summary_payload",
+    "write_summary",
+]
 
 MAX_FAILURES_LISTED = 100  # the summary names this many failed files; the report names them all
 
@@ -52,6 +60,7 @@ class JobSummary:
     domain: dict[str, Any] | None = None  # how far the job's files are from the training data
     # Speaker groups found to be emotion groups, per corpus (standardised over the corpus instead).
     emotion_groups: list[dict[str, Any]] = field(default_factory=list)
+    review: dict[str, Any] | None = None  # what a person's answers said, and what the job learned from them
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
@@ -88,14 +97,23 @@ class StageClock:
 
 
 class Tally:
-    """The summary's counts, failures and domain distance, gathered chunk by chunk of report rows."""
+    """The summary's counts, failures and domain distance, gathered chunk by chunk of report rows.
 
-    def __init__(self, summary: JobSummary) -> None:
+    Where a file's true label is known, its probabilities are kept (4 bytes a
+    class) so that the job can score itself: :meth:`finish` puts accuracy, UAR,
+    macro-F1, the confusion matrix and ECE on those files into ``metrics``.
+    """
+
+    def __init__(self, summary: JobSummary, classes: Sequence[str] = ()) -> None:
         self.summary = summary
         summary.n_files, summary.n_failed, summary.failures, summary.label_counts = 0, 0, [], {}
         summary.n_unlisted, summary.unlisted = 0, []
+        self.classes = list(classes)
         self.labels: Counter[str] = Counter()
         self.distances = array("d")  # 8 bytes per labelled file, for the median
+        self.known_proba = array("f")  # the model's probabilities of files whose label is known
+        self.known_true = array("h")  # their true class
+        self.outside: Counter[str] = Counter()  # true labels that are none of the model's emotions
 
     def add(self, rows: Sequence[ReportRow]) -> None:
         s = self.summary
@@ -104,6 +122,12 @@ class Tally:
             if r.status == "ok":
                 self.labels[r.label] += 1
                 self.distances.append(r.domain_distance)
+                if r.true_label and self.classes:
+                    if r.true_label in self.classes and not r.used_for_training:
+                        self.known_true.append(self.classes.index(r.true_label))
+                        self.known_proba.extend(r.probabilities[c] for c in self.classes)
+                    elif r.true_label not in self.classes:
+                        self.outside[r.true_label] += 1
             else:
                 s.n_failed += 1
                 if len(s.failures) < MAX_FAILURES_LISTED:
@@ -114,36 +138,71 @@ class Tally:
                         s.unlisted.append(r.path)
 
     def finish(self, model: TrainedModel) -> None:
-        self.summary.label_counts = dict(self.labels.most_common())
-        self.summary.domain = domain_summary(np.frombuffer(self.distances, dtype=np.float64), model)
+        s = self.summary
+        s.label_counts = dict(self.labels.most_common())
+        s.domain = domain_summary(np.frombuffer(self.distances, dtype=np.float64), model)
+        if self.known_true or self.outside:
+            s.metrics = {**(s.metrics or {}), **self.scores()}
+
+    def scores(self) -> dict[str, Any]:
+        """Scores on the files whose true label is one of the model's emotions, and the other labels counted."""
+        from batchser.model.evaluate import _scores, calibration_table
+
+        out: dict[str, Any] = {}
+        if self.known_true:
+            proba = np.frombuffer(self.known_proba, dtype=np.float32).reshape(-1, len(self.classes))
+            truth = np.asarray(self.classes)[np.frombuffer(self.known_true, dtype=np.int16)]
+            pred = np.asarray(self.classes)[proba.argmax(axis=1)]
+            out["labelled_files"] = {
+                "method": "the job's own files whose true label is one of the model's emotions",
+                **_scores(truth, pred, self.classes),
+                "calibration": calibration_table(proba.astype(np.float64), truth, self.classes),
+            }
+        if self.outside:
+            out["labels_outside_the_model"] = {
+                "note": "files whose true label is none of the model's emotions: not scored",
+                "counts": dict(self.outside.most_common()),
+            }
+        return out
 
 
-def write_summary(
-    path: Path, manifest: Manifest, s: JobSummary, *, model_id: str, features: str, reports: Sequence[Path]
-) -> None:
-    """``summary.json``: the job, its counts, stage times, domain check and every report's hash."""
+def summary_payload(manifest: Manifest, s: JobSummary, *, model_id: str, features: str) -> dict[str, Any]:
+    """What ``summary.json`` says of the job (all but the reports' hashes), also what the report page shows."""
     m = manifest
-    write_json(
-        path,
-        {
-            "job": m.name,
-            "job_fingerprint": m.fingerprint(),
-            "inputs": [str(m.resolve(i.path)) for i in m.inputs],
-            "files": s.n_files,
-            "from_cache": s.n_cached,
-            "extracted": s.n_extracted,
-            "failed": s.n_failed,
-            "unlisted_folders": {"count": s.n_unlisted, "first": s.unlisted},
-            "labels": s.label_counts,
-            "model": model_id,
-            "feature_fingerprint": features,
-            "seconds": round(s.seconds, 3),
-            "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
-            "domain": s.domain,
-            "speaker_groups_that_are_emotions": s.emotion_groups,
-            "reports": file_digests(reports),
-        },
-    )
+    return {
+        "job": m.name,
+        "job_fingerprint": m.fingerprint(),
+        "inputs": [str(m.resolve(i.path)) for i in m.inputs],
+        # Report paths inside this folder are written relative to it (batchser review finds the files by it).
+        "paths_relative_to": str(m.root_dir),
+        "files": s.n_files,
+        "from_cache": s.n_cached,
+        "extracted": s.n_extracted,
+        "failed": s.n_failed,
+        "failures": [{"path": p, "error": e} for p, e in s.failures[:20]],
+        "unlisted_folders": {"count": s.n_unlisted, "first": s.unlisted},
+        "labels": s.label_counts,
+        "model": model_id,
+        "model_min_confidence": m.model.min_confidence,
+        "feature_fingerprint": features,
+        "seconds": round(s.seconds, 3),
+        "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
+        "domain": s.domain,
+        "speaker_groups_that_are_emotions": s.emotion_groups,
+        "review": s.review,
+        "scores": {k: _brief(v) for k, v in (s.metrics or {}).items() if isinstance(v, dict) and "uar" in v},
+    }
+
+
+def write_summary(path: Path, payload: dict[str, Any], *, reports: Sequence[Path]) -> None:
+    """``summary.json``: :func:`summary_payload` and every report's hash (written last in a report set)."""
+    write_json(path, {**payload, "reports": file_digests(reports)})
+
+
+def _brief(ev: dict[str, Any]) -> dict[str, Any]:
+    return {k: ev[k] for k in ("n", "accuracy", "uar", "macro_f1") if k in ev} | {
+        "ece": ev.get("calibration", {}).get("ece")
+    }
 
 
 def check_output_owner(manifest: Manifest) -> None:

@@ -34,6 +34,7 @@ from batchser.model import (
 from batchser.model.adapt import group_rows
 from batchser.model.domain import distances, domain_reference, scaler_of
 from batchser.model.evaluate import calibration_groups, evaluate_corpora, fit_normalized
+from batchser.model.learn import TrainingSet
 
 __all__ = ["TrainingData", "TrainingError", "train"]
 
@@ -251,7 +252,9 @@ def train(
         metrics=metrics,
         versions=versions(),
     )
-    model = save_model(plain, meta, manifest.model_path, speaker_pipeline=norm_net)
+    keys = np.array([k or "" for k in g.keys] if g is not None else [""] * len(data.y), dtype=str)
+    training = TrainingSet(X=data.X.astype(np.float32), y=np.asarray(data.y).astype(str), keys=keys)
+    model = save_model(plain, meta, manifest.model_path, speaker_pipeline=norm_net, training=training)
     write_model_card(model, data_note=_licences(manifest, data))
     return model, metrics, set(use)
 

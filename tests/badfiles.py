@@ -44,7 +44,7 @@ def make_bad_corpus(root: Path, *, unreadable: bool = True) -> dict[str, Expect]
 
     # -- not audio at all, or no samples ----------------------------------------
     (root / "zero-bytes.wav").write_bytes(b"")
-    e["zero-bytes.wav"] = Expect("error", "cannot decode")
+    e["zero-bytes.wav"] = Expect("error", "cannot decode: empty file (0 bytes)")
     _wav(root / "header-only.wav", np.zeros(0, dtype=np.float32), 16000)
     e["header-only.wav"] = Expect("error", "no audio samples")
     (root / "random-bytes.wav").write_bytes(np.random.default_rng(0).bytes(20000))

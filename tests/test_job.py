@@ -88,6 +88,7 @@ def test_train_then_annotate_then_rerun_from_cache(
         "corpus",
         "normalized_by",
         "domain_distance",
+        "reviewed",
     ]
     assert (a["status"] == "ok").all() and (a["error"] == "").all()
     probs = a[[f"p_{c}" for c in CLASSES]].to_numpy()

@@ -1,4 +1,4 @@
-"""The README's walkthroughs, run as written: a newcomer's first commands must work.
+"""The README's and docs' walkthroughs, run as written: a newcomer's first commands must work.
 
 Each fenced block after ``<!-- walkthrough: NAME -->`` is executed in a fresh folder
 holding what the text assumes the reader has (``my-recordings/`` of 48 clips by four
@@ -29,16 +29,25 @@ BLOCK = re.compile(
 )
 
 
+DOCUMENTS = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+
+
 def walkthrough(name: str) -> list[tuple[str, str | None, str]]:
-    """(language, file to write or None, code) of each block of walkthrough ``name``, in README order."""
-    got = [(m["lang"], m["file"], m["code"]) for m in BLOCK.finditer((PROJECT / "README.md").read_text())]
+    """(language, file to write or None, code) of each block of walkthrough ``name``: the README's, then the docs'."""
     blocks = [
-        (lang, f, code)
-        for (lang, f, code), m in zip(got, BLOCK.finditer((PROJECT / "README.md").read_text()), strict=True)
+        (m["lang"], m["file"], m["code"])
+        for doc in DOCUMENTS
+        for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))
         if m["name"] == name
     ]
-    assert blocks, f"the README has no walkthrough {name!r}"
+    assert blocks, f"neither the README nor docs/ has a walkthrough {name!r}"
     return blocks
+
+
+def test_every_walkthrough_is_run_by_a_test() -> None:
+    names = {m["name"] for doc in DOCUMENTS for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))}
+    tested = set(re.findall(r'play\("([\w-]+)"', Path(__file__).read_text()))
+    assert names == tested, f"walkthroughs without a test: {names - tested}; tests of none: {tested - names}"
 
 
 @pytest.fixture
@@ -88,6 +97,22 @@ def test_label_your_own_folder(reader: Path) -> None:
     table = pd.read_csv(reader / "my-reports" / "annotations.csv")
     assert len(table) == 48 and (table["status"] == "ok").all() and set(table["label"]) <= set(KINDS)
     assert pd.read_json(reader / "my-reports" / "summary.json", typ="series")["from_cache"] == 48  # the second run
+
+
+def test_check_a_sample_and_learn(reader: Path) -> None:
+    play("label", reader)
+    play("review", reader)
+    sample = pd.read_csv(reader / "my-sample.csv")
+    assert len(sample) == sum(
+        min(20, n) for n in pd.read_csv(reader / "my-reports" / "annotations.csv").label.value_counts()
+    )
+    sample["label"] = sample["path"].str.split("/").str[-1].str.split("-").str[0]  # a person's answers: the truth
+    sample.to_csv(reader / "my-sample.csv", index=False)
+    play("learn", reader)
+    table = pd.read_csv(reader / "my-reports" / "annotations.csv")
+    assert table["reviewed"].sum() == len(sample)
+    review = json.loads((reader / "my-reports" / "summary.json").read_text())["review"]
+    assert review["learned_from"] == len(sample) and review["random_sample"] is True
 
 
 def test_train_on_your_own_labelled_data(reader: Path) -> None:

@@ -187,12 +187,14 @@ def test_nothing_is_written_outside_output_and_cache(tmp_path: Path, good_dir: P
     assert new and not outside
 
 
-def test_quiet_silences_the_decoders_own_notes(tmp_path: Path, good_dir: Path) -> None:
+def test_the_decoders_own_notes_show_only_with_verbose(tmp_path: Path, good_dir: Path) -> None:
     # An MP3 with a tag and no valid frames: libmpg123 prints "Note: Illegal Audio-MPEG-Header" to fd 2.
     (good_dir / "noisy.mp3").write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x0a" + b"\x00" * 10 + b"\xff" * 100)
     job = annotate_manifest(tmp_path, ["good"], engine={"backend": "sequential"})
-    loud = cli(["run", str(job)])
+    loud = cli(["-v", "run", str(job)])
     if "Note:" not in loud.stderr:
         pytest.skip("this libsndfile/libmpg123 prints no notes for a broken MP3")
+    plain = cli(["run", "--overwrite", str(job)])
+    assert plain.returncode == 0 and "Note:" not in plain.stderr, plain.stderr
     quiet = cli(["run", "-q", "--overwrite", str(job)])
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -18,7 +18,7 @@ from batchser.model.base import ModelError, ModelMeta, TrainedModel
 from batchser.model.card import write_model_card
 from batchser.model.evaluate import calibration_table, evaluate
 from batchser.model.network import NumpyNetwork, network_arrays
-from batchser.model.store import TRUSTED_TYPES, load_model, read_meta, save_model, weights_digest
+from batchser.model.store import TRUSTED_TYPES, load_model, read_meta, read_training, save_model, weights_digest
 from batchser.model.train import build_pipeline, fit, fit_model, training_fingerprint, versions
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "load_model",
     "network_arrays",
     "read_meta",
+    "read_training",
     "save_model",
     "training_fingerprint",
     "versions",

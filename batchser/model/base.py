@@ -35,6 +35,7 @@ class ModelMeta:
     sha256: str = ""  # of the .skops bytes: integrity (skops bytes differ on every save)
     weights_sha256: str = ""  # of the fitted numbers: identity, equal for retrains on the same data, versions and CPU
     arrays_sha256: str = ""  # of the .npz NumpyNetwork arrays jobs predict from ("" for older models)
+    training_sha256: str = ""  # of the training rows a review refits on ("" when the file carries none)
 
     @property
     def feature_fingerprint(self) -> str:

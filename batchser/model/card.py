@@ -139,7 +139,7 @@ Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id
 | model | {estimator} |
 | speaker normalisation | {normalization} |
 | training files | {m.n_train} (training fingerprint `{m.training_fingerprint}`) |
-| random 75/25 split (seed recipe, random_state 7) | accuracy {_pct(rs)}, macro-F1 {_pct(rs, "macro_f1")} |
+| random 75/25 split (librosa tutorial recipe, random_state 7) | accuracy {_pct(rs)}, macro-F1 {_pct(rs, "macro_f1")} |
 | actor-wise ({aw.get("method", "skipped")}) | accuracy {_pct(aw)}, macro-F1 {_pct(aw, "macro_f1")} |
 | probability calibration | {m.params.get("calibration", "none")}; ECE on held-out actors {_ece(aw)} |
 | versions | {", ".join(f"{k} {v}" for k, v in m.versions.items())} |

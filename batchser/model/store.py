@@ -20,9 +20,18 @@ if TYPE_CHECKING:
 
 from batchser.atomic import atomic_path
 from batchser.model.base import ModelError, ModelMeta, TrainedModel
+from batchser.model.learn import TrainingSet
 from batchser.model.network import NumpyNetwork, layers, network_arrays
 
-__all__ = ["MAX_MODEL_BYTES", "TRUSTED_TYPES", "load_model", "read_meta", "save_model", "weights_digest"]
+__all__ = [
+    "MAX_MODEL_BYTES",
+    "TRUSTED_TYPES",
+    "load_model",
+    "read_meta",
+    "read_training",
+    "save_model",
+    "weights_digest",
+]
 
 # The largest model file read: the shipped one is about 0.3 MB, and one carrying
 # its training features for a refit some MB; a bound stops a wrong path (a
@@ -126,6 +135,7 @@ def _arrays_file(path: Path) -> Path:
 # never a new network beside old metadata. skops ignores entries it did not write.
 _META_ENTRY = "batchser/meta.json"
 _ARRAYS_ENTRY = "batchser/arrays.npz"
+_TRAINING_ENTRY = "batchser/training.npz"
 
 
 def _arrays_blob(estimators: dict[str, Any]) -> bytes:
@@ -156,7 +166,46 @@ def _networks_from(blob: bytes) -> dict[str, NumpyNetwork]:
     return out
 
 
-def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: Any | None = None) -> TrainedModel:
+def _training_blob(training: TrainingSet) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        X=np.asarray(training.X, dtype=np.float32),
+        y=np.asarray(training.y).astype(str),
+        keys=np.asarray(training.keys).astype(str),
+    )
+    return buf.getvalue()
+
+
+def read_training(path: Path) -> TrainingSet:
+    """The training rows a model file carries for a refit on a person's answers, hash-checked.
+
+    Raises
+    ------
+    ModelError
+        When the file carries none (models saved before they did: retrain it) or they changed.
+    """
+    meta = read_meta(path)
+    if not meta.training_sha256:
+        raise ModelError(
+            f"model {path} carries no training data to learn from answers with (it was saved by an older "
+            "batchser); retrain it with this version (batchser run on its train manifest)"
+        )
+    with zipfile.ZipFile(io.BytesIO(_read_bounded(path, "model file"))) as zf:
+        blob = zf.read(_TRAINING_ENTRY)
+    _check_sha256(blob, meta.training_sha256, f"training rows in {path}", plural=True)
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:  # numbers and strings only
+        return TrainingSet(X=npz["X"], y=npz["y"], keys=npz["keys"])
+
+
+def save_model(
+    pipeline: Any,
+    meta: ModelMeta,
+    path: Path,
+    *,
+    speaker_pipeline: Any | None = None,
+    training: TrainingSet | None = None,
+) -> TrainedModel:
     """Write the model to ``path`` as one file: skops, with batchser's metadata and arrays inside.
 
     The file is written whole beside ``path`` and renamed over it, so a save
@@ -165,17 +214,21 @@ def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: 
     switch, since they describe the model it replaced.
 
     With ``speaker_pipeline`` the skops part holds ``{"global": pipeline, "speaker": speaker_pipeline}``.
+    With ``training`` the file also carries the training rows (float32
+    features, labels, normalisation groups), which a review refits on.
     """
     import skops.io as sio
 
     content = pipeline if speaker_pipeline is None else {"global": pipeline, "speaker": speaker_pipeline}
     blob = sio.dumps(content)
     arrays_blob = _arrays_blob({"global": pipeline} | ({"speaker": speaker_pipeline} if speaker_pipeline else {}))
+    training_blob = _training_blob(training) if training is not None else b""
     meta = ModelMeta(
         **{
             **asdict(meta),
             "sha256": hashlib.sha256(blob).hexdigest(),
             "arrays_sha256": hashlib.sha256(arrays_blob).hexdigest(),
+            "training_sha256": hashlib.sha256(training_blob).hexdigest() if training_blob else "",
             "weights_sha256": weights_digest(content),
             "created": meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -184,6 +237,8 @@ def save_model(pipeline: Any, meta: ModelMeta, path: Path, *, speaker_pipeline: 
     with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(_META_ENTRY, json.dumps(asdict(meta), indent=2) + "\n")
         zf.writestr(_ARRAYS_ENTRY, arrays_blob)
+        if training_blob:
+            zf.writestr(_TRAINING_ENTRY, training_blob, compress_type=zipfile.ZIP_STORED)  # compressed already
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a save that was killed
         stale.unlink(missing_ok=True)
     with atomic_path(path) as tmp:

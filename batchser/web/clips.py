@@ -1,0 +1,83 @@
+"""The audio a review page plays: a job's own files, found from its reports, never from a request's path.
+
+A report names a file by its report path (relative to the job's root, or
+absolute); :func:`locate` turns that back into the file's bytes path and
+refuses anything outside the job's inputs. :func:`clip_wav` decodes at most
+:data:`MAX_CLIP_S` seconds of it (a long recording's chosen segment) into a
+16-bit mono WAV any browser plays, whatever the source format.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from batchser.archive import SEPARATOR, read_members
+from batchser.audio import AudioError, AudioStream
+from batchser.hashing import path_from_text
+
+__all__ = ["MAX_CLIP_S", "ClipError", "clip_wav", "locate"]
+
+MAX_CLIP_S = 20.0  # the longest stretch a page plays
+RATE = 16000
+
+
+class ClipError(Exception):
+    """The clip cannot be served; ``str()`` says why (shown on the page)."""
+
+
+def locate(report_path: str, *, root: str, inputs: list[str]) -> tuple[bytes, str]:
+    """(file path as bytes, archive member or "") of a report path, checked to lie inside the job's inputs.
+
+    Raises
+    ------
+    ClipError
+        A path that is no report path, or that resolves outside every input.
+    """
+    archive, sep, member = report_path.partition(SEPARATOR)
+    try:
+        raw = path_from_text(archive if sep else report_path)
+    except ValueError as exc:
+        raise ClipError(str(exc)) from None
+    full = raw if raw.startswith(b"/") else os.path.join(os.fsencode(root), raw)
+    real = os.path.realpath(full)
+    allowed = [os.path.realpath(os.fsencode(i)) for i in inputs]
+    if not any(real == a or real.startswith(os.path.join(a, b"")) for a in allowed):
+        raise ClipError("the file lies outside the job's inputs")
+    return real, member if sep else ""
+
+
+def clip_wav(path: bytes, member: str = "", *, start_s: float = 0.0, seconds: float = MAX_CLIP_S) -> bytes:
+    """At most ``seconds`` (capped at :data:`MAX_CLIP_S`) of the file from ``start_s``, as a 16 kHz mono WAV.
+
+    Raises
+    ------
+    ClipError
+        The file is gone or no longer decodes.
+    """
+    seconds = min(seconds, MAX_CLIP_S)
+    try:
+        if member:
+            ((_, data, error),) = list(read_members(Path(os.fsdecode(path)), [member]))
+            if data is None:
+                raise ClipError(error)
+            source = data.spill if data.spill is not None else io.BytesIO(data.data or b"")
+            return _encode(source, start_s, seconds)
+        return _encode(path, start_s, seconds)
+    except (OSError, RuntimeError, ValueError, AudioError) as exc:
+        raise ClipError(f"cannot play it: {exc}") from None
+
+
+def _encode(source: object, start_s: float, seconds: float) -> bytes:
+    with AudioStream(source, sample_rate=RATE) as stream:  # type: ignore[arg-type]
+        first = round(start_s * RATE)
+        first -= first % max(1, RATE // np.gcd(RATE, stream.orig_sample_rate))  # on an input sample
+        blocks = list(stream.span(max(0, first), max(0, first) + int(seconds * RATE)))
+    y = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(y, -1.0, 1.0), RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()

@@ -1,0 +1,360 @@
+"""``report.html``: the one page a person opens first, written with every job's reports.
+
+A job feeds :class:`PageStats` its report rows a chunk at a time (memory holds
+counts, a histogram and a few bounded lists, never a row per file), and
+:func:`render` draws the page: what ran, the label mix, confidence, scores
+when true labels are known, timelines of long recordings and the files the
+model was least sure of. Charts are matplotlib SVG inlined in the page and
+the page is a Jinja2 template with autoescaping (a file name holding HTML
+shows as text), so it is one self-contained file that opens offline, with no
+script at all.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batchser.report import ReportRow, SegmentRow
+
+__all__ = ["PageStats", "render", "rerender", "write_page"]
+
+MAX_GROUPS = 2000  # distinct inputs, speakers or folders counted; the rest as "other"
+SHOWN_GROUPS = 30  # rows per breakdown table
+LEAST_SURE = 50
+TIMELINES = 6  # long recordings drawn; the rest listed
+LISTED_LONG = 200
+BINS = 20
+_COLORS = ["#d1495b", "#2f6fb3", "#8d99ae", "#edae49", "#66a182", "#9b5de5", "#00798c", "#f15bb5"]
+
+
+@dataclass
+class PageStats:
+    """What the page shows, gathered chunk by chunk of report rows (bounded memory)."""
+
+    classes: list[str]
+    min_confidence: float | None = None
+    n_files: int = 0
+    n_ok: int = 0
+    n_reviewed: int = 0
+    below_cutoff: int = 0
+    labels: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    normalized_by: Counter[str] = field(default_factory=Counter)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, dtype=np.int64))
+    groups: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
+    _least: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
+    _long: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
+    listed_long: list[dict[str, Any]] = field(default_factory=list)
+    n_long: int = 0
+    _seen: int = 0
+
+    def add(self, rows: Sequence[ReportRow], seg_rows: Sequence[SegmentRow] = ()) -> None:
+        segs: dict[str, list[SegmentRow]] = {}
+        for s in seg_rows:
+            segs.setdefault(s.path, []).append(s)
+        for r in rows:
+            self._seen += 1
+            self.n_files += 1
+            if r.status != "ok":
+                self.reasons[(r.error or r.status).split(":", 1)[0][:80]] += 1
+                continue
+            self.n_ok += 1
+            self.labels[r.label] += 1
+            self.n_reviewed += r.reviewed
+            self.normalized_by[r.normalized_by or "none"] += 1
+            if not math.isnan(r.confidence):
+                self.hist[min(BINS - 1, int(r.confidence * BINS))] += 1
+                if self.min_confidence is not None and r.confidence < self.min_confidence:
+                    self.below_cutoff += 1
+            folder = os.path.dirname(r.path.split("::", 1)[0]) or "."
+            for kind, key in (("input", r.corpus), ("speaker", r.speaker), ("folder", folder)):
+                if key:
+                    by = self.groups.setdefault(kind, {})
+                    if key not in by and len(by) >= MAX_GROUPS:
+                        key = "(other)"
+                    by.setdefault(key, Counter())[r.label] += 1
+            item = {"path": r.path, "label": r.label, "confidence": r.confidence, "probabilities": r.probabilities}
+            entry = (-r.confidence, self._seen, item)  # a max-heap of the least confident
+            if len(self._least) < LEAST_SURE:
+                heapq.heappush(self._least, entry)
+            elif entry > self._least[0]:
+                heapq.heapreplace(self._least, entry)
+            if r.segments:
+                self._add_long(r, segs.get(r.path, []))
+
+    def _add_long(self, r: ReportRow, segs: list[SegmentRow]) -> None:
+        self.n_long += 1
+        info = {"path": r.path, "duration_s": r.duration_s, "label": r.label, "dominant": r.dominant_label,
+                "segments": r.segments}  # fmt: skip
+        varied = len({s.label for s in segs if s.voiced})
+        rank = (varied, r.duration_s if not math.isnan(r.duration_s) else 0.0)
+        timeline = {**info, "windows": [(s.start_s, s.end_s, s.label, s.confidence, s.voiced) for s in segs]}
+        entry = (rank, self._seen, timeline)
+        if len(self._long) < TIMELINES:
+            heapq.heappush(self._long, entry)
+        else:
+            _, _, dropped = heapq.heappushpop(self._long, entry)
+            if len(self.listed_long) < LISTED_LONG:
+                self.listed_long.append({k: v for k, v in dropped.items() if k != "windows"})
+
+    @property
+    def least_sure(self) -> list[dict[str, Any]]:
+        return [item for _, _, item in sorted(self._least, key=lambda e: (-e[0], e[1]))]
+
+    @property
+    def timelines(self) -> list[dict[str, Any]]:
+        return [t for _, _, t in sorted(self._long, key=lambda e: e[0], reverse=True)]
+
+
+# -- charts ----------------------------------------------------------------------------------
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "none"  # text as text: smaller, and searchable
+    return plt
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # the same page for the same job
+    _pyplot().close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]  # inline: without the XML prolog and doctype
+
+
+def _color(label: str, classes: list[str]) -> str:
+    return _COLORS[classes.index(label) % len(_COLORS)] if label in classes else "#bbbbbb"
+
+
+def _label_chart(labels: Counter[str], classes: list[str]) -> str:
+    plt = _pyplot()
+    names = [c for c in classes if labels.get(c)] + sorted(set(labels) - set(classes))
+    fig, ax = plt.subplots(figsize=(5.2, 0.45 * max(2, len(names)) + 0.6))
+    counts = [labels[n] for n in names]
+    ax.barh(names, counts, color=[_color(n, classes) for n in names])
+    total = max(1, sum(counts))
+    for i, c in enumerate(counts):
+        ax.text(c, i, f" {c:,} ({c / total:.0%})", va="center", fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(counts) * 1.35 if counts else 1)
+    ax.set_xlabel("files")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def _confidence_chart(hist: np.ndarray, cutoff: float | None) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 2.6))
+    edges = np.linspace(0, 1, BINS + 1)
+    ax.bar(edges[:-1], hist, width=1 / BINS, align="edge", color="#2f6fb3", edgecolor="white")
+    if cutoff is not None:
+        ax.axvline(cutoff, color="#c0392b", linestyle="--", linewidth=1.2, label=f"cut-off {cutoff:g}")
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("files")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
+
+
+def _confusion_chart(ev: dict[str, Any]) -> str:
+    plt = _pyplot()
+    cm = np.asarray(ev["confusion_matrix"], dtype=float)
+    labels = ev["labels"]
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("model's label")
+    ax.set_ylabel("true label")
+    return _svg(fig)
+
+
+def _reliability_chart(cal: dict[str, Any]) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.0, 3.8))
+    bins = cal["bins"]
+    ax.bar([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=0.9 / cal["n_bins"],
+           color="#2f6fb3", label="accuracy")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ECE {cal['ece']:.3f}", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    return _svg(fig)
+
+
+def _timeline_chart(t: dict[str, Any], classes: list[str]) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9.5, 1.5))
+    # Windows overlap (a hop is half a window): each is drawn over its first hop, so the bars tile the time.
+    windows = t["windows"]
+    for k, (start, end, label, conf, voiced) in enumerate(windows):
+        step = (windows[k + 1][0] - start) if k + 1 < len(windows) else end - start
+        ax.bar(start, conf, width=max(step, 1e-3), align="edge", alpha=0.9 if voiced else 0.3,
+               color=_color(label, classes), linewidth=0)  # fmt: skip
+    ax.set_xlim(0, t["duration_s"] if not math.isnan(t["duration_s"]) else None)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("confidence")
+    ax.set_xlabel("seconds (faded: a window judged silent)")
+    ax.spines[["top", "right"]].set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_color(c, classes)) for c in classes]
+    ax.legend(handles, classes, fontsize=7, ncol=len(classes), frameon=False, loc="upper right",
+              bbox_to_anchor=(1, 1.35))  # fmt: skip
+    return _svg(fig)
+
+
+# -- the page --------------------------------------------------------------------------------
+
+
+def _breakdowns(stats: PageStats) -> list[dict[str, Any]]:
+    out = []
+    for kind in ("input", "speaker", "folder"):
+        by = stats.groups.get(kind, {})
+        if len(by) < 2 and kind != "input":
+            continue
+        rows = sorted(by.items(), key=lambda kv: -sum(kv[1].values()))
+        shown = [{"name": k, "n": sum(c.values()), "share": {x: c[x] / max(1, sum(c.values())) for x in stats.classes}}
+                 for k, c in rows[:SHOWN_GROUPS]]  # fmt: skip
+        out.append({"kind": kind, "rows": shown, "more": max(0, len(rows) - SHOWN_GROUPS)})
+    return out
+
+
+def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any] | None = None) -> str:
+    """The page's HTML from the aggregated rows, ``summary.json``'s content and the job's metrics."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("batchser.web", "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["pct"] = lambda x: "\u2013" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+    metrics = metrics or {}
+    labelled = metrics.get("labelled_files")
+    train = {k: v for k, v in metrics.items() if k in ("actor_wise", "random_split") and "accuracy" in v}
+    seconds = summary.get("seconds") or 0.0
+    charts = {
+        "labels": _label_chart(stats.labels, stats.classes) if stats.labels else "",
+        "confidence": _confidence_chart(stats.hist, stats.min_confidence) if stats.n_ok else "",
+        "confusion": _confusion_chart(labelled) if labelled else "",
+        "reliability": _reliability_chart(labelled["calibration"]) if labelled else "",
+    }
+    timelines = [{**t, "svg": _timeline_chart(t, stats.classes)} for t in stats.timelines]
+    return env.get_template("report.html").render(
+        s=summary,
+        stats=stats,
+        charts=charts,
+        groups=_breakdowns(stats),
+        labelled=labelled,
+        outside=metrics.get("labels_outside_the_model"),
+        train=train,
+        loco=metrics.get("leave_one_corpus_out"),
+        review=summary.get("review"),
+        timelines=timelines,
+        rate=(summary.get("files", 0) / seconds) if seconds else None,
+        generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+    )
+
+
+def write_page(path: Path, stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any] | None = None) -> Path:
+    """Render and write ``report.html`` (atomically; the caller stages it with the other reports)."""
+    from batchser.atomic import atomic_write_text
+
+    atomic_write_text(path, render(stats, summary, metrics=metrics))
+    return path
+
+
+def summary_for_page(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary.json`` as the page reads it (a round trip through JSON: plain types only)."""
+    return json.loads(json.dumps(summary, default=str))
+
+
+def rerender(out_dir: Path) -> Path:
+    """``report.html`` of an output folder drawn again from its reports (after a review, or an upgrade).
+
+    ``summary.json`` is rewritten with the new page's hash, so the set stays one
+    job's (and the next run still recognises the page as its own).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``summary.json`` or annotations report in ``out_dir``.
+    """
+    import pyarrow.parquet as pq
+
+    from batchser.report import file_digests, read_csv_report, write_json
+
+    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    metrics_path = out_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    parquet = out_dir / "annotations.parquet"
+    if parquet.is_file():
+        pf = pq.ParquetFile(parquet)
+        chunks = (pf.read_row_group(i).to_pandas() for i in range(pf.num_row_groups))
+    elif (out_dir / "annotations.csv").is_file():
+        chunks = iter([read_csv_report(out_dir / "annotations.csv")])
+    else:
+        raise FileNotFoundError(f"{out_dir} holds no annotations report to draw a page from")
+    first = next(chunks)
+    classes = [c.removeprefix("p_") for c in first.columns if c.startswith("p_")]
+    stats = PageStats(classes, summary.get("model_min_confidence"))
+    segs = _segment_rows(out_dir)
+    for df in (first, *chunks):
+        rows = [_row(r, classes) for r in df.to_dict("records")]
+        stats.add(rows, [s for r in rows if r.segments for s in segs.get(r.path, [])])
+    page = write_page(out_dir / "report.html", stats, summary, metrics=metrics)
+    summary["reports"] = {**summary.get("reports", {}), **file_digests([page])}
+    write_json(out_dir / "summary.json", summary)
+    return page
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+def _row(r: dict[str, Any], classes: list[str]) -> ReportRow:
+    text = {k: (_clean(r.get(k)) or "") for k in ("path", "status", "error", "label", "corpus", "speaker",
+                                                   "normalized_by", "dominant_label")}  # fmt: skip
+    return ReportRow(
+        **text,
+        confidence=float(r.get("confidence") if r.get("confidence") is not None else math.nan),
+        probabilities={c: float(r[f"p_{c}"]) for c in classes if _clean(r.get(f"p_{c}")) is not None},
+        duration_s=float(r.get("duration_s") if r.get("duration_s") is not None else math.nan),
+        segments=int(_clean(r.get("segments")) or 0),
+        reviewed=bool(_clean(r.get("reviewed")) or False),
+    )
+
+
+def _segment_rows(out_dir: Path) -> dict[str, list[SegmentRow]]:
+    from batchser.web.tables import read_report
+
+    try:
+        df = read_report(out_dir, "segments", ["path", "start_s", "end_s", "voiced", "label", "confidence"])
+    except FileNotFoundError:
+        return {}
+    out: dict[str, list[SegmentRow]] = {}
+    for r in df.itertuples(index=False):
+        out.setdefault(r.path, []).append(
+            SegmentRow(r.path, r.start_s, r.end_s, bool(r.voiced), r.label or "", r.confidence, {})
+        )
+    return out
