@@ -244,6 +244,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     m = load_manifest(args.manifest)
     check_manifest_paths(m)
+    if any(i.has_labels for i in m.inputs):  # the labels, read as the job will read them (no file decoded)
+        from batchser.job import check_labels
+        from batchser.model import read_meta
+
+        classes = list(m.emotions) if m.model.train else list(read_meta(m.model_path).classes)
+        check_labels(m, classes)
     if not args.quiet:
         print(f"{args.manifest}: valid (root {m.root_dir})")
     return EXIT_OK

@@ -149,6 +149,62 @@ class _Coverage:
             raise ManifestError(str(self.manifest.manifest_file or self.manifest.name), problems)
 
 
+def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
+    """What ``validate`` checks of the labels before any work: every labelled input's labels match
+    files, and the label names are the job's emotions (``classes``), with a ``map:`` suggested.
+
+    Lists the inputs and applies their label sources (no file is read or hashed).
+
+    Raises
+    ------
+    ManifestError
+        Naming the input, the labels that are none of the emotions and the map to add, or
+        the label source that matches no file.
+    """
+    import difflib
+
+    paths, fns = _input_paths(manifest)
+    n = len(manifest.inputs)
+    coverage = _Coverage(manifest, fns)
+    names: dict[int, Counter[str]] = {}
+    for f in iter_files(paths[:n], max_member_bytes=[round(i.max_member_mb * 2**20) for i in manifest.inputs]):
+        label = fns[f.input_index](Path(f.name) if f.member else f.path)
+        coverage.add(f, label)
+        if label.emotion:
+            names.setdefault(f.input_index, Counter())[label.emotion] += 1
+
+    def suggest(i: int, other: list[str]) -> str:
+        close = {o: difflib.get_close_matches(o.lower(), list(classes), n=1, cutoff=0.4) for o in other}
+        mapping = ", ".join(f"{o}: {c[0]}" for o, c in close.items() if c)
+        return f"add map: {{{mapping}}} to inputs[{i}].labels" if mapping else "map them to the emotions with map:"
+
+    problems = []
+    if manifest.model.train:  # files of other emotions are left out on purpose; an emotion with none fails
+        have = set().union(*names.values()) if names else set()
+        missing = [c for c in classes if c not in have]
+        for i, counts in sorted(names.items()):
+            other = sorted(set(counts) - set(classes))
+            if missing and other:
+                problems.append(
+                    f"inputs[{i}].labels: no file is labelled {', '.join(missing)}, and the labels "
+                    f"{', '.join(other)} are none of the emotions; {suggest(i, other)}"
+                )
+    else:  # a labelling job scores the files whose labels are the model's and counts the rest
+        for i, counts in sorted(names.items()):
+            if not set(counts) & set(classes):
+                other = sorted(counts)
+                problems.append(
+                    f"inputs[{i}].labels: the labels {', '.join(other)} are none of the model's emotions "
+                    f"({', '.join(classes)}); {suggest(i, other)}"
+                )
+    try:
+        coverage.check(quiet=True)
+    except ManifestError as exc:
+        problems += exc.problems
+    if problems:
+        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
+
+
 def _speaker_allowed(manifest: Manifest) -> dict[str, bool]:
     return {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
 

@@ -64,3 +64,18 @@ def test_cache_scale_prints_a_row_per_cache_size() -> None:
     for size in ("100", "3,000"):
         cells = row(lines, size)
         assert float(cells[1]) > 0 and cells[2].endswith("x") and float(cells[3]) > 0
+
+
+def test_review_page_prints_every_request_kind() -> None:
+    lines = bench("review_page.py", "--rows", "3000")
+    for kind in ("open (read report, draw sample)", "page", "state", "answer", "clip"):
+        cells = [c.strip() for c in next(line for line in lines if line.startswith(f"| {kind} |")).split("|")]
+        assert cells[2].endswith(" ms") and cells[5].endswith("x"), cells  # median, ratio to 1,000 rows
+
+
+def test_speech_segments_measures_non_speech_time() -> None:
+    if not (PROJECT.parent / "shared" / "corpora" / "emovo").is_dir():
+        pytest.skip("needs ../shared/corpora/emovo (present in CI)")
+    lines = bench("speech_segments.py")
+    share = row(lines, "| all |")
+    assert share[-2].endswith("%") and 0 <= float(share[-2].rstrip("%")) <= 100

@@ -1,0 +1,83 @@
+"""The walls a new user hit, each met with a message in the user's own terms and the next step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from batchser.cli import main
+from tests.conftest import speechlike, write_audio
+
+KINDS = ["angry", "sad", "neutral", "happy"]
+
+
+def _clips(folder: Path, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        write_audio(folder / name, speechlike(KINDS[i % 4], sr=16000, seconds=1.0, seed=i), 16000)
+
+
+def test_annotate_speaks_of_paths_not_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["annotate", str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-folder does not exist" in err and "manifest" not in err
+    (tmp_path / "empty").mkdir()
+    out = ["--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")]
+    assert main(["annotate", str(tmp_path / "empty"), *out]) == 1
+    err = capsys.readouterr().err
+    assert "no audio files found" in err and "manifest" not in err and "allow_empty" not in err
+    assert main(["annotate", str(tmp_path / "emtpy*"), *out]) == 2
+    assert "matches nothing" in capsys.readouterr().err
+
+
+def test_run_on_a_folder_suggests_annotate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path)]) == 2
+    assert f"batchser annotate {tmp_path}" in capsys.readouterr().err
+
+
+def test_a_missing_model_points_at_training_not_at_a_repository_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clips(tmp_path / "a", ["x.wav"])
+    assert main(["annotate", str(tmp_path / "a"), "--model", str(tmp_path / "mine.skops")]) != 0
+    err = capsys.readouterr().err
+    assert "model.train: true" in err and "jobs/" not in err
+
+
+def _train_job(tmp_path: Path, labels_csv: str, rows: str) -> Path:
+    (tmp_path / "lab").mkdir(exist_ok=True)
+    (tmp_path / "lab" / "labels.csv").write_text("path,label\n" + rows)
+    job = {
+        "name": "t",
+        "inputs": [{"path": "audio", "labels": labels_csv}],
+        "emotions": KINDS,
+        "cache": "cache",
+        "model": {"path": "m.skops", "train": True},
+        "output": {"dir": "out"},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    return tmp_path / "job.yaml"
+
+
+def test_validate_reads_the_labels_and_suggests_a_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = [f"{k}-{i}.wav" for i, k in enumerate(["anger", "sadness", "neutral", "happiness"] * 2)]
+    _clips(tmp_path / "audio", names)
+    rows = "".join(f"../audio/{n},{n.split('-')[0]}\n" for n in names)
+    job = _train_job(tmp_path, "csv:lab/labels.csv", rows)
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "anger: angry" in err and "happiness: happy" in err and "sadness: sad" in err
+    assert not (tmp_path / "cache").exists()  # nothing was extracted
+
+
+def test_validate_catches_label_paths_relative_to_the_wrong_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [f"{k}-{i}.wav" for i, k in enumerate(KINDS * 2)]
+    _clips(tmp_path / "audio", names)
+    rows = "".join(f"audio/{n},{n.split('-')[0]}\n" for n in names)  # relative to the job, not to the CSV's folder
+    job = _train_job(tmp_path, "csv:lab/labels.csv", rows)
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "an emotion for 0 of 8 files" in err and "match no file" in err
