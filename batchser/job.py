@@ -252,8 +252,9 @@ def _commit_reports(
     if clock is not None:
         clock.lap("reports")  # summary.json, written last, holds every stage but its own write
     write_summary(rs.stage / "summary.json", payload, reports=written)
-    # Reports of an earlier set that this one has none of go with the commit: no stale page or scores stay.
-    extras = ["report.html", "metrics.json", "confusion_matrix.png", "reliability.png"]
+    # Reports of an earlier set that this one has none of go with the commit: no stale page or scores stay
+    # (a watch's rewrites, which write no metrics, keep the first run's).
+    extras = ["report.html", "metrics.json", "confusion_matrix.png", "reliability.png"] if metrics else []
     return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")] + extras)
 
 

@@ -284,11 +284,6 @@ def write_page(path: Path, stats: PageStats, summary: dict[str, Any], *, metrics
     return path
 
 
-def summary_for_page(summary: dict[str, Any]) -> dict[str, Any]:
-    """``summary.json`` as the page reads it (a round trip through JSON: plain types only)."""
-    return json.loads(json.dumps(summary, default=str))
-
-
 def rerender(out_dir: Path) -> Path:
     """``report.html`` of an output folder drawn again from its reports (after a review, or an upgrade).
 

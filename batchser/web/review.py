@@ -98,8 +98,8 @@ class ReviewSession:
             "answered": len(answered),
             "per_answer": {c: per_label.get(c, 0) for c in [*self.classes, NONE]},
             "agreement": (sum(agree) / len(agree)) if agree else None,
-            "next": _item(todo[0], given, self.classes) if todo else None,
-            "recent": [_item(r, given, self.classes) for r in answered[-5:]][::-1],
+            "next": _item(todo[0], given) if todo else None,
+            "recent": [_item(r, given) for r in answered[-5:]][::-1],
         }
 
     def answer(self, order: int, label: str) -> dict[str, Any]:
@@ -138,7 +138,7 @@ class ReviewSession:
         return clip_wav(real, member, start_s=start, seconds=seconds)
 
 
-def _item(r: dict[str, Any], given: dict[str, str], classes: list[str]) -> dict[str, Any]:
+def _item(r: dict[str, Any], given: dict[str, str]) -> dict[str, Any]:
     return {
         "order": int(r["order"]),
         "path": str(r["path"]),
