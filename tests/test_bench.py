@@ -79,3 +79,12 @@ def test_speech_segments_measures_non_speech_time() -> None:
     lines = bench("speech_segments.py")
     share = row(lines, "| all |")
     assert share[-2].endswith("%") and 0 <= float(share[-2].rstrip("%")) <= 100
+
+
+def test_report_page_prints_render_load_and_size() -> None:
+    from tests.browser import _need
+
+    _need()
+    lines = bench("report_page.py", "--files", "2000")
+    cells = [c.strip() for c in next(line for line in lines if line.startswith("| 2,000 |")).split("|")]
+    assert float(cells[2]) > 0 and float(cells[3]) > 0 and float(cells[4]) > 0
