@@ -246,7 +246,8 @@ def _commit_reports(
             written += [rs.stage / "confusion_matrix.png", rs.stage / "reliability.png"]
     if t0 is not None:
         s.seconds = time.perf_counter() - t0
-    payload = summary_payload(m, s, model_id=model.id, features=run.spec.fingerprint())
+    corpora = model.meta.params.get("corpora", [])
+    payload = summary_payload(m, s, model_id=model.id, features=run.spec.fingerprint(), model_corpora=corpora)
     if run.page is not None and m.output.page:
         written = [*written, write_page(rs.stage / "report.html", run.page, payload, metrics=s.metrics)]
     if clock is not None:

@@ -166,7 +166,9 @@ class Tally:
         return out
 
 
-def summary_payload(manifest: Manifest, s: JobSummary, *, model_id: str, features: str) -> dict[str, Any]:
+def summary_payload(
+    manifest: Manifest, s: JobSummary, *, model_id: str, features: str, model_corpora: Sequence[str] = ()
+) -> dict[str, Any]:
     """What ``summary.json`` says of the job (all but the reports' hashes), also what the report page shows."""
     m = manifest
     return {
@@ -183,6 +185,7 @@ def summary_payload(manifest: Manifest, s: JobSummary, *, model_id: str, feature
         "unlisted_folders": {"count": s.n_unlisted, "first": s.unlisted},
         "labels": s.label_counts,
         "model": model_id,
+        "model_corpora": list(model_corpora),  # what the model was trained on
         "model_min_confidence": m.model.min_confidence,
         "feature_fingerprint": features,
         "seconds": round(s.seconds, 3),

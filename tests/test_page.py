@@ -60,6 +60,7 @@ def test_the_page_in_chromium_shows_the_jobs_own_numbers(labelled_job: Path) -> 
             driver.get((labelled_job / "report.html").as_uri())
             text = lambda i: driver.find_element("id", i).text  # noqa: E731
             assert text("n-files") == str(summary["files"]) == "24"
+            assert "trained on ased, emovo, nemo, ravdess, savee, urdu" in driver.find_element("id", "what-ran").text
             assert text("score-n") == str(metrics["n"])
             assert text("score-accuracy") == f"{metrics['accuracy']:.1%}"
             assert text("score-uar") == f"{metrics['uar']:.1%}"
