@@ -98,8 +98,16 @@ def served(job: Path, tmp_path: Path) -> Iterator[tuple[Path, Server]]:
 
 
 def _wait(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Until ``cond()`` holds; an element that went away as the page reloaded just means "not yet"."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     end = time.monotonic() + timeout
-    while not cond():
+    while True:
+        try:
+            if cond():
+                return
+        except (StaleElementReferenceException, NoSuchElementException):
+            pass
         assert time.monotonic() < end, "timed out"
         time.sleep(0.05)
 
