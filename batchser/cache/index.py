@@ -233,12 +233,23 @@ class CacheIndex:
         raise AssertionError("unreachable")
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
-        db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a kill; a power cut may drop the last
-        db.executescript(_SCHEMA)
-        db.execute("SELECT count(*) FROM parts").fetchone()
-        return db
+        # Two jobs opening a new index at the same moment: SQLite can answer "locked" at once,
+        # without its busy wait, while the other switches the file to WAL or writes the schema
+        # (seen once in about five runs of tests/test_interrupt.py). Wait and try again.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            db = sqlite3.connect(self.path, timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+                db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a kill; a power cut may drop the last
+                db.executescript(_SCHEMA)
+                db.execute("SELECT count(*) FROM parts").fetchone()
+                return db
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def _set_aside(self, reason: str) -> None:
         target = self.root / "quarantine" / f"index-{self.path.name}-{time.time_ns()}"
