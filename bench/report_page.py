@@ -18,52 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from _common import EMOTIONS, progress_log
+from _common import progress_log
 
-from batchser.report import ReportRow, SegmentRow
-from batchser.web.page import PageStats, render
+from batchser.web.page import render
 
 LOADS = 5
-
-
-def stats_for(n: int) -> PageStats:
-    rng = np.random.default_rng(0)
-    stats = PageStats(EMOTIONS, 0.6)
-    for start in range(0, n, 5000):
-        size = min(5000, n - start)
-        p = rng.dirichlet(np.ones(len(EMOTIONS)), size=size)
-        rows = []
-        for i in range(size):
-            k = start + i
-            long = k % 20_000 == 1
-            rows.append(
-                ReportRow(
-                    path=f"archive/{k // 500:04d}/call-{k:06d}.wav",
-                    status="ok" if k % 97 else "error",
-                    error="" if k % 97 else "cannot decode: not audio",
-                    label=EMOTIONS[int(p[i].argmax())],
-                    confidence=float(p[i].max()),
-                    probabilities=dict(zip(EMOTIONS, map(float, p[i]), strict=True)),
-                    corpus="archive",
-                    speaker=f"spk{k % 300}",
-                    normalized_by="speaker",
-                    duration_s=600.0 if long else 3.0,
-                    segments=299 if long else 0,
-                )
-            )
-        segs = [
-            SegmentRow(r.path, 2.0 * j, 2.0 * j + 4, j % 3 > 0, EMOTIONS[j % 4], 0.5, {})
-            for r in rows
-            if r.segments
-            for j in range(299)
-        ]
-        stats.add(rows, segs)
-    return stats
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' browser and synthetic report
 
 
 def measure(n: int, folder: Path, driver) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
-    stats = stats_for(n)
+    from tests.synthetic_report import synthetic_stats
+
+    stats = synthetic_stats(n)
     summary = {"job": f"bench-{n}", "files": n, "from_cache": n, "extracted": 0, "failed": stats.n_files - stats.n_ok,
                "inputs": ["/archive"], "model": "pooled-4emo", "seconds": 1.0}  # fmt: skip
     t = time.perf_counter()
@@ -90,7 +56,6 @@ def main() -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     log = progress_log(args.quiet)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.browser import chromium
 
     with tempfile.TemporaryDirectory(prefix="batchser-page-") as tmp, chromium() as driver:

@@ -8,14 +8,13 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from batchser.cli import main
-from batchser.report import ReportRow, SegmentRow
-from batchser.web.page import PageStats, render
+from batchser.web.page import render
 from tests.browser import chromium, console_errors
 from tests.conftest import PROJECT, speechlike, write_audio
+from tests.synthetic_report import synthetic_stats
 
 KINDS = ["angry", "sad", "neutral", "happy"]
 ARTEFACTS = PROJECT / "result" / "test-artefacts"
@@ -113,33 +112,7 @@ def test_report_draws_the_page_again_and_the_set_stays_the_jobs(labelled_job: Pa
 
 
 def test_a_100000_file_report_stays_small_and_loads_cleanly(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    stats = PageStats(KINDS, 0.6)
-    for start in range(0, 100_000, 5000):
-        p = rng.dirichlet(np.ones(4), size=5000)
-        rows = [
-            ReportRow(
-                path=f"archive/{(start + i) // 500:04d}/call-{start + i:06d}.wav",
-                status="ok" if (start + i) % 97 else "error",
-                error="" if (start + i) % 97 else "cannot decode: not audio",
-                label=KINDS[int(p[i].argmax())],
-                confidence=float(p[i].max()),
-                probabilities=dict(zip(KINDS, map(float, p[i]), strict=True)),
-                corpus="archive",
-                speaker=f"spk{(start + i) % 300}",
-                normalized_by="speaker",
-                duration_s=600.0 if (start + i) % 20_000 == 1 else 3.0,
-                segments=299 if (start + i) % 20_000 == 1 else 0,
-            )
-            for i in range(5000)
-        ]
-        segs = [
-            SegmentRow(r.path, 2.0 * k, 2.0 * k + 4, k % 3 > 0, KINDS[k % 4], 0.5, {})
-            for r in rows
-            if r.segments
-            for k in range(299)
-        ]
-        stats.add(rows, segs)
+    stats = synthetic_stats(100_000)
     summary = {"job": "big", "files": 100_000, "from_cache": 100_000, "extracted": 0, "inputs": ["/archive"],
                "failed": stats.n_files - stats.n_ok, "model": "pooled-4emo@x", "seconds": 30.0}  # fmt: skip
     page = tmp_path / "report.html"
