@@ -66,6 +66,8 @@ def annotation_manifest(
     allow_unlistable: bool = False,
     reviewed: str | Path | None = None,
     page: bool = True,
+    segments: str = "speech",
+    check_speech: bool = False,
 ) -> Manifest:
     """The manifest of a labelling job over ``inputs`` with a model's own features and classes.
 
@@ -95,6 +97,7 @@ def annotation_manifest(
             "queue": str(Path(out_dir) / ".queue"),  # no capture queue: nothing of the user's is read
             "allow_empty": allow_empty,
             "allow_unlistable": allow_unlistable,
+            "segments": None if segments == "none" else {"method": segments, "short_files": check_speech},
         }
     )
 
@@ -112,6 +115,8 @@ def annotate(
     backend: str = "loky",
     progress: bool = False,
     reviewed: str | Path | None = None,
+    segments: str = "speech",
+    check_speech: bool = False,
 ) -> pd.DataFrame:
     """Label audio files with an emotion and every class's probability.
 
@@ -141,6 +146,13 @@ def annotate(
         ``review/answers.csv``, or any CSV with ``path`` and ``label``
         columns, paths as the reports write them): the model is refitted on
         its training rows plus those files; an answered file keeps the answer.
+    segments : {"speech", "windows", "none"}
+        How files longer than 10 s are labelled: by the speech segments a
+        voice-activity model finds (``segments.parquet`` of a job), by fixed
+        4 s windows, or whole.
+    check_speech : bool
+        Check shorter files for speech too: one without any gets status
+        ``"no speech"`` instead of an emotion.
 
     Returns
     -------
@@ -174,6 +186,8 @@ def annotate(
             allow_empty=True,
             reviewed=reviewed,
             page=False,  # nobody opens a temporary folder's page
+            segments=segments,
+            check_speech=check_speech,
         )
         return run_job(manifest, progress=progress).table()
 

@@ -41,7 +41,9 @@ def _print_summary(s: JobSummary) -> None:
     rate = s.n_files / max(s.seconds, 1e-9)
     print(
         f"job {s.name}: {s.n_files} file{'' if s.n_files == 1 else 's'} seen, {s.n_extracted} newly extracted, "
-        f"{s.n_cached} from cache, {s.n_failed} failed  ({s.seconds:.1f} s, {rate:,.0f} files/s)"
+        f"{s.n_cached} from cache, {s.n_failed} failed"
+        + (f", {s.n_no_speech} without speech" if s.n_no_speech else "")
+        + f"  ({s.seconds:.1f} s, {rate:,.0f} files/s)"
     )
     for path, reason in s.failures[:5]:
         print(f"  failed: {path}: {reason}")
@@ -281,6 +283,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence,
         allow_unlistable=args.allow_unlistable,
         reviewed=args.reviewed,
+        segments=args.segments,
+        check_speech=args.check_speech,
     )
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
@@ -484,6 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-confidence",
         type=_probability,
         help="label files whose top probability is lower 'uncertain' (e.g. 0.6; docs/accuracy.md: what it buys)",
+    )
+    ann.add_argument(
+        "--segments",
+        default="speech",
+        choices=["speech", "windows", "none"],
+        help="files over 10 s: label each speech segment (default), fixed 4 s windows, or the file whole",
+    )
+    ann.add_argument(
+        "--check-speech",
+        action="store_true",
+        help="check shorter files for speech too: one without any gets status 'no speech', not an emotion",
     )
     ann.add_argument("--cache", help="feature cache folder (default: a per-user cache)")
     ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")

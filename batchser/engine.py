@@ -18,6 +18,7 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,14 +27,29 @@ from typing import Any, BinaryIO
 
 import joblib
 import numpy as np
-import soundfile as sf
 from threadpoolctl import threadpool_limits
 
 from batchser.archive import MemberData, read_members
-from batchser.audio import Audio, AudioError, AudioStream, aligned, check_signal, clip_warning
+from batchser.audio import AudioError, AudioStream
 from batchser.cache import FeatureRecord, hash_file
-from batchser.features import FeatureSpec, SlidingExtractor, extract
-from batchser.segments import Segments, SegmentSpec, is_voiced, windows
+from batchser.features import FeatureSpec, extract
+from batchser.longfile import (
+    PARTS_IN_PROCESS_S,
+    PartResult,
+    extract_part,
+    extract_segmented,
+    merge_parts,
+    merge_speech,
+    no_speech_record,
+    part_seconds,
+    plan_parts,
+    short_file_has_speech,
+    speech_part,
+    speech_plan,
+    vad_part,
+)
+from batchser.segments import SegmentSpec
+from batchser.tasks import CHANGED, VANISHED, ExtractTask, error_record, retry_record
 
 __all__ = [
     "EngineError",
@@ -126,261 +142,6 @@ IN_PROCESS_BELOW = 32
 IN_PROCESS_BYTES = 64 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class ExtractTask:
-    """One file to decode and analyse; ``content_hash`` keys its cache row."""
-
-    path: str
-    content_hash: str
-    member: str = ""  # name inside the archive at ``path``
-    size: int = 0  # bytes, to judge whether starting workers pays (0: unknown)
-    # Check that the bytes decoded are the ones ``content_hash`` names (the
-    # job's tasks do; a cache row must describe what its key says).
-    verify: bool = False
-    # (size, mtime_ns, ctime_ns) when listed: lets a part of a long file check
-    # it reads the bytes hashed without hashing the whole file once per part.
-    stamp: tuple[int, int, int] | None = None
-    # A long file is analysed in n_parts stretches of part_windows windows
-    # each, one task per part (see plan_parts).
-    part: int = 0
-    n_parts: int = 1
-    part_windows: int = 0
-
-
-VANISHED = "vanished: the file was removed or renamed after it was listed; rerun to label it"
-CHANGED = "changed during the job: its bytes are not those hashed when it was listed; rerun to label the new content"
-
-
-def _retry(task: ExtractTask, reason: str) -> FeatureRecord:
-    """A failure of this run, not of the bytes: reported, never cached, retried next run."""
-    if reason.startswith("cannot read") and not os.path.lexists(task.path):
-        reason = VANISHED
-    return FeatureRecord(task.content_hash, "retry", reason, 0, 0, 0.0, None)
-
-
-def _error(task: ExtractTask, reason: str, audio: Audio | None = None) -> FeatureRecord:
-    if audio is None:
-        return FeatureRecord(task.content_hash, "error", reason, 0, 0, 0.0, None)
-    return FeatureRecord(
-        task.content_hash,
-        "error",
-        reason,
-        audio.orig_sample_rate,
-        audio.channels,
-        audio.duration_s,
-        None,
-        "; ".join(audio.warnings),
-    )
-
-
-def _analyse_windows(
-    chunks: Iterable[np.ndarray], *, start: int, spec: FeatureSpec, seg: SegmentSpec, min_tail_s: float
-) -> Segments | None:
-    """Each window's vector and voiced flag over ``chunks``, a stream beginning at sample ``start``."""
-    sr = spec.sample_rate
-    sliding = SlidingExtractor(spec)  # overlapping windows share their common frames
-    # A window of one constant value (digital silence, a stuck converter) has the
-    # same vector wherever it stands: computed once. Hours of zeros padded into
-    # a file (or a zip bomb of them) then cost a min and a max per window.
-    constant: dict[tuple[float, int], np.ndarray] = {}
-    starts, ends, voiced, vectors = [], [], [], []
-    for rel, samples in windows(chunks, sample_rate=sr, window_s=seg.window_s, hop_s=seg.hop_s, min_tail_s=min_tail_s):
-        if samples.size < spec.n_fft:
-            continue
-        if samples[0] == samples.min() == samples.max():
-            key = (float(samples[0]), samples.size)
-            if key not in constant:
-                constant[key] = sliding.extract(start + rel, samples)
-            vectors.append(constant[key])
-        else:
-            vectors.append(sliding.extract(start + rel, samples))
-        starts.append((start + rel) / sr)
-        ends.append((start + rel + samples.size) / sr)
-        voiced.append(is_voiced(samples, sample_rate=sr, voiced_db=seg.voiced_db, fraction=seg.voiced_fraction))
-    if not vectors:
-        return None
-    return Segments(np.array(starts), np.array(ends), np.array(voiced, dtype=bool), np.stack(vectors))
-
-
-def _long_file_record(
-    task: ExtractTask, segments: Segments | None, *, rate: int, channels: int, duration: float, warning: str
-) -> FeatureRecord:
-    """The record of a long file from its windows.
-
-    Raises
-    ------
-    AudioError
-        No window (the file is too short to segment), or features that are not finite.
-    """
-    if segments is None:
-        raise AudioError(f"too short to segment: {duration:.3f} s")
-    if not np.isfinite(segments.vectors).all():
-        raise AudioError("features are not finite")
-    vector = segments.summary_vector()
-    return FeatureRecord(task.content_hash, "ok", "", rate, channels, duration, vector, warning, segments)
-
-
-def _extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, seg: SegmentSpec) -> FeatureRecord:
-    """A long file, window by window as it decodes (memory: one window and one block)."""
-    segments = _analyse_windows(stream, start=0, spec=spec, seg=seg, min_tail_s=seg.min_tail_s)
-    duration = stream.frames / stream.orig_sample_rate
-    stream.check_decoded()
-    return _long_file_record(
-        task,
-        segments,
-        rate=stream.orig_sample_rate,
-        channels=stream.channels,
-        duration=duration,
-        warning="; ".join(stream.warnings),
-    )
-
-
-PART_S = 300.0  # audio per part of a long file: a few seconds of work, so progress moves and cores share it
-PARTS_IN_PROCESS_S = 3600.0
-PREROLL_S = 1.0  # decoded before (and after) a part, then dropped: the resampler settles
-# Formats whose seek lands on the exact sample (PCM containers, FLAC); others stream whole.
-SPLIT_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AIFC", "CAF", "FLAC"})
-SPLIT_SUFFIXES = frozenset({".wav", ".wave", ".rf64", ".w64", ".aif", ".aiff", ".aifc", ".caf", ".flac"})
-PROBE_BYTES = 1 << 20  # smaller files cannot hold two parts' worth of audio
-
-
-@dataclass(frozen=True)
-class PartResult:
-    """What one part of a long file gave; :func:`merge_parts` joins a file's parts into its record."""
-
-    task: ExtractTask
-    status: str  # "ok", "error" or "retry", as FeatureRecord
-    error: str
-    orig_sample_rate: int = 0
-    channels: int = 0
-    end_frame: int = 0  # input frame where this part's decoding stopped
-    frames: int = 0
-    clipped: int = 0
-    peak: float = 0.0
-    warnings: tuple[str, ...] = ()  # from the part that reached the end of the data
-    segments: Segments | None = None
-
-
-def part_seconds(task: ExtractTask, seg: SegmentSpec) -> float:
-    """Seconds of audio in which one part of ``task``'s file starts its windows (see :func:`plan_parts`)."""
-    return task.part_windows * seg.hop_s
-
-
-def plan_parts(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> list[ExtractTask]:
-    """``task`` as the parts a long file is analysed in (``[task]`` when it is not split).
-
-    A file is split when it is a PCM or FLAC file (exact seeks) holding at
-    least two parts' worth of windows, its listing stamp is known (each part
-    checks it), and part starts fall on input samples. The plan depends on
-    the file alone, never on the workers, so reports do not either.
-    """
-    if task.member or task.stamp is None or task.size < PROBE_BYTES:
-        return [task]
-    if os.path.splitext(task.path)[1].lower() not in SPLIT_SUFFIXES:
-        return [task]
-    try:
-        info = sf.info(os.fsencode(task.path))
-    except (sf.LibsndfileError, RuntimeError, OSError):
-        return [task]  # the worker says what is wrong with it
-    if info.format not in SPLIT_FORMATS or not info.samplerate:
-        return [task]
-    sr = spec.sample_rate
-    hop = round(seg.hop_s * sr)
-    per = max(1, round(PART_S / seg.hop_s))
-    total = round(info.frames * sr / info.samplerate)
-    n_windows = (total - round(seg.window_s * sr)) // hop + 1 if total >= round(seg.window_s * sr) else 0
-    n_parts = n_windows // per
-    if info.duration <= seg.over_s or n_parts < 2:
-        return [task]
-    preroll = round(PREROLL_S * sr)
-    if not all(aligned(max(0, k * per * hop - preroll), info.samplerate, sr) for k in range(n_parts)):
-        return [task]
-    return [dataclasses.replace(task, part=k, n_parts=n_parts, part_windows=per) for k in range(n_parts)]
-
-
-def _stamp_of(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def extract_part(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> PartResult:
-    """Windows ``part * P`` to ``(part + 1) * P - 1`` of a long file, ``P = task.part_windows``.
-
-    The last part runs to the end of the data and adds the tail window. The
-    file's stamp is checked before and after: a file rewritten meanwhile
-    gives a ``retry``, as :func:`extract_one` does.
-    """
-    sr = spec.sample_rate
-    hop, win, per = round(seg.hop_s * sr), round(seg.window_s * sr), task.part_windows
-    last = task.part == task.n_parts - 1
-    start = task.part * per * hop
-    stop = None if last else start + (per - 1) * hop + win
-    try:
-        if _stamp_of(task.path) != task.stamp:
-            return PartResult(task, "retry", CHANGED)
-        with AudioStream(task.path, sample_rate=sr) as stream:
-            # Past the data's end (a header that overstates it) the stream gives
-            # less; the windows then end where the data does, as a whole read's.
-            chunks = stream.span(start, stop, preroll=round(PREROLL_S * sr))
-            tail = seg.min_tail_s if last else max(seg.min_tail_s, 1 / sr)  # a tail only where the data ends
-            segments = _analyse_windows(chunks, start=start, spec=spec, seg=seg, min_tail_s=tail)
-            warnings = stream.warnings
-        if _stamp_of(task.path) != task.stamp:
-            return PartResult(task, "retry", CHANGED)
-    except FileNotFoundError:
-        return PartResult(task, "retry", VANISHED)
-    except OSError as exc:
-        return PartResult(task, "retry", f"cannot read: {exc.strerror or exc}; rerun to retry")
-    except AudioError as exc:
-        return PartResult(task, "retry" if exc.transient else "error", str(exc))
-    return PartResult(
-        task,
-        "ok",
-        "",
-        stream.orig_sample_rate,
-        stream.channels,
-        stream.end_frame,
-        stream.frames,
-        stream.clipped,
-        stream.peak,
-        tuple(w for w in warnings if not w.startswith("clipped")),  # clipping is summed over parts
-        segments,
-    )
-
-
-def merge_parts(parts: Sequence[PartResult]) -> FeatureRecord:
-    """The record of a long file from all its parts (any order), as :func:`extract_one` would give it."""
-    parts = sorted(parts, key=lambda p: p.task.part)
-    task = parts[0].task
-    for status in ("retry", "error"):  # this run's failures first: they say nothing of the bytes
-        bad = next((p for p in parts if p.status == status), None)
-        if bad is not None:
-            return FeatureRecord(task.content_hash, status, bad.error, 0, 0, 0.0, None)
-    first = parts[0]
-    duration = max(p.end_frame for p in parts) / first.orig_sample_rate
-    frames = sum(p.frames for p in parts)
-    warnings = list(dict.fromkeys(w for p in parts for w in p.warnings))  # each part that reached the end says it
-    clip = clip_warning(sum(p.clipped for p in parts), frames * first.channels)
-    if clip:
-        warnings.append(clip)
-
-    rate, channels, warning = first.orig_sample_rate, first.channels, "; ".join(warnings)
-    pieces = [p.segments for p in parts if p.segments is not None]
-    try:
-        check_signal(frames, max(p.peak for p in parts))
-        joined = None
-        if pieces:
-            joined = Segments(
-                np.concatenate([g.start_s for g in pieces]),
-                np.concatenate([g.end_s for g in pieces]),
-                np.concatenate([g.voiced for g in pieces]),
-                np.concatenate([g.vectors for g in pieces]),
-            )
-        return _long_file_record(task, joined, rate=rate, channels=channels, duration=duration, warning=warning)
-    except AudioError as exc:
-        return FeatureRecord(task.content_hash, "error", str(exc), rate, channels, duration, None, warning)
-
-
 def extract_one(
     task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None = None, data: MemberData | None = None
 ) -> FeatureRecord:
@@ -394,7 +155,7 @@ def extract_one(
     ``task.content_hash``) is a ``"retry"`` record, which the cache never keeps.
     """
     if task.verify and data is not None and data.sha256 != task.content_hash:
-        return _retry(task, CHANGED)
+        return retry_record(task, CHANGED)
     record = _decode_and_extract(task, spec=spec, segments=segments, data=data)
     if task.verify and data is None and record.status != "retry":
         # The hash was taken when the file was listed and the decoder read it
@@ -403,11 +164,11 @@ def extract_one(
         try:
             now = hash_file(task.path)
         except FileNotFoundError:
-            return _retry(task, VANISHED)
+            return retry_record(task, VANISHED)
         except OSError as exc:
-            return _retry(task, f"cannot read: {exc.strerror or exc}; rerun to retry")
+            return retry_record(task, f"cannot read: {exc.strerror or exc}; rerun to retry")
         if now != task.content_hash:
-            return _retry(task, CHANGED)
+            return retry_record(task, CHANGED)
     return record
 
 
@@ -420,22 +181,27 @@ def _decode_and_extract(
     try:
         with AudioStream(source, sample_rate=spec.sample_rate) as stream:
             if segments is not None and stream.declared_duration_s > segments.over_s:
-                return _extract_segmented(task, stream, spec=spec, seg=segments)
+                return extract_segmented(task, stream, spec=spec, seg=segments)
             audio = stream.read_all()
     except AudioError as exc:
-        return _retry(task, str(exc)) if exc.transient else _error(task, str(exc))
+        return retry_record(task, str(exc)) if exc.transient else error_record(task, str(exc))
     if audio.samples.size < spec.n_fft:
         # Shorter than one analysis frame: the "mean over frames" would be one
         # padded frame, and nobody conveys an emotion in that time.
         need = spec.n_fft / spec.sample_rate
-        return _error(task, f"too short: {audio.duration_s:.3f} s, need at least {need:.3f} s", audio)
+        return error_record(task, f"too short: {audio.duration_s:.3f} s, need at least {need:.3f} s", audio)
+    checked = segments is not None and segments.speech and segments.short_files
+    if checked and not short_file_has_speech(audio.samples, segments):  # type: ignore[arg-type]
+        warning = "; ".join(audio.warnings)
+        rate, channels, duration = audio.orig_sample_rate, audio.channels, audio.duration_s
+        return no_speech_record(task, rate=rate, channels=channels, duration=duration, warning=warning)
     try:
         vector = extract(audio.samples, spec=spec)
     except Exception as exc:  # one odd file must not end the job
         log.debug("feature extraction failed for %s", task.path, exc_info=True)
-        return _error(task, f"feature extraction failed: {type(exc).__name__}: {exc}", audio)
+        return error_record(task, f"feature extraction failed: {type(exc).__name__}: {exc}", audio)
     if not np.isfinite(vector).all():
-        return _error(task, "features are not finite", audio)
+        return error_record(task, "features are not finite", audio)
     return FeatureRecord(
         task.content_hash,
         "ok",
@@ -525,7 +291,10 @@ def _extract_batch(
         out: dict[ExtractTask, FeatureRecord | PartResult] = {}
         for t in tasks:
             if t.n_parts > 1 and segments is not None:
-                out[t] = extract_part(t, spec=spec, seg=segments)
+                if not segments.speech:
+                    out[t] = extract_part(t, spec=spec, seg=segments)
+                else:  # first pass: frame probabilities; second: the segments' vectors
+                    out[t] = (vad_part if t.spans is None else speech_part)(t, spec=spec, seg=segments)
             elif not t.member:
                 out[t] = extract_one(t, spec=spec, segments=segments)
         by_archive: dict[str, list[ExtractTask]] = {}
@@ -537,7 +306,9 @@ def _extract_batch(
             for name, data, err in read_members(Path(path), list(wanted)):
                 t = wanted[name]
                 # These bytes hashed fine when listed: failing to read them now is this run's problem.
-                out[t] = _retry(t, err) if data is None else extract_one(t, spec=spec, segments=segments, data=data)
+                out[t] = (
+                    retry_record(t, err) if data is None else extract_one(t, spec=spec, segments=segments, data=data)
+                )
         return [out[t] for t in tasks]
 
 
@@ -638,9 +409,6 @@ def run_tasks(
         # the same files in lockstep. Results are keyed by content hash, so
         # the order changes nothing in the reports.
         random.shuffle(batches)
-    # Each part of a long file is a task of its own, dispatched first: the
-    # longest work starts early instead of trailing at the end.
-    batches = [[t] for t in split] + batches
     decided: dict[str, bool] = {}  # a long file is claimed (or not) once, for all its parts
 
     def needed(task: ExtractTask) -> bool:
@@ -648,10 +416,10 @@ def run_tasks(
             decided[task.content_hash] = still_needed(task) if still_needed else True
         return decided[task.content_hash]
 
-    def pending() -> Iterator[Sequence[ExtractTask]]:
+    def pending(todo: list[Sequence[ExtractTask]]) -> Iterator[Sequence[ExtractTask]]:
         # Consumed lazily (joblib dispatches ahead by pre_dispatch only), so the
         # filter sees what other jobs wrote while this one was running.
-        for batch in batches:
+        for batch in todo:
             kept = [t for t in batch if needed(t)]
             if kept:
                 yield kept
@@ -661,15 +429,68 @@ def run_tasks(
     # done before workers would have started (bench/long_file.py).
     parts_s = sum(part_seconds(t, segments) for t in split) if segments is not None else 0.0
     small = too_small_for_workers(whole, in_process_below) and parts_s < PARTS_IN_PROCESS_S
-    if not remote and (workers == 1 or len(batches) == 1 or small):
-        results: Iterator[list[FeatureRecord | PartResult]] = (_extract_batch(b, spec, segments) for b in pending())
-        yield from _merged(results, on_part)
-        return
-    with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
-        parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
-        parent = os.getpid() if backend == "loky" else 0  # loky's workers are this process's children
-        results = parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending())
-        yield from (_compact(batch) for batch in _merged(results, on_part))
+
+    def execute(todo: list[Sequence[ExtractTask]]) -> Iterator[list[FeatureRecord | PartResult]]:
+        if not remote and (workers == 1 or len(todo) == 1 or small):
+            yield from (_extract_batch(b, spec, segments) for b in pending(todo))
+            return
+        with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
+            parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
+            parent = os.getpid() if backend == "loky" else 0  # loky's workers are this process's children
+            yield from parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending(todo))
+
+    first: dict[str, list[PartResult]] = {}
+    if segments is not None and segments.speech and split:
+        # Speech segments of files in parts: a first pass finds every frame's
+        # speech probability; the segments are drawn from the whole file's frames.
+        second: list[ExtractTask] = []
+        done: list[FeatureRecord] = []
+        for batch in execute([[t] for t in split]):
+            for r in batch:
+                got = first.setdefault(r.task.content_hash, [])
+                got.append(r)  # type: ignore[arg-type]  # parts give PartResults
+                if len(got) == r.task.n_parts:
+                    plan = speech_plan(got, spec=spec, seg=segments)
+                    if isinstance(plan, FeatureRecord):
+                        done.append(plan)
+                        first.pop(r.task.content_hash)
+                    else:
+                        second += plan
+        if done:
+            yield done
+        split = second
+    # Each part of a long file is a task of its own, dispatched first: the
+    # longest work starts early instead of trailing at the end.
+    results = execute([[t] for t in split] + batches)
+    if segments is not None and segments.speech:
+        yield from (_compact(b) for b in _merged_speech(results, first, split, on_part))
+    else:
+        yield from (_compact(b) for b in _merged(results, on_part))
+
+
+def _merged_speech(
+    results: Iterable[list[FeatureRecord | PartResult]],
+    first: dict[str, list[PartResult]],
+    second: Sequence[ExtractTask],
+    on_part: Callable[[ExtractTask], None] | None,
+) -> Iterator[list[FeatureRecord]]:
+    """Batches of records, a long file's once its second pass is in (``on_part`` hears of its other parts)."""
+    expected = Counter(t.content_hash for t in second)
+    got: dict[str, list[PartResult]] = {}
+    for batch in results:
+        done: list[FeatureRecord] = []
+        for r in batch:
+            if isinstance(r, FeatureRecord):
+                done.append(r)
+                continue
+            h = r.task.content_hash
+            got.setdefault(h, []).append(r)
+            if len(got[h]) == expected[h]:
+                done.append(merge_speech(first.pop(h), got.pop(h)))
+            elif on_part is not None:
+                on_part(r.task)
+        if done:
+            yield done
 
 
 def _merged(

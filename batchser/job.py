@@ -43,8 +43,17 @@ from batchser.report import (
 from batchser.review import read_answers
 from batchser.segments import SegmentSpec
 from batchser.spool import Listed, Spool, listed_table, work_folder
-from batchser.summary import JobSummary, StageClock, Tally, check_output_owner, summary_payload, write_summary
+from batchser.summary import (
+    FALLBACK_NOTE,
+    JobSummary,
+    StageClock,
+    Tally,
+    check_output_owner,
+    summary_payload,
+    write_summary,
+)
 from batchser.training import train as train_model
+from batchser.vad import ENERGY, detector
 from batchser.web.page import PageStats, write_page
 
 __all__ = ["FileOutcome", "JobSummary", "NoInputError", "check_manifest_paths", "run_job", "watch_job"]
@@ -75,7 +84,11 @@ class _Run:
 
 def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
     seg = manifest.segments
-    return None if seg is None else SegmentSpec(**seg.model_dump())
+    if seg is None:
+        return None
+    if seg.method == "speech" and detector() == ENERGY:
+        log.warning(FALLBACK_NOTE)
+    return SegmentSpec(**seg.model_dump())
 
 
 def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], Label]]]:

@@ -233,9 +233,17 @@ class ModelSpec(_Strict):
 
 
 class SegmentsSpec(_Strict):
-    """Long recordings: files over ``over_s`` are labelled window by window."""
+    """Long recordings: files over ``over_s`` are labelled speech segment by speech segment (or window by window)."""
 
     over_s: Annotated[float, Field(gt=0)] = 10.0
+    method: Literal["speech", "windows"] = "speech"
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    min_speech_s: Annotated[float, Field(ge=0.1)] = 0.25
+    min_silence_s: Annotated[float, Field(ge=0.05)] = 0.3
+    max_segment_s: Annotated[float, Field(ge=1)] = 8.0
+    pad_s: Annotated[float, Field(ge=0)] = 0.1
+    gate_db: Annotated[float, Field(le=0)] = -55.0
+    short_files: bool = False
     window_s: Annotated[float, Field(ge=0.25)] = 4.0
     # At least one 10 ms analysis hop: a smaller one rounds to 0 samples and never advances.
     hop_s: Annotated[float, Field(ge=0.01)] = 2.0
@@ -244,6 +252,11 @@ class SegmentsSpec(_Strict):
 
     @model_validator(mode="after")
     def _order(self) -> SegmentsSpec:
+        if 2 * self.pad_s > self.min_silence_s:
+            raise ValueError(
+                f"need 2 * pad_s <= min_silence_s (padding must not join two segments), got pad_s {self.pad_s} "
+                f"and min_silence_s {self.min_silence_s}; for example pad_s: 0.1, min_silence_s: 0.3"
+            )
         if not self.hop_s <= self.window_s <= self.over_s:
             raise ValueError(
                 f"need hop_s <= window_s <= over_s, got {self.hop_s}, {self.window_s}, {self.over_s}; "

@@ -9,6 +9,7 @@ the training data.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from batchser.cache import FeatureRecord
+from batchser.cache import NO_SPEECH, FeatureRecord
 from batchser.discover import SourceFile
 from batchser.features import FeatureSpec
 from batchser.hashing import display_path
@@ -40,6 +41,7 @@ _EMOTION_WORDS = re.compile(
     r"|surprised?|bored(om)?|excited|frustrat(ed|ion)|contempt)(?![a-z])",
     re.IGNORECASE,
 )
+MIN_GAP_S = 0.05  # a shorter stretch between speech segments is not reported as one
 UNCERTAIN = "uncertain"  # the label of a file under model.min_confidence
 
 
@@ -103,18 +105,27 @@ def annotate_rows(
     seg_rows: list[SegmentRow] = []
     aggregated: dict[int, np.ndarray] = {}
     dominant: dict[int, tuple[str, int]] = {}
+    speech_share: dict[int, float] = {}
+    nan = dict.fromkeys(classes, math.nan)
     for i, o in enumerate(outcomes):
         segs = o.record.segments if o.ok and o.record is not None else None
         if segs is None:
             continue
         p, _ = model.predict_proba_by_speaker(segs.vectors.astype(np.float64), [keys[i]] * len(segs), norm)
         use = segs.voiced if segs.voiced.any() else np.ones(len(segs), dtype=bool)
-        aggregated[i] = p[use].mean(axis=0)
+        # Weighted by length: a 6 s utterance says more than a 0.5 s one (windows are all one length).
+        aggregated[i] = np.average(p[use], axis=0, weights=(segs.end_s - segs.start_s)[use])
         seg_labels = [classes[k] for k in np.argmax(p, axis=1)]
         counts = Counter(lab for lab, u in zip(seg_labels, use, strict=True) if u)
         dominant[i] = (max(classes, key=lambda c: (counts[c], -classes.index(c))), len(segs))
         path = display_path(o.source, prefix)
+        speech = segs.speech_prob is not None  # speech segments: the stretches between are reported as such
+        if speech:
+            speech_share[i] = float(np.sum(segs.end_s - segs.start_s) / o.record.duration_s)  # type: ignore[union-attr]
+        at = 0.0
         for j in range(len(segs)):
+            if speech and segs.start_s[j] - at >= MIN_GAP_S:
+                seg_rows.append(SegmentRow(path, at, float(segs.start_s[j]), False, "", math.nan, nan))
             label, conf = top(p[j])
             seg_rows.append(
                 SegmentRow(
@@ -125,8 +136,13 @@ def annotate_rows(
                     label=label,
                     confidence=conf,
                     probabilities=dict(zip(classes, map(float, p[j]), strict=True)),
+                    speech_prob=float(segs.speech_prob[j]) if speech else math.nan,  # type: ignore[index]
                 )
             )
+            at = float(segs.end_s[j])
+        end = o.record.duration_s  # type: ignore[union-attr]
+        if speech and end - at >= MIN_GAP_S:
+            seg_rows.append(SegmentRow(path, at, end, False, "", math.nan, nan))
     ok_idx = [i for i, o in enumerate(outcomes) if o.ok and i not in aggregated]
     # In chunks: the network's float64 activations for all files at once would
     # grow the job's peak memory with the archive (about 4 KB per file).
@@ -171,6 +187,8 @@ def annotate_rows(
             }
         if i in dominant:
             common |= {"dominant_label": dominant[i][0], "segments": dominant[i][1]}
+        if i in speech_share:
+            common["speech_share"] = speech_share[i]
         p = proba[proba_row[i]] if i in proba_row else aggregated.get(i)
         if p is not None:
             label, conf = top(p)
@@ -191,8 +209,11 @@ def annotate_rows(
             )
         else:
             reason = o.error or (rec.error if rec is not None else "no features")
-            # "retry": this run could not read the file (it vanished, changed, or the disk failed).
-            status = "retry" if rec is not None and rec.status == "retry" else "error"
+            # "retry": this run could not read the file (it vanished, changed, or the disk failed);
+            # "no speech": the voice-activity model heard none (not a failure).
+            status = rec.status if rec is not None and rec.status in ("retry", NO_SPEECH) else "error"
+            if status == NO_SPEECH:
+                common["speech_share"] = 0.0
             rows.append(ReportRow(status=status, error=reason, **common))
     return rows, seg_rows
 

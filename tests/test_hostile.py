@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import batchser
 import batchser.cache.index
 import batchser.engine
+import batchser.longfile
 from batchser.cli import main
 from batchser.hashing import path_from_text, text_path
 from batchser.pids import OWNER_FILE, OwnerLock, owner_state
@@ -339,14 +340,14 @@ def test_constant_windows_are_analysed_once(tmp_path: Path, monkeypatch: pytest.
     y[:16000] = speechlike("angry", sr=16000, seconds=1.0)
     write_audio(tmp_path / "in" / "mostly-silent.wav", y, 16000)
     calls = []
-    real = batchser.engine.SlidingExtractor.extract
+    real = batchser.longfile.SlidingExtractor.extract
 
     def counted(self, start, samples):  # type: ignore[no-untyped-def]
         calls.append(start)
         return real(self, start, samples)
 
-    monkeypatch.setattr(batchser.engine.SlidingExtractor, "extract", counted)
-    assert _annotate_args(tmp_path, str(tmp_path / "in"), "-j", "1") == 0
+    monkeypatch.setattr(batchser.longfile.SlidingExtractor, "extract", counted)
+    assert _annotate_args(tmp_path, str(tmp_path / "in"), "-j", "1", "--segments", "windows") == 0
     row = _rows(tmp_path).iloc[0]
     assert row["status"] == "ok" and row["segments"] == (120 - 4) // 2 + 1
     assert len(calls) <= 3, len(calls)  # the windows touching the sound, and one of silence for all the rest

@@ -89,6 +89,7 @@ def test_train_then_annotate_then_rerun_from_cache(
         "normalized_by",
         "domain_distance",
         "reviewed",
+        "speech_share",
     ]
     assert (a["status"] == "ok").all() and (a["error"] == "").all()
     probs = a[[f"p_{c}" for c in CLASSES]].to_numpy()

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from batchser import engine
+from batchser import engine, longfile
 from batchser.audio import load
 from batchser.cache import hash_file
 from batchser.engine import ExtractTask, extract_one, extract_part, merge_parts, plan_parts, run_tasks
@@ -48,7 +48,7 @@ def _job(tmp: Path, inputs: list[str], *, out: str, backend: str = "sequential")
         "engine": {"backend": backend, "n_jobs": 1 if backend == "sequential" else 2},
         "model": {"path": str(MODEL)},
         "output": {"dir": str(tmp / out)},
-        "segments": {"over_s": 10, "window_s": 4, "hop_s": 2},
+        "segments": {"method": "windows", "over_s": 10, "window_s": 4, "hop_s": 2},
     }
     p = tmp / f"{out}.yaml"
     p.write_text(yaml.safe_dump(m))
@@ -130,7 +130,7 @@ def test_streamed_windows_match_windows_of_the_whole_decoded_file(tmp_path: Path
     # The seed's features, and the speech-rate ones, whose frames overlapping windows share.
     for names in (("mfcc", "chroma", "mel"), ("mfcc_stats", "logmel_stats", "spectral_stats", "prosody")):
         spec = FeatureSpec(names, SR)
-        rec = extract_one(ExtractTask(str(path), "h"), spec=spec, segments=SegmentSpec())
+        rec = extract_one(ExtractTask(str(path), "h"), spec=spec, segments=SegmentSpec(method="windows"))
         assert rec.ok and rec.channels == 2 and rec.orig_sample_rate == 48000 and rec.duration_s == pytest.approx(36)
         segs = rec.segments
         assert segs is not None and len(segs) == 17
@@ -140,7 +140,12 @@ def test_streamed_windows_match_windows_of_the_whole_decoded_file(tmp_path: Path
             np.testing.assert_allclose(segs.vectors[j], ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
     # Shorter than over_s: one vector for the whole file, as before.
     sf.write(tmp_path / "b.wav", y[: 48000 * 5], 48000)
-    assert extract_one(ExtractTask(str(tmp_path / "b.wav"), "h2"), spec=spec, segments=SegmentSpec()).segments is None
+    assert (
+        extract_one(
+            ExtractTask(str(tmp_path / "b.wav"), "h2"), spec=spec, segments=SegmentSpec(method="windows")
+        ).segments
+        is None
+    )
 
 
 def _listed(path: Path) -> ExtractTask:
@@ -158,10 +163,10 @@ SPEECH = FeatureSpec(("mfcc_stats", "logmel_stats", "spectral_stats", "prosody",
 def test_a_long_file_in_parts_gives_the_windows_of_one_pass(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, rtol: float
 ) -> None:
-    monkeypatch.setattr(engine, "PART_S", 20.0)  # 10 windows a part instead of 150
+    monkeypatch.setattr(longfile, "PART_S", 20.0)  # 10 windows a part instead of 150
     path = tmp_path / "long.wav"
     _long_file(path, minutes=1.5, sr=sr)
-    task, seg = _listed(path), SegmentSpec()
+    task, seg = _listed(path), SegmentSpec(method="windows")
     parts = plan_parts(task, spec=SPEECH, seg=seg)
     # 47 windows (0, 2, ..., 92 s): three parts of 10, the last with the other 17.
     assert [(p.part, p.n_parts, p.part_windows) for p in parts] == [(k, 4, 10) for k in range(4)]
@@ -196,8 +201,8 @@ def test_a_long_file_in_parts_gives_the_windows_of_one_pass(
 
 
 def test_parts_of_a_truncated_changed_or_silent_long_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "PART_S", 20.0)
-    seg = SegmentSpec()
+    monkeypatch.setattr(longfile, "PART_S", 20.0)
+    seg = SegmentSpec(method="windows")
     # A header declaring 96 s over 50 s of data: planned on what is there (libsndfile counts the frames
     # present), and the part that reaches the end warns, as one pass does.
     cut = tmp_path / "cut.wav"

@@ -8,6 +8,14 @@ SQLite index over them), ``claims`` (which job extracts what), ``maintain``
 
 from batchser.cache.claims import CLAIM_STALE_S
 from batchser.cache.errors import CacheError
-from batchser.cache.store import FeatureRecord, FeatureStore, FileChangedError, hash_file
+from batchser.cache.store import NO_SPEECH, FeatureRecord, FeatureStore, FileChangedError, hash_file
 
-__all__ = ["CLAIM_STALE_S", "CacheError", "FeatureRecord", "FeatureStore", "FileChangedError", "hash_file"]
+__all__ = [
+    "CLAIM_STALE_S",
+    "NO_SPEECH",
+    "CacheError",
+    "FeatureRecord",
+    "FeatureStore",
+    "FileChangedError",
+    "hash_file",
+]

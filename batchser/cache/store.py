@@ -47,6 +47,7 @@ from batchser.cache.maintain import compact, folder_key, sync
 from batchser.cache.parts import DamagedPartError, Parts, read_rows
 from batchser.features import FeatureSpec
 from batchser.segments import Segments, SegmentSpec
+from batchser.vad import detector
 
 __all__ = ["FeatureRecord", "FeatureStore", "FileChangedError", "hash_file"]
 
@@ -98,12 +99,16 @@ def hash_file(path: str | Path, *, expect: tuple[int, int, int] | None = None) -
     return h.hexdigest()
 
 
+NO_SPEECH = "no speech"
+
+
 @dataclass(frozen=True, slots=True)
 class FeatureRecord:
     """What extraction produced for one file content."""
 
     content_hash: str
     # "ok"; "error": the bytes cannot be labelled (cached: a rerun gives the same);
+    # "no speech": the voice-activity model heard none (cached, not a failure);
     # "retry": this run could not read them (I/O error, file changed), never cached.
     status: str
     error: str
@@ -167,7 +172,8 @@ class FeatureStore:
         self.segment_spec = segments
         self.columns = spec.columns()
         # Segmentation changes what a long file's row holds, so it is part of the key.
-        self.key = spec.fingerprint() + (f"-seg{segments.fingerprint()}" if segments is not None else "")
+        # Speech segments also depend on the voice-activity model that found them.
+        self.key = spec.fingerprint() + (f"-seg{segments.fingerprint(detector())}" if segments is not None else "")
         quarantine = self.root / "quarantine"
         self._features = Parts(self.root / "features" / self.key, quarantine)
         self._segments = Parts(self.root / "segments" / self.key, quarantine)
@@ -316,6 +322,7 @@ class FeatureStore:
 
     def _segments_from_table(self, hashes: list[str], table: pa.Table) -> Iterator[tuple[str, Segments]]:
         d = table.select(["content_hash", "start_s", "end_s", "voiced"]).to_pydict()
+        prob = table.column("speech_prob").to_numpy() if "speech_prob" in table.column_names else None
         matrix = np.column_stack(
             [table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in self.columns]
         )
@@ -332,6 +339,7 @@ class FeatureStore:
                     end_s=np.array([d["end_s"][i] for i in order], dtype=np.float64),
                     voiced=np.array([d["voiced"][i] for i in order], dtype=bool),
                     vectors=matrix[order],
+                    speech_prob=None if prob is None else prob[order].astype(np.float32),
                 ),
             )
 
@@ -344,6 +352,8 @@ class FeatureStore:
             "end_s": pa.array(np.concatenate([g.end_s for _, g in segs]), pa.float64()),
             "voiced": pa.array(np.concatenate([g.voiced for _, g in segs]), pa.bool_()),
         }
+        if all(g.speech_prob is not None for _, g in segs):  # speech segments (windows have none)
+            cols["speech_prob"] = pa.array(np.concatenate([g.speech_prob for _, g in segs]), pa.float32())
         for j, name in enumerate(self.columns):
             cols[name] = pa.array(matrix[:, j], pa.float32())
         return pa.table(cols)

@@ -211,15 +211,19 @@ def _timeline_chart(t: dict[str, Any], classes: list[str]) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 1.5))
     # Windows overlap (a hop is half a window): each is drawn over its first hop, so the bars tile the time.
+    # Speech segments tile it already; a stretch without speech has no label and stays blank.
     windows = t["windows"]
+    speech = any(not label for _, _, label, _, _ in windows) or all(voiced for *_, voiced in windows)
     for k, (start, end, label, conf, voiced) in enumerate(windows):
-        step = (windows[k + 1][0] - start) if k + 1 < len(windows) else end - start
+        if not label:
+            continue
+        step = min(windows[k + 1][0], end) - start if k + 1 < len(windows) else end - start
         ax.bar(start, conf, width=max(step, 1e-3), align="edge", alpha=0.9 if voiced else 0.3,
                color=_color(label, classes), linewidth=0)  # fmt: skip
     ax.set_xlim(0, t["duration_s"] if not math.isnan(t["duration_s"]) else None)
     ax.set_ylim(0, 1)
     ax.set_ylabel("confidence")
-    ax.set_xlabel("seconds (faded: a window judged silent)")
+    ax.set_xlabel("seconds (blank: no speech)" if speech else "seconds (faded: a window judged silent)")
     ax.spines[["top", "right"]].set_visible(False)
     handles = [plt.Rectangle((0, 0), 1, 1, color=_color(c, classes)) for c in classes]
     ax.legend(handles, classes, fontsize=7, ncol=len(classes), frameon=False, loc="upper right",

@@ -161,7 +161,7 @@ def _segments(out_dir: Path, report: pd.DataFrame, paths: set[str]) -> dict[str,
     for path, label in zip(long["path"], long["label"], strict=True):
         mine = segs[(segs["path"] == path) & (segs["label"] == label)]
         if mine.empty:
-            mine = segs[segs["path"] == path]
+            mine = segs[(segs["path"] == path) & segs["label"].notna()]  # not a stretch without speech
         if not mine.empty:
             best = mine.loc[mine["confidence"].idxmax()]
             out[path] = (float(best["start_s"]), float(best["end_s"] - best["start_s"]))

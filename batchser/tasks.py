@@ -1,0 +1,65 @@
+"""What the engine is asked to do: one :class:`ExtractTask` per file (or part of a long file).
+
+Also the records of failures that are this run's, not the bytes' (``retry``),
+and of files the bytes decide cannot be analysed (``error``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from batchser.audio import Audio
+from batchser.cache import FeatureRecord
+
+__all__ = ["CHANGED", "VANISHED", "ExtractTask", "error_record", "retry_record"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractTask:
+    """One file to decode and analyse; ``content_hash`` keys its cache row."""
+
+    path: str
+    content_hash: str
+    member: str = ""  # name inside the archive at ``path``
+    size: int = 0  # bytes, to judge whether starting workers pays (0: unknown)
+    # Check that the bytes decoded are the ones ``content_hash`` names (the
+    # job's tasks do; a cache row must describe what its key says).
+    verify: bool = False
+    # (size, mtime_ns, ctime_ns) when listed: lets a part of a long file check
+    # it reads the bytes hashed without hashing the whole file once per part.
+    stamp: tuple[int, int, int] | None = None
+    # A long file is analysed in n_parts stretches of part_windows windows
+    # each, one task per part (see plan_parts).
+    part: int = 0
+    n_parts: int = 1
+    part_windows: int = 0  # windows (or, for speech segments, 32 ms frames) per part
+    # Speech segments, second pass: (start_s, end_s, speech probability) of the
+    # segments that start in this part, whose features it extracts. None: first pass.
+    spans: tuple[tuple[float, float, float], ...] | None = None
+
+
+VANISHED = "vanished: the file was removed or renamed after it was listed; rerun to label it"
+CHANGED = "changed during the job: its bytes are not those hashed when it was listed; rerun to label the new content"
+
+
+def retry_record(task: ExtractTask, reason: str) -> FeatureRecord:
+    """A failure of this run, not of the bytes: reported, never cached, retried next run."""
+    if reason.startswith("cannot read") and not os.path.lexists(task.path):
+        reason = VANISHED
+    return FeatureRecord(task.content_hash, "retry", reason, 0, 0, 0.0, None)
+
+
+def error_record(task: ExtractTask, reason: str, audio: Audio | None = None) -> FeatureRecord:
+    if audio is None:
+        return FeatureRecord(task.content_hash, "error", reason, 0, 0, 0.0, None)
+    return FeatureRecord(
+        task.content_hash,
+        "error",
+        reason,
+        audio.orig_sample_rate,
+        audio.channels,
+        audio.duration_s,
+        None,
+        "; ".join(audio.warnings),
+    )
