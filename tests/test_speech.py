@@ -196,6 +196,8 @@ def test_a_long_recording_is_labelled_by_its_speech_and_nothing_else(tmp_path: P
     assert labelled["voiced"].all() and not quiet["voiced"].any()
     assert quiet[[c for c in segs.columns if c.startswith("p_")]].isna().all().all()
     assert (labelled["speech_prob"] > 0.5).all() and quiet["speech_prob"].isna().all()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "12 speech segments" in page and "seconds (blank: no speech)" in page
     # Non-speech time given an emotion: under 5 %, of each kind.
     for kind in ("tones", "noise", "silence"):
         spans = [(s, e) for s, e, k in truth if k == kind]
@@ -231,6 +233,8 @@ def test_a_recording_without_speech_gets_its_own_status_not_a_failure(tmp_path: 
     assert pd.isna(jingle["label"]) and jingle["speech_share"] == 0
     assert beep["status"] == "ok"
     assert summary["failed"] == 0 and summary["no_speech"] == 1
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert '<span id="n-no-speech">1</span> without speech' in page and "<h2>Failures</h2>" not in page
     checked = _job(tmp_path, audio, out="checked", check_speech=True)
     ann = pd.read_csv(tmp_path / "checked" / "annotations.csv").set_index("path")
     assert ann.loc[f"{audio}/beep.wav", "status"] == "no speech" and checked["no_speech"] == 2

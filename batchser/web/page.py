@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from batchser.cache import NO_SPEECH
 from batchser.report import ReportRow, SegmentRow
 
 __all__ = ["PageStats", "render", "rerender", "write_page"]
@@ -58,6 +59,7 @@ class PageStats:
     _long: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     listed_long: list[dict[str, Any]] = field(default_factory=list)
     n_long: int = 0
+    n_no_speech: int = 0  # files in which no speech was heard: not failures
     _seen: int = 0
 
     def add(self, rows: Sequence[ReportRow], seg_rows: Sequence[SegmentRow] = ()) -> None:
@@ -67,6 +69,9 @@ class PageStats:
         for r in rows:
             self._seen += 1
             self.n_files += 1
+            if r.status == NO_SPEECH:
+                self.n_no_speech += 1
+                continue
             if r.status != "ok":
                 self.reasons[(r.error or r.status).split(":", 1)[0][:80]] += 1
                 continue
@@ -97,7 +102,7 @@ class PageStats:
     def _add_long(self, r: ReportRow, segs: list[SegmentRow]) -> None:
         self.n_long += 1
         info = {"path": r.path, "duration_s": r.duration_s, "label": r.label, "dominant": r.dominant_label,
-                "segments": r.segments}  # fmt: skip
+                "segments": r.segments, "speech_share": r.speech_share}  # fmt: skip
         varied = len({s.label for s in segs if s.voiced})
         rank = (varied, r.duration_s if not math.isnan(r.duration_s) else 0.0)
         timeline = {**info, "windows": [(s.start_s, s.end_s, s.label, s.confidence, s.voiced) for s in segs]}
@@ -341,6 +346,7 @@ def _row(r: dict[str, Any], classes: list[str]) -> ReportRow:
         duration_s=float(r.get("duration_s") if r.get("duration_s") is not None else math.nan),
         segments=int(_clean(r.get("segments")) or 0),
         reviewed=bool(_clean(r.get("reviewed")) or False),
+        speech_share=float(r["speech_share"]) if _clean(r.get("speech_share")) is not None else math.nan,
     )
 
 
