@@ -65,6 +65,7 @@ def annotation_manifest(
     allow_empty: bool = False,
     allow_unlistable: bool = False,
     reviewed: str | Path | None = None,
+    ignore_unknown_answers: bool = False,
     page: bool = True,
     segments: str = "speech",
     check_speech: bool = False,
@@ -92,6 +93,7 @@ def annotation_manifest(
                 "adapt": adapt,
                 "min_confidence": min_confidence,
                 "reviewed": str(Path(reviewed).resolve()) if reviewed else None,
+                "ignore_unknown_answers": ignore_unknown_answers,
             },
             "output": {"dir": str(out_dir), "formats": list(formats), "page": page},
             "queue": str(Path(out_dir) / ".queue"),  # no capture queue: nothing of the user's is read
@@ -115,6 +117,7 @@ def annotate(
     backend: str = "loky",
     progress: bool = False,
     reviewed: str | Path | None = None,
+    ignore_unknown_answers: bool = False,
     segments: str = "speech",
     check_speech: bool = False,
 ) -> pd.DataFrame:
@@ -144,8 +147,13 @@ def annotate(
     reviewed : path or None
         A person's answers to learn from first (``batchser review``'s
         ``review/answers.csv``, or any CSV with ``path`` and ``label``
-        columns, paths as the reports write them): the model is refitted on
-        its training rows plus those files; an answered file keeps the answer.
+        columns): the model is refitted on its training rows plus those
+        files; an answered file keeps the answer. Answers find their files by
+        content hash, else by path relative to the answers file's folder or
+        the current folder.
+    ignore_unknown_answers : bool
+        Set aside answers whose label is none of the model's emotions, none or
+        skip (counted in the summary) instead of raising.
     segments : {"speech", "windows", "none"}
         How files longer than 10 s are labelled: by the speech segments a
         voice-activity model finds (``segments.parquet`` of a job), by fixed
@@ -166,6 +174,8 @@ def annotate(
     ------
     batchser.manifest.ManifestError
         An input that does not exist, or a value out of range.
+    batchser.review.AnswersError
+        ``reviewed`` answers with unknown labels, or that match no file.
     """
     from batchser.job import run_job
 
@@ -185,6 +195,7 @@ def annotate(
             backend=backend,
             allow_empty=True,
             reviewed=reviewed,
+            ignore_unknown_answers=ignore_unknown_answers,
             page=False,  # nobody opens a temporary folder's page
             segments=segments,
             check_speech=check_speech,

@@ -27,6 +27,7 @@ from batchser.job import JobSummary, NoInputError, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
 from batchser.report import ReportError
+from batchser.review import AnswersError, describe_expected, describe_review
 from batchser.spool import SpoolError
 
 __all__ = ["main"]
@@ -83,7 +84,10 @@ def _print_summary(s: JobSummary) -> None:
             "holds one speaker's recordings of every emotion, name the speakers in a label table instead"
         )
     if s.review:
-        print(_review_line(s.review))
+        for line in describe_review(s.review):
+            print(f"review: {line}")
+    elif s.expected:
+        print(f"what to expect: {describe_expected(s.expected)}")
     print(f"model: {s.model_id}")
     for p in s.reports:
         print(f"report: {p}")
@@ -106,8 +110,12 @@ def _codecs_muted(quiet: bool) -> Iterator[None]:
             os.environ[QUIET_ENV] = before
 
 
-def _with_reviewed(manifest: Manifest, answers: str | None) -> Manifest:
+def _with_reviewed(manifest: Manifest, answers: str | None, ignore_unknown: bool = False) -> Manifest:
     """``manifest`` learning from ``answers`` (``--reviewed``), which wins over ``model.reviewed``."""
+    if ignore_unknown:
+        manifest = manifest.model_copy(
+            update={"model": manifest.model.model_copy(update={"ignore_unknown_answers": True})}
+        )
     if not answers:
         return manifest
     if manifest.model.train:
@@ -127,29 +135,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_MANIFEST
-    manifest = _with_reviewed(load_manifest(args.manifest), args.reviewed)
+    manifest = _with_reviewed(load_manifest(args.manifest), args.reviewed, args.ignore_unknown_answers)
     if args.watch:
         return _watch(manifest, args)
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         _print_summary(summary)
     return _exit_code(manifest, summary, allow_hint="allow_unlistable: true in the manifest")
-
-
-def _review_line(r: dict) -> str:  # type: ignore[type-arg]
-    """What a person's answers said, in one line: how many, and accuracy and UAR before and after learning."""
-    text = f"review: learned from {r['learned_from']} of {r['answers']} answers"
-    if r.get("stale"):
-        text += f" ({len(r['stale'])} set aside: the file changed since it was answered)"
-    for when in ("before", "after"):
-        e = r.get(when)
-        if e and e.get("accuracy") is not None:
-            lo, hi = e["accuracy_ci"]
-            uar = f", UAR {e['uar']:.0%}" if e.get("uar") is not None else ""
-            text += f"; {when} learning: accuracy {e['accuracy']:.0%} (95 % interval {lo:.0%}-{hi:.0%}){uar}"
-    if "before" in r and not r.get("random_sample", False):
-        text += " (estimated from answers that are not a random sample of these files)"
-    return text
 
 
 def _exit_code(manifest: Manifest, summary: JobSummary, *, allow_hint: str) -> int:
@@ -252,6 +244,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
         classes = list(m.emotions) if m.model.train else list(read_meta(m.model_path).classes)
         check_labels(m, classes)
+    if m.model.reviewed and not m.model.train:  # the answers' labels, checked as run checks them
+        from batchser.model import read_meta
+        from batchser.relearn import load_answers
+
+        load_answers(
+            m.resolve(m.model.reviewed),
+            read_meta(m.model_path).classes,
+            ignore_unknown=m.model.ignore_unknown_answers,
+        )
     if not args.quiet:
         print(f"{args.manifest}: valid (root {m.root_dir})")
     return EXIT_OK
@@ -283,6 +284,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence,
         allow_unlistable=args.allow_unlistable,
         reviewed=args.reviewed,
+        ignore_unknown_answers=args.ignore_unknown_answers,
         segments=args.segments,
         check_speech=args.check_speech,
     )
@@ -314,21 +316,33 @@ output:
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
-    from batchser.review import ANSWERS, read_answers
+    import pandas as pd
+    import pyarrow as pa
+
+    from batchser.report import csv_text
+    from batchser.web.readback import ReadBackError
     from batchser.web.review import ReviewError, ReviewSession, serve
 
     out = Path(args.out_dir)
     try:
-        session = ReviewSession.open(out, per_label=args.n)
-    except ReviewError as exc:
+        session = ReviewSession.open(out, per_label=args.n, blind=args.blind)
+    except (ReviewError, ReadBackError, AnswersError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
     if args.list:
-        given = read_answers(out / ANSWERS) if (out / ANSWERS).is_file() else {}
-        table = session.sample[["order", "path", "model_label", "confidence", "part", "stratum_size"]].copy()
-        # A "label" column to fill in: the filled file is itself an answers file (--reviewed).
-        table["label"] = [given[p].label if p in given else "" for p in table["path"]]
-        table.to_csv(sys.stdout, index=False, float_format="%.4g", lineterminator="\n")
+        latest, _, _ = session.refresh()
+        columns = ["order", "path", "content_hash", "start_s", "end_s", "model_label", "confidence", "part"]
+        table = session.sample[[*columns, "stratum_size"]].copy()
+        # A "label" column to fill in: the filled file is itself an answers file (--reviewed), matched to
+        # the recordings by content hash wherever it is run from.
+        # Every stratum's size on each row: the estimate stays whole when rows are deleted or reordered.
+        sizes = session.sample.groupby("model_label")["stratum_size"].first()
+        table["strata"] = ";".join(f"{k}={int(v)}" for k, v in sizes.items())
+        table["label"] = [
+            latest[(p, None, None)].label if (p, None, None) in latest and pd.isna(start) else ""
+            for p, start in zip(table["path"], table["start_s"], strict=True)
+        ]
+        sys.stdout.write(csv_text(pa.Table.from_pandas(table, preserve_index=False)))
         return EXIT_OK
     serve(session, port=args.port, open_browser=args.open)
     return EXIT_OK
@@ -336,10 +350,14 @@ def _cmd_review(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from batchser.web.page import rerender
+    from batchser.web.readback import ReadBackError
 
     try:
         page = rerender(Path(args.out_dir))
-    except (FileNotFoundError, ValueError) as exc:
+    except ReadBackError as exc:
+        print(f"batchser: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except FileNotFoundError as exc:
         print(
             f"batchser: {exc}; point it at a run or annotate output folder (it holds summary.json)",
             file=sys.stderr,
@@ -461,6 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="learn from a person's answers first (review/answers.csv, or a CSV with path and label columns)",
     )
     run.add_argument(
+        "--ignore-unknown-answers",
+        action="store_true",
+        help="set aside answers whose label is none of the model's emotions, none or skip (else they stop the job)",
+    )
+    run.add_argument(
         "--overwrite", action="store_true", help="replace reports in output.dir that another set of inputs wrote"
     )
     run.set_defaults(func=_cmd_run)
@@ -509,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="learn from a person's answers first (review/answers.csv, or a CSV with path and label columns)",
     )
     ann.add_argument(
+        "--ignore-unknown-answers",
+        action="store_true",
+        help="set aside answers whose label is none of the model's emotions, none or skip (else they stop the job)",
+    )
+    ann.add_argument(
         "--allow-unlistable",
         action="store_true",
         help="exit 0 even when a folder could not be listed (its row in the report still says so)",
@@ -528,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--list", action="store_true", help="print the sample as CSV (with answers so far) and exit")
     rev.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     rev.add_argument("--open", action="store_true", help="open the page in the default browser")
+    rev.add_argument(
+        "--blind", action="store_true", help="hide the model's label and confidence while answering (no anchoring)"
+    )
     rev.set_defaults(func=_cmd_review)
     rep = sub.add_parser("report", help="draw a job's report.html again from its reports (after a review, say)")
     rep.add_argument("out_dir", help="a run or annotate output folder")
@@ -573,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _codecs_muted(not getattr(args, "verbose", 0)):  # decoders' own notes only with -v
             return int(args.func(args))
-    except ManifestError as exc:
+    except (ManifestError, AnswersError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_MANIFEST
     except CaptureSetupError as exc:

@@ -28,7 +28,7 @@ from batchser.model import TrainedModel, load_model
 from batchser.paths import check_manifest_paths
 from batchser.predict import FileOutcome, JobAdaptation, annotate_rows
 from batchser.queue import QueueWatcher
-from batchser.relearn import ReviewedFiles, relearn
+from batchser.relearn import ReviewedFiles, load_answers, relearn
 from batchser.report import (
     ReportRow,
     ReportSet,
@@ -40,7 +40,6 @@ from batchser.report import (
     write_json,
     write_reliability_png,
 )
-from batchser.review import read_answers
 from batchser.segments import SegmentSpec
 from batchser.spool import Listed, Spool, listed_table, work_folder
 from batchser.summary import (
@@ -471,6 +470,10 @@ def _run(
         if manifest.model.train
         else load_model(manifest.model_path, feature_fingerprint=spec.fingerprint(), classes=classes)
     )
+    answers = None
+    if manifest.model.reviewed and model is not None:  # checked before any work: an unknown label stops the job
+        answers_file = manifest.resolve(manifest.model.reviewed)
+        answers = load_answers(answers_file, model.meta.classes, ignore_unknown=manifest.model.ignore_unknown_answers)
     clock.lap("load_model")
     paths, label_fns = _input_paths(manifest)
     # The spools: a few dozen bytes per file on disk (TMPDIR), removed at the end.
@@ -547,11 +550,17 @@ def _run(
                 if groups.mode == "cluster":
                     _observe(store, hashed, lambda start, outcomes, _labels: groups.observe_clusters(start, outcomes))
                 wins: dict[str, str] = {}
-                if manifest.model.reviewed and not manifest.model.train:
-                    answers_file = manifest.resolve(manifest.model.reviewed)
-                    reviewed = ReviewedFiles(read_answers(answers_file), root=manifest.root_dir, groups=groups)
+                if answers is not None:
+                    reviewed = ReviewedFiles(
+                        answers,
+                        answers_file=answers_file,
+                        root=manifest.root_dir,
+                        groups=groups,
+                        classes=model.meta.classes,
+                    )
                     _observe(store, hashed, reviewed.observe)
-                    model, summary.review, wins = relearn(model, answers_file, reviewed)
+                    reviewed.check()  # answers that match no file stop the job before any report is replaced
+                    model, summary.review, wins = relearn(model, reviewed)
                     summary.model_id = model.id
                 clock.lap("predict")
                 run = _Run(manifest, spec, model, summary, queued, [], [])

@@ -223,6 +223,9 @@ class ModelSpec(_Strict):
     # reports write them): the model is refitted on its training rows plus
     # the answered files, and an answered file keeps the person's answer.
     reviewed: str | None = None
+    # Answers whose label is none of the model's emotions, none or skip stop the job (exit 2) unless
+    # set aside with this (counted and named in summary.json, never a label).
+    ignore_unknown_answers: bool = False
     # Adaptation modes scored leave-one-corpus-out in a train job with 2+ corpora.
     evaluate_modes: Annotated[list[Literal["none", "corpus", "cluster", "speaker"]], Field(min_length=1)] = [
         "none",

@@ -16,7 +16,6 @@ from pathlib import Path
 from batchser.discover import AUDIO_EXTENSIONS, is_pattern, pattern_matches
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
-from batchser.review import read_answers
 
 __all__ = ["check_manifest_paths", "model_files", "report_files"]
 
@@ -136,12 +135,11 @@ def check_manifest_paths(manifest: Manifest) -> None:
                     problems.append(f"inputs[{i}].labels: {exc}")
     if manifest.model.reviewed:
         answers = manifest.resolve(manifest.model.reviewed)
-        try:
-            read_answers(answers)
-        except FileNotFoundError:
-            problems.append(f"model.reviewed: {answers} does not exist (batchser review writes review/answers.csv)")
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            problems.append(f"model.reviewed: {exc}")
+        if not answers.is_file():  # what it holds is checked with the model's emotions (relearn.load_answers)
+            what = "is a folder" if answers.is_dir() else "does not exist"
+            problems.append(
+                f"model.reviewed: {answers} {what}; name an answers file (batchser review writes review/answers.csv)"
+            )
     if manifest.engine.backend == "dask" and importlib.util.find_spec("distributed") is None:
         problems.append("engine.backend: dask needs dask.distributed; install it with pip install 'batchser[dask]'")
     if not manifest.model.train and not manifest.model_path.is_file():

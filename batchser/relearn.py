@@ -1,23 +1,33 @@
 """A labelling job that learns from a person's answers (``--reviewed FILE``).
 
-Between measuring its normalisation groups and labelling, the job passes once
-more over its files, picks out those a person answered (by report path; an
-answer given for other bytes than the file holds now is set aside as stale),
-and refits the model on its own training rows plus those files
-(:func:`batchser.model.learn.learn`), standardised as this job standardises
-them. Every file is then labelled by the refitted model from the cache,
-nothing decoded again; a file a person answered keeps the person's answer.
+The answers are read and checked before any work (:func:`load_answers`: an
+unknown label stops the job, exit 2). Between measuring its normalisation
+groups and labelling, the job passes once more over its files and finds the
+answered ones (:class:`ReviewedFiles`): by content hash first (the answers
+file has it), else by path as written relative to the answers file's folder,
+the job's root or the reviewed job's root; an answer found by path for other
+bytes than the file holds now is stale and never applied. Answers that match
+no file at all stop the job (exit 2) before any report is replaced.
+
+The model is then refitted on its own training rows plus one row per
+answered content (copies of the same bytes are one unit: one fold, one
+weight; :func:`batchser.model.learn.learn`), and every file is labelled by
+the refitted model from the cache, nothing decoded again; a file a person
+answered keeps the person's answer.
 
 What the answers say of the labels before and after learning is estimated
-from them (:func:`batchser.model.learn.estimate`): from the review sample
-(``review/sample.csv`` beside the answers), drawn at random within each of the
-model's labels, each label weighted by its share of the archive; from any other
-CSV, as a plain proportion, marked as not a random sample.
+by :func:`batchser.review.estimate` from the review's random sample
+(``review/sample.csv`` beside the answers, or a filled-in ``--list``), each
+label weighted by its share of the archive, "none of these" counted as a
+wrong label; answers that are no random sample give plain rates over the
+answered files, without an interval.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -31,59 +41,188 @@ from batchser.hashing import display_path
 from batchser.labels import Label
 from batchser.model import TrainedModel, read_training
 from batchser.model.base import ModelError
-from batchser.model.learn import AFTER_WIDEN, REVIEW_WEIGHT, Rows, estimate, learn
+from batchser.model.learn import AFTER_WIDEN, REVIEW_WEIGHT, Rows, learn
 from batchser.model.store import loaded_digest
 from batchser.predict import FileOutcome, JobAdaptation
-from batchser.report import read_csv_report
-from batchser.review import NONE, SKIP, Answer, read_sample
+from batchser.review import (
+    NONE,
+    SKIP,
+    Answer,
+    Answers,
+    AnswersError,
+    estimate,
+    plain_rates,
+    read_answers,
+    read_sample,
+)
+from batchser.review.sample import SAMPLE_COLUMNS, SampleError
 
-__all__ = ["ReviewedFiles", "relearn"]
+__all__ = ["ReviewedFiles", "load_answers", "relearn"]
 
 log = logging.getLogger(__name__)
 
+_NEARBY = 2000  # report paths kept to suggest the closest one to an answer that matches none
+
+
+def load_answers(path: Path, classes: Sequence[str], *, ignore_unknown: bool = False) -> Answers:
+    """The answers of ``path``, checked before any work.
+
+    Raises
+    ------
+    AnswersError
+        Not readable as answers (encoding, NUL bytes, columns), or labels that
+        are none of ``classes``, none or skip (unless ``ignore_unknown``).
+    """
+    try:
+        answers = read_answers(path, classes)
+    except FileNotFoundError:
+        raise AnswersError(f"{path} does not exist (batchser review writes review/answers.csv)") from None
+    except IsADirectoryError:
+        raise AnswersError(f"{path} is a folder; name the answers file in it (review/answers.csv)") from None
+    answers.check(classes, ignore_unknown=ignore_unknown)
+    if not answers.latest:
+        raise AnswersError(f"{path} holds no answers (every label cell is empty); fill in the label column first")
+    return answers
+
+
+def _reviewed_root(answers_file: Path) -> Path | None:
+    """The root the reviewed job's report paths are relative to, when ``answers_file`` is a review's own."""
+    if answers_file.parent.name != "review":
+        return None
+    try:
+        root = json.loads((answers_file.parent.parent / "summary.json").read_text(encoding="utf-8"))
+        return Path(str(root["paths_relative_to"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclasses.dataclass
+class _Unit:
+    """One answered content: its answer, its vector and normalisation group, and where it was found."""
+
+    answer: Answer
+    path: str  # the first file found with this content, as the reports name it
+    vector: np.ndarray
+    key: str | None
+
 
 class ReviewedFiles:
-    """The answered files of a job, gathered chunk by chunk: their vectors, groups and answers."""
+    """The answered files of a job, found chunk by chunk (by content hash, else by path)."""
 
-    def __init__(self, answers: dict[str, Answer], *, root: Path, groups: JobAdaptation) -> None:
-        self.answers = answers
+    def __init__(
+        self, answers: Answers, *, answers_file: Path, root: Path, groups: JobAdaptation, classes: Sequence[str]
+    ) -> None:
+        self.answers_file = answers_file
+        self.root = root
         self.prefix = os.path.join(root, "")
         self.groups = groups
-        self.paths: list[str] = []
-        self.vectors: list[np.ndarray] = []
-        self.keys: list[str | None] = []
+        self.classes = list(classes)
+        self.given = [a for a in answers.latest.values() if a.start_s is None]
+        self.set_aside = {k: len(v) for k, v in answers.unknown.items()}
+        self.bad_rows = answers.bad
+        self.by_hash: dict[str, Answer] = {}
+        self.by_path: dict[str, Answer] = {}
+        bases = [answers_file.parent, root, _reviewed_root(answers_file)]
+        for a in sorted(self.given, key=lambda a: (a.answered_at, a.line)):  # the latest wins
+            if a.content_hash:
+                self.by_hash[a.content_hash] = a
+            for base in bases if not os.path.isabs(a.path) else [Path("/")]:
+                if base is not None:
+                    self.by_path[os.path.normpath(os.path.join(base, a.path))] = a
+        self.units: dict[str, _Unit] = {}  # content hash -> the answered unit
+        self.wins: dict[str, str] = {}  # report path -> the answer it shows
+        self.found: set[tuple[str, float | None, float | None]] = set()  # answers that name a file of the job
+        self.applied: set[tuple[str, float | None, float | None]] = set()  # and are not stale
         self.stale: list[str] = []
+        self._names = {os.path.basename(a.path): a for a in self.given}
+        self._near: dict[str, str] = {}  # an answer's file name -> a report path with that name
+        self._some: list[str] = []
 
     def observe(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> None:
-        wanted = {}
+        found: dict[int, Answer] = {}
         for j, o in enumerate(outcomes):
-            if o.ok and (path := display_path(o.source, self.prefix)) in self.answers:
-                wanted[j] = path
-        if not wanted:
+            if not o.ok:
+                continue
+            shown = display_path(o.source, self.prefix)
+            a = self.by_hash.get(o.content_hash)
+            if a is None:
+                a = self.by_path.get(display_path(o.source, ""))
+                if a is not None and a.content_hash and a.content_hash != o.content_hash:
+                    self.stale.append(shown)  # answered for other bytes: the file changed since
+                    self.found.add(a.key)
+                    continue
+            if a is None:
+                if len(self._some) < _NEARBY:
+                    self._some.append(shown)
+                name = os.path.basename(shown)
+                if name in self._names:
+                    self._near.setdefault(name, shown)
+                continue
+            self.found.add(a.key)
+            self.applied.add(a.key)
+            if a.label != SKIP:
+                self.wins[shown] = a.label
+                if o.content_hash not in self.units:
+                    found[j] = a
+        if not found:
             return
         keys = self.groups.keys_for(start, outcomes, labels).keys
-        for j, path in wanted.items():
-            given = self.answers[path].content_hash
-            if given and given != outcomes[j].content_hash:
-                self.stale.append(path)  # answered for other bytes: the file changed since
-                continue
-            self.paths.append(path)
-            self.vectors.append(np.asarray(outcomes[j].record.vector, dtype=np.float64))  # type: ignore[union-attr]
-            self.keys.append(keys[j])
+        for j, a in found.items():
+            o = outcomes[j]
+            vector = np.asarray(o.record.vector, dtype=np.float64)  # type: ignore[union-attr]
+            self.units[o.content_hash] = _Unit(a, display_path(o.source, self.prefix), vector, keys[j])
 
-    def rows(self) -> Rows:
-        X = np.stack(self.vectors) if self.vectors else np.empty((0, 0))
+    def check(self) -> None:
+        """Stop the job when its answers match none of its files (before any report is replaced).
+
+        Raises
+        ------
+        AnswersError
+            Naming one unmatched answer and the report path closest to it.
+        """
+        if self.found or not self.given:
+            if self.unmatched:
+                a = self.unmatched[0]
+                log.warning(
+                    "%s: %d answers match no file of this job (e.g. %r%s)",
+                    self.answers_file,
+                    len(self.unmatched),
+                    a.path,
+                    self._closest(a),
+                )
+            return
+        a = self.given[0]
+        raise AnswersError(
+            f"none of the {len(self.given)} answers in {self.answers_file} matches a file of this job: {a.path!r} is "
+            f"not one of its files{self._closest(a)}. Answers match a file by content hash (the content_hash column "
+            f"of batchser review's files), else by path relative to {self.answers_file.parent} or to the job's root "
+            f"{self.root}. Run the job on the recordings that were reviewed (from the folder the review's job ran "
+            "in, for paths without hashes); nothing was labelled and the reports are left as they were"
+        )
+
+    def _closest(self, a: Answer) -> str:
+        near = self._near.get(os.path.basename(a.path))
+        if near is None:
+            got = difflib.get_close_matches(a.path, self._some, n=1, cutoff=0.5)
+            near = got[0] if got else None
+        return f" (the closest report path: {near!r})" if near else ""
+
+    @property
+    def unmatched(self) -> list[Answer]:
+        return [a for a in self.given if a.key not in self.found]
+
+    def rows(self, hashes: Sequence[str]) -> Rows:
+        """The units' rows as both networks see them: raw, and standardised as this job standardises them."""
+        X = np.stack([self.units[h].vector for h in hashes]) if hashes else np.empty((0, 0))
         stats = self.groups.stats
         if stats is None or not len(X):
             return Rows(X, X.copy(), np.zeros(len(X), dtype=bool))
-        Xn, covered = stats.transform(X, self.keys)
+        Xn, covered = stats.transform(X, [self.units[h].key for h in hashes])
         return Rows(X, Xn, covered)
 
 
-def relearn(
-    model: TrainedModel, answers_file: Path, reviewed: ReviewedFiles
-) -> tuple[TrainedModel, dict[str, Any], dict[str, str]]:
-    """The refitted model, what the answers say (for ``summary.json``), and path -> the answer that wins.
+def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel, dict[str, Any], dict[str, str]]:
+    """The refitted model, what the answers say (for ``summary.json``), and report path -> the answer shown.
 
     Raises
     ------
@@ -96,58 +235,65 @@ def relearn(
             f"model {model.path} is an MLP; learning from answers refits a logistic model (the shipped recipe, "
             "and the default of a train manifest)"
         )
-    wins = {p: a.label for p, a in reviewed.answers.items() if a.label != SKIP}
-    used = [i for i, p in enumerate(reviewed.paths) if reviewed.answers[p].label in classes]
+    hashes = list(reviewed.units)
+    labels = np.array([reviewed.units[h].answer.label for h in hashes], dtype=object)
+    learned_idx = np.array([i for i, lab in enumerate(labels) if lab in classes], dtype=np.intp)
     info: dict[str, Any] = {
-        "answers_file": str(answers_file),
-        "answers": len(reviewed.answers),
-        "matched": len(reviewed.paths),
-        "learned_from": len(used),
-        "none_of_these": sum(reviewed.answers[p].label == NONE for p in reviewed.paths),
-        "skipped": sum(a.label == SKIP for a in reviewed.answers.values()),
+        "answers_file": str(reviewed.answers_file),
+        "classes": classes,
+        "answers": len(reviewed.given),
+        "matched": len(reviewed.applied),
+        "matched_files": len(reviewed.wins),
+        "units": len(hashes),
+        "learned_from": len(learned_idx),
+        "none_of_these": int(np.sum(labels == NONE)),
+        "skipped": sum(a.label == SKIP for a in reviewed.given),
         "stale": reviewed.stale[:100],
-        "unmatched": len(reviewed.answers) - len(reviewed.paths) - len(reviewed.stale),
+        "n_stale": len(reviewed.stale),
+        "unmatched": len(reviewed.unmatched),
+        "unmatched_first": [a.path for a in reviewed.unmatched[:5]],
+        "set_aside": reviewed.set_aside,  # labels none of the model's (--ignore-unknown-answers), rows each
+        "bad_rows": [{"line": n, "why": why} for n, why in reviewed.bad_rows[:20]],
         "weight": REVIEW_WEIGHT,
     }
-    unknown = sorted({a.label for a in reviewed.answers.values()} - {*classes, NONE, SKIP})
-    if unknown:
-        info["unknown_labels"] = unknown  # counted, named, never learned from
-    if len(used) < 2:
-        log.warning("%s: %d answers among the model's emotions; nothing to learn from", answers_file, len(used))
-        return model, info, wins
-    rows = reviewed.rows()
-    train = read_training(model.path)
-    base = train.rows()
-    idx = np.array(used, dtype=np.intp)
-    y_rev = np.array([reviewed.answers[reviewed.paths[i]].label for i in used])
-    learned = learn(
-        base,
-        train.y,
-        rows.take(idx),
-        y_rev,
-        classes=classes,
-        norm=model.speaker_pipeline is not None,
-        C=float(model.meta.params.get("C", 0.01)),
-        random_state=int(model.meta.params.get("random_state", 0)),
-    )
-    before_proba, _ = model.predict_proba_by_speaker(rows.X, reviewed.keys, reviewed.groups.stats)
-    info["temperature"] = learned.temperature
-    info |= _estimates(
-        answers_file,
-        [reviewed.paths[i] for i in used],
-        y_rev,
-        np.asarray(classes)[before_proba[idx].argmax(axis=1)],
-        np.asarray(classes)[learned.oof_proba.argmax(axis=1)],
-        classes,
-    )
-    new = dataclasses.replace(
-        model,
-        pipeline=learned.plain,
-        speaker_pipeline=learned.norm,
-        loaded_sha256=loaded_digest(learned.plain, learned.norm),
-    )
-    log.info("learned from %d answers: %s -> %s", len(used), model.id, new.id)
-    return new, info, wins
+    rows = reviewed.rows(hashes)
+    before = np.empty(0, dtype=object)
+    if hashes:
+        keys = [reviewed.units[h].key for h in hashes]
+        proba, _ = model.predict_proba_by_speaker(rows.X, keys, reviewed.groups.stats)
+        before = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+    after = np.full(len(hashes), "", dtype=object)  # "none" answers: no prediction is right
+    new = model
+    if len(learned_idx) >= 2:
+        train = read_training(model.path)
+        learned = learn(
+            train.rows(),
+            train.y,
+            rows.take(learned_idx),
+            labels[learned_idx].astype(str),
+            classes=classes,
+            norm=model.speaker_pipeline is not None,
+            C=float(model.meta.params.get("C", 0.01)),
+            random_state=int(model.meta.params.get("random_state", 0)),
+        )
+        after[learned_idx] = np.asarray(classes, dtype=object)[learned.oof_proba.argmax(axis=1)]
+        info["temperature"] = learned.temperature
+        new = dataclasses.replace(
+            model,
+            pipeline=learned.plain,
+            speaker_pipeline=learned.norm,
+            loaded_sha256=loaded_digest(learned.plain, learned.norm),
+        )
+        log.info("learned from %d answers: %s -> %s", len(learned_idx), model.id, new.id)
+    else:
+        log.warning(
+            "%s: %d answers name one of the model's emotions (%s); at least 2 are needed to learn from",
+            reviewed.answers_file,
+            len(learned_idx),
+            ", ".join(classes),
+        )
+    info |= _estimates(reviewed.answers_file, hashes, labels, before, after, classes, learned=new is not model)
+    return new, info, reviewed.wins
 
 
 def _sample_of(answers_file: Path) -> pd.DataFrame | None:
@@ -158,36 +304,66 @@ def _sample_of(answers_file: Path) -> pd.DataFrame | None:
     except (OSError, ValueError):
         return None
     if {"model_label", "part", "stratum_size"} <= set(own):
-        return read_csv_report(answers_file)
-    return read_sample(answers_file.parent.parent) if answers_file.parent.name == "review" else None
+        from batchser.report import read_csv_report
+
+        df = read_csv_report(answers_file)
+        for col in SAMPLE_COLUMNS:
+            if col not in df.columns:
+                df[col] = "" if col == "content_hash" else np.nan
+        return df
+    if answers_file.parent.name != "review":
+        return None
+    try:
+        return read_sample(answers_file.parent.parent)
+    except SampleError as exc:
+        log.warning("%s; the estimates treat the answers as no random sample", exc)
+        return None
+
+
+def _strata(sample: pd.DataFrame) -> dict[str, int]:
+    """Every stratum's size as a ``--list`` CSV writes it on each row (``angry=93;sad=89``), when it does."""
+    if "strata" not in sample.columns or not len(sample):
+        return {}
+    out: dict[str, int] = {}
+    for part in str(sample["strata"].iloc[0]).split(";"):
+        name, _, n = part.rpartition("=")
+        if name and n.isdigit():
+            out[name] = int(n)
+    return out
 
 
 def _estimates(
     answers_file: Path,
-    paths: list[str],
+    hashes: list[str],
     answers: np.ndarray,
     before: np.ndarray,
     after: np.ndarray,
     classes: list[str],
+    *,
+    learned: bool,
 ) -> dict[str, Any]:
-    """Accuracy and UAR before and after learning, from the random sample when there is one."""
+    """Accuracy, none share and UAR before and after learning: from the random sample when there is one."""
     sample = _sample_of(answers_file)
+    at = {h: i for i, h in enumerate(hashes)}
     if sample is not None and len(sample):
-        drawn = sample.set_index("path")
-        rand = [i for i, p in enumerate(paths) if p in drawn.index and drawn.at[p, "part"] == "random"]
-        if rand:
-            # The labels the reports showed when the sample was drawn: the strata, and what "before" scores.
-            strata = np.array([str(drawn.at[paths[i], "model_label"]) for i in rand])
-            sizes = {str(k): int(v) for k, v in drawn.groupby("model_label")["stratum_size"].first().items()}
-            sel = np.array(rand, dtype=np.intp)
+        drawn = sample[(sample["part"] == "random") & sample["content_hash"].isin(at)]
+        drawn = drawn.drop_duplicates("content_hash")
+        if len(drawn):
+            idx = np.array([at[h] for h in drawn["content_hash"]], dtype=np.intp)
+            strata = drawn["model_label"].astype(str).to_numpy()  # the labels shown when the sample was drawn
+            sizes = {str(k): int(v) for k, v in sample.groupby("model_label")["stratum_size"].first().items()}
+            sizes |= _strata(sample)
             return {
                 "random_sample": True,
-                "before": estimate(strata, answers[sel], strata, sizes, classes=classes),
-                "after": estimate(after[sel], answers[sel], strata, sizes, classes=classes, widen=AFTER_WIDEN),
+                "outside_sample": len(hashes) - len(idx),
+                "before": estimate(strata, answers[idx], strata, sizes, classes=classes),
+                "after": estimate(after[idx], answers[idx], strata, sizes, classes=classes, widen=AFTER_WIDEN)
+                if learned
+                else None,
             }
-    one = ["all"] * len(paths)
     return {
         "random_sample": False,  # answers from elsewhere: not known to be a random sample of the archive
-        "before": estimate(before, answers, one, {"all": len(paths)}, classes=classes),
-        "after": estimate(after, answers, one, {"all": len(paths)}, classes=classes, widen=AFTER_WIDEN),
+        "outside_sample": len(hashes),
+        "before": plain_rates(before, answers, classes=classes),
+        "after": plain_rates(after, answers, classes=classes) if learned else None,
     }

@@ -39,10 +39,13 @@ __all__ = [
     "SegmentRow",
     "TableWriter",
     "annotations_table",
+    "csv_text",
     "file_digests",
+    "guard_cell",
     "read_csv_report",
     "recover_reports",
     "segments_table",
+    "unguard_cell",
     "write_annotations",
     "write_confusion_png",
     "write_json",
@@ -294,6 +297,17 @@ def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def guard_cell(text: str) -> str:
+    """One CSV cell guarded as :func:`_csv_safe` guards a column (for CSV written row by row)."""
+    text = re.sub(r"[\r\n]+", " ", text)
+    return "'" + text if re.match(_FORMULA_START, text) else text
+
+
+def unguard_cell(text: str) -> str:
+    """A cell as it was before :func:`guard_cell` (or :func:`_csv_safe`)."""
+    return text[1:] if text.startswith("'") else text
+
+
 def read_csv_report(path: Path) -> pd.DataFrame:
     """A CSV report read back as written: the formula guard of :func:`_csv_safe` removed."""
     df = pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -315,6 +329,15 @@ def _csv_chunk(fh: Any, table: pa.Table, *, header: bool, rows_per_chunk: int = 
         _csv_safe(batch.to_pandas()).to_csv(
             fh, index=False, header=header and i == 0, float_format="%.6g", lineterminator="\n"
         )
+
+
+def csv_text(table: pa.Table) -> str:
+    """A table as the reports' CSV text (formula guard included), for small tables printed or sent whole."""
+    buf = io.StringIO()
+    _csv_chunk(buf, table, header=True)
+    if table.num_rows == 0:
+        buf.write(",".join(table.column_names) + "\n")
+    return buf.getvalue()
 
 
 def _write_csv(table: pa.Table, path: Path, *, rows_per_chunk: int = 4096) -> None:
@@ -421,6 +444,7 @@ def _pyplot() -> Any:
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
+    plt.rcParams["text.parse_math"] = False  # labels are shown as written, never parsed as mathtext
     return plt
 
 

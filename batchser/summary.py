@@ -29,6 +29,7 @@ from batchser.model import TrainedModel
 from batchser.paths import report_files
 from batchser.predict import domain_summary
 from batchser.report import ReportRow, file_digests, read_csv_report, recover_reports, write_json, writing_now
+from batchser.review import expected_accuracy
 from batchser.vad import ENERGY, detector
 
 __all__ = [
@@ -64,6 +65,9 @@ class JobSummary:
     # Speaker groups found to be emotion groups, per corpus (standardised over the corpus instead).
     emotion_groups: list[dict[str, Any]] = field(default_factory=list)
     review: dict[str, Any] | None = None  # what a person's answers said, and what the job learned from them
+    # What to expect of the labels before any review: the model card's leave-one-corpus-out range.
+    expected: dict[str, Any] | None = None
+    normalized_by: dict[str, int] = field(default_factory=dict)  # labelled files per standardisation rule
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
@@ -118,6 +122,7 @@ class Tally:
         self.known_proba = array("f")  # the model's probabilities of files whose label is known
         self.known_true = array("h")  # their true class
         self.outside: Counter[str] = Counter()  # true labels that are none of the model's emotions
+        self.normalized_by: Counter[str] = Counter()
 
     def add(self, rows: Sequence[ReportRow]) -> None:
         s = self.summary
@@ -125,6 +130,7 @@ class Tally:
         for r in rows:
             if r.status == "ok":
                 self.labels[r.label] += 1
+                self.normalized_by[r.normalized_by] += 1
                 self.distances.append(r.domain_distance)
                 if r.true_label and self.classes:
                     if r.true_label in self.classes and not r.used_for_training:
@@ -146,6 +152,8 @@ class Tally:
     def finish(self, model: TrainedModel) -> None:
         s = self.summary
         s.label_counts = dict(self.labels.most_common())
+        s.normalized_by = {k or "none": v for k, v in self.normalized_by.most_common()}
+        s.expected = expected_accuracy(model.meta.metrics, self.normalized_by) if self.normalized_by else None
         s.domain = domain_summary(np.frombuffer(self.distances, dtype=np.float64), model)
         if self.known_true or self.outside:
             s.metrics = {**(s.metrics or {}), **self.scores()}
@@ -200,6 +208,9 @@ def summary_payload(
         "stage_seconds": {k: round(v, 4) for k, v in s.stages.items()},
         "domain": s.domain,
         "speaker_groups_that_are_emotions": s.emotion_groups,
+        "normalized_by": s.normalized_by,
+        # Before a review, what the model card says to expect; after one, "review" holds this archive's own.
+        "expected_accuracy": s.expected,
         "review": s.review,
         "scores": {k: _brief(v) for k, v in (s.metrics or {}).items() if isinstance(v, dict) and "uar" in v},
     }

@@ -51,7 +51,7 @@ def _job(folder: Path, rows: int) -> Path:
         }
     )
     table.to_parquet(out / "annotations.parquet")
-    summary = {"job": "bench", "inputs": [str(audio)], "paths_relative_to": str(folder)}
+    summary = {"job": "bench", "files": rows, "inputs": [str(audio)], "paths_relative_to": str(folder)}
     (out / "summary.json").write_text(json.dumps(summary))
     return out
 

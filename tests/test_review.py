@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,103 +11,26 @@ import pandas as pd
 import pytest
 
 from batchser.cli import main
-from batchser.model.learn import estimate
-from batchser.review import ANSWERS, AnswersFile, choose, read_answers, read_sample
+from batchser.review import ANSWERS, AnswersFile, choose, estimate, read_sample
 from tests.browser import chromium, console_errors
-from tests.conftest import SHARED, speechlike, write_audio
-
-KINDS = ["angry", "sad", "neutral", "happy"]
+from tests.conftest import SHARED
+from tests.review_kit import KINDS, Server, fresh, given, make_job, wait
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A labelled folder of 24 generated clips (6 a kind), annotated with the shipped model."""
-    root = tmp_path_factory.mktemp("review")
-    for i in range(24):
-        kind = KINDS[i % 4]
-        write_audio(root / "clips" / f"{kind}-{i:02d}.wav", speechlike(kind, sr=16000, seconds=1.5, seed=i), 16000)
-    out = root / "out"
-    args = ["annotate", "-q", str(root / "clips"), "--out", str(out), "--cache", str(root / "cache"), "-j", "1"]
-    assert main(args) == 0
-    return out
-
-
-def _fresh(job: Path, tmp_path: Path) -> Path:
-    """A copy of the job's reports (and no review yet) for one test."""
-    out = tmp_path / "out"
-    out.mkdir()
-    for f in job.iterdir():
-        if f.is_file():
-            (out / f.name).write_bytes(f.read_bytes())
-    return out
-
-
-class Server:
-    def __init__(self, out: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "batchser", "review", str(out), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        m = re.search(r"(http://127\.0\.0\.1:\d+/)\?token=(\S+)", line)
-        assert m, line + (self.proc.stderr.read() if self.proc.stderr else "")
-        self.base, self.token = m.group(1), m.group(2)
-        self.url = f"{self.base}?token={self.token}"
-
-    def get(self, path: str, *, token: bool = True) -> tuple[int, bytes]:
-        sep = "&" if "?" in path else "?"
-        url = self.base + path + (f"{sep}token={self.token}" if token else "")
-        try:
-            with urllib.request.urlopen(url, timeout=10) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
-    def post(self, body: bytes, *, token: bool = True, kind: str = "application/json") -> int:
-        url = self.base + "answer" + (f"?token={self.token}" if token else "")
-        req = urllib.request.Request(url, data=body, headers={"Content-Type": kind}, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status
-        except urllib.error.HTTPError as e:
-            return e.code
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+    return make_job(tmp_path_factory.mktemp("review"))
 
 
 @pytest.fixture
 def served(job: Path, tmp_path: Path) -> Iterator[tuple[Path, Server]]:
-    out = _fresh(job, tmp_path)
+    out = fresh(job, tmp_path)
     server = Server(out, "--n", "3")
     try:
         yield out, server
     finally:
         server.kill()
-
-
-def _wait(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Until ``cond()`` holds; an element that went away as the page reloaded just means "not yet"."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            if cond():
-                return
-        except (StaleElementReferenceException, NoSuchElementException):
-            pass
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.05)
-
-
-def _answers(out: Path) -> dict[str, str]:
-    path = out / ANSWERS
-    return {p: a.label for p, a in read_answers(path).items()} if path.is_file() else {}
 
 
 def test_answer_by_keyboard_in_a_browser_and_lose_nothing_to_a_kill(
@@ -126,33 +42,33 @@ def test_answer_by_keyboard_in_a_browser_and_lose_nothing_to_a_kill(
     with chromium() as driver:
         driver.get(server.url)
         # The clip plays: the browser decoded the WAV the server made from the job's own file.
-        _wait(lambda: driver.execute_script("return document.getElementById('player').readyState") >= 1)
+        wait(lambda: driver.execute_script("return document.getElementById('player').readyState") >= 1)
         assert driver.execute_script("return document.getElementById('player').duration") == pytest.approx(1.5, 0.05)
         first = driver.find_element("id", "path").text
         body = driver.find_element("tag name", "body")
         body.send_keys("2")  # the second emotion on the page
-        _wait(lambda: driver.find_element("id", "answered").text == "1")
-        assert _answers(out) == {
+        wait(lambda: driver.find_element("id", "answered").text == "1")
+        assert given(out) == {
             first: driver.find_elements("css selector", "#answer-form button")[1].get_attribute("value")
         }
         body.send_keys("0")  # none of these
-        _wait(lambda: driver.find_element("id", "answered").text == "2")
+        wait(lambda: driver.find_element("id", "answered").text == "2")
         body.send_keys("s")  # skip: not counted, asked again at the end
-        _wait(lambda: len(_answers(out)) == 3)
+        wait(lambda: len(given(out)) == 3)
         assert driver.find_element("id", "answered").text == "2"
         assert not console_errors(driver)
-    given = _answers(out)
-    assert sorted(given.values()).count("none") == 1 and sorted(given.values()).count("skip") == 1
+    answers = given(out)
+    assert sorted(answers.values()).count("none") == 1 and sorted(answers.values()).count("skip") == 1
 
     # kill -9 mid-session, start again: every answer is there and the page goes on from the next file.
     server.kill()
     again = Server(out, "--n", "3")
     try:
-        assert _answers(out) == given
+        assert given(out) == answers
         with chromium() as driver:
             driver.get(again.url)
             assert driver.find_element("id", "answered").text == "2"
-            assert driver.find_element("id", "path").text not in given
+            assert driver.find_element("id", "path").text not in answers
         status, raw = again.get("state")
         assert status == 200 and json.loads(raw)["answered"] == 2
     finally:
@@ -168,15 +84,15 @@ def test_two_tabs_answer_side_by_side(served: tuple[Path, Server]) -> None:
         driver.get(server.url)
         assert driver.find_element("id", "path").text == first  # both show the first unanswered file
         driver.find_element("tag name", "body").send_keys("1")
-        _wait(lambda: driver.find_element("id", "answered").text == "1")
+        wait(lambda: driver.find_element("id", "answered").text == "1")
         second = driver.find_element("id", "path").text
         driver.switch_to.window(driver.window_handles[0])
         driver.find_element("tag name", "body").send_keys("3")  # answers the same first file again: latest wins
-        _wait(lambda: driver.find_element("id", "answered").text == "1")
+        wait(lambda: driver.find_element("id", "answered").text == "1")
         assert driver.find_element("id", "path").text == second
     lines = (out / ANSWERS).read_text().splitlines()
     assert len(lines) == 3  # header and both answers, appended
-    assert _answers(out)[first] == KINDS[2]  # the page's third emotion: the model's classes in order
+    assert given(out)[first] == KINDS[2]  # the page's third emotion: the model's classes in order
 
 
 def test_the_page_works_without_javascript(served: tuple[Path, Server]) -> None:
@@ -185,8 +101,8 @@ def test_the_page_works_without_javascript(served: tuple[Path, Server]) -> None:
         driver.get(server.url)
         first = driver.find_element("id", "path").text
         driver.find_element("css selector", "button[value='none']").click()  # a plain form post
-        _wait(lambda: driver.find_element("id", "answered").text == "1")
-    assert _answers(out) == {first: "none"}
+        wait(lambda: driver.find_element("id", "answered").text == "1")
+    assert given(out) == {first: "none"}
 
 
 def test_requests_without_the_token_or_outside_the_sample_are_refused(served: tuple[Path, Server]) -> None:
@@ -207,7 +123,7 @@ def test_requests_without_the_token_or_outside_the_sample_are_refused(served: tu
     assert server.post(b"{not json", kind="application/json") == 400
     assert not (out / ANSWERS).exists()
     assert server.post(json.dumps({"order": 0, "label": "sad"}).encode()) == 200
-    assert len(_answers(out)) == 1
+    assert len(given(out)) == 1
 
 
 def test_the_server_listens_on_loopback_only(served: tuple[Path, Server]) -> None:
@@ -224,10 +140,13 @@ def test_the_server_listens_on_loopback_only(served: tuple[Path, Server]) -> Non
 def test_list_prints_the_sample_and_more_can_be_asked_for(
     job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = _fresh(job, tmp_path)
+    out = fresh(job, tmp_path)
     assert main(["review", str(out), "--n", "2", "--list"]) == 0
     first = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
-    columns = ["order", "path", "model_label", "confidence", "part", "stratum_size", "label"]
+    columns = [
+        "order", "path", "content_hash", "start_s", "end_s", "model_label", "confidence", "part", "stratum_size",
+        "strata", "label",
+    ]  # fmt: skip
     assert len(first) == 8 and list(first.columns) == columns
     assert main(["review", str(out), "--n", "4", "--list"]) == 0
     more = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
@@ -259,7 +178,8 @@ def test_the_estimate_weights_strata_by_their_share_of_the_archive() -> None:
     pred = ["a"] * 10 + ["b"] * 10
     truth = ["a"] * 9 + ["b"] + ["a"] * 9 + ["b"]
     got = estimate(pred, truth, pred, {"a": 900, "b": 100}, classes=["a", "b"])
-    assert got["accuracy"] == pytest.approx(0.9 * 0.9 + 0.1 * 0.1)
+    # Each label weighted by its share of the files no one answered: 890 and 90.
+    assert got["accuracy"] == pytest.approx((890 * 0.9 + 90 * 0.1) / 980)
     lo, hi = got["accuracy_ci"]
     assert lo < got["accuracy"] < hi and hi - lo < 0.4
 
@@ -276,7 +196,7 @@ def test_a_job_learns_from_answers_and_says_what_they_bought(tmp_path: Path) -> 
     assert main(["review", str(first), "--list"]) == 0
     sample = read_sample(first)
     code = {"rab": "angry", "gio": "happy", "neu": "neutral", "tri": "sad"}
-    answers = AnswersFile(first / ANSWERS)
+    answers = AnswersFile(first)
     for r in sample.itertuples():
         answers.add(r.path, r.content_hash, code[Path(r.path).name.split("-")[0]])
     second = tmp_path / "second"

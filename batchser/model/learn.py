@@ -7,8 +7,8 @@ a model (the plain one and the one on standardised features) on the model's
 own training rows plus the reviewed rows, each reviewed row weighted
 ``weight`` times, then fits one temperature on the reviewed rows'
 out-of-fold predictions, so confidences are calibrated on this archive.
-:func:`estimate` says how often labels are right on the archive, from the
-part of the sample drawn at random, with a 95 % interval.
+:func:`batchser.review.estimate` says how often labels are right on the
+archive, from the part of the sample drawn at random, with a 95 % interval.
 
 What the refit needs from the training data travels inside the model file
 (:class:`TrainingSet`, written by :func:`batchser.model.store.save_model`).
@@ -25,7 +25,7 @@ import numpy as np
 from batchser.model.adapt import GroupStats
 from batchser.model.network import NumpyNetwork, network_arrays
 
-__all__ = ["AFTER_WIDEN", "Learned", "Rows", "TrainingSet", "estimate", "learn"]
+__all__ = ["AFTER_WIDEN", "Learned", "Rows", "TrainingSet", "learn"]
 
 # The after-learning interval is widened by this factor: the out-of-fold models vary with the
 # folds, which the sampling variance alone leaves out (at 1.0 the interval held the true
@@ -207,71 +207,3 @@ def learn(
         oof_proba=_softmax(oof / temperature) if k >= 2 else np.full(oof.shape, 1.0 / len(classes)),
         classes=classes,
     )
-
-
-def estimate(
-    predicted: Sequence[str],
-    answers: Sequence[str],
-    strata: Sequence[str],
-    stratum_sizes: dict[str, int],
-    *,
-    classes: Sequence[str],
-    widen: float = 1.0,
-    n_boot: int = 2000,
-    random_state: int = 0,
-) -> dict[str, Any]:
-    """Accuracy and UAR on the whole archive, from files drawn at random within each stratum.
-
-    Each stratum (the model's label when the sample was drawn) is weighted by
-    its share of the archive, so the estimate is unbiased although rare
-    labels were sampled as often as common ones. An answer outside
-    ``classes`` ("none of these") counts as a wrong label and is left out of
-    the UAR. The accuracy's interval is the normal one on the stratified
-    estimate, each stratum's rate shrunk towards 1/2 by one success and one
-    failure (so a stratum answered all right still has a spread); the UAR's
-    is a bootstrap within strata. ``widen`` scales both intervals about the
-    estimate (:data:`AFTER_WIDEN` for out-of-fold predictions).
-
-    Returns
-    -------
-    dict
-        ``n``, ``accuracy``, ``accuracy_ci`` (95 %), ``uar``, ``uar_ci``.
-    """
-    pred, ans, strata = np.asarray(predicted), np.asarray(answers), np.asarray(strata)
-    total = sum(stratum_sizes.get(s, 0) for s in set(strata.tolist()))
-    if not len(pred) or not total:
-        return {"n": 0, "accuracy": None, "accuracy_ci": None, "uar": None, "uar_ci": None}
-    groups = {s: np.flatnonzero(strata == s) for s in sorted(set(strata.tolist()))}
-    weights = {s: stratum_sizes.get(s, 0) / total for s in groups}
-    correct = pred == ans
-    acc, var = 0.0, 0.0
-    for s, rows in groups.items():
-        n, x = len(rows), int(correct[rows].sum())
-        shrunk = (x + 1) / (n + 2)
-        acc += weights[s] * x / n
-        var += weights[s] ** 2 * shrunk * (1 - shrunk) / n
-    half = 1.96 * np.sqrt(var) * widen
-
-    def uar(sel: dict[str, np.ndarray]) -> float:
-        recalls = []
-        for c in classes:
-            hit = sum(weights[s] * np.mean((ans[r] == c) & correct[r]) for s, r in sel.items())
-            have = sum(weights[s] * np.mean(ans[r] == c) for s, r in sel.items())
-            if have > 0:
-                recalls.append(hit / have)
-        return float(np.mean(recalls)) if recalls else float("nan")
-
-    rng = np.random.default_rng(random_state)
-    boots = [uar({s: rng.choice(r, size=len(r)) for s, r in groups.items()}) for _ in range(n_boot)]
-    boots = [b for b in boots if np.isfinite(b)]
-    point = uar(groups)
-    lo_u, hi_u = (np.percentile(boots, 2.5), np.percentile(boots, 97.5)) if boots else (np.nan, np.nan)
-    return {
-        "n": len(pred),
-        "accuracy": float(acc),
-        "accuracy_ci": [float(max(0.0, acc - half)), float(min(1.0, acc + half))],
-        "uar": point,
-        "uar_ci": [float(max(0.0, point - (point - lo_u) * widen)), float(min(1.0, point + (hi_u - point) * widen))]
-        if boots
-        else None,
-    }

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import io
-import json
 import math
 import os
 import time
@@ -28,6 +27,7 @@ import numpy as np
 
 from batchser.cache import NO_SPEECH
 from batchser.report import ReportRow, SegmentRow
+from batchser.review import describe_expected, describe_review
 
 __all__ = ["PageStats", "render", "rerender", "write_page"]
 
@@ -133,6 +133,7 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.fonttype"] = "none"  # text as text: smaller, and searchable
+    plt.rcParams["text.parse_math"] = False  # labels and names are shown as written, never as mathtext
     return plt
 
 
@@ -269,8 +270,12 @@ def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any]
         "reliability": _reliability_chart(labelled["calibration"]) if labelled else "",
     }
     timelines = [{**t, "svg": _timeline_chart(t, stats.classes)} for t in stats.timelines]
+    review = summary.get("review")
+    expected = summary.get("expected_accuracy")
     return env.get_template("report.html").render(
         s=summary,
+        review_text=describe_review(review) if review else [],
+        expected_text=describe_expected(expected) if expected and not review else "",
         stats=stats,
         charts=charts,
         groups=_breakdowns(stats),
@@ -303,14 +308,15 @@ def rerender(out_dir: Path) -> Path:
     ------
     FileNotFoundError
         No ``summary.json`` or annotations report in ``out_dir``.
+    batchser.web.readback.ReadBackError
+        A ``summary.json`` or ``metrics.json`` that is not as a job wrote it (file and key named).
     """
     import pyarrow.parquet as pq
 
     from batchser.report import file_digests, read_csv_report, write_json
+    from batchser.web.readback import read_metrics, read_summary
 
-    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    metrics_path = out_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    summary = read_summary(out_dir)
     parquet = out_dir / "annotations.parquet"
     if parquet.is_file():
         pf = pq.ParquetFile(parquet)
@@ -321,6 +327,7 @@ def rerender(out_dir: Path) -> Path:
         raise FileNotFoundError(f"{out_dir} holds no annotations report to draw a page from")
     first = next(chunks)
     classes = [c.removeprefix("p_") for c in first.columns if c.startswith("p_")]
+    metrics = read_metrics(out_dir, classes)
     stats = PageStats(classes, summary.get("model_min_confidence"))
     segs = _segment_rows(out_dir)
     for df in (first, *chunks):

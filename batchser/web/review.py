@@ -3,9 +3,12 @@
 Flask (a small, well-kept WSGI framework) serves one page rendered from a
 Jinja2 template shared with the report page; every request must carry the
 random token of the page's address, the server listens on 127.0.0.1 only,
-and audio is served by the sample's row number, never by a path from the
-request. Answers go to the job's ``review/answers.csv`` the moment they are
-given (:class:`batchser.review.AnswersFile`).
+never writes the token to its request log, and audio is served by the
+sample's row number, never by a path from the request. Answers go to the
+job's ``review/answers.csv`` the moment they are given
+(:class:`batchser.review.AnswersFile`): "Saved" is said only once the answer
+is on disk, and every failure says why. The server reads only what was
+appended to the answers file since its last look (:class:`batchser.review.AnswerLog`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,19 +26,50 @@ from typing import Any
 
 import pandas as pd
 
-from batchser.review import ANSWERS, NONE, PER_LABEL, SKIP, AnswersFile, extend_sample, read_answers
+from batchser.review import (
+    ANSWERS,
+    NONE,
+    PER_LABEL,
+    SKIP,
+    UNDO,
+    AnswerLog,
+    AnswerNotSavedError,
+    AnswersError,
+    AnswersFile,
+    canonical_label,
+    describe_expected,
+    estimate,
+    extend_sample,
+    review_folder,
+    share_in_words,
+)
 from batchser.web.clips import ClipError, clip_wav, locate
+from batchser.web.readback import read_summary
 from batchser.web.tables import read_report
 
-__all__ = ["ReviewError", "ReviewSession", "create_app"]
+__all__ = ["ReviewError", "ReviewSession", "create_app", "serve"]
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096  # an answer is a row number and a label: nothing bigger is read
+_TOKEN = re.compile(r"token=[^&\s]*")
+RESTARTED = (
+    "This review page's address is no longer valid: batchser review was restarted, and each start makes a new "
+    "address. Open the address it printed last; every answer given so far is saved."
+)
 
 
 class ReviewError(RuntimeError):
     """The output folder holds nothing to review; the message says what to run first."""
+
+
+Key = tuple[str, float | None, float | None]
+
+
+def _key(r: dict[str, Any]) -> Key:
+    start, end = r.get("start_s"), r.get("end_s")
+    real = isinstance(start, float) and not math.isnan(start)
+    return (str(r["path"]), float(start) if real else None, float(end) if real else None)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -48,104 +83,199 @@ class ReviewSession:
     inputs: list[str]
     segments: dict[str, tuple[float, float]] = field(default_factory=dict)  # path -> the stretch to play
     answers: AnswersFile | None = None
+    expected: dict[str, Any] | None = None
+    blind: bool = False  # hide the model's label and confidence while answering (no anchoring)
+    _log: AnswerLog | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def open(cls, out_dir: Path, *, per_label: int = PER_LABEL) -> ReviewSession:
+    def open(cls, out_dir: Path, *, per_label: int = PER_LABEL, blind: bool = False) -> ReviewSession:
         """The session of ``out_dir`` (a ``run`` or ``annotate`` output folder), its sample drawn or extended.
 
         Raises
         ------
         ReviewError
             No reports there, or reports with no labelled file.
+        ReadBackError
+            A summary.json that is not as a job wrote it (named).
+        AnswersError
+            The review folder or its files are links, FIFOs or damaged (named, nothing written).
         """
         try:
-            summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            summary = read_summary(out_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            audio = out_dir.is_dir() and any(
+                p.suffix.lower() in (".wav", ".flac", ".mp3", ".ogg", ".m4a") for p in _first_files(out_dir)
+            )
             raise ReviewError(
-                f"{out_dir} holds no job's reports (no readable summary.json); label a folder first: "
-                f"batchser annotate FOLDER --out {out_dir}"
+                f"{out_dir} holds no job's reports (no summary.json): "
+                + (
+                    "it looks like a folder of recordings. Label it first, then review the reports: "
+                    f"batchser annotate {out_dir} --out REPORTS, then batchser review REPORTS"
+                    if audio
+                    else "point batchser review at the folder a job wrote its reports to (annotate's --out, or a "
+                    f"manifest's output.dir), or label a folder first: batchser annotate FOLDER --out {out_dir}"
+                )
             ) from None
-        report = read_report(out_dir, "annotations")
+        try:
+            report = read_report(out_dir, "annotations")
+        except FileNotFoundError:
+            raise ReviewError(f"{out_dir} holds summary.json but no annotations report; run the job again") from None
         classes = [c.removeprefix("p_") for c in report.columns if c.startswith("p_")]
         if not (report["status"] == "ok").any():
             raise ReviewError(f"the reports in {out_dir} hold no labelled file to review")
         sample = extend_sample(out_dir, report, per_label=per_label)
         segments = _segments(out_dir, report, set(sample["path"]))
-        return cls(
+        session = cls(
             out_dir=out_dir,
             classes=classes,
             sample=sample.reset_index(drop=True),
             root=str(summary.get("paths_relative_to") or "/"),
             inputs=list(summary.get("inputs", [])),
             segments=segments,
-            answers=AnswersFile(out_dir / ANSWERS),
+            answers=AnswersFile(out_dir),
+            expected=summary.get("expected_accuracy"),
+            blind=blind,
         )
+        session.refresh()  # a damaged or hostile answers file is named now, before the address is printed
+        return session
 
-    def given(self) -> dict[str, str]:
-        path = self.out_dir / ANSWERS
-        return {p: a.label for p, a in read_answers(path).items()} if path.is_file() else {}
+    def refresh(self) -> tuple[dict[Key, Any], list[tuple[int, str]], Any]:
+        """The answers standing now (only what was appended since the last look is read)."""
+        if self._log is None:
+            self._log = AnswerLog(self.out_dir / ANSWERS, self.classes)
+        review_folder(self.out_dir)
+        try:
+            answers = self._log.refresh()
+        except FileNotFoundError:
+            return {}, [], None
+        return answers.latest, answers.bad, answers.last_given()
 
-    def state(self) -> dict[str, Any]:
-        """Progress, agreement and the next file to answer, for the page."""
-        given = self.given()
+    def state(self, *, blind: bool | None = None) -> dict[str, Any]:
+        """Progress, agreement, the estimate so far and the next unit to answer, for the page.
+
+        ``blind`` (default: the session's): leave out the model's label and confidence.
+        """
+        blind = self.blind if blind is None else blind
+        latest, bad, last = self.refresh()
+        given = {k: a.label for k, a in latest.items()}
         rows = self.sample.to_dict("records")
-        answered = [r for r in rows if given.get(r["path"], SKIP) != SKIP]
-        agree = [given[r["path"]] == r["model_label"] for r in answered]
-        per_label = Counter(given[r["path"]] for r in answered)
-        todo = [r for r in rows if r["path"] not in given] + [r for r in rows if given.get(r["path"]) == SKIP]
+        keys = [_key(r) for r in rows]
+        answered = [(r, k) for r, k in zip(rows, keys, strict=True) if given.get(k, SKIP) != SKIP]
+        agree = [given[k] == r["model_label"] for r, k in answered]
+        per_label = Counter(given[k] for _, k in answered)
+        todo = [r for r, k in zip(rows, keys, strict=True) if k not in given]
+        todo += [r for r, k in zip(rows, keys, strict=True) if given.get(k) == SKIP]
+        by_stratum = Counter(str(r["model_label"]) for r, _ in answered if r.get("part") == "random")
+        strata = {str(s): int(n) for s, n in self.sample.groupby("model_label")["stratum_size"].first().items()}
+        in_sample = {k for k in keys}
         return {
             "total": len(rows),
             "answered": len(answered),
             "per_answer": {c: per_label.get(c, 0) for c in [*self.classes, NONE]},
-            "agreement": (sum(agree) / len(agree)) if agree else None,
-            "next": _item(todo[0], given) if todo else None,
-            "recent": [_item(r, given) for r in answered[-5:]][::-1],
+            "per_stratum": {s: by_stratum.get(s, 0) for s in sorted(strata)},
+            "agreement": None if blind else ((sum(agree) / len(agree)) if agree else None),
+            "estimate": self._estimate(answered, given, strata),
+            "next": self._item(todo[0], given, blind) if todo else None,
+            "recent": [self._item(r, given, blind) for r, _ in answered[-5:]][::-1],
+            "can_undo": last is not None and last.key in in_sample,
+            "unreadable_rows": [{"line": n, "why": why} for n, why in bad[:5]],
+            "n_unreadable": len(bad),
+            "blind": blind,
         }
 
-    def answer(self, order: int, label: str) -> dict[str, Any]:
-        """Record ``label`` for the sample's file ``order``; returns the new state.
+    def _estimate(self, answered: list[tuple[dict[str, Any], Key]], given: dict[Key, str], strata: dict) -> Any:
+        rand = [(r, k) for r, k in answered if r.get("part") == "random"]
+        if not rand:
+            return None
+        model = [str(r["model_label"]) for r, _ in rand]
+        got = estimate(model, [given[k] for _, k in rand], model, strata, classes=self.classes, n_boot=0)
+        text = ""
+        if got["accuracy"] is not None:
+            lo, hi = got["accuracy_ci"]
+            text = (
+                f"So far the model's labels are right for {got['accuracy']:.0%} of these recordings "
+                f"({lo:.0%}\u2013{hi:.0%}); {share_in_words(got['none_share'])} holds none of its emotions."
+            )
+        else:
+            text = (
+                "No estimate for the whole archive yet: no answer so far for the recordings labelled "
+                f"{', '.join(got['missing_strata'])}."
+            )
+        return {"text": text, **{k: got[k] for k in ("accuracy", "accuracy_ci", "none_share", "missing_strata")}}
+
+    @staticmethod
+    def _item(r: dict[str, Any], given: dict[Key, str], blind: bool) -> dict[str, Any]:
+        item = {"order": int(r["order"]), "path": str(r["path"]), "answer": given.get(_key(r))}
+        if not blind:
+            item |= {"model_label": str(r["model_label"]), "confidence": float(r["confidence"])}
+        return item
+
+    def answer(self, order: int, label: str, *, blind: bool | None = None) -> dict[str, Any]:
+        """Record ``label`` for the sample's unit ``order``; returns the new state once it is on disk.
 
         Raises
         ------
         KeyError
-            No such file in the sample.
+            No such unit in the sample.
         ValueError
             A label that is none of the model's emotions, ``none`` or ``skip``.
+        AnswerNotSavedError, AnswersError
+            The answer did not reach the disk (the reason says why).
         """
-        if label not in {*self.classes, NONE, SKIP}:
+        canonical = canonical_label(label, self.classes)
+        if canonical is None or canonical == UNDO:
             raise ValueError(f"answer must be one of {', '.join([*self.classes, NONE, SKIP])}")
-        row = self.sample.loc[self.sample["order"] == order]
-        if row.empty:
-            raise KeyError(order)
-        r = row.iloc[0]
+        r = self._row(order)
         assert self.answers is not None
+        start, end = _key(r)[1:]
         self.answers.add(
             str(r["path"]),
             str(r["content_hash"]),
-            label,
+            canonical,
             model_label=str(r["model_label"]),
             confidence=float(r["confidence"]),
+            start_s=start,
+            end_s=end,
         )
-        return self.state()
+        return self.state(blind=blind)
 
-    def clip(self, order: int) -> bytes:
+    def undo(self, *, blind: bool | None = None) -> dict[str, Any]:
+        """Take back the latest answer still standing (an ``undo`` row is appended; nothing is rewritten).
+
+        Raises
+        ------
+        KeyError
+            No answer to take back.
+        """
+        _, _, last = self.refresh()
+        if last is None:
+            raise KeyError("no answer to undo")
+        assert self.answers is not None
+        self.answers.add(last.path, last.content_hash, UNDO, start_s=last.start_s, end_s=last.end_s)
+        return self.state(blind=blind)
+
+    def _row(self, order: int) -> dict[str, Any]:
         row = self.sample.loc[self.sample["order"] == order]
         if row.empty:
             raise KeyError(order)
-        path = str(row.iloc[0]["path"])
+        return row.iloc[0].to_dict()
+
+    def clip(self, order: int) -> bytes:
+        r = self._row(order)
+        path = str(r["path"])
         real, member = locate(path, root=self.root, inputs=self.inputs)
         start, seconds = self.segments.get(path, (0.0, 20.0))
         return clip_wav(real, member, start_s=start, seconds=seconds)
 
 
-def _item(r: dict[str, Any], given: dict[str, str]) -> dict[str, Any]:
-    return {
-        "order": int(r["order"]),
-        "path": str(r["path"]),
-        "model_label": str(r["model_label"]),
-        "confidence": float(r["confidence"]),
-        "answer": given.get(str(r["path"])),
-    }
+def _first_files(folder: Path, n: int = 200) -> list[Path]:
+    out: list[Path] = []
+    for p in folder.rglob("*"):
+        if len(out) >= n:
+            break
+        if p.is_file():
+            out.append(p)
+    return out
 
 
 def _segments(out_dir: Path, report: pd.DataFrame, paths: set[str]) -> dict[str, tuple[float, float]]:
@@ -176,13 +306,23 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.jinja_env.filters["pct"] = _fraction
 
+    def blind() -> bool:
+        asked = request.args.get("blind")
+        return session.blind if asked is None else asked == "1"
+
+    def wants_json() -> bool:
+        return request.is_json or request.path != "/"
+
     @app.before_request
-    def _check_token() -> None:
+    def _check_token() -> Any:
         sent = request.args.get("token") or request.headers.get("X-Batchser-Token") or ""
         if not sent and request.method == "POST" and (request.content_length or 0) <= MAX_REQUEST_BYTES:
             sent = request.form.get("token", "")
         if not hmac.compare_digest(sent.encode(), token.encode()):
-            abort(403)
+            if wants_json():
+                return jsonify({"error": RESTARTED}), 403
+            return Response(f"<!doctype html><title>batchser review</title><p>{RESTARTED}</p>", 403)
+        return None
 
     @app.after_request
     def _headers(resp: Response) -> Response:
@@ -191,36 +331,70 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
         resp.headers["Referrer-Policy"] = "no-referrer"  # the token is in the address
         return resp
 
+    def not_saved(exc: Exception) -> Any:
+        message = f"Not saved: {exc}"
+        log.error("%s", message)
+        if request.is_json:
+            return jsonify({"error": message}), 507
+        return Response(f"<!doctype html><title>batchser review</title><p>{message}</p>", 507)
+
     @app.get("/")
-    def page() -> str:
-        state = session.state()
+    def page() -> Any:
+        try:
+            state = session.state(blind=blind())
+        except AnswersError as exc:
+            return not_saved(exc)
         return render_template(
             "review.html",
             state=state,
             classes=session.classes,
             token=token,
+            blind=blind(),
+            expected=describe_expected(session.expected) if session.expected else "",
             out_dir=str(session.out_dir),
             state_json=json.dumps(state),
         )
 
     @app.get("/state")
-    def state() -> Response:
-        return jsonify(session.state())
+    def state() -> Any:
+        try:
+            return jsonify(session.state(blind=blind()))
+        except AnswersError as exc:
+            return not_saved(exc)
+
+    def form() -> Any:
+        data = request.get_json(silent=True) if request.is_json else request.form
+        if data is None or not hasattr(data, "get"):
+            abort(400)
+        return data
+
+    def done(got: dict[str, Any]) -> Any:
+        if request.is_json:
+            return jsonify(got)
+        return redirect(url_for("page", token=token, blind="1" if blind() else "0"))
 
     @app.post("/answer")
     def answer() -> Any:
-        data = request.get_json(silent=True) if request.is_json else request.form
-        if not isinstance(data, dict) and not hasattr(data, "get"):
-            abort(400)
+        data = form()
         try:
             order = int(str(data.get("order", "")))
-            label = str(data.get("label", ""))
-            got = session.answer(order, label)
+            got = session.answer(order, str(data.get("label", "")), blind=blind())
+        except (AnswerNotSavedError, AnswersError) as exc:
+            return not_saved(exc)
         except (KeyError, ValueError) as exc:
             return jsonify({"error": str(exc) or "no such file in the sample"}), 400
-        if request.is_json:
-            return jsonify(got)
-        return redirect(url_for("page", token=token))
+        return done(got)
+
+    @app.post("/undo")
+    def undo() -> Any:
+        form()
+        try:
+            got = session.undo(blind=blind())
+        except KeyError:
+            return jsonify({"error": "no answer to undo"}), 400
+        except (AnswerNotSavedError, AnswersError) as exc:
+            return not_saved(exc)
+        return done(got)
 
     @app.get("/clip/<int:order>")
     def clip(order: int) -> Response:
@@ -238,16 +412,32 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def _handler() -> Any:
+    from werkzeug.serving import WSGIRequestHandler
+
+    class Handler(WSGIRequestHandler):
+        """Werkzeug's request log with the token cut out of every address it writes."""
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            path = _TOKEN.sub("token=\u2026", getattr(self, "path", "") or "")
+            self.log("info", '"%s %s" %s %s', getattr(self, "command", "-"), path, code, size)
+
+        def log_error(self, format: str, *args: Any) -> None:
+            self.log("error", _TOKEN.sub("token=\u2026", format % args).replace("%", "%%"))
+
+    return Handler
+
+
 def serve(session: ReviewSession, *, port: int = 0, open_browser: bool = False) -> None:
-    """Serve the review page on 127.0.0.1 until Ctrl-C; prints its address (with the token)."""
+    """Serve the review page on 127.0.0.1 until Ctrl-C; prints its address (with the token) once."""
     from werkzeug.serving import make_server
 
     token = new_token()
-    server = make_server("127.0.0.1", port, create_app(session, token=token), threaded=True)
+    server = make_server("127.0.0.1", port, create_app(session, token=token), threaded=True, request_handler=_handler())
     url = f"http://127.0.0.1:{server.server_port}/?token={token}"
     state = session.state()
     print(
-        f"review of {session.out_dir}: {state['answered']} of {state['total']} files answered; open {url}\n"
+        f"review of {session.out_dir}: {state['answered']} of {state['total']} answered; open {url}\n"
         f"answers are saved to {session.out_dir / ANSWERS} as you give them; Ctrl-C stops",
         flush=True,
     )

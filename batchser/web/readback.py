@@ -1,0 +1,257 @@
+"""Reports read back by ``batchser report`` and ``batchser review``: checked against their schema first.
+
+``summary.json`` and ``metrics.json`` may have been edited, damaged or
+replaced since a job wrote them; each is read on its own (bounded in size),
+checked by a pydantic schema of the keys the pages use, and any problem is
+named by file and key with the fix, never a bare ``KeyError`` or
+``TypeError`` from deep in a template. A confusion matrix holds the model's
+emotions and at most one "other" row and column.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["MAX_JSON_BYTES", "ReadBackError", "read_metrics", "read_summary"]
+
+MAX_JSON_BYTES = 64 << 20  # a million-file job's summary is a few KB: more is not a job's
+Share = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class ReadBackError(ValueError):
+    """A report file that is not as a job wrote it: ``str()`` names the file, the key and the fix."""
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Domain(_Open):
+    median_distance: float
+    training_median: float
+    held_out_limit: float | None = None
+    out_of_domain: bool | None = None
+
+
+class _EmotionGroups(_Open):
+    corpus: str
+    groups: list[str]
+    why: str
+
+
+class _Unlisted(_Open):
+    count: Count = 0
+    first: list[str] = []
+
+
+class _Partial(_Open):
+    strata: list[str]
+    accuracy: Share
+    accuracy_ci: Annotated[list[Share], Field(min_length=2, max_length=2)]
+
+
+class _Estimate(_Open):
+    n: Count = 0
+    accuracy: Share | None = None
+    accuracy_ci: Annotated[list[Share], Field(min_length=2, max_length=2)] | None = None
+    none_share: Share | None = None
+    none_share_ci: Annotated[list[Share], Field(min_length=2, max_length=2)] | None = None
+    uar: Share | None = None
+    uar_ci: Annotated[list[Share], Field(min_length=2, max_length=2)] | None = None
+    missing_strata: list[str] = []
+    covers: Share | None = None
+    partial: _Partial | None = None
+
+
+class _Review(_Open):
+    answers: Count
+    learned_from: Count
+    random_sample: bool = False
+    none_of_these: Count = 0
+    before: _Estimate | None = None
+    after: _Estimate | None = None
+    stale: list[str] = []
+
+
+class _Expected(_Open):
+    uar_mean: Share
+    uar_worst: Share | None = None
+    uar_best: Share | None = None
+    words: str
+    standardised: str
+    held_out: bool
+
+
+class _Summary(_Open):
+    job: str
+    files: Count
+    from_cache: Count = 0
+    extracted: Count = 0
+    failed: Count = 0
+    no_speech: Count = 0
+    inputs: list[str] = []
+    paths_relative_to: str = "/"
+    model: str = ""
+    model_corpora: list[str] = []
+    model_min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
+    seconds: Annotated[float, Field(ge=0)] = 0.0
+    domain: _Domain | None = None
+    speaker_groups_that_are_emotions: list[_EmotionGroups] = []
+    unlisted_folders: _Unlisted | None = None
+    review: _Review | None = None
+    expected_accuracy: _Expected | None = None
+    normalized_by: dict[str, Count] = {}
+
+
+class _Bin(_Open):
+    lo: Share
+    hi: Share
+    accuracy: Share
+    confidence: Share = 0.0
+
+
+class _Calibration(_Open):
+    ece: Annotated[float, Field(ge=0, le=1)]
+    n_bins: Annotated[int, Field(ge=1, le=100)]
+    bins: Annotated[list[_Bin], Field(max_length=100)]
+
+
+class _Evaluation(_Open):
+    n: Count
+    accuracy: Share
+    uar: Share
+    macro_f1: Share
+    labels: list[str] | None = None
+    confusion_matrix: list[list[Count]] | None = None
+    calibration: _Calibration | None = None
+
+    @model_validator(mode="after")
+    def _square(self) -> _Evaluation:
+        if self.confusion_matrix is not None:
+            k = len(self.labels or [])
+            if len(self.confusion_matrix) != k or any(len(r) != k for r in self.confusion_matrix):
+                raise ValueError(f"confusion_matrix must be {k} x {k}, one row and column per label")
+        return self
+
+
+class _LocoRow(_Open):
+    uar: Share
+    calibration: _Calibration | None = None
+
+
+class _LocoMode(_Open):
+    per_corpus: dict[str, _LocoRow]
+    mean: dict[str, float]
+
+    @field_validator("mean")
+    @classmethod
+    def _finite(cls, v: dict[str, float]) -> dict[str, float]:
+        if "uar" not in v or "worst_uar" not in v or not all(math.isfinite(x) for x in v.values()):
+            raise ValueError("needs finite uar and worst_uar")
+        return v
+
+
+class _Loco(_Open):
+    corpora: Annotated[list[str], Field(max_length=100)]
+    modes: dict[str, _LocoMode]
+
+    @model_validator(mode="after")
+    def _every_corpus(self) -> _Loco:
+        for mode, m in self.modes.items():
+            missing = [c for c in self.corpora if c not in m.per_corpus]
+            if missing:
+                raise ValueError(f"modes.{mode}.per_corpus lacks {', '.join(missing)}")
+        return self
+
+
+def _read_json(path: Path, what: str) -> Any:
+    fix = f"the file was edited or damaged: run the job again to rewrite {what}"
+    size = path.stat().st_size  # FileNotFoundError: the caller says what to run first
+    if not path.is_file():
+        raise ReadBackError(f"{path} is not a regular file; {fix}")
+    if size > MAX_JSON_BYTES:
+        raise ReadBackError(f"{path} is {size >> 20} MB, far more than a job writes; {fix}")
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ReadBackError(f"{path} is not UTF-8 text (byte {exc.start}); {fix}") from None
+    except ValueError as exc:
+        raise ReadBackError(f"{path} is not valid JSON ({exc}); {fix}") from None
+
+
+def _problem(path: Path, exc: ValidationError, what: str) -> ReadBackError:
+    e = exc.errors()[0]
+    key = ".".join(str(p) for p in e["loc"]) or "(the whole file)"
+    found = repr(e.get("input"))
+    found = found if len(found) <= 60 else found[:57] + "..."
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return ReadBackError(
+        f"{path}: key {key}: {e['msg']} (found {found}){more}; the file was edited or damaged: run the job again to "
+        f"rewrite {what}"
+    )
+
+
+def read_summary(out_dir: Path) -> dict[str, Any]:
+    """``summary.json`` of a job's output folder, checked.
+
+    Raises
+    ------
+    FileNotFoundError
+        No summary.json there.
+    ReadBackError
+        Not JSON, or a key the pages use missing or of the wrong kind (named).
+    """
+    path = out_dir / "summary.json"
+    data = _read_json(path, "its reports")
+    if not isinstance(data, dict):
+        raise ReadBackError(f"{path} holds no JSON object; run the job again to rewrite its reports")
+    try:
+        return _Summary.model_validate(data).model_dump()
+    except ValidationError as exc:
+        raise _problem(path, exc, "its reports") from None
+
+
+def read_metrics(out_dir: Path, classes: list[str]) -> dict[str, Any]:
+    """``metrics.json`` of a job's output folder (empty when there is none), checked.
+
+    A confusion matrix may hold ``classes`` and one "other" row and column, no more.
+
+    Raises
+    ------
+    ReadBackError
+        Not JSON, or an evaluation that is not as a job writes it (named).
+    """
+    path = out_dir / "metrics.json"
+    if not path.exists():
+        return {}
+    data = _read_json(path, "its metrics")
+    if not isinstance(data, dict):
+        raise ReadBackError(f"{path} holds no JSON object; run the job again to rewrite its metrics")
+    out: dict[str, Any] = dict(data)
+    allowed = {*classes, "other"}
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            continue
+        try:
+            if key == "leave_one_corpus_out":
+                out[key] = _Loco.model_validate(value).model_dump()
+            elif "accuracy" in value or "confusion_matrix" in value:
+                ev = _Evaluation.model_validate(value)
+                extra = [lab for lab in ev.labels or [] if lab not in allowed]
+                if extra or len(set(ev.labels or [])) != len(ev.labels or []):
+                    raise ReadBackError(
+                        f"{path}: key {key}.labels: {', '.join(map(repr, extra[:5])) or 'repeated labels'} "
+                        f"(a confusion matrix holds the model's emotions, {', '.join(classes)}, and 'other'); "
+                        "the file was edited or damaged: run the job again to rewrite its metrics"
+                    )
+                out[key] = ev.model_dump()
+        except ValidationError as exc:
+            raise _problem(path, exc, "its metrics") from None
+    return out

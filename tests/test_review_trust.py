@@ -1,0 +1,577 @@
+"""A review you can trust: estimates that count every answer, answers checked at the door, an answers file
+that never loses or leaks, reports read back checked. Each test is an attack that once got through."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batchser.cli import main
+from batchser.review import (
+    ANSWERS,
+    SAMPLE,
+    TORN,
+    AnswerLog,
+    AnswersError,
+    AnswersFile,
+    estimate,
+    expected_accuracy,
+    read_answers,
+    read_sample,
+)
+from batchser.web.review import ReviewSession
+from tests.browser import chromium
+from tests.review_kit import KINDS, Server, fresh, given, make_job, wait
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 generated clips, 6 a kind (the model labels 6 of each), 4 of them also copied byte for byte."""
+    return make_job(tmp_path_factory.mktemp("trust"), copies=4)
+
+
+def _listed(out: Path, capsys: pytest.CaptureFixture[str], *args: str) -> pd.DataFrame:
+    assert main(["review", str(out), "--list", *args]) == 0
+    return pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+
+
+def _kind(path: str) -> str:
+    return Path(path).name.removeprefix("copy-").split("-")[0]
+
+
+def _annotate(job: Path, out: Path, *extra: str, cwd: Path | None = None) -> int:
+    clips, cache = job.parent / "clips", job.parent / "cache"
+    args = ["annotate", "-q", str(clips), "--out", str(out), "--cache", str(cache), "-j", "1", *extra]
+    if cwd is None:
+        return main(args)
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return main(args)
+    finally:
+        os.chdir(here)
+
+
+# -- estimates that count every answer ---------------------------------------------------------
+
+
+def test_none_of_these_counts_as_wrong_and_its_share_is_estimated() -> None:
+    # Two strata of 100 files; of 10 answers each, 3 say "none of these", 5 agree with the model.
+    pred = ["a"] * 10 + ["b"] * 10
+    truth = ["a"] * 5 + ["none"] * 3 + ["b"] * 2 + ["b"] * 5 + ["none"] * 3 + ["a"] * 2
+    got = estimate(pred, truth, pred, {"a": 100, "b": 100}, classes=["a", "b"])
+    assert got["accuracy"] == pytest.approx(0.5)  # the 6 "none" answers are wrong labels, not left out
+    assert got["none_share"] == pytest.approx(0.3)
+    lo, hi = got["none_share_ci"]
+    assert lo < 0.3 < hi and hi - lo < 0.5
+    assert got["n_none"] == 6
+    assert got["uar"] == pytest.approx(5 / 7)  # over the model's emotions: a 5 of 7, b 5 of 7
+
+
+def test_a_stratum_without_answers_gives_no_archive_wide_figure() -> None:
+    got = estimate(["a"] * 8, ["a"] * 6 + ["b"] * 2, ["a"] * 8, {"a": 50, "b": 50, "c": 10}, classes=["a", "b", "c"])
+    assert got["accuracy"] is None and got["none_share"] is None and got["uar"] is None
+    assert got["missing_strata"] == ["b", "c"]
+    assert got["partial"]["strata"] == ["a"] and got["partial"]["accuracy"] == pytest.approx(0.75)
+    assert got["covers"] == pytest.approx(50 / 110)
+
+
+def test_the_sample_interleaves_labels_and_holds_each_content_once(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fresh(job, tmp_path)
+    sample = _listed(out, capsys, "--n", "5")
+    assert sample["content_hash"].is_unique  # a copy of a sampled file is never sampled again
+    labels = sample["model_label"].tolist()
+    runs = sum(a != b for a, b in itertools.pairwise(labels))
+    assert runs > len(set(labels))  # not walked label by label: the labels are mixed
+    assert set(labels[:8]) != {labels[0]}
+    table = pd.read_parquet(out / "annotations.parquet")
+    copied = table[table.path.str.contains("copies/")].content_hash
+    assert (
+        read_sample(out).set_index("content_hash").loc[list(set(copied) & set(sample.content_hash)), "copies"] == 2
+    ).all()
+
+
+def test_stopping_early_names_the_labels_never_reviewed(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fresh(job, tmp_path)
+    sample = _listed(out, capsys)
+    one = sample["model_label"].iloc[0]
+    mine = sample[sample["model_label"] == one].copy()  # a person who answered only one label's units
+    mine["label"] = [_kind(p) for p in mine["path"]]
+    filled = tmp_path / "filled.csv"
+    mine.to_csv(filled, index=False)
+    second = tmp_path / "second"
+    capsys.readouterr()
+    assert main(["annotate", str(job.parent / "clips"), "--out", str(second), "--cache", str(job.parent / "cache"),
+                 "-j", "1", "--reviewed", str(filled)]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    review = json.loads((second / "summary.json").read_text())["review"]
+    assert review["before"]["accuracy"] is None and review["after"]["accuracy"] is None
+    assert sorted(review["before"]["missing_strata"]) == sorted(set(KINDS) - {one})
+    assert "No figure for the whole archive yet" in said and one in said
+
+
+def test_copies_are_one_unit_and_all_carry_the_answer(job: Path, tmp_path: Path) -> None:
+    table = pd.read_parquet(job / "annotations.parquet")
+    twins = table[table.path.str.contains("copies/")]
+    h = twins.content_hash.iloc[0]
+    answers = tmp_path / "answers.csv"
+    rows = [f"{p},{c},{_kind(p)}" for p, c in zip(table.path, table.content_hash, strict=True) if "copies/" not in p]
+    answers.write_text("path,content_hash,label\n" + "\n".join(rows[:12]) + "\n")
+    out = tmp_path / "out"
+    assert _annotate(job, out, "--reviewed", str(answers)) == 0
+    review = json.loads((out / "summary.json").read_text())["review"]
+    got = pd.read_parquet(out / "annotations.parquet").set_index("path")
+    same = table[table.content_hash == h].path.tolist()
+    assert len(same) == 2
+    if h in {r.split(",")[1] for r in rows[:12]}:
+        assert got.loc[same, "reviewed"].all()
+    assert review["units"] == 12 and review["matched_files"] == 12 + sum(
+        c in {r.split(",")[1] for r in rows[:12]} for c in twins.content_hash
+    )
+
+
+def test_expected_accuracy_is_said_before_any_review(job: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = json.loads((job / "summary.json").read_text())
+    expected = summary["expected_accuracy"]
+    from batchser.api import default_model_path
+    from batchser.model import read_meta
+
+    loco = read_meta(default_model_path()).metrics["leave_one_corpus_out"]["modes"]
+    assert expected["adaptation"] == "corpus" and expected["uar_mean"] == pytest.approx(loco["corpus"]["mean"]["uar"])
+    assert expected["uar_worst"] == pytest.approx(loco["corpus"]["mean"]["worst_uar"])
+    page = (job / "report.html").read_text()
+    assert 'id="expected"' in page and "about half right" in page
+    none = expected_accuracy({"actor_wise": {"uar": 0.8, "accuracy": 0.8}}, {"speaker": 3})
+    assert none is not None and none["held_out"] is False
+
+
+# -- answers checked at the door ---------------------------------------------------------------
+
+
+def test_unknown_labels_stop_the_job_and_name_the_closest_emotion(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fresh(job, tmp_path)
+    sample = _listed(out, capsys)
+    labels = ["Angry", " SAD ", "hapy", "banana", "<script>x</script>", "=HYPERLINK(1)", "$\\frac{$", "None of these"]
+    sample["label"] = [labels[i % len(labels)] for i in range(len(sample))]
+    filled = tmp_path / "filled.csv"
+    sample.to_csv(filled, index=False)
+    second = tmp_path / "second"
+    capsys.readouterr()
+    assert _annotate(job, second, "--reviewed", str(filled)) == 2
+    err = capsys.readouterr().err
+    for bad in ("'hapy'", "'banana'", "'<script>x</script>'", "'=HYPERLINK(1)'", "'$\\\\frac{$'"):
+        assert bad in err, bad
+    assert "hapy \u2192 happy?" in err and "Angry" not in err.split("none or skip:")[1]
+    assert not second.exists()  # nothing was run
+    # Set aside on request: counted and named, never a file's label.
+    assert _annotate(job, second, "--reviewed", str(filled), "--ignore-unknown-answers") == 0
+    got = pd.read_parquet(second / "annotations.parquet")
+    assert set(got.label) <= {*KINDS, "none"}
+    review = json.loads((second / "summary.json").read_text())["review"]
+    assert set(review["set_aside"]) == {"hapy", "banana", "<script>x</script>", "=HYPERLINK(1)", "$\\frac{$"}
+    assert review["learned_from"] + review["none_of_these"] == review["units"]  # Angry and SAD were understood
+
+
+def test_charts_take_labels_as_text() -> None:
+    from collections import Counter
+
+    from batchser.web.page import _label_chart
+
+    svg = _label_chart(Counter({"$\\frac{$": 3, "angry": 2}), KINDS)
+    assert "frac" in svg  # drawn as written, where mathtext once stopped the whole job
+
+
+def test_a_stale_answer_is_never_applied(job: Path, tmp_path: Path) -> None:
+    table = pd.read_parquet(job / "annotations.parquet")
+    p = table.path.iloc[0]
+    stale = tmp_path / "stale.csv"
+    ok = [f"{q},{h},{_kind(q)}" for q, h in zip(table.path[1:5], table.content_hash[1:5], strict=True)]
+    stale.write_text("path,content_hash,label\n" + f"{p},{'0' * 64},sad\n" + "\n".join(ok) + "\n")
+    out = tmp_path / "out"
+    assert _annotate(job, out, "--reviewed", str(stale)) == 0
+    got = pd.read_parquet(out / "annotations.parquet").set_index("path")
+    assert (not got.at[p, "reviewed"] and got.at[p, "label"] != "sad") or table.label.iloc[0] == "sad"
+    assert not got.at[p, "reviewed"]
+    assert json.loads((out / "summary.json").read_text())["review"]["stale"] == [p]
+
+
+def test_answers_matching_no_file_stop_the_job_and_keep_the_reports(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = pd.read_parquet(job / "annotations.parquet")
+    out = fresh(job, tmp_path)
+    before = (out / "annotations.csv").read_bytes()
+    wrong = tmp_path / "wrong.csv"
+    name = Path(table.path.iloc[3]).name
+    wrong.write_text(f"path,label\nelsewhere/{name},sad\n./in/x.wav,angry\n")
+    capsys.readouterr()
+    assert _annotate(job, out, "--reviewed", str(wrong), "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"elsewhere/{name}" in err and f"closest report path: '{table.path.iloc[3]}'" in err
+    assert (out / "annotations.csv").read_bytes() == before  # the reviewed reports are not replaced
+
+
+def test_answers_find_their_files_from_another_folder(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's --reviewed command run from elsewhere: answers match by content hash."""
+    out = fresh(job, tmp_path)
+    session = ReviewSession.open(out, per_label=2)
+    for r in session.sample.itertuples():
+        session.answer(int(r.order), _kind(r.path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    second = tmp_path / "second"
+    assert _annotate(job, second, "--reviewed", str(out / ANSWERS), cwd=elsewhere) == 0
+    review = json.loads((second / "summary.json").read_text())["review"]
+    assert review["matched"] == len(session.sample) and review["unmatched"] == 0
+    # Bare names and ./ paths relative to the answers file's own folder match too.
+    clips = job.parent / "clips"
+    local = clips / "mine.csv"
+    local.write_text("path,label\n./angry-00.wav,angry\nsad-01.wav,sad\n")
+    try:
+        third = tmp_path / "third"
+        assert _annotate(job, third, "--reviewed", str(local), cwd=elsewhere) == 0
+        assert json.loads((third / "summary.json").read_text())["review"]["matched"] == 2
+    finally:
+        local.unlink()
+
+
+# -- the answers file --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def session(job: Path, tmp_path: Path) -> ReviewSession:
+    return ReviewSession.open(fresh(job, tmp_path), per_label=2)
+
+
+def test_a_link_a_fifo_or_a_folder_is_never_written_through(session: ReviewSession, tmp_path: Path) -> None:
+    answers = session.out_dir / ANSWERS
+    target = tmp_path / "victim-rc"
+    answers.symlink_to(target)
+    with pytest.raises(AnswersError, match="link"):
+        session.answer(0, "sad")
+    assert not target.exists()  # never created, never written
+    answers.unlink()
+    os.mkfifo(answers)
+    done = threading.Event()
+
+    def attempt() -> None:
+        with pytest.raises(AnswersError, match="FIFO"):
+            session.answer(0, "sad")
+        done.set()
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(5)
+    assert done.is_set()  # no hang
+    answers.unlink()
+    answers.mkdir()
+    with pytest.raises(AnswersError, match="folder"):
+        session.answer(0, "sad")
+    answers.rmdir()
+    other = tmp_path / "other.csv"
+    other.write_text("x")
+    os.link(other, answers)  # a hard link to another file
+    with pytest.raises(AnswersError, match="names"):
+        session.answer(0, "sad")
+    assert other.read_text() == "x"
+    answers.unlink()
+    review = session.out_dir / "review"
+    (review / "sample.csv").rename(tmp_path / "sample.csv")
+    review.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    review.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(AnswersError, match="link"):
+        session.answer(0, "sad")
+    assert not list(elsewhere.iterdir())
+
+
+def test_the_answers_file_is_the_users_alone(session: ReviewSession) -> None:
+    session.answer(0, "sad")
+    assert (session.out_dir / ANSWERS).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_torn_last_line_is_set_aside_and_no_answer_is_glued_to_it(session: ReviewSession) -> None:
+    session.answer(0, "sad")
+    path = session.out_dir / ANSWERS
+    with open(path, "ab") as fh:
+        fh.write(b"clips/x.wav,abc,ang")  # the power went out mid-line
+    session.answer(1, "happy")  # acknowledged: must be on disk, whole
+    text = path.read_text()
+    assert text.endswith("\n") and "ang" not in text.replace("angry", "")
+    latest = read_answers(path, KINDS).latest
+    assert [a.label for a in latest.values()] == ["sad", "happy"]
+    assert (session.out_dir / TORN).read_bytes() == b"clips/x.wav,abc,ang\n"
+
+
+_FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from batchser.review import AnswersFile, AnswerNotSavedError
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+    out = Path(sys.argv[1])
+    f = AnswersFile(out)
+    size = (out / "review" / "answers.csv").stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, hard))  # room for part of one line: a short write
+    try:
+        f.add("clips/" + "n" * 200 + ".wav", "h" * 64, "sad")
+        print("saved")
+    except AnswerNotSavedError as exc:
+        print("not saved:", exc)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+    f.add("clips/after.wav", "a" * 64, "angry")
+    print("then saved")
+    """
+)
+
+
+def test_a_short_write_says_not_saved_and_leaves_the_file_whole(session: ReviewSession) -> None:
+    session.answer(0, "sad")
+    path = session.out_dir / ANSWERS
+    before = path.read_bytes()
+    run = subprocess.run([sys.executable, "-c", _FULL_DISK, str(session.out_dir)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "not saved:" in run.stdout and "then saved" in run.stdout
+    after = path.read_bytes()
+    assert after.startswith(before) and after[len(before) :].startswith(b"clips/after.wav,")  # nothing half-written
+    assert [a.label for a in read_answers(path, KINDS).latest.values()] == ["sad", "angry"]
+
+
+def test_a_bad_row_is_named_and_skipped_never_a_500(job: Path, tmp_path: Path) -> None:
+    out = fresh(job, tmp_path)
+    ReviewSession.open(out, per_label=2).answer(0, "sad")
+    with open(out / ANSWERS, "a") as fh:
+        fh.write("clips/x.wav,,angry,yesterday,,,,\n")
+    server = Server(out, "--n", "2")
+    try:
+        status, body = server.get("state")
+        assert status == 200 and json.loads(body)["n_unreadable"] == 1
+        assert "answered_at 'yesterday'" in json.loads(body)["unreadable_rows"][0]["why"]
+        assert server.get("")[0] == 200
+        status, reply = server.send("answer", {"order": 1, "label": "happy"})
+        assert status == 200 and reply["answered"] == 2
+    finally:
+        log = server.kill()
+    assert main(["review", str(out), "--n", "2", "--list"]) == 0
+    assert server.token not in log and "token=\u2026" in log  # the request log never holds the token
+
+
+def test_the_server_reads_only_what_was_appended(tmp_path: Path) -> None:
+    out = tmp_path
+    f = AnswersFile(out)
+    for i in range(50):
+        f.add(f"clips/{i}.wav", f"{i:064x}", "sad")
+    log = AnswerLog(out / ANSWERS, KINDS)
+    assert len(log.refresh().latest) == 50
+    path = out / ANSWERS
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"clips/3.wav") : raw.index(b"clips/3.wav") + 11] = b"clips/Z.wav"  # same size, same inode
+    with open(path, "r+b") as fh:
+        fh.write(raw)
+    f.add("clips/new.wav", "f" * 64, "happy")
+    latest = log.refresh().latest
+    assert ("clips/new.wav", None, None) in latest and ("clips/3.wav", None, None) in latest  # old bytes not read again
+    assert ("clips/Z.wav", None, None) not in latest
+
+
+def test_undo_takes_back_the_latest_answer(session: ReviewSession) -> None:
+    session.answer(0, "sad")
+    session.answer(1, "angry")
+    session.answer(1, "happy")
+    state = session.undo()  # takes back "happy": "angry" stands again
+    keys = {int(r["order"]): r["path"] for r in session.sample.to_dict("records")}
+    latest = {k[0]: a.label for k, a in read_answers(session.out_dir / ANSWERS, KINDS).latest.items()}
+    assert latest == {keys[0]: "sad", keys[1]: "angry"} and state["answered"] == 2
+    session.undo()
+    session.undo()
+    assert read_answers(session.out_dir / ANSWERS, KINDS).latest == {} and not session.state()["can_undo"]
+    assert len((session.out_dir / ANSWERS).read_text().splitlines()) == 1 + 3 + 3  # appended, never rewritten
+
+
+def test_formulas_are_guarded_in_every_csv_the_review_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = AnswersFile(tmp_path)
+    f.add("=cmd|' /C calc'!A0.wav", "a" * 64, "sad")
+    line = (tmp_path / ANSWERS).read_text().splitlines()[1]
+    assert line.startswith("\"'=cmd") or line.startswith("'=cmd")
+    assert ("=cmd|' /C calc'!A0.wav", None, None) in read_answers(tmp_path / ANSWERS, KINDS).latest
+
+
+def test_blind_review_hides_the_model(job: Path, tmp_path: Path) -> None:
+    out = fresh(job, tmp_path)
+    server = Server(out, "--n", "2", "--blind")
+    try:
+        status, body = server.get("state")
+        state = json.loads(body)
+        assert status == 200 and "model_label" not in state["next"] and state["agreement"] is None
+        status, page = server.get("")
+        assert b'id="model-label"' not in page
+        status, page = server.get("?blind=0")
+        assert b'id="model-label"' in page
+    finally:
+        server.kill()
+
+
+def test_a_restarted_server_says_the_address_changed(job: Path, tmp_path: Path) -> None:
+    out = fresh(job, tmp_path)
+    first = Server(out, "--n", "2")
+    old = first.url
+    first.kill()
+    second = Server(out, "--n", "2")
+    try:
+        stale = second.base + "?token=" + old.rsplit("=", 1)[1]
+        with chromium() as driver:
+            driver.get(stale)
+            assert "restarted" in driver.find_element("tag name", "body").text
+            driver.get(second.url)
+            driver.execute_script(f"window.history.replaceState(null, '', '{stale}')")
+            # The page's own requests carry the token it was served with; an old page after a restart:
+            driver.execute_script(
+                "window.fetch = ((f) => (u, o) => f(u.replace(/token=[^&]*/, 'token=old'), o))(window.fetch)"
+            )
+            driver.find_element("tag name", "body").send_keys("1")
+            wait(lambda: "restarted" in driver.find_element("id", "message").text)
+        assert given(out) == {}
+    finally:
+        second.kill()
+
+
+def test_not_saved_says_why_on_the_page(job: Path, tmp_path: Path) -> None:
+    out = fresh(job, tmp_path)
+    server = Server(out, "--n", "2")
+    try:
+        with chromium() as driver:
+            driver.get(server.url)
+            (out / ANSWERS).mkdir()  # the answers file became a folder while the page was open
+            driver.find_element("tag name", "body").send_keys("1")
+            wait(lambda: driver.find_element("id", "message").text.startswith("Not saved"))
+            assert "folder" in driver.find_element("id", "message").text
+            assert driver.find_element("id", "answered").text == "0"
+            (out / ANSWERS).rmdir()
+            driver.find_element("tag name", "body").send_keys("1")
+            wait(lambda: driver.find_element("id", "message").text.startswith("Saved"))
+            driver.find_element("tag name", "body").send_keys("u")
+            wait(lambda: driver.find_element("id", "answered").text == "0")
+    finally:
+        server.kill()
+    assert given(out) == {}
+
+
+# -- answers and reports from outside ----------------------------------------------------------
+
+
+def test_a_latin1_answers_file_is_named_with_the_fix(job: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    table = pd.read_parquet(job / "annotations.parquet")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(f"path,label,note\n{table.path.iloc[0]},sad,caf\xe9\n".encode("latin-1"))
+    capsys.readouterr()
+    assert _annotate(job, tmp_path / "o", "--reviewed", str(latin)) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and "line 2" in err and "CSV UTF-8" in err
+
+
+def test_a_damaged_sample_is_named(job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = fresh(job, tmp_path)
+    _listed(out, capsys)
+    raw = (out / SAMPLE).read_bytes()
+    (out / SAMPLE).write_bytes(raw[:40] + b"\x00" + raw[40:])
+    assert main(["review", str(out), "--list"]) == 1
+    err = capsys.readouterr().err
+    assert "sample.csv holds NUL bytes (line 1)" in err and "move it away" in err
+
+
+def test_tampered_reports_are_named_by_file_and_key(job: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = fresh(job, tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    for key, value, named in (
+        ("files", "abc", "key files"),
+        ("review", {"answers": 3}, "key review.learned_from"),
+        ("domain", {"median_distance": "far"}, "key domain.median_distance"),
+    ):
+        (out / "summary.json").write_text(json.dumps({**summary, key: value}))
+        for cmd in (["report", str(out)], ["review", str(out), "--list"]):
+            assert main(cmd) == 1, cmd
+            err = capsys.readouterr().err
+            assert "summary.json" in err and named in err and "Error:" not in err, err
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "metrics.json").write_text("{not json")
+    assert main(["report", str(out)]) == 1
+    assert "metrics.json is not valid JSON" in capsys.readouterr().err
+    big = {"labelled_files": {"n": 1, "accuracy": 0.5, "uar": 0.5, "macro_f1": 0.5,
+                              "labels": [f"l{i}" for i in range(200)],
+                              "confusion_matrix": np.zeros((200, 200), dtype=int).tolist()}}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(big))
+    assert main(["report", str(out)]) == 1
+    assert "key labelled_files.labels" in capsys.readouterr().err
+
+
+def test_a_review_in_a_folder_it_cannot_write_says_what_it_needed(job: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = fresh(job, tmp_path)
+    (out / "review").write_text("not a folder")  # what a review needs to write cannot be made there
+    assert main(["review", str(out), "--list"]) == 1
+    err = capsys.readouterr().err
+    assert str(out / "review") in err and "not a folder" in err
+    (out / "review").unlink()
+    # A read-only folder: root writes anywhere, so the review runs as a user without rights over it (a user
+    # namespace: uid 65534).
+    probe = subprocess.run(["unshare", "--user", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"needs unprivileged user namespaces (unshare --user) to be refused a write: {probe.stderr!r}")
+    os.chmod(out, 0o555)
+    try:
+        run = subprocess.run(
+            ["unshare", "--user", sys.executable, "-m", "batchser", "review", str(out), "--list"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    finally:
+        os.chmod(out, 0o755)
+    assert run.returncode == 1, run.stderr
+    assert f"cannot write {out / 'review'}: Permission denied" in run.stderr and f"make {out} writable" in run.stderr
+
+
+def test_reports_are_written_only_after_answers_are_checked(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nx.wav,maybe\n")
+    assert main(["validate", str(_manifest(job, tmp_path, bad))]) == 2
+    assert "'maybe'" in capsys.readouterr().err
+
+
+def _manifest(job: Path, tmp_path: Path, answers: Path) -> Path:
+    import yaml
+
+    path = tmp_path / "job.yaml"
+    job_ = {
+        "name": "reviewed",
+        "inputs": [{"path": str(job.parent / "clips")}],
+        "cache": str(job.parent / "cache"),
+        "model": {"reviewed": str(answers)},
+        "output": {"dir": str(tmp_path / "o")},
+    }
+    path.write_text(yaml.safe_dump(job_))
+    return path
