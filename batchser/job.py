@@ -405,10 +405,12 @@ def _label_all(
     clock: StageClock,
     keep_rows: bool,
     reviewed: dict[str, str] | None = None,
+    reviewed_segments: dict[str, list[tuple[float, float, str]]] | None = None,
 ) -> list[Path]:
     """The last pass: each chunk labelled and appended to the staged reports; returns their paths.
 
-    ``reviewed``: report path -> a person's answer, which wins over the model's label.
+    ``reviewed``: report path -> a person's answer, which wins over the model's label;
+    ``reviewed_segments``: report path -> (start, end, answer) of speech segments a person answered.
     """
     m, model = run.manifest, run.model
     classes = list(model.meta.classes)
@@ -428,6 +430,7 @@ def _label_all(
             groups=groups,
             start=start,
             reviewed=reviewed,
+            reviewed_segments=reviewed_segments,
         )
         clock.lap("predict")
         tally.add(rows)
@@ -550,6 +553,7 @@ def _run(
                 if groups.mode == "cluster":
                     _observe(store, hashed, lambda start, outcomes, _labels: groups.observe_clusters(start, outcomes))
                 wins: dict[str, str] = {}
+                segment_wins: dict[str, list[tuple[float, float, str]]] = {}
                 if answers is not None:
                     reviewed = ReviewedFiles(
                         answers,
@@ -561,12 +565,22 @@ def _run(
                     _observe(store, hashed, reviewed.observe)
                     reviewed.check()  # answers that match no file stop the job before any report is replaced
                     model, summary.review, wins = relearn(model, reviewed)
+                    segment_wins = reviewed.segment_wins
                     summary.model_id = model.id
                 clock.lap("predict")
                 run = _Run(manifest, spec, model, summary, queued, [], [])
                 rs = reports.enter_context(ReportSet(manifest.output_dir))
                 written = _label_all(
-                    run, rs, store, hashed, groups, used, clock=clock, keep_rows=keep_rows, reviewed=wins
+                    run,
+                    rs,
+                    store,
+                    hashed,
+                    groups,
+                    used,
+                    clock=clock,
+                    keep_rows=keep_rows,
+                    reviewed=wins,
+                    reviewed_segments=segment_wins,
                 )
             clock.lap("close_cache")
             summary.reports = _commit_reports(rs, run, written, clock, t0, metrics=True)

@@ -73,6 +73,7 @@ def annotate_rows(
     groups: JobAdaptation | None = None,
     start: int = 0,
     reviewed: dict[str, str] | None = None,
+    reviewed_segments: dict[str, list[tuple[float, float, str]]] | None = None,
 ) -> tuple[list[ReportRow], list[SegmentRow]]:
     """One report row per outcome (the model's label and probabilities, or why there are none),
     and one segment row per window of each long file.
@@ -88,6 +89,8 @@ def annotate_rows(
     then its files ``start``, ``start + 1``, …; so are the indices in ``used``).
     ``reviewed`` maps report paths to a person's answers: such a file's label
     is the answer (``reviewed`` true); its probabilities stay the model's.
+    ``reviewed_segments`` maps report paths to answered speech segments
+    (start, end, answer): such a segment's label is the answer.
     """
 
     def top(p: np.ndarray) -> tuple[str, float]:
@@ -123,6 +126,7 @@ def annotate_rows(
         if speech:
             speech_share[i] = float(np.sum(segs.end_s - segs.start_s) / o.record.duration_s)  # type: ignore[union-attr]
         at = 0.0
+        answered = _answered(segs, (reviewed_segments or {}).get(path, ()))
         for j in range(len(segs)):
             if speech and segs.start_s[j] - at >= MIN_GAP_S:
                 seg_rows.append(SegmentRow(path, at, float(segs.start_s[j]), False, "", math.nan, nan))
@@ -133,10 +137,11 @@ def annotate_rows(
                     start_s=float(segs.start_s[j]),
                     end_s=float(segs.end_s[j]),
                     voiced=bool(segs.voiced[j]),
-                    label=label,
+                    label=answered.get(j, label),
                     confidence=conf,
                     probabilities=dict(zip(classes, map(float, p[j]), strict=True)),
                     speech_prob=float(segs.speech_prob[j]) if speech else math.nan,  # type: ignore[index]
+                    reviewed=j in answered,
                 )
             )
             at = float(segs.end_s[j])
@@ -216,6 +221,16 @@ def annotate_rows(
                 common["speech_share"] = 0.0
             rows.append(ReportRow(status=status, error=reason, **common))
     return rows, seg_rows
+
+
+def _answered(segs: Any, given: Sequence[tuple[float, float, str]]) -> dict[int, str]:
+    """Segment index -> a person's answer, for the answered stretches (times to the millisecond)."""
+    out = {}
+    for start, end, label in given:
+        k = np.flatnonzero((np.abs(segs.start_s - start) < 2e-3) & (np.abs(segs.end_s - end) < 2e-3))
+        if len(k):
+            out[int(k[0])] = label
+    return out
 
 
 @dataclass(frozen=True)

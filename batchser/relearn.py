@@ -117,20 +117,32 @@ class ReviewedFiles:
         self.prefix = os.path.join(root, "")
         self.groups = groups
         self.classes = list(classes)
-        self.given = [a for a in answers.latest.values() if a.start_s is None]
+        self.given = list(answers.latest.values())
         self.set_aside = {k: len(v) for k, v in answers.unknown.items()}
         self.bad_rows = answers.bad
+        # Answers about a whole file, and about stretches of a long one (speech segments), by content and path.
         self.by_hash: dict[str, Answer] = {}
         self.by_path: dict[str, Answer] = {}
+        self.seg_by_hash: dict[str, list[Answer]] = {}
+        self.seg_by_path: dict[str, list[Answer]] = {}
         bases = [answers_file.parent, root, _reviewed_root(answers_file)]
         for a in sorted(self.given, key=lambda a: (a.answered_at, a.line)):  # the latest wins
+            whole = a.start_s is None
             if a.content_hash:
-                self.by_hash[a.content_hash] = a
+                if whole:
+                    self.by_hash[a.content_hash] = a
+                else:
+                    self.seg_by_hash.setdefault(a.content_hash, []).append(a)
             for base in bases if not os.path.isabs(a.path) else [Path("/")]:
                 if base is not None:
-                    self.by_path[os.path.normpath(os.path.join(base, a.path))] = a
-        self.units: dict[str, _Unit] = {}  # content hash -> the answered unit
+                    where = os.path.normpath(os.path.join(base, a.path))
+                    if whole:
+                        self.by_path[where] = a
+                    else:
+                        self.seg_by_path.setdefault(where, []).append(a)
+        self.units: dict[str, _Unit] = {}  # content hash (and stretch, for a segment) -> the answered unit
         self.wins: dict[str, str] = {}  # report path -> the answer it shows
+        self.segment_wins: dict[str, list[tuple[float, float, str]]] = {}  # report path -> answered stretches
         self.found: set[tuple[str, float | None, float | None]] = set()  # answers that name a file of the job
         self.applied: set[tuple[str, float | None, float | None]] = set()  # and are not stale
         self.stale: list[str] = []
@@ -140,10 +152,13 @@ class ReviewedFiles:
 
     def observe(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> None:
         found: dict[int, Answer] = {}
+        segs_found: dict[int, list[tuple[int, Answer]]] = {}
         for j, o in enumerate(outcomes):
             if not o.ok:
                 continue
             shown = display_path(o.source, self.prefix)
+            if o.record is not None and o.record.segments is not None and (self.seg_by_hash or self.seg_by_path):
+                segs_found[j] = self._segments(o, shown)
             a = self.by_hash.get(o.content_hash)
             if a is None:
                 a = self.by_path.get(display_path(o.source, ""))
@@ -164,13 +179,43 @@ class ReviewedFiles:
                 self.wins[shown] = a.label
                 if o.content_hash not in self.units:
                     found[j] = a
-        if not found:
+        segs_found = {j: got for j, got in segs_found.items() if got}
+        if not found and not segs_found:
             return
         keys = self.groups.keys_for(start, outcomes, labels).keys
         for j, a in found.items():
             o = outcomes[j]
             vector = np.asarray(o.record.vector, dtype=np.float64)  # type: ignore[union-attr]
             self.units[o.content_hash] = _Unit(a, display_path(o.source, self.prefix), vector, keys[j])
+        for j, got in segs_found.items():
+            o = outcomes[j]
+            segs = o.record.segments  # type: ignore[union-attr]
+            for k, a in got:
+                unit = _unit(o.content_hash, a.start_s, a.end_s)
+                if a.label != SKIP and unit not in self.units:
+                    vector = np.asarray(segs.vectors[k], dtype=np.float64)  # type: ignore[union-attr]
+                    self.units[unit] = _Unit(a, display_path(o.source, self.prefix), vector, keys[j])
+
+    def _segments(self, o: FileOutcome, shown: str) -> list[tuple[int, Answer]]:
+        """The speech segments of a long file that answers are about: (segment index, answer)."""
+        by_hash = self.seg_by_hash.get(o.content_hash, [])
+        by_path = [a for a in self.seg_by_path.get(display_path(o.source, ""), []) if a not in by_hash]
+        segs = o.record.segments  # type: ignore[union-attr]
+        out = []
+        for a in [*by_hash, *by_path]:
+            # Times as the reports and the answers file write them: to the millisecond.
+            k = np.flatnonzero((np.abs(segs.start_s - a.start_s) < 2e-3) & (np.abs(segs.end_s - a.end_s) < 2e-3))  # type: ignore[union-attr, operator]
+            if not len(k):
+                continue  # a stretch this file's segments do not have (another segmentation): left unmatched
+            self.found.add(a.key)
+            if a in by_path and a.content_hash and a.content_hash != o.content_hash:
+                self.stale.append(f"{shown} {a.start_s:.3f}-{a.end_s:.3f} s")
+                continue
+            self.applied.add(a.key)
+            out.append((int(k[0]), a))
+            if a.label != SKIP:
+                self.segment_wins.setdefault(shown, []).append((float(a.start_s), float(a.end_s), a.label))  # type: ignore[arg-type]
+        return out
 
     def check(self) -> None:
         """Stop the job when its answers match none of its files (before any report is replaced).
@@ -222,7 +267,8 @@ class ReviewedFiles:
 
 
 def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel, dict[str, Any], dict[str, str]]:
-    """The refitted model, what the answers say (for ``summary.json``), and report path -> the answer shown.
+    """The refitted model, what the answers say (for ``summary.json``), and report path -> the answer shown
+    (the answers about speech segments: ``reviewed.segment_wins``).
 
     Raises
     ------
@@ -245,6 +291,7 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
         "matched": len(reviewed.applied),
         "matched_files": len(reviewed.wins),
         "units": len(hashes),
+        "segment_units": sum("@" in h for h in hashes),  # speech segments of long recordings, answered one by one
         "learned_from": len(learned_idx),
         "none_of_these": int(np.sum(labels == NONE)),
         "skipped": sum(a.label == SKIP for a in reviewed.given),
@@ -296,6 +343,11 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
     return new, info, reviewed.wins
 
 
+def _unit(content_hash: str, start: float | None, end: float | None) -> str:
+    """A unit's key: its content, and for a speech segment its stretch as the sample and answers write it."""
+    return content_hash if start is None or end is None or np.isnan(start) else f"{content_hash}@{start:.3f}-{end:.3f}"
+
+
 def _sample_of(answers_file: Path) -> pd.DataFrame | None:
     """The review sample the answers belong to: ``review/sample.csv`` beside a review's answers, or the
     answers file itself when it is a filled-in ``batchser review --list`` (it has the sample's columns)."""
@@ -309,7 +361,8 @@ def _sample_of(answers_file: Path) -> pd.DataFrame | None:
         df = read_csv_report(answers_file)
         for col in SAMPLE_COLUMNS:
             if col not in df.columns:
-                df[col] = "" if col == "content_hash" else np.nan
+                df[col] = np.nan
+        df["content_hash"] = df["content_hash"].fillna("").astype(str)
         return df
     if answers_file.parent.name != "review":
         return None
@@ -346,10 +399,14 @@ def _estimates(
     sample = _sample_of(answers_file)
     at = {h: i for i, h in enumerate(hashes)}
     if sample is not None and len(sample):
-        drawn = sample[(sample["part"] == "random") & sample["content_hash"].isin(at)]
-        drawn = drawn.drop_duplicates("content_hash")
+        units = [
+            _unit(str(h), float(a), float(b))
+            for h, a, b in zip(sample["content_hash"], sample["start_s"], sample["end_s"], strict=True)
+        ]
+        drawn = sample.assign(unit=units)
+        drawn = drawn[(drawn["part"] == "random") & drawn["unit"].isin(at)].drop_duplicates("unit")
         if len(drawn):
-            idx = np.array([at[h] for h in drawn["content_hash"]], dtype=np.intp)
+            idx = np.array([at[u] for u in drawn["unit"]], dtype=np.intp)
             strata = drawn["model_label"].astype(str).to_numpy()  # the labels shown when the sample was drawn
             sizes = {str(k): int(v) for k, v in sample.groupby("model_label")["stratum_size"].first().items()}
             sizes |= _strata(sample)

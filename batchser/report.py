@@ -205,6 +205,7 @@ class SegmentRow:
     confidence: float
     probabilities: dict[str, float]
     speech_prob: float = math.nan  # a speech segment's mean speech probability
+    reviewed: bool = False  # the label is a person's answer about this segment
 
 
 def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.Table:
@@ -242,7 +243,7 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
 
 
 def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pa.Table:
-    """The segments table: path, start_s, end_s, voiced, speech_prob, label, confidence, ``p_<class>``."""
+    """The segments table: path, start_s, end_s, voiced, speech_prob, label, confidence, ``p_<class>``, reviewed."""
     data: dict[str, Any] = {
         "path": [r.path for r in rows],
         "start_s": np.array([r.start_s for r in rows], dtype=np.float64),
@@ -254,6 +255,7 @@ def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pa.Tab
     }
     for c in classes:
         data[f"p_{c}"] = np.array([r.probabilities[c] for r in rows], dtype=np.float64)
+    data["reviewed"] = np.array([r.reviewed for r in rows], dtype=bool)
     return _table(data)
 
 

@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -575,3 +576,56 @@ def _manifest(job: Path, tmp_path: Path, answers: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(job_))
     return path
+
+
+# -- long recordings: their speech segments are units -----------------------------------------
+
+
+def test_speech_segments_of_a_long_recording_are_reviewed_and_learned_one_by_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_speech import SENTENCES, SR, _recording
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng (apt-get install espeak-ng; .ci/run installs it)")
+    import librosa
+    import soundfile as sf
+
+    speech = []
+    for k, text in enumerate(SENTENCES):
+        wav = tmp_path / f"s{k}.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
+        y, sr = sf.read(wav, dtype="float32")
+        speech.append(librosa.resample(y, orig_sr=sr, target_sr=SR).astype(np.float32) * 0.5)
+    job = make_job(tmp_path / "job")
+    y, _ = _recording(speech, repeats=2)
+    sf.write(job.parent / "clips" / "interview.flac", y, SR)
+    out = tmp_path / "out"
+    assert _annotate(job, out) == 0
+    segs = pd.read_parquet(out / "segments.parquet")
+    speech_rows = segs[segs.speech_prob.notna()]
+    assert len(speech_rows) >= 6
+    sample = _listed(out, capsys, "--n", "40")
+    seg_units = sample[sample.path.str.endswith("interview.flac")].astype({"start_s": float, "end_s": float})
+    assert len(seg_units) == len(speech_rows) and seg_units.start_s.notna().all()  # every segment a unit of its own
+    pairs = {(round(a, 3), round(b, 3)) for a, b in zip(speech_rows.start_s, speech_rows.end_s, strict=True)}
+    assert {(a, b) for a, b in zip(seg_units.start_s, seg_units.end_s, strict=True)} == pairs
+    # The page plays the segment with a second of quieter context on each side.
+    session = ReviewSession.open(out, per_label=40)
+    row = session.sample[session.sample.start_s.notna()].iloc[2]
+    wav, sr = sf.read(io.BytesIO(session.clip(int(row["order"]))))
+    assert len(wav) / sr == pytest.approx(row.end_s - row.start_s + 2.0, abs=0.05)
+    state = session.state()
+    # Answer every unit: segments "sad", short clips their kind.
+    for r in session.sample.itertuples():
+        session.answer(int(r.order), "sad" if r.path.endswith("interview.flac") else _kind(r.path))
+    assert session.state()["answered"] == len(session.sample) and state["total"] == len(session.sample)
+    second = tmp_path / "second"
+    assert _annotate(job, second, "--reviewed", str(out / ANSWERS)) == 0
+    review = json.loads((second / "summary.json").read_text())["review"]
+    assert review["segment_units"] == len(seg_units) and review["unmatched"] == 0
+    assert review["learned_from"] == len(session.sample)
+    got = pd.read_parquet(second / "segments.parquet")
+    spoken = got[got.speech_prob.notna()]
+    assert spoken.reviewed.all() and (spoken.label == "sad").all()  # the person's answer wins for each segment
+    assert not got[got.speech_prob.isna()].reviewed.any()

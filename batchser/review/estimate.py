@@ -221,6 +221,8 @@ def describe_review(review: Mapping[str, Any]) -> list[str]:
     n_classes = len(review.get("classes", ())) or "four"
     out = []
     head = f"{review['answers']} answers"
+    if review.get("segment_units"):
+        head += f" ({review['segment_units']} about speech segments of long recordings, each a unit of its own)"
     if review.get("none_of_these"):
         head += f" ({review['none_of_these']} \u201cnone of these\u201d)"
     head += f"; learned from {review['learned_from']}"

@@ -1,5 +1,8 @@
 """The review sample: which recordings a person checks, drawn so that every stopping point is a random sample.
 
+A unit is what one answer is about: a short recording, or one speech segment of a long
+recording (its own stretch of time, labelled on its own).
+
 The sample is stratified by the model's label (so rare labels are reviewed
 too) and drawn at random within each label; its order then interleaves the
 labels at random, so a person who stops after any number of answers has
@@ -112,21 +115,60 @@ def top_labels(report: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return names[top], P[np.arange(len(P)), top]
 
 
-def _units(report: pd.DataFrame) -> pd.DataFrame:
-    """One row per content: the labelled files of ``report``, copies of the same bytes counted once."""
+def _units(report: pd.DataFrame, segments: pd.DataFrame | None = None) -> pd.DataFrame:
+    """What a person can answer, one row per content: each labelled short file, and each speech segment of a
+    long file (its own stretch, its own label); copies of the same bytes counted once.
+
+    ``segments`` is the job's segments report; a long file whose pieces are fixed windows (or with no segments
+    report) is one unit, as a short file is.
+    """
     ok = report[report["status"] == "ok"]
-    label, conf = top_labels(ok)
-    units = pd.DataFrame(
-        {
-            "path": ok["path"].to_numpy(),
-            "content_hash": ok["content_hash"].fillna("").to_numpy(),
-            "model_label": label,
-            "confidence": conf,
-        }
-    )
-    key = units["content_hash"].where(units["content_hash"] != "", "path:" + units["path"])
+    speech = pd.DataFrame()
+    if segments is not None and len(segments) and "speech_prob" in segments.columns:
+        speech = segments[segments["speech_prob"].notna() & segments["label"].notna()]
+        speech = speech[speech["path"].isin(ok["path"])]
+    whole = ok[~ok["path"].isin(speech["path"])] if len(speech) else ok
+    label, conf = top_labels(whole)
+    parts = [
+        pd.DataFrame(
+            {
+                "path": whole["path"].to_numpy(),
+                "content_hash": whole["content_hash"].fillna("").to_numpy(),
+                "start_s": math.nan,
+                "end_s": math.nan,
+                "model_label": label,
+                "confidence": conf,
+            }
+        )
+    ]
+    if len(speech):
+        hashes = ok.set_index("path")["content_hash"].fillna("")
+        seg_label, seg_conf = top_labels(speech)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "path": speech["path"].to_numpy(),
+                    "content_hash": hashes.loc[speech["path"]].to_numpy(),
+                    "start_s": speech["start_s"].round(3).to_numpy(),
+                    "end_s": speech["end_s"].round(3).to_numpy(),
+                    "model_label": seg_label,
+                    "confidence": seg_conf,
+                }
+            )
+        )
+    units = pd.concat(parts, ignore_index=True)
+    key = _unit_key(units)
     units["copies"] = key.map(key.value_counts())
     return units[~key.duplicated()].reset_index(drop=True)
+
+
+def _unit_key(df: pd.DataFrame) -> pd.Series:
+    """A unit's identity: its content (or its path, for rows without a hash) and, for a segment, its stretch."""
+    content = df["content_hash"].where(df["content_hash"] != "", "path:" + df["path"])
+    stretch = df["start_s"].map(lambda v: "" if pd.isna(v) else f"@{v:.3f}") + df["end_s"].map(
+        lambda v: "" if pd.isna(v) else f"-{v:.3f}"
+    )
+    return content + stretch
 
 
 def read_sample(out_dir: Path) -> pd.DataFrame:
@@ -194,12 +236,20 @@ def _checked(df: pd.DataFrame, path: Path, fix: str) -> pd.DataFrame:
     return df[SAMPLE_COLUMNS].sort_values("order", kind="stable").reset_index(drop=True)
 
 
-def extend_sample(out_dir: Path, report: pd.DataFrame, *, per_label: int, seed: int = 0) -> pd.DataFrame:
+def extend_sample(
+    out_dir: Path,
+    report: pd.DataFrame,
+    *,
+    per_label: int,
+    seed: int = 0,
+    segments: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """The sample with at least ``per_label`` units per model label, drawn from ``report`` and saved.
 
     Units already in the sample stay, in their order; new ones come after, the
     labels interleaved in a random order. ``report`` is the job's annotations
-    table (``path``, ``status``, ``content_hash``, ``p_<class>``).
+    table (``path``, ``status``, ``content_hash``, ``p_<class>``); ``segments``
+    its segments report, whose speech segments are units of their own.
 
     Raises
     ------
@@ -208,10 +258,10 @@ def extend_sample(out_dir: Path, report: pd.DataFrame, *, per_label: int, seed: 
     """
     import pyarrow as pa
 
-    units = _units(report)
+    units = _units(report, segments)
     have = read_sample(out_dir)
-    known = set(have["content_hash"].where(have["content_hash"] != "", "path:" + have["path"]))
-    key = units["content_hash"].where(units["content_hash"] != "", "path:" + units["path"])
+    known = set(_unit_key(have))
+    key = _unit_key(units)
     have_per = have.groupby("model_label").size().to_dict() if len(have) else {}
     # The strata keep the sizes they had when first drawn: an estimate weighs each by its share then.
     sizes = units.groupby("model_label").size().to_dict()
@@ -234,8 +284,8 @@ def extend_sample(out_dir: Path, report: pd.DataFrame, *, per_label: int, seed: 
             "order": range(start, start + len(new)),
             "path": [units.at[i, "path"] for i, _ in new],
             "content_hash": [units.at[i, "content_hash"] for i, _ in new],
-            "start_s": math.nan,
-            "end_s": math.nan,
+            "start_s": [units.at[i, "start_s"] for i, _ in new],
+            "end_s": [units.at[i, "end_s"] for i, _ in new],
             "model_label": [labels[i] for i, _ in new],
             "confidence": [float(conf[i]) for i, _ in new],
             "part": [part for _, part in new],

@@ -51,8 +51,18 @@ def locate(report_path: str, *, root: str, inputs: list[str]) -> tuple[bytes, st
     return real, member if sep else ""
 
 
-def clip_wav(path: bytes, member: str = "", *, start_s: float = 0.0, seconds: float = MAX_CLIP_S) -> bytes:
+def clip_wav(
+    path: bytes,
+    member: str = "",
+    *,
+    start_s: float = 0.0,
+    seconds: float = MAX_CLIP_S,
+    context: tuple[float, float] = (0.0, 0.0),
+) -> bytes:
     """At most ``seconds`` (capped at :data:`MAX_CLIP_S`) of the file from ``start_s``, as a 16 kHz mono WAV.
+
+    ``context``: seconds at the start and at the end that are context, not the stretch asked about:
+    played 12 dB quieter, so the ear tells them apart.
 
     Raises
     ------
@@ -66,18 +76,28 @@ def clip_wav(path: bytes, member: str = "", *, start_s: float = 0.0, seconds: fl
             if data is None:
                 raise ClipError(error)
             source = data.spill if data.spill is not None else io.BytesIO(data.data or b"")
-            return _encode(source, start_s, seconds)
-        return _encode(path, start_s, seconds)
+            return _encode(source, start_s, seconds, context)
+        return _encode(path, start_s, seconds, context)
     except (OSError, RuntimeError, ValueError, AudioError) as exc:
         raise ClipError(f"cannot play it: {exc}") from None
 
 
-def _encode(source: object, start_s: float, seconds: float) -> bytes:
+CONTEXT_GAIN = 10 ** (-12 / 20)  # context is played 12 dB below the stretch asked about
+_RAMP_S = 0.01  # the gain changes over 10 ms: no click at the edges of the stretch
+
+
+def _encode(source: object, start_s: float, seconds: float, context: tuple[float, float]) -> bytes:
     with AudioStream(source, sample_rate=RATE) as stream:  # type: ignore[arg-type]
         first = round(start_s * RATE)
         first -= first % max(1, RATE // np.gcd(RATE, stream.orig_sample_rate))  # on an input sample
         blocks = list(stream.span(max(0, first), max(0, first) + int(seconds * RATE)))
     y = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    if any(context) and len(y):
+        t = np.arange(len(y)) / RATE
+        before, after = context[0], len(y) / RATE - context[1]
+        ramp = np.clip(np.minimum((t - before) / _RAMP_S + 0.5, (after - t) / _RAMP_S + 0.5), 0.0, 1.0)
+        gain = CONTEXT_GAIN + (1 - CONTEXT_GAIN) * ramp.astype(np.float32)
+        y = y * gain
     buf = io.BytesIO()
     sf.write(buf, np.clip(y, -1.0, 1.0), RATE, format="WAV", subtype="PCM_16")
     return buf.getvalue()

@@ -43,7 +43,7 @@ from batchser.review import (
     review_folder,
     share_in_words,
 )
-from batchser.web.clips import ClipError, clip_wav, locate
+from batchser.web.clips import MAX_CLIP_S, ClipError, clip_wav, locate
 from batchser.web.readback import read_summary
 from batchser.web.tables import read_report
 
@@ -52,6 +52,7 @@ __all__ = ["ReviewError", "ReviewSession", "create_app", "serve"]
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096  # an answer is a row number and a label: nothing bigger is read
+CONTEXT_S = 1.0  # played around a speech segment, quieter, so a person hears where it sits
 _TOKEN = re.compile(r"token=[^&\s]*")
 RESTARTED = (
     "This review page's address is no longer valid: batchser review was restarted, and each start makes a new "
@@ -123,8 +124,12 @@ class ReviewSession:
         classes = [c.removeprefix("p_") for c in report.columns if c.startswith("p_")]
         if not (report["status"] == "ok").any():
             raise ReviewError(f"the reports in {out_dir} hold no labelled file to review")
-        sample = extend_sample(out_dir, report, per_label=per_label)
-        segments = _segments(out_dir, report, set(sample["path"]))
+        try:
+            seg_table = read_report(out_dir, "segments")
+        except FileNotFoundError:
+            seg_table = None
+        sample = extend_sample(out_dir, report, per_label=per_label, segments=seg_table)
+        segments = _segments(report, seg_table, set(sample.loc[sample["start_s"].isna(), "path"]))
         session = cls(
             out_dir=out_dir,
             classes=classes,
@@ -205,7 +210,13 @@ class ReviewSession:
 
     @staticmethod
     def _item(r: dict[str, Any], given: dict[Key, str], blind: bool) -> dict[str, Any]:
+        _, start, end = _key(r)
         item = {"order": int(r["order"]), "path": str(r["path"]), "answer": given.get(_key(r))}
+        item["stretch"] = (
+            f"{start:.1f}\u2013{end:.1f} s of the recording (1 s of quieter context around it)"
+            if start is not None and end is not None
+            else ""
+        )
         if not blind:
             item |= {"model_label": str(r["model_label"]), "confidence": float(r["confidence"])}
         return item
@@ -261,10 +272,19 @@ class ReviewSession:
         return row.iloc[0].to_dict()
 
     def clip(self, order: int) -> bytes:
+        """The unit's audio as a WAV: a short recording, or a speech segment with :data:`CONTEXT_S` of quieter
+        context on each side."""
         r = self._row(order)
         path = str(r["path"])
         real, member = locate(path, root=self.root, inputs=self.inputs)
-        start, seconds = self.segments.get(path, (0.0, 20.0))
+        _, start, end = _key(r)
+        if start is not None and end is not None:
+            before = min(CONTEXT_S, start)
+            return clip_wav(
+                real, member, start_s=start - before, seconds=end - start + before + CONTEXT_S,
+                context=(before, CONTEXT_S),
+            )  # fmt: skip
+        start, seconds = self.segments.get(path, (0.0, MAX_CLIP_S))
         return clip_wav(real, member, start_s=start, seconds=seconds)
 
 
@@ -278,14 +298,11 @@ def _first_files(folder: Path, n: int = 200) -> list[Path]:
     return out
 
 
-def _segments(out_dir: Path, report: pd.DataFrame, paths: set[str]) -> dict[str, tuple[float, float]]:
-    """For long recordings in the sample: the segment of the file's own label the model was surest of."""
+def _segments(report: pd.DataFrame, segs: pd.DataFrame | None, paths: set[str]) -> dict[str, tuple[float, float]]:
+    """For long recordings reviewed whole (windows, not speech segments): the piece of the file's own label
+    the model was surest of."""
     long = report[(report["path"].isin(paths)) & (report["segments"].fillna(0) > 0)]
-    if long.empty:
-        return {}
-    try:
-        segs = read_report(out_dir, "segments")
-    except FileNotFoundError:
+    if long.empty or segs is None:
         return {}
     out = {}
     for path, label in zip(long["path"], long["label"], strict=True):
