@@ -131,7 +131,7 @@ def annotate(
         A ``.skops`` model; None uses the shipped one (:func:`default_model_path`).
     adapt : {"speaker", "corpus", "cluster", "none"}
         How files are standardised among themselves before labelling (README,
-        Accuracy): by speaker when known, else over each input's files.
+        *What to expect*): by speaker when known, else over each input's files.
     speaker : {"labels", "folder"}
         Where the speaker comes from; "folder": one folder per speaker.
     labels : str or dict
@@ -234,7 +234,7 @@ def train(
     speaker : {"labels", "folder"}
         Where the speaker comes from, for the speaker-wise evaluation and normalisation.
     classifier : {"logistic", "mlp"}
-        Logistic regression transfers better to new recordings (README, Accuracy).
+        Logistic regression transfers better to new recordings (docs/accuracy.md).
     features : sequence of str or None
         Feature groups; None: the shipped model's.
     out_dir : path or None

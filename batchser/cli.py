@@ -297,7 +297,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 INIT_TEMPLATE = """\
 # A batchser job: label every audio file under inputs[].path with the shipped model.
 # Run it with: batchser run {name}      Check it with: batchser validate {name}
-# Every key is explained in the README ("The manifest"); `batchser schema` prints them all.
+# Every key is explained in docs/manifest.md; `batchser schema` prints them all.
 name: {stem}
 inputs:
   - path: {inputs}                # a folder (searched recursively), a file, a glob, or a zip/tar archive
@@ -506,7 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument(
         "--speaker-folders", action="store_true", help="one folder per speaker: standardise each speaker's files"
     )
-    ann.add_argument("--adapt", default="speaker", choices=["speaker", "corpus", "cluster", "none"])
+    ann.add_argument(
+        "--adapt",
+        default="speaker",
+        choices=["speaker", "corpus", "cluster", "none"],
+        help="how files are standardised among themselves before labelling: speaker (by speaker when one has "
+        "10+ files, else by input; the default), corpus (by input), cluster (by pseudo-speaker) or none",
+    )
     ann.add_argument(
         "--min-confidence",
         type=_probability,
@@ -571,18 +577,22 @@ def build_parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schema", help="print the manifest's JSON schema")
     sch.set_defaults(func=_cmd_schema)
     cac = sub.add_parser("cache", help="inspect and maintain a feature cache (safe while jobs run)")
-    cac.add_argument("action", choices=["stats", "compact", "gc"])
+    cac.add_argument(
+        "action",
+        choices=["stats", "compact", "gc"],
+        help="stats: size and use per folder; compact: merge small parts; gc: drop rows unused for --unused-for",
+    )
     cac.add_argument("cache", nargs="?", help="the cache folder (default: the per-user cache)")
     cac.add_argument("--json", action="store_true", help="stats as JSON")
     cac.add_argument("--all", action="store_true", help="compact: rewrite every part, not only small ones")
     cac.add_argument(
         "--unused-for", type=_days, default=90.0, help="gc: drop rows no job on this host used for this long (90d)"
     )
-    cac.add_argument("-q", "--quiet", action="store_true")
+    cac.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     cac.set_defaults(func=_cmd_cache)
     val = sub.add_parser("validate", help="check a manifest without running it")
-    val.add_argument("manifest")
-    val.add_argument("-q", "--quiet", action="store_true")
+    val.add_argument("manifest", help="YAML job manifest, e.g. jobs/annotate.yaml")
+    val.add_argument("-q", "--quiet", action="store_true", help="print nothing when the manifest is valid")
     val.set_defaults(func=_cmd_validate)
     return parser
 

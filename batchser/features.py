@@ -104,7 +104,7 @@ class FeatureSpec:
         Chroma's tuning offset in fractions of a chroma bin. None estimates it
         per file, as ``librosa.feature.chroma_stft`` does (as the librosa tutorial does); a number
         pins it (0.0: A440), which skips the estimate, a fifth of the librosa tutorial recipe
-        features' cost per file, at no loss of accuracy on RAVDESS (README).
+        features' cost per file, at no loss of accuracy on RAVDESS (docs/accuracy.md).
     """
 
     names: tuple[str, ...]

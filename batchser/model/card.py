@@ -106,7 +106,7 @@ def write_model_card(model: TrainedModel, *, data_note: str) -> Path:
     if fallback is not None:
         expect += (
             "\nThe actor-wise figure holds for speakers with enough recordings in the job, from several\n"
-            "emotions; files of other speakers get the second network's answers (see the README, Accuracy)."
+            "emotions; files of other speakers get the second network's answers (docs/accuracy.md)."
         )
     loco = ""
     if "leave_one_corpus_out" in m.metrics:

@@ -327,7 +327,7 @@ def _read_file(path: Path) -> _ModelFile:
     except FileNotFoundError:
         raise ModelError(
             f"model file {path} does not exist; train one with `batchser run` on a manifest that sets "
-            "model.train: true (README, training your own model), or leave the model out to use the shipped one"
+            "model.train: true (README, *Train your own model*), or leave the model out to use the shipped one"
         ) from None
     try:
         with zipfile.ZipFile(io.BytesIO(blob)) as zf:

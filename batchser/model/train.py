@@ -31,7 +31,7 @@ def build_pipeline(params: dict[str, Any], *, random_state: int, classifier: str
     classifier : {"mlp", "logistic"}
         ``mlp``: MLPClassifier(**params), the seed's. ``logistic``: a strongly
         regularised multinomial LogisticRegression(C), which transfers better
-        to corpora it has not heard (README, Accuracy: leave one corpus out).
+        to corpora it has not heard (docs/accuracy.md: leave one corpus out).
     C : float
         Inverse regularisation strength of the logistic classifier.
     """
