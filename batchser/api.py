@@ -23,13 +23,23 @@ from batchser.locations import default_cache_dir, default_model_path
 from batchser.manifest import Manifest
 from batchser.model import TrainedModel, read_meta
 from batchser.model import load_model as _load_model
+from batchser.recipe import SHIPPED
 
-__all__ = ["annotate", "annotation_manifest", "default_cache_dir", "default_model_path", "load_model", "train"]
+__all__ = [
+    "annotate",
+    "annotation_manifest",
+    "default_cache_dir",
+    "default_model_path",
+    "load_model",
+    "shipped_features",
+    "train",
+    "train_manifest",
+]
 
 
 def shipped_features() -> list[str]:
-    """The feature groups of the shipped model, in order."""
-    return list(read_meta(default_model_path()).feature_spec["names"])
+    """The feature groups of the shipped model, in order (:data:`batchser.recipe.SHIPPED`)."""
+    return list(SHIPPED.features)
 
 
 def load_model(path: str | Path) -> TrainedModel:
@@ -203,6 +213,41 @@ def annotate(
         return run_job(manifest, progress=progress).table()
 
 
+def train_manifest(
+    inputs: Sequence[str | Path],
+    *,
+    labels: str | dict[str, Any],
+    emotions: Sequence[str],
+    model_path: str | Path,
+    out_dir: str | Path,
+    speaker: str = "labels",
+    classifier: str = SHIPPED.classifier,
+    features: Sequence[str] | None = None,
+    cache: str | Path | None = None,
+    n_jobs: int = -1,
+) -> Manifest:
+    """The manifest of a train job over ``inputs``: what :func:`train` runs (see it for the parameters).
+
+    Everything it does not set is the recipe's (:data:`batchser.recipe.SHIPPED`), as in a
+    train manifest that does not say.
+    """
+    model = {"path": str(model_path), "train": True, "classifier": classifier}
+    job: dict[str, Any] = {
+        "name": "train",
+        "root": str(Path.cwd()),
+        "inputs": [{"path": str(p), "labels": labels, "speaker": speaker} for p in inputs],
+        "emotions": list(emotions),
+        "cache": str(cache or default_cache_dir()),
+        "engine": {"n_jobs": n_jobs},
+        "model": model,
+        "output": {"dir": str(out_dir)},
+        "queue": str(Path(out_dir) / ".queue"),  # no capture queue: nothing of the user's is read
+    }
+    if features is not None:
+        job["features"] = list(features)
+    return Manifest.from_dict(job)
+
+
 def train(
     inputs: str | Path | Sequence[str | Path],
     *,
@@ -210,7 +255,7 @@ def train(
     emotions: Sequence[str],
     model_path: str | Path,
     speaker: str = "labels",
-    classifier: str = "logistic",
+    classifier: str = SHIPPED.classifier,
     features: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
     cache: str | Path | None = None,
@@ -234,9 +279,12 @@ def train(
     speaker : {"labels", "folder"}
         Where the speaker comes from, for the speaker-wise evaluation and normalisation.
     classifier : {"logistic", "mlp"}
-        Logistic regression transfers better to new recordings (docs/accuracy.md).
+        The shipped model's is logistic regression, which transfers better to new
+        recordings (docs/accuracy.md). The rest of the recipe (C, calibration, speaker
+        normalisation) is always the shipped model's (:data:`batchser.recipe.SHIPPED`).
     features : sequence of str or None
-        Feature groups; None: the shipped model's.
+        Feature groups; None: the shipped model's, so features an earlier
+        :func:`annotate` of the same files cached are used again.
     out_dir : path or None
         Where the reports, ``metrics.json`` and plots go; None: a temporary folder.
     cache, n_jobs, progress
@@ -255,21 +303,18 @@ def train(
     from batchser.job import run_job
 
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    names = list(features) if features is not None else shipped_features()
     with tempfile.TemporaryDirectory(prefix="batchser-train-") as tmp:
-        manifest = Manifest.from_dict(
-            {
-                "name": "train",
-                "root": str(Path.cwd()),
-                "inputs": [{"path": str(p), "labels": labels, "speaker": speaker} for p in paths],
-                "emotions": list(emotions),
-                "features": names,
-                "cache": str(cache or default_cache_dir()),
-                "engine": {"n_jobs": n_jobs},
-                "model": {"path": str(model_path), "train": True, "classifier": classifier},
-                "output": {"dir": str(out_dir or tmp)},
-                "queue": str(Path(tmp) / ".queue"),
-            }
+        manifest = train_manifest(
+            paths,
+            labels=labels,
+            emotions=emotions,
+            model_path=model_path,
+            out_dir=out_dir or tmp,
+            speaker=speaker,
+            classifier=classifier,
+            features=features,
+            cache=cache,
+            n_jobs=n_jobs,
         )
         run_job(manifest, progress=progress)
     return load_model(manifest.model_path)

@@ -69,12 +69,18 @@ def _print_summary(s: JobSummary) -> None:
                     f"  {mode:8s} {cells}  mean {m['mean']['uar']:.1%}, worst {m['mean']['worst_uar']:.1%}, "
                     f"ECE {m['mean']['ece']:.3f}"
                 )
-    if s.domain and s.domain["out_of_domain"]:
-        d = s.domain
+    d = s.domain
+    if d and d["out_of_domain"]:
         print(
             f"warning: these recordings are far from the model's training data (median distance "
             f"{d['median_distance']:.2f}, beyond {d['held_out_limit']:.2f}, the furthest held-out corpus it was "
             "scored on): its published accuracy does not describe them; check a sample by ear"
+        )
+    elif d and d["out_of_domain"] is None:
+        print(
+            f"note: whether these recordings are like the model's training data is unknown (median distance "
+            f"{d['median_distance']:.2f}, {d['training_median']:.2f} for its training files): "
+            f"{d['out_of_domain_why']}; check a sample by ear"
         )
     for g in s.emotion_groups:
         names = ", ".join(g["groups"][:6]) + (" …" if len(g["groups"]) > 6 else "")

@@ -21,12 +21,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from batchser.api import default_cache_dir, shipped_features
+from batchser.api import default_cache_dir
 from batchser.cache import FeatureStore, hash_file
 from batchser.engine import ExtractTask, run_tasks
 from batchser.features import FeatureSpec
 from batchser.manifest import MLPSpec
-from batchser.model.train import build_pipeline, fit
+from batchser.model.train import fit_model
+from batchser.recipe import SHIPPED
 
 __all__ = ["EmotionClassifier", "extract_features"]
 
@@ -58,6 +59,10 @@ def extract_features(
 class EmotionClassifier(ClassifierMixin, BaseEstimator):
     """Standardisation and a classifier over batchser's speech features, as a scikit-learn estimator.
 
+    The defaults are the shipped model's recipe (:data:`batchser.recipe.SHIPPED`) but
+    for speaker normalisation, which needs each file's speaker at fit and predict time
+    (a job's ``model.normalize``): features, classifier, C and calibration.
+
     Parameters
     ----------
     features : sequence of str or None
@@ -66,9 +71,12 @@ class EmotionClassifier(ClassifierMixin, BaseEstimator):
         Audio is resampled to this rate before analysis.
     classifier : {"logistic", "mlp"}
         A regularised logistic regression (transfers best to new recordings)
-        or the seed recipe's MLP.
+        or the librosa tutorial recipe's MLP.
     C : float
         Inverse regularisation of the logistic regression.
+    calibration : {"temperature", "sigmoid", "isotonic", "none"}
+        Probability calibration on three inner folds; "temperature" rescales
+        confidence and never changes a label.
     random_state : int
     cache : path or None
         The feature cache; None: the per-user one.
@@ -78,18 +86,19 @@ class EmotionClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray
-    pipeline_ : sklearn.pipeline.Pipeline
-        The fitted StandardScaler → classifier.
+    pipeline_ : estimator
+        The fitted StandardScaler → classifier (in ``CalibratedClassifierCV`` when calibrated).
     """
 
     def __init__(
         self,
         *,
         features: Sequence[str] | None = None,
-        sample_rate: int = 16000,
-        classifier: str = "logistic",
-        C: float = 0.01,
-        random_state: int = 0,
+        sample_rate: int = SHIPPED.sample_rate,
+        classifier: str = SHIPPED.classifier,
+        C: float = SHIPPED.C,
+        calibration: str = SHIPPED.calibration,
+        random_state: int = SHIPPED.random_state,
         cache: str | Path | None = None,
         n_jobs: int = -1,
     ) -> None:
@@ -97,6 +106,7 @@ class EmotionClassifier(ClassifierMixin, BaseEstimator):
         self.sample_rate = sample_rate
         self.classifier = classifier
         self.C = C
+        self.calibration = calibration
         self.random_state = random_state
         self.cache = cache
         self.n_jobs = n_jobs
@@ -104,7 +114,7 @@ class EmotionClassifier(ClassifierMixin, BaseEstimator):
     def _spec(self) -> FeatureSpec:
         if self.features is not None:
             return FeatureSpec(tuple(self.features), self.sample_rate)
-        return FeatureSpec(tuple(shipped_features()), self.sample_rate)
+        return FeatureSpec(SHIPPED.features, self.sample_rate)
 
     def transform(self, X: Any) -> np.ndarray:
         """Feature rows of ``X``: paths are analysed (through the cache); a 2-D array is returned as floats."""
@@ -116,10 +126,16 @@ class EmotionClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Sequence[str]) -> EmotionClassifier:
         """Learn the emotions ``y`` of the files (or feature rows) ``X``."""
-        pipe = build_pipeline(
-            MLPSpec().model_dump(), random_state=self.random_state, classifier=self.classifier, C=self.C
+        self.pipeline_ = fit_model(
+            self.transform(X),
+            np.asarray(y),
+            None,
+            params=MLPSpec().model_dump(),
+            random_state=self.random_state,
+            calibration=self.calibration,
+            classifier=self.classifier,
+            C=self.C,
         )
-        self.pipeline_ = fit(pipe, self.transform(X), np.asarray(y))
         self.classes_ = self.pipeline_.classes_
         return self
 

@@ -21,6 +21,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from batchser.features import FEATURE_DIMS, OPENSMILE_GROUPS, opensmile_version
 from batchser.locations import default_cache_dir, default_model_path
+from batchser.recipe import SHIPPED, Calibration, Classifier, Normalize
 
 __all__ = ["Manifest", "ManifestError", "load_manifest", "parse_manifest"]
 
@@ -152,7 +153,7 @@ class InputSpec(_Strict):
 
 
 class AudioSpec(_Strict):
-    sample_rate: Annotated[int, Field(ge=4000, le=192000)] = 16000
+    sample_rate: Annotated[int, Field(ge=4000, le=192000)] = SHIPPED.sample_rate
 
 
 class EngineSpec(_Strict):
@@ -192,19 +193,19 @@ class ModelSpec(_Strict):
     # None: the shipped model (package data) to label with; a train job must name its file.
     path: str | None = None
     train: bool = False
-    random_state: int = 0
+    random_state: int = SHIPPED.random_state
     mlp: MLPSpec = MLPSpec()
     # Actor-wise evaluation: number of folds of GroupKFold over speakers.
     cv_folds: Annotated[int, Field(ge=2, le=24)] = 4
-    # The defaults of classifier, C, calibration and normalize are the recipe that
-    # scored best leave-one-corpus-out (docs/accuracy.md), the shipped model's.
+    # The defaults of the training settings are the shipped model's recipe
+    # (batchser.recipe), which scored best leave-one-corpus-out (docs/accuracy.md).
     # mlp: the librosa tutorial recipe's MLPClassifier (model.mlp); logistic:
     # LogisticRegression(C), which transfers better to corpora it never heard.
-    classifier: Literal["mlp", "logistic"] = "logistic"
-    C: Annotated[float, Field(gt=0)] = 0.01
+    classifier: Classifier = SHIPPED.classifier
+    C: Annotated[float, Field(gt=0)] = SHIPPED.C
     # Probability calibration fitted on held-out speakers (held-out corpora when
     # there are 3+); "temperature" keeps every label and only rescales confidence.
-    calibration: Literal["none", "sigmoid", "isotonic", "temperature"] = "temperature"
+    calibration: Calibration = SHIPPED.calibration
     # Files whose top probability is below this are labelled "uncertain".
     min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
     # "speaker": standardise features over each speaker's own recordings
@@ -212,8 +213,8 @@ class ModelSpec(_Strict):
     # than min_speaker_files recordings in the job use a second network trained
     # without it. Left at its default, a job with fewer than two such groups
     # trains the plain network alone (and says so); asked for, it is an error.
-    normalize: Literal["none", "speaker"] = "speaker"
-    min_speaker_files: Annotated[int, Field(ge=2)] = 10
+    normalize: Normalize = SHIPPED.normalize
+    min_speaker_files: Annotated[int, Field(ge=2)] = SHIPPED.min_speaker_files
     # When labelling with a normalising model, whose statistics each file is
     # standardised by (batchser.model.adapt): speaker (falls back to corpus),
     # corpus (the input's files in the job), cluster (pseudo-speakers), none.
@@ -292,8 +293,8 @@ class Manifest(_Strict):
     inputs: Annotated[list[InputSpec], Field(min_length=1)]
     # Both default to the model's own when a job labels with a trained model.
     emotions: Annotated[list[str], Field(min_length=2)]
-    # Train jobs: the shipped model's groups but voice_stats; the librosa tutorial recipe's are [mfcc, chroma, mel].
-    features: Annotated[list[str], Field(min_length=1)] = ["mfcc_stats", "logmel_stats", "spectral_stats", "prosody"]
+    # Train jobs: the shipped model's groups (batchser.recipe); the librosa tutorial recipe's are [mfcc, chroma, mel].
+    features: Annotated[list[str], Field(min_length=1)] = list(SHIPPED.features)
     # chroma's tuning in fractions of a bin: null estimates it per file (librosa, as the
     # tutorial does); a number (0.0: A440) pins it, which makes the librosa tutorial recipe's features 20 % faster.
     chroma_tuning: Annotated[float, Field(ge=-0.5, lt=0.5)] | None = None

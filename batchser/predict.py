@@ -27,7 +27,7 @@ from batchser.hashing import display_path
 from batchser.labels import Label
 from batchser.model import TrainedModel
 from batchser.model.adapt import GroupStats, RunningStats, group_rows, voice_columns
-from batchser.model.domain import distances, scaler_of
+from batchser.model.domain import NO_LIMIT, distances, scaler_of
 from batchser.report import ReportRow, SegmentRow
 
 __all__ = ["PREDICT_CHUNK", "UNCERTAIN", "FileOutcome", "JobAdaptation", "annotate_rows", "domain_summary"]
@@ -464,14 +464,22 @@ def chunks_of(items: Sequence[int], size: int) -> list[Sequence[int]]:
 
 
 def domain_summary(d: np.ndarray, model: TrainedModel) -> dict[str, Any] | None:
-    """The job's median distance from the training data (``d``, one per labelled file) against the model's reference."""
+    """The job's median distance from the training data (``d``, one per labelled file) against the model's reference.
+
+    ``out_of_domain`` is True or False against the furthest held-out corpus
+    of the model's evaluation, and None (unknown, ``out_of_domain_why`` says
+    why) for a model that held no corpus out: a distance alone cannot say.
+    """
     ref = model.meta.metrics.get("domain")
     if not len(d) or not ref:
         return None
     median, limit = float(np.median(d)), ref.get("limit")
-    return {
+    out: dict[str, Any] = {
         "median_distance": round(median, 3),
         "training_median": round(ref["training_median"], 3),
         "held_out_limit": None if limit is None else round(limit, 3),
-        "out_of_domain": limit is not None and median > limit,
+        "out_of_domain": None if limit is None else bool(median > limit),
     }
+    if limit is None:
+        out["out_of_domain_why"] = ref.get("no_limit_why", NO_LIMIT)
+    return out

@@ -119,6 +119,10 @@ def test_train_on_your_own_labelled_data(reader: Path) -> None:
     err = play("train", reader)
     assert re.search(r"training: 100%.* (\d+)/\1 ", err), err  # progress over the networks it fits
     assert (reader / "my-model.skops").is_file()
+    from batchser.model import read_meta
+    from batchser.recipe import SHIPPED
+
+    assert read_meta(reader / "my-model.skops").feature_spec["names"] == list(SHIPPED.features)  # the shipped recipe
     metrics = json.loads((reader / "my-model-reports" / "metrics.json").read_text())
     assert metrics["actor_wise"]["n"] == 48 and 0 <= metrics["actor_wise"]["uar"] <= 1  # speakers held out
     again = pd.read_csv(reader / "my-labels-again" / "annotations.csv")
@@ -154,6 +158,7 @@ def test_train_from_python(reader: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     )
     assert model.meta.classes == KINDS and model.id.startswith("py-model@") and (reader / "py-model.md").is_file()
     assert model.meta.metrics["actor_wise"]["n"] == 48
+    assert model.meta.feature_spec["names"] == list(batchser.api.shipped_features())
     table = batchser.annotate("my-recordings", model="py-model.skops", cache=reader / "cache", n_jobs=1)
     assert len(table) == 48 and set(table["label"]) <= set(KINDS)
 
