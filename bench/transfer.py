@@ -40,19 +40,20 @@ from batchser.featurize import Executors, file_features
 from batchser.job import JobSummary, _input_paths, _segment_spec
 from batchser.manifest import parse_manifest
 from batchser.model.evaluate import evaluate_corpora
+from batchser.recipe import SHIPPED as RECIPE
 
 JOB = ROOT / "jobs" / "train-pooled.yaml"
 DEFAULT = ("mfcc_stats", "logmel_stats", "spectral_stats", "prosody")
 SETS: dict[str, tuple[str, ...]] = {
     "previous default (178)": DEFAULT,
     "voice_stats alone (36)": ("voice_stats",),
-    "default + voice_stats (214, shipped)": (*DEFAULT, "voice_stats"),
+    "default + voice_stats (214, shipped)": RECIPE.features,
     "eGeMAPSv02 (88, openSMILE)": ("egemaps",),
     "default + eGeMAPSv02 (266)": (*DEFAULT, "egemaps"),
     "ComParE_2016 (6373, openSMILE)": ("compare",),
 }
 CLASSIFIERS = {
-    "logistic C=0.01": {"classifier": "logistic", "C": 0.01},
+    "logistic C=0.01": {"classifier": RECIPE.classifier, "C": RECIPE.C},  # the shipped model's
     "MLP (seed)": {"classifier": "mlp", "C": 0.01},
 }
 MLP = PARAMS  # the seed recipe's
@@ -61,7 +62,7 @@ SHIPPED = SETS["default + voice_stats (214, shipped)"]
 
 def fit_kw(classifier: dict[str, object]) -> dict[str, object]:
     """fit_model keywords for a row: the seed's MLP parameters, temperature calibration, ``classifier``."""
-    return {"params": MLP, "random_state": 0, "calibration": "temperature", **classifier}
+    return {"params": MLP, "random_state": RECIPE.random_state, "calibration": RECIPE.calibration, **classifier}
 
 
 SHIPPED_FIT = fit_kw(CLASSIFIERS["logistic C=0.01"])  # the shipped model's classifier
