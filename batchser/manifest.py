@@ -303,7 +303,8 @@ class Manifest(_Strict):
     # Python interface use too, so no file is analysed twice for the same features.
     cache: str | None = None
     engine: EngineSpec = EngineSpec()
-    model: ModelSpec
+    # Left out: label with the shipped model (every ModelSpec default).
+    model: ModelSpec = ModelSpec()
     output: OutputSpec = OutputSpec()
     # null: every file is analysed whole, however long.
     segments: SegmentsSpec | None = SegmentsSpec()
@@ -562,27 +563,40 @@ def _validate(data: Any, *, base_dir: Path, source: str, manifest_file: Path | N
     for key in _INTERNAL:
         if key in data:
             raise ManifestError(source, [f"{key}: unknown key; to move where relative paths start, set root"])
-    defaults, problem = _model_defaults(data, base_dir=base_dir)
+    defaults, problem, mismatches = _from_model(data, base_dir=base_dir)
     try:
-        return Manifest.model_validate({**data, **defaults, "base_dir": base_dir, "manifest_file": manifest_file})
+        manifest = Manifest.model_validate({**data, **defaults, "base_dir": base_dir, "manifest_file": manifest_file})
     except ValidationError as exc:
         errors = [_describe(e) for e in exc.errors()]
         if problem:  # why the model could not fill them in, instead of "required"
             errors = [problem if e.startswith("emotions: required") else e for e in errors]
-        raise ManifestError(source, errors) from None
+        raise ManifestError(source, errors + mismatches) from None
+    if mismatches:
+        raise ManifestError(source, mismatches)
+    return manifest
 
 
-def _model_defaults(data: dict[str, Any], *, base_dir: Path) -> tuple[dict[str, Any], str]:
-    """``emotions`` and ``features`` a labelling job leaves out: the model's own; or why not.
+def _from_model(data: dict[str, Any], *, base_dir: Path) -> tuple[dict[str, Any], str, list[str]]:
+    """What a labelling job takes from its model, and what it lists that the model cannot label with.
+
+    ``emotions`` and ``features`` (with the sample rate and chroma tuning
+    they were computed with) that the job leaves out are the model's.
 
     A job that labels with a trained model can only use its classes and
-    features; making the user copy them invited mismatches. A train job
-    must say which emotions to learn.
+    features; making the user copy them invited mismatches, and a mismatch
+    fails here, before any work, as every other manifest error does. A train
+    job must say which emotions to learn.
+
+    Returns
+    -------
+    defaults, problem, mismatches
+        The values to fill in; why they could not be (``""`` when they could);
+        a problem per listed field that is not the model's.
     """
+    model = data.get("model", {})
+    if not isinstance(model, dict) or model.get("train"):
+        return {}, "", []
     missing = [k for k in ("emotions", "features") if k not in data]
-    model = data.get("model")
-    if not missing or not isinstance(model, dict) or model.get("train"):
-        return {}, ""
     from batchser.model import ModelError, read_meta  # here: the model package is heavy to import
 
     where = model.get("path")
@@ -594,12 +608,43 @@ def _model_defaults(data: dict[str, Any], *, base_dir: Path) -> tuple[dict[str, 
             path = (base_dir / (root if isinstance(root, str) else ".") / Path(str(where)).expanduser()).resolve()
         meta = read_meta(path)
     except (ModelError, OSError) as exc:
-        return {}, (
+        if not missing:  # a model that cannot be read is model.path's problem, said when paths are checked
+            return {}, "", []
+        return (
+            {},
             f"{', '.join(missing)}: not given, and the model cannot be read to take them from ({exc}); "
-            "list them, or fix model.path"
+            "list them, or fix model.path",
+            [],
         )
     taken = {"emotions": list(meta.classes), "features": list(meta.feature_spec["names"])}
-    return {k: taken[k] for k in missing}, ""
+    name = "the shipped model" if where is None else f"model {path.name}"
+    mismatches = []
+    emotions = data.get("emotions")
+    if isinstance(emotions, list) and sorted(map(str, emotions)) != sorted(taken["emotions"]):
+        mismatches.append(
+            f"emotions: {', '.join(map(str, emotions))} are not the emotions {name} labels "
+            f"({', '.join(taken['emotions'])}); leave emotions out (a labelling job takes the model's), "
+            "or train a model of these emotions (model.train: true)"
+        )
+    features = data.get("features")
+    if isinstance(features, list) and list(map(str, features)) != taken["features"]:
+        mismatches.append(
+            f"features: {', '.join(map(str, features))} are not the features {name} was trained on "
+            f"({', '.join(taken['features'])}); leave features out (a labelling job takes the model's)"
+        )
+    rate = (data.get("audio") or {}).get("sample_rate") if isinstance(data.get("audio"), dict) else None
+    if rate is not None and rate != meta.feature_spec.get("sample_rate"):
+        mismatches.append(
+            f"audio.sample_rate: {rate} Hz is not the rate {name} was trained at "
+            f"({meta.feature_spec.get('sample_rate')} Hz); leave audio out (a labelling job takes the model's)"
+        )
+    defaults: dict[str, Any] = {k: taken[k] for k in missing}
+    if "features" in missing:  # the model's features as it computed them
+        if "chroma_tuning" not in data:
+            defaults["chroma_tuning"] = meta.feature_spec.get("chroma_tuning")
+        if "audio" not in data:
+            defaults["audio"] = {"sample_rate": meta.feature_spec.get("sample_rate", SHIPPED.sample_rate)}
+    return defaults, "", mismatches
 
 
 def load_manifest(path: str | Path) -> Manifest:

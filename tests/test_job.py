@@ -142,7 +142,8 @@ def test_feature_change_recomputes_and_refuses_old_model(tmp_path: Path, labelle
         features=["mfcc", "chroma", "mel", "contrast"],
         model={"path": "models/m.skops", "train": False},
     )
-    assert main(["run", "-q", str(p)]) == 1  # model trained on other features: refused before extraction
+    assert main(["validate", "-q", str(p)]) == 2  # model trained on other features: a manifest error,
+    assert main(["run", "-q", str(p)]) == 2  # refused by validate and by run before any extraction
 
 
 def test_parallel_engine_equals_sequential(tmp_path: Path) -> None:

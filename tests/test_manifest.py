@@ -69,9 +69,29 @@ def test_each_mistake_names_field_and_fix(tmp_path: Path, over: dict, expected: 
 
 def test_missing_required_field(tmp_path: Path) -> None:
     d = manifest_dict(tmp_path)
-    del d["model"]
-    with pytest.raises(ManifestError, match=r"model: required field is missing"):
+    del d["inputs"]
+    with pytest.raises(ManifestError, match=r"inputs: required field is missing"):
         parse_manifest(yaml.safe_dump(d), base_dir=tmp_path)
+
+
+def test_a_manifest_without_a_model_labels_with_the_shipped_model(tmp_path: Path) -> None:
+    from batchser.locations import default_model_path
+    from batchser.model import read_meta
+
+    d = {"name": "t", "inputs": [{"path": "audio"}]}
+    m = parse_manifest(yaml.safe_dump(d), base_dir=tmp_path)
+    shipped = read_meta(default_model_path())
+    assert not m.model.train and m.model_path == default_model_path()
+    assert m.emotions == shipped.classes and m.features == shipped.feature_spec["names"]
+    # What it lists must be the model's, and is told so in those terms (not "required to train").
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(yaml.safe_dump({**d, "emotions": ["angry", "calm"], "features": ["mfcc"]}), base_dir=tmp_path)
+    msg = str(err.value)
+    assert (
+        "emotions: angry, calm are not the emotions the shipped model labels" in msg
+        and "train" not in msg.split("leave emotions out")[0]
+    )
+    assert "features: mfcc are not the features the shipped model was trained on" in msg
 
 
 def test_several_problems_are_all_listed(tmp_path: Path) -> None:
@@ -133,8 +153,10 @@ def test_a_labelling_job_takes_emotions_and_features_from_its_model(tmp_path: Pa
     other = PROJECT / "result" / "models" / "ravdess-4emo.skops"
     m = Manifest.from_dict({**base, "model": {"path": str(other)}}, base_dir=tmp_path)
     assert m.features == read_meta(other).feature_spec["names"] != shipped.feature_spec["names"]
-    # Listed ones are kept (run checks them against the model); a model that cannot be read says so.
-    assert Manifest.from_dict({**base, "emotions": ["sad", "happy"]}, base_dir=tmp_path).emotions == ["sad", "happy"]
+    # Listed ones must be the model's (any order); a model that cannot be read says so.
+    assert Manifest.from_dict({**base, "emotions": shipped.classes[::-1]}, base_dir=tmp_path).emotions[0] == "happy"
+    with pytest.raises(ManifestError, match=r"emotions: sad, happy are not the emotions the shipped model labels"):
+        Manifest.from_dict({**base, "emotions": ["sad", "happy"]}, base_dir=tmp_path)
     with pytest.raises(
         ManifestError, match=r"emotions, features: not given, and the model cannot be read .* does not exist"
     ):

@@ -81,3 +81,17 @@ def test_validate_catches_label_paths_relative_to_the_wrong_folder(
     assert main(["validate", str(job)]) == 2
     err = capsys.readouterr().err
     assert "an emotion for 0 of 8 files" in err and "match no file" in err
+
+
+def test_validate_and_run_refuse_emotions_the_model_does_not_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clips(tmp_path / "audio", [f"{k}-{i}.wav" for i, k in enumerate(KINDS)])
+    job = {"name": "t", "inputs": [{"path": "audio"}], "emotions": ["angry", "calm"], "cache": "cache"}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    for command in ("validate", "run"):
+        assert main([command, str(tmp_path / "job.yaml")]) == 2, command
+        err = capsys.readouterr().err
+        assert "emotions: angry, calm are not the emotions the shipped model labels (angry, sad, neutral, happy)" in err
+        assert "leave emotions out" in err
+    assert not (tmp_path / "cache").exists()  # nothing was done
