@@ -29,6 +29,7 @@ from batchser.model import ModelError
 from batchser.report import ReportError
 from batchser.review import AnswersError, describe_expected, describe_review
 from batchser.spool import SpoolError
+from batchser.terms import ANNOTATE_OPTIONS, OptionError, in_option_terms
 
 __all__ = ["main"]
 
@@ -278,23 +279,26 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = args.out or f"batchser-reports/{Path(args.inputs[0]).resolve().name or 'root'}"
-    manifest = annotation_manifest(
-        args.inputs,
-        out_dir=out,
-        formats=formats,
-        model=args.model,
-        adapt=args.adapt,
-        speaker="folder" if args.speaker_folders else "labels",
-        cache=args.cache,
-        n_jobs=args.jobs,
-        min_confidence=args.min_confidence,
-        allow_unlistable=args.allow_unlistable,
-        reviewed=args.reviewed,
-        ignore_unknown_answers=args.ignore_unknown_answers,
-        segments=args.segments,
-        check_speech=args.check_speech,
-    )
-    summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
+    try:  # the manifest is this command's own: its problems are said in the options typed
+        manifest = annotation_manifest(
+            args.inputs,
+            out_dir=out,
+            formats=formats,
+            model=args.model,
+            adapt=args.adapt,
+            speaker="folder" if args.speaker_folders else "labels",
+            cache=args.cache,
+            n_jobs=args.jobs,
+            min_confidence=args.min_confidence,
+            allow_unlistable=args.allow_unlistable,
+            reviewed=args.reviewed,
+            ignore_unknown_answers=args.ignore_unknown_answers,
+            segments=args.segments,
+            check_speech=args.check_speech,
+        )
+        summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
+    except ManifestError as exc:
+        raise OptionError("annotate", in_option_terms(exc.problems, ANNOTATE_OPTIONS, args.inputs)) from None
     if not args.quiet:
         _print_summary(summary)
     return _exit_code(manifest, summary, allow_hint="--allow-unlistable")
@@ -622,6 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
     except (ManifestError, AnswersError) as exc:
         print(f"batchser: {exc}", file=sys.stderr)
+        return EXIT_MANIFEST
+    except OptionError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_MANIFEST
     except CaptureSetupError as exc:
         print(f"batchser: {exc}", file=sys.stderr)

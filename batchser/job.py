@@ -186,9 +186,20 @@ def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
             names.setdefault(f.input_index, Counter())[label.emotion] += 1
 
     def suggest(i: int, other: list[str]) -> str:
+        """A map: that renames ``other`` to the emotions, written where this input's labels can take it."""
         close = {o: difflib.get_close_matches(o.lower(), list(classes), n=1, cutoff=0.4) for o in other}
-        mapping = ", ".join(f"{o}: {c[0]}" for o, c in close.items() if c)
-        return f"add map: {{{mapping}}} to inputs[{i}].labels" if mapping else "map them to the emotions with map:"
+        pick = f"<one of {', '.join(classes)}>"
+        mapping = "{" + ", ".join(f"{o}: {c[0] if c else pick}" for o, c in close.items()) + "}"
+        labels = manifest.inputs[i].labels
+        if isinstance(labels, str) and labels.startswith("csv:"):  # csv:<file> takes no map; the table form does
+            how = f"write inputs[{i}].labels as {{table: {labels.removeprefix('csv:')}, map: {mapping}}}"
+        elif isinstance(labels, str):  # ravdess: its own names, no map
+            how = f"label inputs[{i}] with a pattern and map: {mapping} (docs/manifest.md, *Corpora and labels*)"
+        else:
+            how = f"add map: {mapping} to inputs[{i}].labels"
+        if not all(close.values()):
+            how += f", each {pick} replaced by the emotion that label stands for"
+        return how
 
     problems = []
     if manifest.model.train:  # files of other emotions are left out on purpose; an emotion with none fails

@@ -264,7 +264,7 @@ def check_output_owner(manifest: Manifest) -> None:
     """
     out = manifest.output_dir
     where = str(manifest.manifest_file or manifest.name)
-    fix = "set output.dir to a folder of this job's own, or pass --overwrite to replace them"
+    fix = "give output.dir a folder of its own, or pass --overwrite to replace them"
     if not out.is_dir():
         return
     recover_reports(out)
@@ -283,7 +283,7 @@ def check_output_owner(manifest: Manifest) -> None:
         inputs = ", ".join(previous.get("inputs", [])) or "unknown"
         raise ManifestError(
             where,
-            [f"output.dir: {out} holds the reports of another job ({previous.get('job')!r}, inputs {inputs}); {fix}"],
+            [f"output.dir: {out} holds the reports of other inputs ({inputs}; job {previous.get('job')!r}); {fix}"],
         )
     foreign = []
     for p in present:
@@ -297,7 +297,7 @@ def check_output_owner(manifest: Manifest) -> None:
             where,
             [
                 f"output.dir: {out} holds {', '.join(foreign)}, which this job did not write "
-                f"(or which changed since it did), and the job would replace them; {fix}"
+                f"(or which changed since it did), and it would replace them; {fix}"
             ],
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,61 @@ def test_validate_and_run_refuse_emotions_the_model_does_not_label(
         assert "emotions: angry, calm are not the emotions the shipped model labels (angry, sad, neutral, happy)" in err
         assert "leave emotions out" in err
     assert not (tmp_path / "cache").exists()  # nothing was done
+
+
+def test_annotate_speaks_of_out_and_overwrite_not_of_output_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clips(tmp_path / "a", ["x.wav", "y.wav"])
+    _clips(tmp_path / "b", ["z.wav"])
+    common = ["--cache", str(tmp_path / "c"), "-j", "1", "-q"]
+    assert main(["annotate", str(tmp_path / "a"), "--out", str(tmp_path / "reports"), *common]) == 0
+    assert main(["annotate", str(tmp_path / "b"), "--out", str(tmp_path / "reports"), *common]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"batchser annotate: --out: {tmp_path / 'reports'} holds the reports of other inputs"), err
+    assert "give --out a folder of its own, or pass --overwrite" in err
+    assert "manifest" not in err and "output.dir" not in err
+    assert main(["annotate", str(tmp_path / "a"), "--out", str(tmp_path / "a"), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {tmp_path / 'a'} is the folder the input {tmp_path / 'a'} reads" in err and "inputs[" not in err
+    assert main(["annotate", str(tmp_path / "a"), "--reviewed", str(tmp_path / "no.csv"), *common]) == 2
+    assert "--reviewed: " in capsys.readouterr().err
+
+
+def test_a_manifest_without_a_model_key_is_a_labelling_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _clips(tmp_path / "audio", ["x.wav"])
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"name": "t", "inputs": [{"path": "audio"}]}))
+    assert main(["validate", str(tmp_path / "job.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_capitalised_labels_in_a_csv_get_advice_that_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = [f"{k}-{i}.wav" for i, k in enumerate(KINDS * 2)]
+    _clips(tmp_path / "audio", names)
+    rows = "".join(f"../audio/{n},{n.split('-')[0].capitalize()}\n" for n in names)
+    job = _train_job(tmp_path, "csv:lab/labels.csv", rows)
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    advice = re.search(r"write inputs\[0\]\.labels as (\{table: .*\}\})", err)
+    assert advice, err
+    spec = yaml.safe_load(advice[1])  # what the message says to write, written
+    assert spec == {
+        "table": "lab/labels.csv",
+        "map": {"Angry": "angry", "Happy": "happy", "Neutral": "neutral", "Sad": "sad"},
+    }
+    data = yaml.safe_load(job.read_text())
+    data["inputs"][0]["labels"] = spec
+    job.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(job)]) == 0, capsys.readouterr().err
+
+
+def test_labels_that_are_no_emotion_get_a_map_to_fill_in(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = [f"c-{i}.wav" for i in range(4)]
+    _clips(tmp_path / "audio", names)
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"audio/{n},calm\n" for n in names))
+    job = {"name": "t", "inputs": [{"path": "audio", "labels": "csv:labels.csv"}]}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["validate", str(tmp_path / "job.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert not err.endswith("map:") and "map: {calm: <one of angry, sad, neutral, happy>}" in err, err
+    assert "replaced by the emotion that label stands for" in err
