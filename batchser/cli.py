@@ -90,6 +90,8 @@ def _print_summary(s: JobSummary) -> None:
             "their files were standardised over the whole input instead (normalized_by: corpus). If each folder "
             "holds one speaker's recordings of every emotion, name the speakers in a label table instead"
         )
+    for f in s.speaker_folders:
+        print(f"warning: speaker folders: {f['why']}; {f['what_to_do']}")
     if s.review:
         for line in describe_review(s.review):
             print(f"review: {line}")

@@ -22,7 +22,7 @@ from batchser.discover import SourceFile, archives_under, iter_files
 from batchser.features import FeatureSpec
 from batchser.featurize import Executors, file_features
 from batchser.hashing import progress_bar
-from batchser.labels import Label, label_coverage, label_source
+from batchser.labels import Label, SpeakerFolders, label_coverage, label_source
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel, load_model
 from batchser.paths import check_manifest_paths
@@ -305,10 +305,13 @@ def _list_files(
     paths: list[Path],
     label_fns: list[Callable[[Path], Label]],
     listing: Spool,
+    summary: JobSummary,
     *,
     progress: bool,
 ) -> list[SourceFile]:
     """Discover the inputs and label each file, into ``listing``; returns the queue's clips.
+
+    Speaker folders that are not a speaker's each go into ``summary.speaker_folders``.
 
     Raises
     ------
@@ -320,12 +323,14 @@ def _list_files(
     )
     ratios = [i.max_member_ratio for i in manifest.inputs] + [MAX_MEMBER_RATIO] * (len(paths) - len(manifest.inputs))
     coverage = _Coverage(manifest, label_fns)
+    folders = SpeakerFolders({i: inp.path for i, inp in enumerate(manifest.inputs) if inp.speaker == "folder"})
     queued: list[SourceFile] = []
     files: list[SourceFile] = []
     labels: list[Label] = []
     for f in iter_files(paths, max_member_bytes=limits, max_member_ratio=ratios, progress=progress):
         label = label_fns[f.input_index](Path(f.name) if f.member else f.path)
         coverage.add(f, label)
+        folders.add(f.input_index, label)
         files.append(f)
         labels.append(label)
         if f.input_index >= len(manifest.inputs):
@@ -335,6 +340,7 @@ def _list_files(
             files, labels = [], []
     listing.append(listed_table(files, labels))
     coverage.check(quiet=not progress)
+    summary.speaker_folders = folders.findings()
     return queued
 
 
@@ -493,7 +499,7 @@ def _run(
     # The spools: a few dozen bytes per file on disk (TMPDIR), removed at the end.
     with work_folder() as work:
         listing, hashed = Spool(work / "listing.parquet"), Spool(work / "hashed.parquet")
-        queued = _list_files(manifest, paths, label_fns, listing, progress=progress)
+        queued = _list_files(manifest, paths, label_fns, listing, summary, progress=progress)
         n = len(listing)
         log.info("%s: %d files discovered", manifest.name, n)
         if not n and not (manifest.allow_empty or allow_empty):

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import csv
+import glob
 import logging
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Label", "RavdessName", "TableLabels", "label_coverage", "label_source", "parse_ravdess", "read_table"]
+__all__ = [
+    "Label",
+    "RavdessName",
+    "SpeakerFolders",
+    "TableLabels",
+    "label_coverage",
+    "label_source",
+    "literal_base",
+    "parse_ravdess",
+    "read_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +213,29 @@ def _pattern_source(pattern: str, mapping: dict[str, str], input_root: Path) -> 
     return label
 
 
-def _folder_speaker(fn: Callable[[Path], Label], root: Path) -> Callable[[Path], Label]:
+def literal_base(input_root: Path) -> Path:
+    """The folder an input's files lie under: the input itself, or a glob pattern's literal head."""
+    if os.path.lexists(input_root) or not glob.has_magic(str(input_root)):
+        return input_root
+    head = list(input_root.parts)
+    first = next(i for i, part in enumerate(head) if glob.has_magic(part))
+    return Path(*head[:first])
+
+
+def _folder_speaker(fn: Callable[[Path], Label], root: Path, input_root: Path | None) -> Callable[[Path], Label]:
+    """Labels whose speaker is the file's folder (shown relative to ``root``), when it has one of its own.
+
+    A speaker folder is a folder *under* the input: a file lying directly in
+    the input folder (a flat folder, a file named as the input, a glob's own
+    folder, an archive's top level) is in no speaker's folder, and gets no
+    speaker rather than one made of the whole input.
+    """
+    base = literal_base(input_root) if input_root is not None else None
+
     def label(path: Path) -> Label:
         parent = path.parent  # for an archive member "x.zip::dir/a.wav": "x.zip::dir"
-        speaker = os.path.relpath(parent, root) if parent.is_relative_to(root) else str(parent)
+        own = base is None or ((parent != base and parent.is_relative_to(base)) or str(parent).startswith(f"{base}::"))
+        speaker = (os.path.relpath(parent, root) if parent.is_relative_to(root) else str(parent)) if own else None
         return Label(emotion=fn(path).emotion, speaker=speaker)
 
     return label
@@ -232,7 +263,8 @@ def label_source(
         Turns a manifest-relative path into an absolute one.
     speaker : {"labels", "folder"}
         Where the speaker comes from: the label source, or the file's folder
-        (shown relative to ``root``).
+        (shown relative to ``root``) when that is a folder under the input
+        (a file directly in the input has no speaker).
     root : Path or None
         The job's root folder, for ``speaker="folder"``.
     input_root : Path or None
@@ -259,7 +291,7 @@ def label_source(
             mapping=dict(spec.map),
         )
     if speaker == "folder":
-        fn = _folder_speaker(fn, root or Path("/"))
+        fn = _folder_speaker(fn, root or Path("/"), input_root)
     if corpus is None:
         return fn
     tagged: dict[Label, Label] = {}  # labels repeat: share one tagged record per distinct label
@@ -291,3 +323,64 @@ def label_coverage(
             shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
             line += f"; {len(missing)} row(s) of {table.source} match no file (e.g. {shown})"
     return line, n_files > 0 and n_labelled == 0
+
+
+@dataclass
+class SpeakerFolders:
+    """How the files of inputs whose speakers are their folders fall into folders, counted as they are listed.
+
+    Flags an input whose "speaker folders" are not a speaker's each: files
+    lying directly in the input (no folder under it: they are standardised
+    over the whole input instead), or one folder holding every file (then
+    per speaker is the same as over the whole input).
+
+    Parameters
+    ----------
+    inputs : mapping
+        Input index -> its path as given, for the inputs with ``speaker: folder``.
+    """
+
+    inputs: Mapping[int, str]
+    files: Counter[int] = field(default_factory=Counter)
+    loose: Counter[int] = field(default_factory=Counter)  # files in no folder under their input
+    folders: dict[int, set[str]] = field(default_factory=dict)
+
+    def add(self, index: int, label: Label) -> None:
+        if index not in self.inputs:
+            return
+        self.files[index] += 1
+        if label.speaker is None:
+            self.loose[index] += 1
+        else:
+            self.folders.setdefault(index, set()).add(label.speaker)
+
+    def findings(self) -> list[dict[str, Any]]:
+        """Per flagged input: ``input``, ``files``, ``outside_folders``, ``folders``, ``why`` and ``what_to_do``."""
+        out = []
+        for i, given in self.inputs.items():
+            n, loose, folders = self.files[i], self.loose[i], sorted(self.folders.get(i, ()))
+            if not n or (loose == 0 and len(folders) != 1):
+                continue
+            if loose:
+                why = (
+                    f"{'all ' if loose == n else ''}{loose} of {n} files lie directly in {given}, in no folder under "
+                    "it: they have no speaker, and are standardised over the whole input instead (10+ files) "
+                    "or not at all"
+                )
+            else:
+                why = (
+                    f"one folder, {os.path.basename(folders[0])}, holds all {n} files of {given}, so per speaker is "
+                    "the same as over the whole input"
+                )
+            out.append(
+                {
+                    "input": given,
+                    "files": n,
+                    "outside_folders": loose,
+                    "folders": len(folders),
+                    "why": why,
+                    "what_to_do": f"put each speaker's recordings in a folder of their own under {given} (10+ files "
+                    "each), or drop --speaker-folders (speaker: folder in a manifest)",
+                }
+            )
+        return out

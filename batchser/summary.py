@@ -64,6 +64,8 @@ class JobSummary:
     domain: dict[str, Any] | None = None  # how far the job's files are from the training data
     # Speaker groups found to be emotion groups, per corpus (standardised over the corpus instead).
     emotion_groups: list[dict[str, Any]] = field(default_factory=list)
+    # Inputs whose speaker folders are not one speaker's each (files in no folder, one folder for all).
+    speaker_folders: list[dict[str, Any]] = field(default_factory=list)
     review: dict[str, Any] | None = None  # what a person's answers said, and what the job learned from them
     # What to expect of the labels before any review: the model card's leave-one-corpus-out range.
     expected: dict[str, Any] | None = None
@@ -211,6 +213,7 @@ def summary_payload(
         "normalized_by": s.normalized_by,
         # Before a review, what the model card says to expect; after one, "review" holds this archive's own.
         "expected_accuracy": s.expected,
+        "speaker_folders": s.speaker_folders,
         "review": s.review,
         "scores": {k: _brief(v) for k, v in (s.metrics or {}).items() if isinstance(v, dict) and "uar" in v},
     }

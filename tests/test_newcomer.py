@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -154,3 +156,35 @@ def test_labels_that_are_no_emotion_get_a_map_to_fill_in(tmp_path: Path, capsys:
     err = capsys.readouterr().err.strip()
     assert not err.endswith("map:") and "map: {calm: <one of angry, sad, neutral, happy>}" in err, err
     assert "replaced by the emotion that label stands for" in err
+
+
+def test_speaker_folders_on_a_flat_folder_are_said_to_be_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _clips(tmp_path / "flat", [f"{KINDS[i % 4]}-{i}.wav" for i in range(12)])
+    common = ["--cache", str(tmp_path / "c"), "-j", "1"]
+    assert main(["annotate", str(tmp_path / "flat"), "--speaker-folders", "--out", str(tmp_path / "a"), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: speaker folders: all 12 of 12 files lie directly in" in printed
+    assert "drop --speaker-folders" in printed
+    (found,) = json.loads((tmp_path / "a" / "summary.json").read_text())["speaker_folders"]
+    assert found["outside_folders"] == 12 and found["folders"] == 0 and "folder of their own" in found["what_to_do"]
+    flat = pd.read_parquet(tmp_path / "a" / "annotations.parquet")
+    assert (flat.speaker.isna() | (flat.speaker == "")).all() and (flat.normalized_by == "corpus").all()
+    # The labels are those of the folder standardised as one input: nothing made up.
+    assert main(["annotate", str(tmp_path / "flat"), "--out", str(tmp_path / "b"), *common, "-q"]) == 0
+    plain = pd.read_parquet(tmp_path / "b" / "annotations.parquet")
+    assert flat.label.tolist() == plain.label.tolist() and (plain.normalized_by == "corpus").all()
+    assert not json.loads((tmp_path / "b" / "summary.json").read_text())["speaker_folders"]
+    # One folder under the input holding everything is said too; two are speakers.
+    (tmp_path / "one" / "s1").mkdir(parents=True)
+    for f in (tmp_path / "flat").iterdir():
+        f.rename(tmp_path / "one" / "s1" / f.name)
+    assert main(["annotate", str(tmp_path / "one"), "--speaker-folders", "--out", str(tmp_path / "o"), *common]) == 0
+    assert "one folder, s1, holds all 12 files of" in capsys.readouterr().out
+    (tmp_path / "one" / "s2").mkdir()
+    for f in sorted((tmp_path / "one" / "s1").iterdir())[:6]:
+        f.rename(tmp_path / "one" / "s2" / f.name)
+    args = ["annotate", str(tmp_path / "one"), "--speaker-folders", "--out", str(tmp_path / "t"), *common, "-q"]
+    assert main([*args, "--overwrite"]) == 0
+    assert not json.loads((tmp_path / "t" / "summary.json").read_text())["speaker_folders"]
