@@ -468,7 +468,7 @@ def test_reports_of_other_inputs_are_not_replaced_without_overwrite(
     copy = job_file(tmp_path, name="copy.yaml", inputs=[{"path": "other"}])  # same name and output.dir
     assert main(["run", "-q", str(copy)]) == 2
     err = capsys.readouterr().err
-    assert "holds the reports of another job ('integrity', inputs" in err and "--overwrite" in err
+    assert "holds the reports of other inputs (" in err and "job 'integrity')" in err and "--overwrite" in err
     assert {p.name: p.read_bytes() for p in (tmp_path / "reports").iterdir()} == before
     assert main(["run", "-q", str(job_file(tmp_path, model={"path": str(MODEL), "adapt": "none"}))]) == 0  # same inputs
     assert main(["run", "-q", "--overwrite", str(copy)]) == 0
