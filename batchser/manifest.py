@@ -559,7 +559,10 @@ def parse_manifest(
 
 def _validate(data: Any, *, base_dir: Path, source: str, manifest_file: Path | None) -> Manifest:
     if not isinstance(data, dict):
-        raise ManifestError(source, ["a manifest is a YAML mapping with keys name, inputs, emotions, model, output"])
+        raise ManifestError(
+            source,
+            ["a manifest is a YAML mapping with keys name and inputs (and model, output …; see jobs/annotate.yaml)"],
+        )
     for key in _INTERNAL:
         if key in data:
             raise ManifestError(source, [f"{key}: unknown key; to move where relative paths start, set root"])
