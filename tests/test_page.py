@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from batchser.cli import main
@@ -127,3 +128,40 @@ def test_a_100000_file_report_stays_small_and_loads_cleanly(tmp_path: Path) -> N
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTEFACTS / "report-100000.png"))
     assert not math.isnan(stats.least_sure[0]["confidence"])
+
+
+def test_least_sure_rows_show_the_true_label_when_known(labelled_job: Path) -> None:
+    text = (labelled_job / "report.html").read_text()
+    least = text[text.index('id="least-sure"') :]
+    assert "<th>true label</th>" in least
+    assert sum(f"<td>{k}</td></tr>" in least for k in KINDS) >= 2  # the last cell of rows: their true labels
+
+
+def test_speakers_named_by_folders_are_not_tabled_twice(tmp_path: Path) -> None:
+    for i in range(24):
+        kind = KINDS[i % 4]
+        y = speechlike(kind, sr=16000, seconds=1.5, seed=i)
+        write_audio(tmp_path / "clips" / f"spk{i % 2}" / f"{kind}-{i:02d}.wav", y, 16000)
+    out = tmp_path / "out"
+    args = ["annotate", "-q", str(tmp_path / "clips"), "--out", str(out), "--cache", str(tmp_path / "c"), "-j", "1"]
+    assert main([*args, "--speaker-folders"]) == 0
+    text = (out / "report.html").read_text()
+    assert "By speaker" in text and "By folder" not in text
+
+
+def test_a_job_of_one_long_recording_reads_right(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    parts = []
+    for i in range(8):
+        parts += [speechlike(KINDS[i % 4], sr=16000, seconds=2.0, seed=i), 0.001 * rng.standard_normal(16000)]
+    write_audio(tmp_path / "in" / "talk.wav", np.concatenate(parts).astype(np.float32), 16000)
+    out = tmp_path / "out"
+    args = ["annotate", "-q", str(tmp_path / "in"), "--out", str(out), "--cache", str(tmp_path / "c"), "-j", "1"]
+    assert main([*args, "--segments", "windows"]) == 0
+    text = (out / "report.html").read_text()
+    header = text[text.index("<h1>") : text.index("</h1>")]
+    assert "1 file," in header and "1 files" not in header
+    assert " files/s" not in text[: text.index("</header>")]  # a rate of 0 files/s says nothing; audio per second does
+    assert "s of audio per second" in text
+    assert 'id="by-segment"' in text  # the charts count its pieces, not its one file
+    assert 'id="none-explained"' in text and "had no group of 10 or more recordings" in text

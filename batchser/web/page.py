@@ -60,12 +60,21 @@ class PageStats:
     listed_long: list[dict[str, Any]] = field(default_factory=list)
     n_long: int = 0
     n_no_speech: int = 0  # files in which no speech was heard: not failures
+    audio_s: float = 0.0  # seconds of audio labelled
+    # The speech segments of long recordings: a job of one or two long files is told by them, not by its files.
+    seg_labels: Counter[str] = field(default_factory=Counter)
+    seg_hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, dtype=np.int64))
+    has_true_labels: bool = False
     _seen: int = 0
 
     def add(self, rows: Sequence[ReportRow], seg_rows: Sequence[SegmentRow] = ()) -> None:
         segs: dict[str, list[SegmentRow]] = {}
         for s in seg_rows:
             segs.setdefault(s.path, []).append(s)
+            if s.label and s.voiced:
+                self.seg_labels[s.label] += 1
+                if not math.isnan(s.confidence):
+                    self.seg_hist[min(BINS - 1, int(s.confidence * BINS))] += 1
         for r in rows:
             self._seen += 1
             self.n_files += 1
@@ -77,6 +86,9 @@ class PageStats:
                 continue
             self.n_ok += 1
             self.labels[r.label] += 1
+            if not math.isnan(r.duration_s):
+                self.audio_s += r.duration_s
+            self.has_true_labels |= bool(r.true_label)
             self.n_reviewed += r.reviewed
             self.normalized_by[r.normalized_by or "none"] += 1
             if not math.isnan(r.confidence):
@@ -90,7 +102,8 @@ class PageStats:
                     if key not in by and len(by) >= MAX_GROUPS:
                         key = "(other)"
                     by.setdefault(key, Counter())[r.label] += 1
-            item = {"path": r.path, "label": r.label, "confidence": r.confidence, "probabilities": r.probabilities}
+            item = {"path": r.path, "label": r.label, "confidence": r.confidence, "probabilities": r.probabilities,
+                    "true_label": r.true_label}  # fmt: skip
             entry = (-r.confidence, self._seen, item)  # a max-heap of the least confident
             if len(self._least) < LEAST_SURE:
                 heapq.heappush(self._least, entry)
@@ -149,7 +162,7 @@ def _color(label: str, classes: list[str]) -> str:
     return _COLORS[classes.index(label) % len(_COLORS)] if label in classes else "#bbbbbb"
 
 
-def _label_chart(labels: Counter[str], classes: list[str]) -> str:
+def _label_chart(labels: Counter[str], classes: list[str], unit: str = "files") -> str:
     plt = _pyplot()
     names = [c for c in classes if labels.get(c)] + sorted(set(labels) - set(classes))
     fig, ax = plt.subplots(figsize=(5.2, 0.45 * max(2, len(names)) + 0.6))
@@ -160,12 +173,12 @@ def _label_chart(labels: Counter[str], classes: list[str]) -> str:
         ax.text(c, i, f" {c:,} ({c / total:.0%})", va="center", fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, max(counts) * 1.35 if counts else 1)
-    ax.set_xlabel("files")
+    ax.set_xlabel(unit)
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
 
 
-def _confidence_chart(hist: np.ndarray, cutoff: float | None) -> str:
+def _confidence_chart(hist: np.ndarray, cutoff: float | None, by_segment: bool = False) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 2.6))
     edges = np.linspace(0, 1, BINS + 1)
@@ -175,7 +188,7 @@ def _confidence_chart(hist: np.ndarray, cutoff: float | None) -> str:
         ax.legend(fontsize=8, frameon=False)
     ax.set_xlim(0, 1)
     ax.set_xlabel("confidence (top probability)")
-    ax.set_ylabel("files")
+    ax.set_ylabel("speech segments" if by_segment else "files")
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
 
@@ -246,11 +259,19 @@ def _breakdowns(stats: PageStats) -> list[dict[str, Any]]:
         by = stats.groups.get(kind, {})
         if len(by) < 2 and kind != "input":
             continue
+        if kind == "folder" and sorted(by.values(), key=str) == sorted(
+            stats.groups.get("speaker", {}).values(), key=str
+        ):
+            continue  # speakers named by their folders: the same table twice
         rows = sorted(by.items(), key=lambda kv: -sum(kv[1].values()))
         shown = [{"name": k, "n": sum(c.values()), "share": {x: c[x] / max(1, sum(c.values())) for x in stats.classes}}
                  for k, c in rows[:SHOWN_GROUPS]]  # fmt: skip
         out.append({"kind": kind, "rows": shown, "more": max(0, len(rows) - SHOWN_GROUPS)})
     return out
+
+
+def _same_rows(a: dict[str, Counter[str]], b: dict[str, Counter[str]]) -> bool:
+    return len(a) == len(b) and sorted(map(str, a.values())) == sorted(map(str, b.values()))
 
 
 def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any] | None = None) -> str:
@@ -263,9 +284,12 @@ def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any]
     labelled = metrics.get("labelled_files")
     train = {k: v for k, v in metrics.items() if k in ("actor_wise", "random_split") and "accuracy" in v}
     seconds = summary.get("seconds") or 0.0
+    # A job of one or two long recordings is told by its speech segments: a chart of two files says nothing.
+    by_segment = stats.n_ok <= 2 and sum(stats.seg_labels.values()) > stats.n_ok
+    labels, hist = (stats.seg_labels, stats.seg_hist) if by_segment else (stats.labels, stats.hist)
     charts = {
-        "labels": _label_chart(stats.labels, stats.classes) if stats.labels else "",
-        "confidence": _confidence_chart(stats.hist, stats.min_confidence) if stats.n_ok else "",
+        "labels": _label_chart(labels, stats.classes, "speech segments" if by_segment else "files") if labels else "",
+        "confidence": _confidence_chart(hist, stats.min_confidence, by_segment) if stats.n_ok else "",
         "confusion": _confusion_chart(labelled) if labelled else "",
         "reliability": _reliability_chart(labelled["calibration"]) if labelled else "",
     }
@@ -286,7 +310,22 @@ def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any]
         review=summary.get("review"),
         timelines=timelines,
         rate=(summary.get("files", 0) / seconds) if seconds else None,
+        realtime=(stats.audio_s / seconds) if seconds else None,
+        by_segment=by_segment,
+        expected_none=_none_mode(summary),
         generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+    )
+
+
+def _none_mode(summary: dict[str, Any]) -> str:
+    """What standardising nothing costs, from the model card's figures when the summary carries them."""
+    exp = summary.get("expected_accuracy") or {}
+    return (
+        f" On corpora the model never heard, files standardised with others were right for about "
+        f"{100 * exp['uar_mean']:.0f} % (UAR); files standardised with nothing score lower (the model card's "
+        "'none' row)."
+        if exp.get("uar_mean") is not None and exp.get("adaptation") != "none"
+        else ""
     )
 
 
@@ -345,7 +384,7 @@ def _clean(v: Any) -> Any:
 
 def _row(r: dict[str, Any], classes: list[str]) -> ReportRow:
     text = {k: (_clean(r.get(k)) or "") for k in ("path", "status", "error", "label", "corpus", "speaker",
-                                                   "normalized_by", "dominant_label")}  # fmt: skip
+                                                   "normalized_by", "dominant_label", "true_label")}  # fmt: skip
     return ReportRow(
         **text,
         confidence=float(r.get("confidence") if r.get("confidence") is not None else math.nan),
