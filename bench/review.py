@@ -56,15 +56,19 @@ def _rows(X: np.ndarray, corpora: np.ndarray, speakers: np.ndarray, ok: np.ndarr
     return Rows(X, Xn, covered)
 
 
-def _held_out(held: str, data: tuple[np.ndarray, ...], draws: int) -> list[dict[str, object]]:
+def _fitted(data: tuple[np.ndarray, ...], train: np.ndarray) -> tuple[object, object, Rows]:
+    """The shipped recipe's two networks fitted on the ``train`` rows, and those rows as the networks saw them."""
     X, y, corpora, speakers, ok = data
-    tr, te = corpora != held, corpora == held
     plain, norm = fit_normalized(
-        X[tr], y[tr], corpora=corpora[tr], speakers=speakers[tr], speaker_ok=ok[tr], min_files=10, fit_kw=SHIPPED_FIT
-    )
-    base = _rows(X[tr], corpora[tr], speakers[tr], ok[tr], "speaker")  # as fit_normalized standardised them
-    classes = sorted(EMOTIONS)
-    out = []
+        X[train], y[train], corpora=corpora[train], speakers=speakers[train], speaker_ok=ok[train], min_files=10,
+        fit_kw=SHIPPED_FIT,
+    )  # fmt: skip
+    return plain, norm, _rows(X[train], corpora[train], speakers[train], ok[train], "speaker")
+
+
+def _adapted(plain: object, norm: object, data: tuple[np.ndarray, ...], te: np.ndarray, classes: list[str]):  # type: ignore[no-untyped-def]
+    """(mode, probabilities, rows) of the held-out files: standardised by corpus, and by speaker where named."""
+    X, _, corpora, speakers, ok = data
     for mode in ("corpus", "speaker"):
         if mode == "speaker" and not all(speakers[te]):
             continue
@@ -72,8 +76,26 @@ def _held_out(held: str, data: tuple[np.ndarray, ...], draws: int) -> list[dict[
             plain, norm, X[te], mode=mode, corpora=corpora[te], speakers=speakers[te] if mode == "speaker" else None,
             speaker_ok=ok[te], min_files=10, classes=classes,
         )  # fmt: skip
+        yield mode, proba, _rows(X[te], corpora[te], speakers[te], ok[te], mode)
+
+
+def _relabel(got: object, rows: Rows, classes: list[str]) -> np.ndarray:
+    """The labels the relearned networks give ``rows``."""
+    p = np.zeros((len(rows), len(classes)))
+    for net, mask, data in ((got.plain, ~rows.covered, rows.X), (got.norm, rows.covered, rows.Xn)):  # type: ignore[attr-defined]
+        if net is not None and mask.any():
+            p[mask] = net.predict_proba(data[mask])
+    return np.asarray(classes, dtype=object)[p.argmax(1)]
+
+
+def _held_out(held: str, data: tuple[np.ndarray, ...], draws: int) -> list[dict[str, object]]:
+    _, y, corpora, _, _ = data
+    tr, te = corpora != held, corpora == held
+    plain, norm, base = _fitted(data, tr)
+    classes = sorted(EMOTIONS)
+    out = []
+    for mode, proba, rows in _adapted(plain, norm, data, te, classes):
         pred, conf, truth = np.asarray(classes)[proba.argmax(1)], proba.max(1), y[te]
-        rows = _rows(X[te], corpora[te], speakers[te], ok[te], mode)
         sizes = {c: int((pred == c).sum()) for c in classes}
         for strategy, share in STRATEGIES.items():
             for k in KS:
@@ -90,12 +112,7 @@ def _held_out(held: str, data: tuple[np.ndarray, ...], draws: int) -> list[dict[
                     got = learn(
                         base, y[tr], rows.take(idx), truth[idx], classes=classes, folds=folds, random_state=draw
                     )
-                    r = rows.take(rest)
-                    p_rest = np.zeros((len(rest), len(classes)))
-                    for net, mask, data_ in ((got.plain, ~r.covered, r.X), (got.norm, r.covered, r.Xn)):
-                        if net is not None and mask.any():
-                            p_rest[mask] = net.predict_proba(data_[mask])
-                    after = np.asarray(classes)[p_rest.argmax(1)]
+                    after = _relabel(got, rows.take(rest), classes)
                     row["uar"] = _scores(truth[rest], after, classes)["uar"]
                     if folds:
                         rand = np.array([i for i, part in picked if part == "random"], dtype=np.intp)
@@ -113,26 +130,15 @@ def _held_out(held: str, data: tuple[np.ndarray, ...], draws: int) -> list[dict[
 
 def _coverage(held: str, data: tuple[np.ndarray, ...], draws: int) -> list[dict[str, object]]:
     """Coverage of the review's intervals on ``held`` with its other emotions' files in, answered "none"."""
-    X, y, corpora, speakers, ok = data
+    _, y, corpora, _, _ = data
     classes = sorted(EMOTIONS)
     train = (corpora != held) & np.isin(y, classes)
     te = corpora == held
-    plain, norm = fit_normalized(
-        X[train], y[train], corpora=corpora[train], speakers=speakers[train], speaker_ok=ok[train], min_files=10,
-        fit_kw=SHIPPED_FIT,
-    )  # fmt: skip
-    base = _rows(X[train], corpora[train], speakers[train], ok[train], "speaker")
+    plain, norm, base = _fitted(data, train)
     truth = np.where(np.isin(y[te], classes), y[te], "none").astype(object)
     out = []
-    for mode in ("corpus", "speaker"):
-        if mode == "speaker" and not all(speakers[te]):
-            continue
-        proba, _ = predict_adapted(
-            plain, norm, X[te], mode=mode, corpora=corpora[te], speakers=speakers[te] if mode == "speaker" else None,
-            speaker_ok=ok[te], min_files=10, classes=classes,
-        )  # fmt: skip
+    for mode, proba, rows in _adapted(plain, norm, data, te, classes):
         pred = np.asarray(classes, dtype=object)[proba.argmax(1)]
-        rows = _rows(X[te], corpora[te], speakers[te], ok[te], mode)
         sizes = {c: int((pred == c).sum()) for c in classes}
         for k in COVERAGE_KS:
             for draw in range(draws):
@@ -153,12 +159,7 @@ def _coverage(held: str, data: tuple[np.ndarray, ...], draws: int) -> list[dict[
                 after_pred = np.full(len(idx), "", dtype=object)
                 after_pred[learnt] = np.asarray(classes, dtype=object)[got.oof_proba.argmax(1)]
                 after = estimate(after_pred, truth[idx], pred[idx], sizes, classes=classes, widen=AFTER_WIDEN)
-                r = rows.take(rest)
-                p_rest = np.zeros((len(rest), len(classes)))
-                for net, mask, data_ in ((got.plain, ~r.covered, r.X), (got.norm, r.covered, r.Xn)):
-                    if net is not None and mask.any():
-                        p_rest[mask] = net.predict_proba(data_[mask])
-                relabelled = np.asarray(classes, dtype=object)[p_rest.argmax(1)]
+                relabelled = _relabel(got, rows.take(rest), classes)
                 row["true_after"] = float(np.mean(relabelled == truth[rest]))
                 row["est_after"] = after["accuracy"]
                 row["after_in"] = _holds(after["accuracy_ci"], row["true_after"])
