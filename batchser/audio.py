@@ -268,7 +268,9 @@ class AudioStream:
             try:
                 self._f = sf.SoundFile(target)
             except sf.LibsndfileError as exc:
-                if exc.code != _SF_ERR_UNRECOGNISED:
+                # FFmpeg is asked about a format libsndfile does not know, and about any file named
+                # as FFmpeg's (libsndfile's MP3 probe can take a damaged M4A for MPEG audio).
+                if exc.code == _SFE_SYSTEM or (exc.code != _SF_ERR_UNRECOGNISED and not _ffmpeg_named(source)):
                     raise
                 self._f = _open_ffmpeg(target, source, refused=exc)
                 self.decoder = decoder_tag() or ""
@@ -326,16 +328,17 @@ class AudioStream:
     def span(self, start: int = 0, stop: int | None = None, *, preroll: int = 0) -> Iterator[np.ndarray]:
         """Blocks of the samples ``[start, stop)`` at ``sample_rate`` (``stop`` None: to the end).
 
-        Decoding starts from a seek, ``preroll`` output samples before
-        ``start`` (and reads as far past ``stop``), so that the resampler's
-        filter is settled at both edges and the samples equal those of a
-        whole-file decode up to float rounding. ``start - preroll`` must fall
-        on an input sample (:func:`aligned`). Iterate once.
+        Decoding starts from a seek, at least ``preroll`` output samples
+        before ``start`` (and reads as far past ``stop``), so that the
+        resampler's filter is settled at both edges and the samples equal
+        those of a whole-file decode up to float rounding. The seek lands on
+        the last output sample at or before ``start - preroll`` that falls on
+        an input sample (:func:`aligned`: every 160th at 44.1 kHz to 16 kHz),
+        so the output keeps the whole file's sample grid. Iterate once.
         """
         ratio = Fraction(self.orig_sample_rate, self.sample_rate)
         first = max(0, start - preroll)
-        if not aligned(first, self.orig_sample_rate, self.sample_rate):
-            raise ValueError(f"sample {first} at {self.sample_rate} Hz falls between input samples")
+        first -= first % ratio.denominator  # on an input sample
         in_first = int(first * ratio)
         in_stop = None if stop is None else math.ceil((stop + preroll) * ratio)
         if in_first:
@@ -472,10 +475,10 @@ def _open_ffmpeg(target: bytes | BinaryIO, source: str | Path | BinaryIO, *, ref
             raise refused from None  # no PyAV: a file not named as FFmpeg's keeps libsndfile's verdict
         raise AudioError(str(exc), transient=exc.transient, decoder="" if exc.transient else tag) from None
     except NotFFmpegFormatError as exc:
-        reason = _open_error(refused)
-        if _ffmpeg_named(source) and str(reason).startswith(UNRECOGNISED):
-            reason = AudioError(f"cannot decode: neither libsndfile nor FFmpeg recognises it as audio ({exc})")
-        raise AudioError(str(reason), decoder=tag) from None
+        reason = str(_open_error(refused))
+        if _ffmpeg_named(source) and not exc.demuxer:
+            reason = f"cannot decode: neither libsndfile nor FFmpeg recognises it as audio ({exc})"
+        raise AudioError(reason, decoder=tag) from None
 
 
 def _ffmpeg_named(source: str | Path | BinaryIO) -> bool:

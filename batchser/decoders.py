@@ -84,7 +84,15 @@ class FFmpegDecodeError(Exception):
 
 
 class NotFFmpegFormatError(Exception):
-    """FFmpeg takes the file for a format libsndfile reads (or finds nothing): libsndfile's verdict stands."""
+    """FFmpeg finds no recording in the file, or takes it for a format libsndfile reads: libsndfile's verdict stands.
+
+    ``demuxer`` names the format FFmpeg recognised ("" when it recognised none);
+    ``str()`` is FFmpeg's reason.
+    """
+
+    def __init__(self, reason: str, *, demuxer: str = "") -> None:
+        super().__init__(reason)
+        self.demuxer = demuxer
 
 
 @lru_cache(maxsize=1)
@@ -270,7 +278,7 @@ class FFmpegFile:
             raise NotFFmpegFormatError(_reason(exc)) from None
         demuxer = self._c.format.name
         if set(demuxer.split(",")) & LIBSNDFILE_DEMUXERS:
-            raise NotFFmpegFormatError(demuxer)
+            raise NotFFmpegFormatError(f"FFmpeg reads it as {demuxer}", demuxer=demuxer)
         streams = self._c.streams
         if not streams.audio:
             kinds = sorted({s.type for s in streams}) or ["no"]
