@@ -54,10 +54,14 @@ FFMPEG_EXTENSIONS = MP4_EXTENSIONS | frozenset(
     {".aac", ".ac3", ".eac3", ".amr", ".awb", ".ape", ".wv", ".tta", ".mpc", ".mp2", ".dts",
      ".wma", ".wmv", ".asf", ".webm", ".mka", ".mkv", ".avi", ".flv"}
 )  # fmt: skip
-# FFmpeg's demuxers for the formats libsndfile reads itself: a file libsndfile
-# refused that FFmpeg takes for one of these is broken (or random bytes that look
-# like an MP3 frame), and keeps libsndfile's verdict.
-LIBSNDFILE_DEMUXERS = frozenset({"wav", "w64", "aiff", "flac", "mp3", "au", "caf", "voc", "ogg", "nistsphere", "ircam"})
+# The only demuxers FFmpeg may use (its format_whitelist): the containers of the
+# recordings above. Not libsndfile's own formats (WAV, MP3, OGG…: a file libsndfile
+# refused that FFmpeg would take for one is broken, or random bytes that look like an
+# MP3 frame, and keeps libsndfile's verdict), and none that open other files or
+# addresses named inside the file (playlists, concat lists); only the file protocol.
+DEMUXERS = ("mov", "asf", "amr", "amrnb", "amrwb", "matroska", "aac", "ac3", "eac3", "ape", "wv", "tta", "mpc",
+            "mpc8", "dts", "avi", "flv")  # fmt: skip
+_OPEN_OPTIONS = {"format_whitelist": ",".join(DEMUXERS), "protocol_whitelist": "file"}
 MP4_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"
 # MP4 brands of images (HEIF, AVIF, JPEG 2000…), which share the container: not recordings.
 _IMAGE_BRANDS = (b"hei", b"hev", b"mif1", b"msf1", b"avif", b"avis", b"jp2 ", b"jpx ", b"crx ")
@@ -178,7 +182,7 @@ def _source(source: str | bytes | os.PathLike[str] | BinaryIO) -> tuple[Any, Bin
     path = os.fsdecode(source)  # type: ignore[arg-type]
     try:
         path.encode("utf-8")
-        return path, None
+        return "file:" + path, None  # the file protocol, whatever the name holds (no "http:" prefix is read)
     except UnicodeEncodeError:  # a name that is not UTF-8: FFmpeg could not open it by name
         fh = open(os.fsencode(source), "rb")  # type: ignore[arg-type]  # noqa: SIM115 - closed with the file
         return fh, fh
@@ -260,14 +264,16 @@ class FFmpegFile:
     def _open(self) -> None:
         av = self._av
         try:
-            self._c = av.open(self._target, "r", metadata_errors="ignore")
+            self._c = self._container()
         except av.error.FFmpegError as exc:
-            if isinstance(exc, OSError) and not isinstance(exc, av.error.InvalidDataError):
+            if isinstance(exc, OSError):
                 raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
+            if isinstance(exc, av.error.ArgumentError):  # a demuxer off the list: one of libsndfile's formats
+                raise NotFFmpegFormatError("a format libsndfile reads", demuxer="libsndfile's") from None
             fh = self._target if hasattr(self._target, "read") else None
             with contextlib.ExitStack() as stack:
                 if fh is None:
-                    fh = stack.enter_context(open(self._target, "rb"))
+                    fh = stack.enter_context(open(self._target.removeprefix("file:"), "rb"))
                 fh.seek(0)
                 head = fh.read(16)
                 problem = _mp4_problem(fh) if head[4:8] == b"ftyp" else ""
@@ -277,13 +283,12 @@ class FFmpegFile:
                 raise FFmpegDecodeError(f"cannot decode: FFmpeg cannot open it ({_reason(exc)})") from None
             raise NotFFmpegFormatError(_reason(exc)) from None
         demuxer = self._c.format.name
-        if set(demuxer.split(",")) & LIBSNDFILE_DEMUXERS:
-            raise NotFFmpegFormatError(f"FFmpeg reads it as {demuxer}", demuxer=demuxer)
         streams = self._c.streams
         if not streams.audio:
             kinds = sorted({s.type for s in streams}) or ["no"]
             raise FFmpegDecodeError(f"no audio track: the file holds {' and '.join(kinds)} streams only")
         self._s = streams.best("audio") or streams.audio[0]
+        self._index = self._s.index  # kept: a closed container's streams are gone
         if self._s.codec_context is None:
             raise FFmpegDecodeError(f"cannot decode: this FFmpeg has no decoder for {self._s.codec.name}")
         self.format = f"{demuxer}/{self._s.codec_context.name}"
@@ -292,21 +297,29 @@ class FFmpegFile:
         header_rate = self._s.codec_context.sample_rate or 0
         # Timestamps count samples: the MP4 family's sample tables, in units of the sample rate.
         self.exact = demuxer == MP4_DEMUXER and header_rate > 0 and self._tb == Fraction(1, header_rate)
-        self._blocks = self._decoded()
-        first = next(self._blocks, None)  # the rate and layout of what the decoder gives, not of the header
-        self._pending: list[np.ndarray] = [first] if first is not None else []
         self._pos = 0  # sample index of the next sample read() returns
         self._skip = 0  # samples still to drop after a seek
+        self._blocks = self._decoded()
+        self._prime()  # the rate and layout of what the decoder gives, not of the header
         self.samplerate = int(self._rate or header_rate)
         self.channels = int(self._channels or self._s.codec_context.channels or 1)
         if self.samplerate != header_rate:  # implicit SBR: the header says half the rate decoded
             self.exact = False
         self.frames = self._declared_frames()
 
+    def _prime(self) -> None:
+        first = next(self._blocks, None)
+        self._pending: list[np.ndarray] = [first] if first is not None else []
+
     # -- decoding ----------------------------------------------------------------
     _rate: int = 0
     _channels: int = 0
     _start_pts: int | None = None
+
+    def _container(self) -> Any:
+        if hasattr(self._target, "read"):
+            self._target.seek(0)  # type: ignore[union-attr]
+        return self._av.open(self._target, "r", options=_OPEN_OPTIONS, metadata_errors="ignore")
 
     def _decoded(self) -> Iterator[np.ndarray]:
         """Blocks of float32 samples in stream order; in an exact stream, timestamp gaps filled with silence."""
@@ -367,30 +380,24 @@ class FFmpegFile:
         return self._measured_frames()
 
     def _measured_frames(self) -> int:
-        """Samples per channel from the packets' durations (a stream whose header gives none, e.g. a browser's WebM)."""
-        av = self._av
-        try:
-            with av.open(self._reopen_target(), "r", metadata_errors="ignore") as c:
-                s = c.streams[self._s.index]
-                total, last = 0, None
-                for packet in c.demux(s):
-                    if packet.duration:
-                        total += packet.duration
-                    elif packet.pts is not None:
-                        last = packet.pts
-                if not total and last is not None:
-                    total = last
-                return round(total * s.time_base * self.samplerate) if s.time_base else 0
-        except av.error.FFmpegError:
-            return 0
-        finally:
-            if hasattr(self._target, "seek"):
-                self._target.seek(0)  # type: ignore[union-attr]
+        """Samples per channel from the packets' durations (a stream whose header gives none, e.g. a browser's WebM).
 
-    def _reopen_target(self) -> Any:
-        if hasattr(self._target, "read"):
-            self._target.seek(0)  # type: ignore[union-attr]
-        return self._target
+        Demuxes the whole file (no decoding: milliseconds for an hour of Opus), then starts again.
+        """
+        av = self._av
+        total, last = 0, None
+        try:
+            for packet in self._c.demux(self._s):
+                if packet.duration:
+                    total += packet.duration
+                elif packet.pts is not None:
+                    last = packet.pts
+        except av.error.FFmpegError:
+            pass  # what was demuxed counts
+        self._restart()
+        self._prime()
+        total = total or last or 0
+        return round(total * self._tb * self.samplerate) if self._tb is not None else 0
 
     # -- the SoundFile face ------------------------------------------------------
     def read(self, frames: int, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
@@ -479,10 +486,10 @@ class FFmpegFile:
 
     def _restart(self) -> None:
         """Decode from the first packet again (containers whose timestamps do not count samples)."""
-        av = self._av
         self._c.close()
-        self._c = av.open(self._reopen_target(), "r", metadata_errors="ignore")
-        self._s = self._c.streams[self._s.index]
+        self._c = self._container()
+        self._s = self._c.streams[self._index]
+        self.packets = self.damaged = 0
         self._blocks = self._decoded()
 
     def close(self) -> None:

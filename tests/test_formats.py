@@ -329,6 +329,17 @@ def test_a_long_m4a_is_labelled_by_its_speech_segments_as_its_flac_is(tmp_path: 
     assert a["label"] == b["label"] and abs(a["speech_share"] - b["speech_share"]) < 0.02
 
 
+def test_a_webm_without_a_duration_is_measured_and_streamed(tmp_path: Path, speech: list[np.ndarray]) -> None:
+    """A browser's recording (MediaRecorder, a live WebM) declares no duration: its packets are counted."""
+    audio = tmp_path / "audio"
+    x = _talk(speech, repeats=1)  # about 17 s: a long file, labelled by speech segments
+    encode(audio / "browser.webm", x, SR, dataclasses.replace(KINDS["webm"], options=(("live", "1"),)))
+    with AudioStream(audio / "browser.webm", sample_rate=SR) as stream:
+        assert abs(stream.declared_duration_s - len(x) / SR) < 0.05
+    row = annotate([audio], tmp_path / "out").iloc[0]
+    assert row["status"] == "ok" and row["segments"] == len(SENTENCES)
+
+
 def test_a_long_m4a_is_split_into_parts_at_sample_exact_seeks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speech: list[np.ndarray]
 ) -> None:
