@@ -194,22 +194,30 @@ def _reason(exc: Exception) -> str:
 
 
 _SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 9223372036854775808.0}
+_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32, "dbl": np.float64}
+CHUNK = 1 << 15  # decoded frames (1,024 samples each for AAC) are handed on in blocks of about this many samples
 
 
 def _to_float(frame: Any, channels: int) -> np.ndarray:
-    """A decoded frame's samples as float32 ``(samples, channels)``, integers scaled as libsndfile scales them."""
-    a = frame.to_ndarray()
-    name = frame.format.name
+    """A decoded frame's samples as float32 ``(samples, channels)``, integers scaled as libsndfile scales them.
+
+    Read from the frame's planes (``to_ndarray`` stacks them through numpy, three times slower).
+    """
+    name, n, planes = frame.format.name, frame.samples, frame.planes
     planar = name.endswith("p")
     base = name[:-1] if planar else name
-    n_ch = a.shape[0] if planar else max(1, a.shape[1] // max(1, frame.samples))
-    x = a.T if planar else a.reshape(-1, n_ch)
+    dtype = _DTYPES[base]
+    if planar:
+        x = np.stack([np.frombuffer(p, dtype=dtype, count=n) for p in planes], axis=1)
+    else:
+        k = len(frame.layout.channels)
+        x = np.frombuffer(planes[0], dtype=dtype, count=n * k).reshape(n, k)
     if base == "u8":
         y = (x.astype(np.float32) - 128.0) / 128.0
     elif base in _SCALE:
         y = x.astype(np.float32) / np.float32(_SCALE[base])
     else:
-        y = x.astype(np.float32, copy=False)
+        y = x.astype(np.float32)  # a copy: the frame's buffer goes back to the decoder
     if y.shape[1] != channels:  # the layout changed inside the stream: its mix, on every channel
         y = np.repeat(y.mean(axis=1, keepdims=True), channels, axis=1)
     return y
@@ -321,10 +329,9 @@ class FFmpegFile:
             self._target.seek(0)  # type: ignore[union-attr]
         return self._av.open(self._target, "r", options=_OPEN_OPTIONS, metadata_errors="ignore")
 
-    def _decoded(self) -> Iterator[np.ndarray]:
-        """Blocks of float32 samples in stream order; in an exact stream, timestamp gaps filled with silence."""
+    def _frames(self) -> Iterator[Any]:
+        """Decoded frames with samples, in stream order; a packet the decoder refuses is counted and skipped."""
         av = self._av
-        expected: int | None = None  # sample index the next frame should start at (exact streams)
         try:
             for packet in self._c.demux(self._s):
                 if packet.size:
@@ -337,37 +344,60 @@ class FFmpegFile:
                     self.damaged += 1  # the decoder refused this packet's data: skipped
                     continue
                 for frame in frames:
-                    if not frame.samples:
-                        continue
-                    if not self._rate:
-                        self._rate, self._channels = frame.sample_rate, len(frame.layout.channels)
-                        self._start_pts = frame.pts
-                    elif frame.sample_rate != self._rate:
-                        raise FFmpegDecodeError(
-                            f"cannot decode: the sample rate changes inside the stream ({self._rate} to "
-                            f"{frame.sample_rate} Hz)"
-                        )
-                    block = _to_float(frame, self._channels)
-                    if self.exact and frame.pts is not None and self._start_pts is not None:
-                        at = int(frame.pts - self._start_pts)
-                        if expected is None:
-                            expected = at
-                        elif at > expected:
-                            gap = at - expected
-                            if gap > MAX_GAP_S * self._rate:
-                                raise FFmpegDecodeError(
-                                    f"damaged: timestamps jump by {gap / self._rate:.0f} s inside the stream"
-                                )
-                            yield np.zeros((gap, self._channels), dtype=np.float32)
-                        elif at < expected:  # overlaps what was given: drop the repeat
-                            block = block[expected - at :]
-                        expected = max(expected, at + frame.samples)
-                    if len(block):
-                        yield block
+                    if frame.samples:
+                        yield frame
         except av.error.FFmpegError as exc:
             if isinstance(exc, OSError) and not isinstance(exc, (av.error.InvalidDataError, EOFError)):
                 raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
             # A demuxer that meets damaged or missing data ends the stream there (truncation is judged by the caller).
+
+    def _decoded(self, drop_before: int | None = None) -> Iterator[np.ndarray]:
+        """Float32 ``(n, channels)`` blocks in stream order, about :data:`CHUNK` samples each.
+
+        In an exact stream the frames are placed by their timestamps: a gap
+        (a packet skipped as damaged) is filled with silence and an overlap
+        dropped, so every sample keeps its time. After a timestamp seek,
+        ``drop_before`` is the target: the samples before it are dropped.
+        """
+        pos: int | None = None  # sample index of the next sample placed (exact streams)
+        out: list[np.ndarray] = []
+        have = 0
+        for frame in self._frames():
+            if not self._rate:
+                self._rate, self._channels = frame.sample_rate, len(frame.layout.channels)
+                self._start_pts = frame.pts
+            elif frame.sample_rate != self._rate:
+                raise FFmpegDecodeError(
+                    f"cannot decode: the sample rate changes inside the stream ({self._rate} to {frame.sample_rate} Hz)"
+                )
+            block = _to_float(frame, self._channels)
+            if self.exact and frame.pts is not None and self._start_pts is not None:
+                at = int(frame.pts - self._start_pts)
+                if pos is None:
+                    if drop_before is not None and at > drop_before:  # the seek landed past the target
+                        raise FFmpegDecodeError(f"cannot seek to sample {drop_before}: the stream resumes at {at}")
+                    pos = at
+                elif at > pos:
+                    gap = at - pos
+                    if gap > MAX_GAP_S * self._rate:
+                        raise FFmpegDecodeError(
+                            f"damaged: timestamps jump by {gap / self._rate:.0f} s inside the stream"
+                        )
+                    block = np.concatenate([np.zeros((gap, self._channels), dtype=np.float32), block])
+                elif at < pos:  # overlaps what was placed: drop the repeat
+                    block = block[pos - at :]
+                if drop_before is not None and pos < drop_before:  # before the seek's target
+                    cut = min(len(block), drop_before - pos)
+                    block, pos = block[cut:], pos + cut
+                pos += len(block)
+            if len(block):
+                out.append(block)
+                have += len(block)
+                if have >= CHUNK:
+                    yield out[0] if len(out) == 1 else np.concatenate(out)
+                    out, have = [], 0
+        if out:
+            yield out[0] if len(out) == 1 else np.concatenate(out)
 
     def _declared_frames(self) -> int:
         s, c, rate = self._s, self._c, self.samplerate
@@ -386,6 +416,7 @@ class FFmpegFile:
         """
         av = self._av
         total, last = 0, None
+        self._restart()  # from the first packet: priming has read some
         try:
             for packet in self._c.demux(self._s):
                 if packet.duration:
@@ -433,56 +464,12 @@ class FFmpegFile:
             lead = min(frame, round(DECODER_PREROLL_S * self.samplerate))
             target = frame - lead + (self._start_pts or 0)
             self._c.seek(int(target), stream=self._s, backward=True, any_frame=False)
-            self._blocks = self._after_seek(frame)
+            self._blocks = self._decoded(drop_before=frame)
         else:
             self._restart()
             self._skip = frame
         self._pos = frame
         return frame
-
-    def _after_seek(self, frame: int) -> Iterator[np.ndarray]:
-        """Blocks from sample ``frame`` on, after a timestamp seek: earlier samples dropped by their timestamps."""
-        av = self._av
-        at: int | None = None
-        base = self._start_pts or 0
-        try:
-            for packet in self._c.demux(self._s):
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError as exc:
-                    if isinstance(exc, OSError) and not isinstance(exc, (av.error.InvalidDataError, EOFError)):
-                        raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
-                    self.damaged += 1
-                    continue
-                for f in frames:
-                    if not f.samples or f.pts is None:
-                        continue
-                    start = int(f.pts - base)
-                    block = _to_float(f, self._channels)
-                    if at is None:
-                        if start > frame:  # the seek landed past the target: no exact answer
-                            raise FFmpegDecodeError(f"cannot seek to sample {frame}: the stream resumes at {start}")
-                        at = start
-                    elif start > at:  # a gap, as a read from the start fills it
-                        yield from self._gap(start - at, frame, at)
-                        at = start
-                    elif start < at:
-                        block = block[at - start :]
-                        start = at
-                    end = start + len(block)
-                    if end > frame:
-                        yield block[max(0, frame - start) :]
-                    at = end
-        except av.error.FFmpegError as exc:
-            if isinstance(exc, OSError) and not isinstance(exc, (av.error.InvalidDataError, EOFError)):
-                raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
-
-    def _gap(self, n: int, frame: int, at: int) -> Iterator[np.ndarray]:
-        if n > MAX_GAP_S * self.samplerate:
-            raise FFmpegDecodeError(f"damaged: timestamps jump by {n / self.samplerate:.0f} s inside the stream")
-        keep = min(n, at + n - frame)
-        if keep > 0:
-            yield np.zeros((keep, self.channels), dtype=np.float32)
 
     def _restart(self) -> None:
         """Decode from the first packet again (containers whose timestamps do not count samples)."""

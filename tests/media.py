@@ -39,31 +39,51 @@ KINDS = {
 }
 
 
+class MediaWriter:
+    """A recording of ``kind`` written block by block (mono float32 at ``kind.rate``), in bounded memory."""
+
+    def __init__(self, path: Path, kind: Kind) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.kind, self.written, self._shown = kind, 0, 0
+        self._out = av.open(str(path), "w", format=kind.container, options=dict(kind.options))
+        self._audio = self._out.add_stream(kind.codec, rate=kind.rate, layout="mono")
+        if kind.bit_rate:
+            self._audio.bit_rate = kind.bit_rate
+        self._video = None
+        if kind.video:  # ten pictures a second, a grey that brightens
+            self._video = self._out.add_stream(kind.video, rate=10)
+            self._video.width, self._video.height, self._video.pix_fmt = 64, 48, "yuv420p"
+
+    def write(self, x: np.ndarray) -> None:
+        for i in range(0, len(x), 1 << 14):
+            block = np.ascontiguousarray(np.clip(x[i : i + (1 << 14)], -1.0, 1.0), dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = self.kind.rate, self.written
+            self._out.mux(self._audio.encode(frame))
+            self.written += len(block)
+            while self._video is not None and self._shown <= self.written / self.kind.rate * 10:
+                picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), self._shown % 256, np.uint8), format="rgb24")
+                picture.pts = self._shown
+                self._out.mux(self._video.encode(picture))
+                self._shown += 1
+
+    def close(self) -> None:
+        self._out.mux(self._audio.encode(None))
+        if self._video is not None:
+            self._out.mux(self._video.encode(None))
+        self._out.close()
+
+    def __enter__(self) -> MediaWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def encode(path: Path, y: np.ndarray, sr: int, kind: Kind) -> np.ndarray:
     """Write mono float32 ``y`` (at ``sr``) as ``kind``; returns the samples the encoder got (at ``kind.rate``)."""
     x = y if sr == kind.rate else soxr.resample(y, sr, kind.rate, quality="HQ")
     x = np.clip(x, -1.0, 1.0).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format=kind.container, options=dict(kind.options)) as out:
-        audio = out.add_stream(kind.codec, rate=kind.rate, layout="mono")
-        if kind.bit_rate:
-            audio.bit_rate = kind.bit_rate
-        video = None
-        if kind.video:
-            video = out.add_stream(kind.video, rate=10)
-            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        shown = 0  # pictures written: ten a second, a grey that brightens
-        block = 1 << 14
-        for i in range(0, len(x), block):
-            frame = av.AudioFrame.from_ndarray(x[None, i : i + block], format="flt", layout="mono")
-            frame.sample_rate, frame.pts = kind.rate, i
-            out.mux(audio.encode(frame))
-            while video is not None and shown <= (i + block) / kind.rate * 10:
-                picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), shown % 256, np.uint8), format="rgb24")
-                picture.pts = shown
-                out.mux(video.encode(picture))
-                shown += 1
-        out.mux(audio.encode(None))
-        if video is not None:
-            out.mux(video.encode(None))
+    with MediaWriter(path, kind) as out:
+        out.write(x)
     return x
