@@ -461,6 +461,9 @@ class FFmpegFile:
             return frame
         self._pending, self._skip = [], 0
         if self.exact and frame > 0:
+            # A fresh decoder: what it gives after the seek then depends on the target alone, not on what
+            # was read before (AAC's noise substitution draws from a generator a flush does not reset).
+            self._restart()
             lead = min(frame, round(DECODER_PREROLL_S * self.samplerate))
             target = frame - lead + (self._start_pts or 0)
             self._c.seek(int(target), stream=self._s, backward=True, any_frame=False)
@@ -472,7 +475,7 @@ class FFmpegFile:
         return frame
 
     def _restart(self) -> None:
-        """Decode from the first packet again (containers whose timestamps do not count samples)."""
+        """The container opened again, to decode from its first packet with a fresh decoder."""
         self._c.close()
         self._c = self._container()
         self._s = self._c.streams[self._index]

@@ -10,10 +10,13 @@ written block by block twice from the same samples: as 16-bit FLAC (libsndfile) 
 as AAC-LC at --bit-rate in an M4A (PyAV's encoder; FFmpeg decodes it). Each is
 labelled by `python -m batchser annotate FILE -j 2` with the shipped model and the
 default speech segments, in a fresh process and with an empty cache (everything
-decoded), --repeats times in alternation; the long file is split into parts across
-the two workers either way (FLAC and the MP4 family seek to the sample).
+decoded), --repeats times in alternation. Either file is split into 5-minute parts
+(FLAC and the MP4 family seek to the sample), each decoded twice (speech
+probabilities, then the segments' features); under an hour of parts runs in the job's
+own process (engine.PARTS_IN_PROCESS_S), so a 30-minute file uses one core.
 
-Columns: wall time of the whole command (median); peak RSS as /usr/bin/time's %M
+Columns: wall time of the whole command and the CPU time of its process tree (user +
+system, the less a busy machine moves it), medians; peak RSS as /usr/bin/time's %M
 (the largest process of the job: the job itself or one worker) and as the sum over
 the job's process tree, sampled from /proc every 50 ms (the most the job held at
 once); both the largest over the repeats. Then the M4A's labels against the FLAC's:
@@ -27,7 +30,9 @@ The project's goals: under 300 MB peak, within 10 % of FLAC's time, labels withi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,20 +53,22 @@ RATE = 48000
 EMOTION = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry"}  # RAVDESS codes of the model's four
 
 
-def build(flac: Path, m4a: Path, minutes: float, bit_rate: int) -> pd.DataFrame:
-    """Both files from the same samples; the truth: (start_s, end_s, emotion) of each clip ("" for others)."""
+def build(flac: Path, m4a: dict[int, Path], minutes: float) -> pd.DataFrame:
+    """The FLAC and an M4A per bit rate from the same samples; the truth: (start_s, end_s, emotion) of each clip."""
     from tests.media import Kind, MediaWriter
 
     clips = sorted((CORPORA / "ravdess-48k").rglob("*.wav"))
     rng = np.random.default_rng(0)
-    kind = Kind(".m4a", "ipod", "aac", RATE, bit_rate)
     rows, at, i = [], 0, 0
-    with sf.SoundFile(flac, "w", RATE, 1, "PCM_16") as out, MediaWriter(m4a, kind) as coded:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(sf.SoundFile(flac, "w", RATE, 1, "PCM_16"))
+        coded = [stack.enter_context(MediaWriter(p, Kind(".m4a", "ipod", "aac", RATE, br))) for br, p in m4a.items()]
 
         def put(x: np.ndarray) -> None:
             x = (np.round(np.clip(x, -1, 1) * 32767) / 32768).astype(np.float32)  # what 16-bit FLAC holds
             out.write(x)
-            coded.write(x)
+            for c in coded:
+                c.write(x)
 
         while at < minutes * 60 * RATE:
             pause = rng.normal(0, 10 ** (-55 / 20), int(rng.uniform(1.0, 3.0) * RATE)).astype(np.float32)
@@ -91,11 +98,12 @@ def _tree_rss_kib(pid: int) -> int:
     return total
 
 
-def label(audio: Path, out: Path, cache: Path) -> tuple[float, float, float]:
-    """(wall s, largest process MiB, process tree MiB) of annotating ``audio`` with an empty cache."""
+def label(audio: Path, out: Path, cache: Path) -> tuple[float, float, float, float]:
+    """(wall s, CPU s, largest process MiB, process tree MiB) of annotating ``audio`` with an empty cache."""
     cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "batchser", "annotate", str(audio),
            "--out", str(out), "--cache", str(cache), "-j", "2", "-q", "--overwrite"]  # fmt: skip
     peak, done = [0], threading.Event()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
 
@@ -107,11 +115,13 @@ def label(audio: Path, out: Path, cache: Path) -> tuple[float, float, float]:
     watcher.start()
     _, err = proc.communicate()
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job's tree, reaped workers included
     done.set()
     watcher.join()
     if proc.returncode:
         raise SystemExit(f"the job failed: {err}")
-    return wall, int(err.strip().splitlines()[-1]) / 1024, peak[0] / 1024
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu, int(err.strip().splitlines()[-1]) / 1024, peak[0] / 1024
 
 
 def _truth(segs: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
@@ -147,52 +157,66 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--bit-rate", type=int, default=96_000, help="AAC bit rate of the M4A (a voice memo's: 64-128k)")
-    ap.add_argument("--quiet", action="store_true", help="print only the table")
+    ap.add_argument(
+        "--bit-rates",
+        default="96000,64000,192000",
+        help="AAC bit rates, comma-separated: the first is timed against the FLAC, every one's labels compared",
+    )
+    ap.add_argument("--quiet", action="store_true", help="print only the tables")
     args = ap.parse_args()
     log = progress_log(args.quiet)
     if not (CORPORA / "ravdess-48k").is_dir():
         print(f"needs the 48 kHz RAVDESS clips in {CORPORA / 'ravdess-48k'}", file=sys.stderr)
         return 2
+    rates = [int(b) for b in args.bit_rates.split(",")]
     with tempfile.TemporaryDirectory(prefix="batchser-formats-") as tmp_s:
         tmp = Path(tmp_s)
-        files = {"flac": tmp / "memo.flac", "m4a": tmp / "memo.m4a"}
-        log(f"writing a {args.minutes:g}-minute recording as FLAC and as M4A …")
-        truth = build(files["flac"], files["m4a"], args.minutes, args.bit_rate)
+        m4a = {br: tmp / f"memo-{br // 1000}k.m4a" for br in rates}
+        files = {"flac": tmp / "memo.flac", "m4a": m4a[rates[0]]}
+        log(f"writing a {args.minutes:g}-minute recording as FLAC and as M4A at {args.bit_rates} bit/s …")
+        truth = build(files["flac"], m4a, args.minutes)
         seconds = truth["end_s"].iloc[-1]
-        runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in files}
+        runs: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in files}
         for r in range(args.repeats):
             for fmt, path in files.items():
                 log(f"repeat {r + 1}/{args.repeats}: {fmt} …")
                 runs[fmt].append(label(path, tmp / f"out-{fmt}", tmp / f"cache-{fmt}-{r}"))
-        segs = {fmt: pd.read_csv(tmp / f"out-{fmt}" / "segments.csv") for fmt in files}
-        ann = {fmt: pd.read_csv(tmp / f"out-{fmt}" / "annotations.csv").iloc[0] for fmt in files}
+        for br in rates[1:]:
+            log(f"labels at {br // 1000} kbit/s …")
+            label(m4a[br], tmp / f"out-{br}", tmp / f"cache-{br}")
+        outs = {"flac": tmp / "out-flac", rates[0]: tmp / "out-m4a", **{br: tmp / f"out-{br}" for br in rates[1:]}}
+        segs = {k: pd.read_csv(o / "segments.csv") for k, o in outs.items()}
+        ann = {k: pd.read_csv(o / "annotations.csv").iloc[0] for k, o in outs.items()}
         sizes = {fmt: path.stat().st_size / 2**20 for fmt, path in files.items()}
-    agree = agreement(segs["m4a"], segs["flac"], truth)
-    wall = {fmt: statistics.median(w for w, _, _ in v) for fmt, v in runs.items()}
+    wall = {fmt: statistics.median(r[0] for r in v) for fmt, v in runs.items()}
+    cpu = {fmt: statistics.median(r[1] for r in v) for fmt, v in runs.items()}
     print(
-        f"{seconds / 60:.1f} min of RAVDESS at {RATE} Hz with pauses; AAC at {args.bit_rate // 1000} kbit/s; "
-        f"annotate -j 2, empty cache; medians of {args.repeats}"
+        f"{seconds / 60:.1f} min of RAVDESS at {RATE} Hz with pauses; annotate -j 2, empty cache; "
+        f"medians of {args.repeats}; load average {os.getloadavg()[0]:.1f}"
     )
-    head = f"{'file':<5} {'MiB':>6} {'wall s':>7} {'vs flac':>7} {'largest proc':>12} {'process tree':>12}"
-    print(f"{head} {'status':>6}")
+    head = f"{'file':<5} {'MiB':>6} {'wall s':>7} {'vs flac':>7} {'CPU s':>7} {'vs flac':>7}"
+    print(f"{head} {'largest proc':>12} {'process tree':>12} {'status':>6}")
     for fmt in files:
-        largest = max(m for _, m, _ in runs[fmt])
-        tree = max(t for _, _, t in runs[fmt])
+        largest = max(r[2] for r in runs[fmt])
+        tree = max(r[3] for r in runs[fmt])
         print(
             f"{fmt:<5} {sizes[fmt]:>6.1f} {wall[fmt]:>7.1f} {wall[fmt] / wall['flac']:>6.2f}x "
-            f"{largest:>8.0f} MiB {tree:>8.0f} MiB {ann[fmt]['status']:>6}"
+            f"{cpu[fmt]:>7.1f} {cpu[fmt] / cpu['flac']:>6.2f}x "
+            f"{largest:>8.0f} MiB {tree:>8.0f} MiB {ann[fmt if fmt == 'flac' else rates[0]]['status']:>6}"
         )
-    same_file = ann["m4a"]["label"] == ann["flac"]["label"]
+    agree = {br: agreement(segs[br], segs["flac"], truth) for br in rates}
     print(
-        f"file label: m4a {ann['m4a']['label']}, flac {ann['flac']['label']} ({'same' if same_file else 'differs'}); "
-        f"speech segments: m4a {agree['segments_m4a']}, flac {agree['segments_flac']}, "
-        f"same label {agree['same_label']:.1%}, starts moved {agree['start_moved_median_s'] * 1000:.0f} ms (median)"
+        f"labels against the FLAC's: its file label {ann['flac']['label']}, {agree[rates[0]]['segments_flac']} "
+        f"speech segments, segment UAR {agree[rates[0]]['uar_flac']:.1%} on the four emotions' clips"
     )
-    print(
-        f"segment UAR on the four emotions' clips: m4a {agree['uar_m4a']:.1%}, flac {agree['uar_flac']:.1%}, "
-        f"difference {100 * (agree['uar_m4a'] - agree['uar_flac']):+.1f} points"
-    )
+    print(f"{'AAC':<5} {'file label':>10} {'segments':>9} {'same label':>10} {'starts moved':>12} {'UAR':>6}", end="")
+    print(f" {'vs flac':>8}")
+    for br, a in agree.items():
+        print(
+            f"{br // 1000:>3}k  {ann[br]['label']:>10} {a['segments_m4a']:>9} "
+            f"{a['same_label']:>10.1%} {a['start_moved_median_s'] * 1000:>9.0f} ms {a['uar_m4a']:>6.1%} "
+            f"{100 * (a['uar_m4a'] - a['uar_flac']):>+6.1f} pt"
+        )
     return 0
 
 
