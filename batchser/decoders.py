@@ -201,14 +201,19 @@ CHUNK = 1 << 15  # decoded frames (1,024 samples each for AAC) are handed on in 
 def _to_float(frame: Any, channels: int) -> np.ndarray:
     """A decoded frame's samples as float32 ``(samples, channels)``, integers scaled as libsndfile scales them.
 
-    Read from the frame's planes (``to_ndarray`` stacks them through numpy, three times slower).
+    Read from the frame's planes (``to_ndarray`` stacks them through numpy, three times
+    slower); float samples of one plane are a view of the frame's buffer (which the view
+    keeps from the decoder), copied once when the blocks are joined.
     """
     name, n, planes = frame.format.name, frame.samples, frame.planes
     planar = name.endswith("p")
     base = name[:-1] if planar else name
     dtype = _DTYPES[base]
     if planar:
-        x = np.stack([np.frombuffer(p, dtype=dtype, count=n) for p in planes], axis=1)
+        if len(planes) == 1:
+            x = np.frombuffer(planes[0], dtype=dtype, count=n)[:, None]
+        else:
+            x = np.stack([np.frombuffer(p, dtype=dtype, count=n) for p in planes], axis=1)
     else:
         k = len(frame.layout.channels)
         x = np.frombuffer(planes[0], dtype=dtype, count=n * k).reshape(n, k)
@@ -217,7 +222,7 @@ def _to_float(frame: Any, channels: int) -> np.ndarray:
     elif base in _SCALE:
         y = x.astype(np.float32) / np.float32(_SCALE[base])
     else:
-        y = x.astype(np.float32)  # a copy: the frame's buffer goes back to the decoder
+        y = x.astype(np.float32, copy=False)
     if y.shape[1] != channels:  # the layout changed inside the stream: its mix, on every channel
         y = np.repeat(y.mean(axis=1, keepdims=True), channels, axis=1)
     return y
@@ -302,7 +307,7 @@ class FFmpegFile:
         self.format = f"{demuxer}/{self._s.codec_context.name}"
         tb = self._s.time_base
         self._tb = Fraction(tb.numerator, tb.denominator) if tb else None
-        header_rate = self._s.codec_context.sample_rate or 0
+        header_rate = self._header_rate = self._s.codec_context.sample_rate or 0
         # Timestamps count samples: the MP4 family's sample tables, in units of the sample rate.
         self.exact = demuxer == MP4_DEMUXER and header_rate > 0 and self._tb == Fraction(1, header_rate)
         self._pos = 0  # sample index of the next sample read() returns
@@ -311,8 +316,6 @@ class FFmpegFile:
         self._prime()  # the rate and layout of what the decoder gives, not of the header
         self.samplerate = int(self._rate or header_rate)
         self.channels = int(self._channels or self._s.codec_context.channels or 1)
-        if self.samplerate != header_rate:  # implicit SBR: the header says half the rate decoded
-            self.exact = False
         self.frames = self._declared_frames()
 
     def _prime(self) -> None:
@@ -366,6 +369,8 @@ class FFmpegFile:
             if not self._rate:
                 self._rate, self._channels = frame.sample_rate, len(frame.layout.channels)
                 self._start_pts = frame.pts
+                if self._rate != self._header_rate:  # implicit SBR: the header says half the rate decoded
+                    self.exact = False  # timestamps no longer count output samples
             elif frame.sample_rate != self._rate:
                 raise FFmpegDecodeError(
                     f"cannot decode: the sample rate changes inside the stream ({self._rate} to {frame.sample_rate} Hz)"
@@ -394,10 +399,10 @@ class FFmpegFile:
                 out.append(block)
                 have += len(block)
                 if have >= CHUNK:
-                    yield out[0] if len(out) == 1 else np.concatenate(out)
+                    yield np.concatenate(out)  # a copy, even of one block: no view of a frame escapes
                     out, have = [], 0
         if out:
-            yield out[0] if len(out) == 1 else np.concatenate(out)
+            yield np.concatenate(out)
 
     def _declared_frames(self) -> int:
         s, c, rate = self._s, self._c, self.samplerate
