@@ -143,14 +143,15 @@ def agreement(m4a: pd.DataFrame, flac: pd.DataFrame, truth: pd.DataFrame) -> dic
         match.append(int(over.argmax()) if over.max() > 0 else -1)
     same = [j >= 0 and a["label"].iloc[i] == b["label"].iloc[j] for i, j in enumerate(match)]
     moved = [abs(a["start_s"].iloc[i] - b["start_s"].iloc[j]) for i, j in enumerate(match) if j >= 0]
-    uar = {}
+    uar, known_n = {}, 0
     for name, s in (("m4a", a), ("flac", b)):
         true = _truth(s, truth)
         known = true != ""
         uar[name] = _scores(true[known], s["label"].to_numpy()[known], list(EMOTION.values()))["uar"]
+        known_n = int(known.sum())
     return {"segments_m4a": len(a), "segments_flac": len(b), "same_label": float(np.mean(same)),
             "start_moved_median_s": float(np.median(moved)) if moved else float("nan"),
-            "uar_m4a": uar["m4a"], "uar_flac": uar["flac"]}  # fmt: skip
+            "uar_m4a": uar["m4a"], "uar_flac": uar["flac"], "scored_flac": known_n}  # fmt: skip
 
 
 def main() -> int:
@@ -207,7 +208,8 @@ def main() -> int:
     agree = {br: agreement(segs[br], segs["flac"], truth) for br in rates}
     print(
         f"labels against the FLAC's: its file label {ann['flac']['label']}, {agree[rates[0]]['segments_flac']} "
-        f"speech segments, segment UAR {agree[rates[0]]['uar_flac']:.1%} on the four emotions' clips"
+        f"speech segments, segment UAR {agree[rates[0]]['uar_flac']:.1%} on the {agree[rates[0]]['scored_flac']} "
+        "that lie on one of the four emotions' clips"
     )
     print(f"{'AAC':<5} {'file label':>10} {'segments':>9} {'same label':>10} {'starts moved':>12} {'UAR':>6}", end="")
     print(f" {'vs flac':>8}")
