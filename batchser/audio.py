@@ -1,8 +1,12 @@
-"""Decode any libsndfile-readable file, mix to mono, resample with soxr.
+"""Decode a recording, mix to mono, resample with soxr.
 
-One function does it, :func:`load`; failures raise :class:`AudioError` with a
-reason meant for the report's ``error`` column, and oddities that still allow
-a label (a truncated file, clipping) come back as ``Audio.warnings``.
+libsndfile decodes every format it reads (WAV at any bit depth, FLAC, OGG,
+MP3, AIFF…); a file it does not recognise goes to FFmpeg through PyAV
+(:mod:`batchser.decoders`: AAC/M4A, MP4/MOV audio tracks, WMA, AMR, WebM…),
+read through the same :class:`AudioStream`. One function decodes a file whole,
+:func:`load`; failures raise :class:`AudioError` with a reason meant for the
+report's ``error`` column, and oddities that still allow a label (a truncated
+file, clipping, damaged packets skipped) come back as ``Audio.warnings``.
 """
 
 from __future__ import annotations
@@ -21,17 +25,25 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from batchser.decoders import FFMPEG_EXTENSIONS, FFmpegDecodeError, FFmpegFile, NotFFmpegFormatError, decoder_tag
+
 __all__ = [
+    "EXACT_SEEK_FORMATS",
+    "LIBSNDFILE",
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
     "SILENCE_DBFS",
+    "UNRECOGNISED",
     "Audio",
     "AudioError",
     "AudioStream",
+    "Seekable",
     "aligned",
     "check_signal",
     "clip_warning",
+    "damaged_warning",
     "load",
+    "seekable",
 ]
 
 SILENCE_DBFS = -100
@@ -51,17 +63,26 @@ class AudioError(Exception):
     """A file that cannot be turned into usable audio; ``str()`` is the reason.
 
     ``transient`` is true when the cause was the system (a read error, a file
-    gone or locked), not the bytes: such a failure is retried by the next run,
-    never cached as the file's verdict.
+    gone or locked, a decoder not installed), not the bytes: such a failure is
+    retried by the next run, never cached as the file's verdict. ``decoder``
+    is :func:`~batchser.decoders.decoder_tag` when FFmpeg was asked too (the
+    verdict is then FFmpeg's as much as libsndfile's), else "".
     """
 
-    def __init__(self, reason: str, *, transient: bool = False) -> None:
+    def __init__(self, reason: str, *, transient: bool = False, decoder: str = "") -> None:
         super().__init__(reason)
         self.transient = transient
+        self.decoder = decoder
 
 
 # libsndfile's SFE_SYSTEM: the OS failed it (open or read), the bytes said nothing.
 _SFE_SYSTEM = 2
+# SF_ERR_UNRECOGNISED_FORMAT: not a format libsndfile reads (FFmpeg is asked next).
+_SF_ERR_UNRECOGNISED = 1
+# The reason libsndfile gives such a file, as the report writes it. Cache rows
+# with it predate FFmpeg decoding: the store reads them as absent.
+UNRECOGNISED = "cannot decode: Format not recognised"
+LIBSNDFILE = ""  # what AudioStream.decoder says when libsndfile decodes
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,8 @@ def _decode_errors() -> Iterator[None]:
             yield
     except AudioError:
         raise
+    except FFmpegDecodeError as exc:
+        raise AudioError(str(exc), transient=exc.transient) from None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as exc:
         raise _open_error(exc) from None
     except OSError as exc:
@@ -237,17 +260,29 @@ class AudioStream:
         # Bytes paths: soundfile encodes str paths strictly, and a name with bytes
         # that are not UTF-8 (kept by Python as lone surrogates) would not open.
         target = os.fsencode(source) if isinstance(source, (str, Path)) else source
+        self.decoder = LIBSNDFILE  # or decoder_tag(): FFmpeg's, which the cache keys such files' rows by
+        self._f: sf.SoundFile | FFmpegFile
         with _decode_errors():
             if isinstance(target, bytes) and os.path.getsize(target) == 0:
                 raise AudioError("cannot decode: empty file (0 bytes)")
-            self._f = sf.SoundFile(target)
+            try:
+                self._f = sf.SoundFile(target)
+            except sf.LibsndfileError as exc:
+                # FFmpeg is asked about a format libsndfile does not know, and about any file named
+                # as FFmpeg's (libsndfile's MP3 probe can take a damaged M4A for MPEG audio).
+                if exc.code == _SFE_SYSTEM or (exc.code != _SF_ERR_UNRECOGNISED and not _ffmpeg_named(source)):
+                    raise
+                self._f = _open_ffmpeg(target, source, refused=exc)
+                self.decoder = decoder_tag() or ""
         self.source = source
         self.sample_rate = sample_rate
         self.orig_sample_rate, self.channels = int(self._f.samplerate), int(self._f.channels)
         self.declared_frames = int(self._f.frames)
+        # Whether declared_frames counts the samples (not an estimate), so that fewer decoded means truncated.
+        self._declared_exact = getattr(self._f, "exact", True)
         if not MIN_SAMPLE_RATE <= self.orig_sample_rate <= MAX_SAMPLE_RATE:
             self._f.close()
-            raise AudioError(f"implausible sample rate {self.orig_sample_rate} Hz in the header")
+            raise AudioError(f"implausible sample rate {self.orig_sample_rate} Hz in the header", decoder=self.decoder)
         self.frames = 0  # input frames decoded
         self.end_frame = 0  # input frame where decoding stopped
         self.peak = 0.0
@@ -293,16 +328,17 @@ class AudioStream:
     def span(self, start: int = 0, stop: int | None = None, *, preroll: int = 0) -> Iterator[np.ndarray]:
         """Blocks of the samples ``[start, stop)`` at ``sample_rate`` (``stop`` None: to the end).
 
-        Decoding starts from a seek, ``preroll`` output samples before
-        ``start`` (and reads as far past ``stop``), so that the resampler's
-        filter is settled at both edges and the samples equal those of a
-        whole-file decode up to float rounding. ``start - preroll`` must fall
-        on an input sample (:func:`aligned`). Iterate once.
+        Decoding starts from a seek, at least ``preroll`` output samples
+        before ``start`` (and reads as far past ``stop``), so that the
+        resampler's filter is settled at both edges and the samples equal
+        those of a whole-file decode up to float rounding. The seek lands on
+        the last output sample at or before ``start - preroll`` that falls on
+        an input sample (:func:`aligned`: every 160th at 44.1 kHz to 16 kHz),
+        so the output keeps the whole file's sample grid. Iterate once.
         """
         ratio = Fraction(self.orig_sample_rate, self.sample_rate)
         first = max(0, start - preroll)
-        if not aligned(first, self.orig_sample_rate, self.sample_rate):
-            raise ValueError(f"sample {first} at {self.sample_rate} Hz falls between input samples")
+        first -= first % ratio.denominator  # on an input sample
         in_first = int(first * ratio)
         in_stop = None if stop is None else math.ceil((stop + preroll) * ratio)
         if in_first:
@@ -360,15 +396,94 @@ class AudioStream:
             )
             if short is not None:
                 out.append(f"truncated: header declares {short[0]} bytes of audio, the file holds {short[1]}")
-            elif 0 < self.end_frame < self.declared_frames:
+            elif 0 < self.end_frame < self.declared_frames and self._declared_exact:
                 out.append(
                     f"truncated: header declares {self.declared_duration_s:.3f} s, "
                     f"data holds {self.end_frame / self.orig_sample_rate:.3f} s"
                 )
+        damaged = getattr(self._f, "damaged", 0)
+        if damaged:
+            out.append(damaged_warning(damaged, self._f.packets))  # type: ignore[union-attr]
         clip = clip_warning(self._clipped, self.frames * self.channels)
         if clip:
             out.append(clip)
         return tuple(out)
+
+
+# libsndfile formats whose seek lands on the exact sample (PCM containers, FLAC); MP3 and OGG do not.
+EXACT_SEEK_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AIFC", "CAF", "FLAC"})
+
+
+@dataclass(frozen=True)
+class Seekable:
+    """A file whose seeks land on the exact sample: its declared length and rate."""
+
+    frames: int
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def seekable(path: str | Path) -> Seekable | None:
+    """The length and rate of ``path`` when its seeks are sample-exact, else None.
+
+    PCM containers and FLAC through libsndfile; the MP4 family (M4A, MP4,
+    MOV, 3GP) through FFmpeg, whose sample tables time every sample
+    (:class:`~batchser.decoders.FFmpegFile`). A long file is split into parts
+    across cores only then (:func:`batchser.longfile.plan_parts`).
+    """
+    target = os.fsencode(path)
+    try:
+        info = sf.info(target)
+    except sf.LibsndfileError as exc:
+        if exc.code != _SF_ERR_UNRECOGNISED:
+            return None
+    except (RuntimeError, OSError):
+        return None
+    else:
+        ok = info.format in EXACT_SEEK_FORMATS and info.samplerate > 0
+        return Seekable(int(info.frames), int(info.samplerate)) if ok else None
+    try:
+        with FFmpegFile(target) as f:
+            return Seekable(f.frames, f.samplerate) if f.exact and f.samplerate > 0 else None
+    except (FFmpegDecodeError, NotFFmpegFormatError, OSError):
+        return None
+
+
+def damaged_warning(damaged: int, packets: int) -> str:
+    """The warning for ``damaged`` of ``packets`` compressed packets whose data the decoder refused (skipped)."""
+    return f"damaged: {damaged} of {packets} packets could not be decoded and were skipped"
+
+
+def _open_ffmpeg(target: bytes | BinaryIO, source: str | Path | BinaryIO, *, refused: Exception) -> FFmpegFile:
+    """``target`` opened with FFmpeg, after libsndfile did not recognise its format.
+
+    Raises
+    ------
+    AudioError
+        With FFmpeg's reason, or libsndfile's when FFmpeg finds nothing either (or
+        takes the file for a format libsndfile reads itself); ``decoder`` says
+        FFmpeg was asked, so the verdict is cached as FFmpeg's.
+    """
+    tag = decoder_tag() or ""
+    try:
+        return FFmpegFile(target)
+    except FFmpegDecodeError as exc:
+        if exc.transient and not _ffmpeg_named(source):
+            raise refused from None  # no PyAV: a file not named as FFmpeg's keeps libsndfile's verdict
+        raise AudioError(str(exc), transient=exc.transient, decoder="" if exc.transient else tag) from None
+    except NotFFmpegFormatError as exc:
+        reason = str(_open_error(refused))
+        if _ffmpeg_named(source) and not exc.demuxer:
+            reason = f"cannot decode: neither libsndfile nor FFmpeg recognises it as audio ({exc})"
+        raise AudioError(reason, decoder=tag) from None
+
+
+def _ffmpeg_named(source: str | Path | BinaryIO) -> bool:
+    name = source if isinstance(source, (str, Path)) else getattr(source, "name", "")
+    return isinstance(name, (str, Path)) and os.path.splitext(str(name))[1].lower() in FFMPEG_EXTENSIONS
 
 
 def clip_warning(clipped: int, samples: int) -> str:

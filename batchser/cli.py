@@ -22,6 +22,7 @@ from pathlib import Path
 from batchser import __version__
 from batchser.cache import CacheError
 from batchser.capture import CaptureError, CaptureSetupError
+from batchser.discover import skipped_lines
 from batchser.engine import EngineError
 from batchser.job import JobSummary, NoInputError, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
@@ -47,6 +48,8 @@ def _print_summary(s: JobSummary) -> None:
         + (f", {s.n_no_speech} without speech" if s.n_no_speech else "")
         + f"  ({s.seconds:.1f} s, {rate:,.0f} files/s)"
     )
+    if s.skipped:
+        print("skipped (no report rows): " + "; ".join(skipped_lines(s.skipped)))
     for path, reason in s.failures[:5]:
         print(f"  failed: {path}: {reason}")
     if s.n_failed > 5:

@@ -1,11 +1,17 @@
 """Expand manifest inputs into a stable, sorted list of audio files.
 
-A file is audio when its extension is one libsndfile reads, or, for any other
-extension, when libsndfile can open its header. Files with an audio extension
-are always kept, even when broken: the report must say why they failed.
-An input naming a .zip/.tar/.tar.gz/.tgz (directly or through a glob) stands
-for the audio members inside it (by extension); an unreadable archive is one
-entry with the reason.
+A file is audio when its extension is one libsndfile reads or one of the
+recordings FFmpeg reads (:data:`batchser.decoders.FFMPEG_EXTENSIONS`: M4A, MP4,
+MOV, WMA, AMR, WebM…), or, for any other extension, when libsndfile can open its
+header or its first bytes are those of an MP4, ASF, Matroska or AMR container.
+Files with an audio extension are always kept, even when broken: the report
+must say why they failed. Other files under a folder (a ``.docx``, a labels
+CSV, an archive, which is opened only when named) are no report rows, but
+never silent either: :class:`Skipped` counts them by extension for the
+summary ("3 .docx: no decoder reads them"). An input naming a
+.zip/.tar/.tar.gz/.tgz (directly or through a glob) stands for the audio
+members inside it (by extension); an unreadable archive is one entry with the
+reason.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import heapq
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
@@ -32,10 +39,12 @@ from batchser.archive import (
     list_members,
     member_name,
 )
+from batchser.decoders import FFMPEG_EXTENSIONS, looks_like_ffmpeg_media
 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "UNLISTABLE",
+    "Skipped",
     "SourceFile",
     "archives_under",
     "discover",
@@ -46,10 +55,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = frozenset(
-    {f".{k.lower()}" for k in sf.available_formats()}
-    | {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf"}
-) - {".raw"}  # headerless PCM cannot be told from any other bytes
+AUDIO_EXTENSIONS = (
+    frozenset(
+        {f".{k.lower()}" for k in sf.available_formats()}
+        | {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf"}
+    )
+    - {".raw"}  # headerless PCM cannot be told from any other bytes
+) | FFMPEG_EXTENSIONS
 
 
 # The error of a folder that could not be listed (no permission, a path over
@@ -86,8 +98,51 @@ class SourceFile:
         return member_name(self.path, self.member) if self.member else str(self.path)
 
 
+NO_DECODER = "no decoder reads them"
+NOT_OPENED = "archives inside a folder are not opened (name them as inputs to label their audio)"
+NO_EXTENSION = "(no extension)"
+MAX_KINDS = 100  # extensions counted one by one; the rest together
+
+
+@dataclass
+class Skipped:
+    """The files discovery passed over (not audio to any decoder here), counted by extension.
+
+    Hidden files, folders and FIFOs are not counted: they were never
+    candidates. Memory is one counter per extension (at most ``MAX_KINDS``).
+    """
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, name: str) -> None:
+        ext = os.path.splitext(name)[1].lower() or NO_EXTENSION
+        if ext in (".gz", ".tgz") and name.lower().endswith((".tar.gz", ".tgz")):
+            ext = ".tar.gz" if name.lower().endswith(".tar.gz") else ".tgz"
+        if ext not in self.counts and len(self.counts) >= MAX_KINDS:
+            ext = "(other extensions)"
+        self.counts[ext] += 1
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    def rows(self) -> list[dict[str, object]]:
+        """``{"extension", "files", "why"}`` per extension, most files first (``summary.json``'s ``skipped``)."""
+        return [
+            {"extension": ext, "files": n, "why": NOT_OPENED if is_archive(f"x{ext}") else NO_DECODER}
+            for ext, n in sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
+
+
+def skipped_lines(rows: Sequence[dict[str, object]]) -> list[str]:
+    """``"3 .xyz: no decoder reads them"`` for each row of :meth:`Skipped.rows`."""
+    return [f"{r['files']} {r['extension']}: {r['why']}" for r in rows]
+
+
 def _looks_like_audio(path: str) -> bool:
     try:
+        with open(path, "rb") as fh:
+            if looks_like_ffmpeg_media(fh.read(16)):
+                return True
         sf.info(path)
     except Exception:  # noqa: BLE001 - any failure means "not audio" for a probe
         return False
@@ -162,7 +217,9 @@ def _stat(path: str, index: int) -> SourceFile | None:
     return SourceFile(Path(path), index, st.st_size, st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
 
 
-def _members(path: str, index: int, max_member_bytes: int, max_ratio: float) -> Iterator[SourceFile]:
+def _members(
+    path: str, index: int, max_member_bytes: int, max_ratio: float, skipped: Skipped | None
+) -> Iterator[SourceFile]:
     rec = _stat(os.path.abspath(path), index)
     if rec is None or rec.error:
         if rec is not None:
@@ -175,6 +232,8 @@ def _members(path: str, index: int, max_member_bytes: int, max_ratio: float) -> 
         return
     for m in members:
         if os.path.splitext(m.name)[1].lower() not in AUDIO_EXTENSIONS:
+            if skipped is not None and not os.path.basename(m.name).startswith("."):
+                skipped.add(m.name)
             continue
         error = f"a link inside the archive (to {m.link}): links are not followed" if m.link else ""
         if m.size > max_member_bytes:
@@ -309,10 +368,17 @@ def discover(
     max_member_bytes: Sequence[int] | None = None,
     max_member_ratio: Sequence[float] | None = None,
     progress: bool = False,
+    skipped: Skipped | None = None,
 ) -> list[SourceFile]:
     """Files under each input path, sorted by path, each listed once: ``list(iter_files(...))``."""
     return list(
-        iter_files(paths, max_member_bytes=max_member_bytes, max_member_ratio=max_member_ratio, progress=progress)
+        iter_files(
+            paths,
+            max_member_bytes=max_member_bytes,
+            max_member_ratio=max_member_ratio,
+            progress=progress,
+            skipped=skipped,
+        )
     )
 
 
@@ -322,6 +388,7 @@ def iter_files(
     max_member_bytes: Sequence[int] | None = None,
     max_member_ratio: Sequence[float] | None = None,
     progress: bool = False,
+    skipped: Skipped | None = None,
 ) -> Iterator[SourceFile]:
     """Files under each input path, in the order of their names, each once, as they are found.
 
@@ -342,6 +409,9 @@ def iter_files(
     progress : bool
         Count the entries looked at on a tqdm bar (stderr): a tree of 100,000
         files takes a while to list and probe.
+    skipped : Skipped or None
+        Counts the files under folders (and inside archives) that are not
+        audio, by extension, as they are passed over.
 
     Yields
     ------
@@ -362,7 +432,7 @@ def iter_files(
             raise FileNotFoundError(f"input {root} does not exist")
     # Each input's files come sorted; merging them keeps the order, and ties
     # (one file under two inputs) come first from the first input.
-    streams = [_found(root, index, bar, limits[index], ratios[index]) for index, root in enumerate(paths)]
+    streams = [_found(root, index, bar, limits[index], ratios[index], skipped) for index, root in enumerate(paths)]
     last = None
     with bar:
         for key, rec in heapq.merge(*streams, key=lambda item: item[0]):
@@ -372,7 +442,7 @@ def iter_files(
 
 
 def _found(
-    root: Path, index: int, bar: tqdm, max_member_bytes: int, max_ratio: float
+    root: Path, index: int, bar: tqdm, max_member_bytes: int, max_ratio: float, skipped: Skipped | None
 ) -> Iterator[tuple[str, SourceFile]]:
     """(name, file) of one input, in name order."""
     for path, explicit, error in _expand(root):
@@ -383,7 +453,8 @@ def _found(
             continue
         if explicit and is_archive(path):  # its members, listed and sorted in memory
             yield from sorted(
-                ((rec.name, rec) for rec in _members(path, index, max_member_bytes, max_ratio)), key=lambda t: t[0]
+                ((rec.name, rec) for rec in _members(path, index, max_member_bytes, max_ratio, skipped)),
+                key=lambda t: t[0],
             )
             continue
         key = os.path.abspath(path)
@@ -391,3 +462,5 @@ def _found(
         rec = _stat(key, index)
         if rec is not None and _candidate(path, explicit=explicit, probe=not rec.error):
             yield key, rec
+        elif rec is not None and skipped is not None and not os.path.basename(path).startswith("."):
+            skipped.add(path)  # a regular file no decoder reads: counted, never silent

@@ -49,7 +49,7 @@ from batchser.longfile import (
     vad_part,
 )
 from batchser.segments import SegmentSpec
-from batchser.tasks import CHANGED, VANISHED, ExtractTask, error_record, retry_record
+from batchser.tasks import CHANGED, VANISHED, ExtractTask, decoded_by, error_record, retry_record
 
 __all__ = [
     "EngineError",
@@ -179,10 +179,21 @@ def _decode_and_extract(
     if data is not None:
         source = data.spill if data.spill is not None else io.BytesIO(data.data or b"")  # type: ignore[assignment]
     try:
-        with AudioStream(source, sample_rate=spec.sample_rate) as stream:
-            if segments is not None and stream.declared_duration_s > segments.over_s:
-                return extract_segmented(task, stream, spec=spec, seg=segments)
-            audio = stream.read_all()
+        stream = AudioStream(source, sample_rate=spec.sample_rate)
+    except AudioError as exc:
+        return retry_record(task, str(exc)) if exc.transient else decoded_by(error_record(task, str(exc)), exc.decoder)
+    with stream:
+        # The record says what decoded the bytes: the cache files FFmpeg's verdicts apart (FeatureStore).
+        return decoded_by(_analyse(task, stream, spec=spec, segments=segments), stream.decoder)
+
+
+def _analyse(
+    task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, segments: SegmentSpec | None
+) -> FeatureRecord:
+    try:
+        if segments is not None and stream.declared_duration_s > segments.over_s:
+            return extract_segmented(task, stream, spec=spec, seg=segments)
+        audio = stream.read_all()
     except AudioError as exc:
         return retry_record(task, str(exc)) if exc.transient else error_record(task, str(exc))
     if audio.samples.size < spec.n_fft:

@@ -18,7 +18,7 @@ import numpy as np
 
 from batchser.archive import MAX_MEMBER_BYTES, MAX_MEMBER_RATIO
 from batchser.cache import FeatureStore
-from batchser.discover import SourceFile, archives_under, iter_files
+from batchser.discover import Skipped, SourceFile, archives_under, iter_files, skipped_lines
 from batchser.features import FeatureSpec
 from batchser.featurize import Executors, file_features
 from batchser.hashing import progress_bar
@@ -308,10 +308,12 @@ def _list_files(
     summary: JobSummary,
     *,
     progress: bool,
+    skipped: Skipped | None = None,
 ) -> list[SourceFile]:
     """Discover the inputs and label each file, into ``listing``; returns the queue's clips.
 
-    Speaker folders that are not a speaker's each go into ``summary.speaker_folders``.
+    Speaker folders that are not a speaker's each go into ``summary.speaker_folders``;
+    files no decoder reads are counted in ``skipped``.
 
     Raises
     ------
@@ -327,7 +329,7 @@ def _list_files(
     queued: list[SourceFile] = []
     files: list[SourceFile] = []
     labels: list[Label] = []
-    for f in iter_files(paths, max_member_bytes=limits, max_member_ratio=ratios, progress=progress):
+    for f in iter_files(paths, max_member_bytes=limits, max_member_ratio=ratios, progress=progress, skipped=skipped):
         label = label_fns[f.input_index](Path(f.name) if f.member else f.path)
         coverage.add(f, label)
         folders.add(f.input_index, label)
@@ -499,9 +501,13 @@ def _run(
     # The spools: a few dozen bytes per file on disk (TMPDIR), removed at the end.
     with work_folder() as work:
         listing, hashed = Spool(work / "listing.parquet"), Spool(work / "hashed.parquet")
-        queued = _list_files(manifest, paths, label_fns, listing, summary, progress=progress)
+        skipped = Skipped()
+        queued = _list_files(manifest, paths, label_fns, listing, summary, progress=progress, skipped=skipped)
+        summary.skipped = skipped.rows()
         n = len(listing)
         log.info("%s: %d files discovered", manifest.name, n)
+        for line in skipped_lines(summary.skipped):
+            log.info("skipped %s", line)
         if not n and not (manifest.allow_empty or allow_empty):
             where = ", ".join(str(manifest.resolve(i.path)) for i in manifest.inputs)
             archives = archives_under(paths[: len(manifest.inputs)])
@@ -518,9 +524,10 @@ def _run(
                 else " Check the path (an unmounted share? an empty folder?), or set allow_empty: true in "
                 f"{manifest.manifest_file.name} to write empty reports"
             )
+            passed = f" (skipped: {'; '.join(skipped_lines(summary.skipped))})" if summary.skipped else ""
             raise NoInputError(
-                f"no audio files found in {where}; nothing was labelled and the reports in {manifest.output_dir} "
-                f"are left as they were.{hint}{opt_in}"
+                f"no audio files found in {where}{passed}; nothing was labelled and the reports in "
+                f"{manifest.output_dir} are left as they were.{hint}{opt_in}"
             )
         clock.lap("discover")
         # The reports' staging folder outlives the store (closed before the reports are

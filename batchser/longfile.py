@@ -19,13 +19,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 
-from batchser.audio import AudioError, AudioStream, aligned, check_signal, clip_warning
+from batchser.audio import AudioError, AudioStream, aligned, check_signal, clip_warning, seekable
 from batchser.cache import NO_SPEECH, FeatureRecord
+from batchser.decoders import MP4_EXTENSIONS
 from batchser.features import FeatureSpec, SlidingExtractor, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, windows
-from batchser.tasks import CHANGED, VANISHED, ExtractTask
+from batchser.tasks import CHANGED, VANISHED, ExtractTask, decoded_by
 from batchser.vad import FRAME, FRAME_S, HANG, Segmenter, SpeechProbabilities, detector, speech_segments
 
 __all__ = [
@@ -106,9 +106,11 @@ def extract_segmented(task: ExtractTask, stream: AudioStream, *, spec: FeatureSp
 PART_S = 300.0  # audio per part of a long file: a few seconds of work, so progress moves and cores share it
 PARTS_IN_PROCESS_S = 3600.0
 PREROLL_S = 1.0  # decoded before (and after) a part, then dropped: the resampler settles
-# Formats whose seek lands on the exact sample (PCM containers, FLAC); others stream whole.
-SPLIT_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "AIFC", "CAF", "FLAC"})
-SPLIT_SUFFIXES = frozenset({".wav", ".wave", ".rf64", ".w64", ".aif", ".aiff", ".aifc", ".caf", ".flac"})
+# Names of the formats whose seek lands on the exact sample (PCM containers, FLAC, the MP4 family:
+# batchser.audio.seekable); others stream whole. Other names are not even opened to ask.
+SPLIT_SUFFIXES = frozenset({".wav", ".wave", ".rf64", ".w64", ".aif", ".aiff", ".aifc", ".caf", ".flac"}) | (
+    MP4_EXTENSIONS
+)
 PROBE_BYTES = 1 << 20  # smaller files cannot hold two parts' worth of audio
 
 
@@ -128,6 +130,11 @@ class PartResult:
     warnings: tuple[str, ...] = ()  # from the part that reached the end of the data
     segments: Segments | None = None
     probs: np.ndarray | None = None  # speech segments' first pass: each frame's speech probability
+    decoder: str = ""  # AudioStream.decoder: what decoded the part
+
+
+def _decoder_of(parts: Sequence[PartResult]) -> str:
+    return next((p.decoder for p in parts if p.decoder), "")
 
 
 def part_seconds(task: ExtractTask, seg: SegmentSpec) -> float:
@@ -138,7 +145,8 @@ def part_seconds(task: ExtractTask, seg: SegmentSpec) -> float:
 def plan_parts(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> list[ExtractTask]:
     """``task`` as the parts a long file is analysed in (``[task]`` when it is not split).
 
-    A file is split when it is a PCM or FLAC file (exact seeks) holding at
+    A file is split when its seeks are sample-exact (PCM, FLAC, or the MP4
+    family through FFmpeg: :func:`~batchser.audio.seekable`), it holds at
     least two parts' worth of windows, its listing stamp is known (each part
     checks it), and part starts fall on input samples. The plan depends on
     the file alone, never on the workers, so reports do not either.
@@ -147,14 +155,11 @@ def plan_parts(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> lis
         return [task]
     if os.path.splitext(task.path)[1].lower() not in SPLIT_SUFFIXES:
         return [task]
-    try:
-        info = sf.info(os.fsencode(task.path))
-    except (sf.LibsndfileError, RuntimeError, OSError):
-        return [task]  # the worker says what is wrong with it
-    if info.format not in SPLIT_FORMATS or not info.samplerate:
-        return [task]
+    info = seekable(task.path)
+    if info is None:
+        return [task]  # streamed in one pass; the worker says what is wrong with a broken file
     sr = spec.sample_rate
-    total = round(info.frames * sr / info.samplerate)
+    total = round(info.frames * sr / info.sample_rate)
     if seg.speech:  # parts of whole 32 ms frames, so the frames of all parts are the file's
         hop = FRAME
         per = max(1, round(PART_S / FRAME_S))
@@ -164,10 +169,10 @@ def plan_parts(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> lis
         per = max(1, round(PART_S / seg.hop_s))
         n_windows = (total - round(seg.window_s * sr)) // hop + 1 if total >= round(seg.window_s * sr) else 0
     n_parts = n_windows // per
-    if info.duration <= seg.over_s or n_parts < 2:
+    if info.duration_s <= seg.over_s or n_parts < 2:
         return [task]
     preroll = round(PREROLL_S * sr)
-    if not all(aligned(max(0, k * per * hop - preroll), info.samplerate, sr) for k in range(n_parts)):
+    if not all(aligned(max(0, k * per * hop - preroll), info.sample_rate, sr) for k in range(n_parts)):
         return [task]
     return [dataclasses.replace(task, part=k, n_parts=n_parts, part_windows=per) for k in range(n_parts)]
 
@@ -206,7 +211,7 @@ def extract_part(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> P
     except OSError as exc:
         return PartResult(task, "retry", f"cannot read: {exc.strerror or exc}; rerun to retry")
     except AudioError as exc:
-        return PartResult(task, "retry" if exc.transient else "error", str(exc))
+        return PartResult(task, "retry" if exc.transient else "error", str(exc), decoder=exc.decoder)
     return PartResult(
         task,
         "ok",
@@ -219,6 +224,7 @@ def extract_part(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> P
         stream.peak,
         tuple(w for w in warnings if not w.startswith("clipped")),  # clipping is summed over parts
         segments,
+        decoder=stream.decoder,
     )
 
 
@@ -246,6 +252,10 @@ def _merge_meta(parts: Sequence[PartResult]) -> FeatureRecord | tuple[ExtractTas
 
 def merge_parts(parts: Sequence[PartResult]) -> FeatureRecord:
     """The record of a long file from all its windows' parts (any order), as :func:`extract_one` would give it."""
+    return decoded_by(_merge_parts(parts), _decoder_of(parts))
+
+
+def _merge_parts(parts: Sequence[PartResult]) -> FeatureRecord:
     meta = _merge_meta(sorted(parts, key=lambda p: p.task.part))
     if isinstance(meta, FeatureRecord):
         return meta
@@ -441,7 +451,7 @@ def _read_part(task: ExtractTask, start: int, stop: int | None, sr: int, analyse
     except OSError as exc:
         return PartResult(task, "retry", f"cannot read: {exc.strerror or exc}; rerun to retry")
     except AudioError as exc:
-        return PartResult(task, "retry" if exc.transient else "error", str(exc))
+        return PartResult(task, "retry" if exc.transient else "error", str(exc), decoder=exc.decoder)
     segments, probs = (got, None) if isinstance(got, Segments) else (None, got)
     return PartResult(
         task,
@@ -456,6 +466,7 @@ def _read_part(task: ExtractTask, start: int, stop: int | None, sr: int, analyse
         tuple(w for w in warnings if not w.startswith("clipped")),
         segments,
         probs,
+        decoder=stream.decoder,
     )
 
 
@@ -470,14 +481,15 @@ def speech_plan(
     parts = sorted(parts, key=lambda q: q.task.part)
     meta = _merge_meta(parts)
     if isinstance(meta, FeatureRecord):
-        return meta
+        return decoded_by(meta, _decoder_of(parts))
     task, rate, channels, duration, warning = meta
     sr = spec.sample_rate
     probs = np.concatenate([q.probs for q in parts if q.probs is not None])
     total = round(duration * sr)
     spans = _spans(speech_segments(probs, seg.segmenter()), seg=seg, total=total, sr=sr)
     if not spans:
-        return no_speech_record(task, rate=rate, channels=channels, duration=duration, warning=warning)
+        record = no_speech_record(task, rate=rate, channels=channels, duration=duration, warning=warning)
+        return decoded_by(record, _decoder_of(parts))
     per = task.part_windows * FRAME
     by_part: dict[int, list[tuple[float, float, float]]] = {}
     for a, b, prob in spans:
@@ -487,6 +499,10 @@ def speech_plan(
 
 def merge_speech(first: Sequence[PartResult], second: Sequence[PartResult]) -> FeatureRecord:
     """The record of a long file from both passes: the first's metadata, the second's segments."""
+    return decoded_by(_merge_speech(first, second), _decoder_of([*first, *second]))
+
+
+def _merge_speech(first: Sequence[PartResult], second: Sequence[PartResult]) -> FeatureRecord:
     meta = _merge_meta(sorted(first, key=lambda q: q.task.part))
     if isinstance(meta, FeatureRecord):
         return meta

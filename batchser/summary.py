@@ -57,6 +57,8 @@ class JobSummary:
     # Folders that could not be listed (their files are missing from the job): how many, and the first ones.
     n_unlisted: int = 0
     unlisted: list[str] = field(default_factory=list)
+    # Files under the inputs no decoder reads, by extension (discover.Skipped.rows): not rows, never silent.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     label_counts: dict[str, int] = field(default_factory=dict)
     reports: list[Path] = field(default_factory=list)
     model_id: str = ""
@@ -201,6 +203,7 @@ def summary_payload(
         "segmentation": segmentation(m),
         "failures": [{"path": p, "error": e} for p, e in s.failures[:20]],
         "unlisted_folders": {"count": s.n_unlisted, "first": s.unlisted},
+        "skipped": s.skipped,  # [{"extension": ".docx", "files": 3, "why": "no decoder reads them"}]
         "labels": s.label_counts,
         "model": model_id,
         "model_corpora": list(model_corpora),  # what the model was trained on

@@ -6,13 +6,14 @@ and of files the bytes decide cannot be analysed (``error``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from batchser.audio import Audio
 from batchser.cache import FeatureRecord
 
-__all__ = ["CHANGED", "VANISHED", "ExtractTask", "error_record", "retry_record"]
+__all__ = ["CHANGED", "VANISHED", "ExtractTask", "decoded_by", "error_record", "retry_record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +64,10 @@ def error_record(task: ExtractTask, reason: str, audio: Audio | None = None) -> 
         None,
         "; ".join(audio.warnings),
     )
+
+
+def decoded_by(record: FeatureRecord, decoder: str) -> FeatureRecord:
+    """``record`` marked as the verdict of ``decoder`` (see :attr:`FeatureRecord.decoder`; "" is libsndfile)."""
+    if not decoder or record.status == "retry" or record.decoder == decoder:
+        return record
+    return dataclasses.replace(record, decoder=decoder)

@@ -94,3 +94,13 @@ def test_report_page_prints_render_load_and_size() -> None:
     lines = bench("report_page.py", "--files", "2000")
     cells = [c.strip() for c in next(line for line in lines if line.startswith("| 2,000 |")).split("|")]
     assert float(cells[2]) > 0 and float(cells[3]) > 0 and float(cells[4]) > 0
+
+
+def test_formats_compares_an_m4a_with_its_flac(ravdess48_dir: Path) -> None:
+    lines = bench("formats.py", "--minutes", "0.5", "--repeats", "1", "--bit-rates", "96000,192000")
+    flac, m4a = row(lines, "flac"), row(lines, "m4a")
+    assert flac[3] == flac[5] == "1.00x" and m4a[3].endswith("x") and m4a[5].endswith("x")  # wall, CPU vs FLAC
+    assert flac[-1] == m4a[-1] == "ok" and m4a[7] == "MiB" and float(m4a[6]) > 0
+    for rate in ("96k", "192k"):  # file label, segments, share of segment labels equal to the FLAC's, ...
+        cells = row(lines, rate)
+        assert int(cells[2]) > 0 and cells[3].endswith("%") and cells[-1] == "pt"

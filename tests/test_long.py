@@ -200,6 +200,18 @@ def test_a_long_file_in_parts_gives_the_windows_of_one_pass(
         np.testing.assert_allclose(rec.segments.vectors, b.vectors, rtol=1e-6, atol=1e-6)
 
 
+def test_speech_parts_of_a_44k_file_start_between_its_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 44.1 kHz only every 160th 16 kHz sample falls on an input sample; the parts' reads start on one."""
+    monkeypatch.setattr(longfile, "PART_S", 20.0)
+    path = tmp_path / "long.wav"
+    _long_file(path, minutes=1.5, sr=44100)
+    task, seg = _listed(path), SegmentSpec()  # speech segments: frames of 512 samples, parts of whole frames
+    assert len(plan_parts(task, spec=SPEECH, seg=seg)) == 4
+    ((split,),) = run_tasks([task], spec=SPEECH, segments=seg, backend="sequential", in_process_below=0)
+    whole = extract_one(task, spec=SPEECH, segments=seg)
+    assert (split.status, split.error, split.duration_s) == (whole.status, whole.error, whole.duration_s)
+
+
 def test_parts_of_a_truncated_changed_or_silent_long_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(longfile, "PART_S", 20.0)
     seg = SegmentSpec(method="windows")

@@ -13,9 +13,15 @@ Layout under the cache folder::
 
 A feature row is keyed by (content hash of the file's bytes, feature key):
 renamed or copied files share it, and any change of features, parameters or
-segmentation misses. Opening a store reads no rows: a job looks up the hashes
-it needs, and reads (and verifies) only the row groups holding them, so it
-costs what its own files cost, not what the cache holds (``bench/cache_scale.py``).
+segmentation misses. A file libsndfile does not recognise is decoded by FFmpeg
+(:mod:`batchser.decoders`), whose samples depend on its version: its row is
+filed under ``<content hash>+<decoder tag>`` (``…+ffmpeg-8.1.2-r1``), so it never
+serves a job decoding with another FFmpeg, and the rows of every file libsndfile
+reads keep their keys (caches written before FFmpeg decoding stay valid).
+
+Opening a store reads no rows: a job looks up the hashes it needs, and reads
+(and verifies) only the row groups holding them, so it costs what its own
+files cost, not what the cache holds (``bench/cache_scale.py``).
 Rows for files the bytes cannot be labelled from are kept too (a rerun does
 not decode a broken file again); failures of one run (a read error, a file
 that vanished or changed during the job) are never kept.
@@ -40,16 +46,18 @@ import numpy as np
 import pyarrow as pa
 
 from batchser.atomic import atomic_write_text
+from batchser.audio import UNRECOGNISED
 from batchser.cache.claims import Claims
 from batchser.cache.errors import CacheError
 from batchser.cache.index import CacheIndex, Location
 from batchser.cache.maintain import compact, folder_key, sync
 from batchser.cache.parts import DamagedPartError, Parts, read_rows
+from batchser.decoders import decoder_tag
 from batchser.features import FeatureSpec
 from batchser.segments import Segments, SegmentSpec
 from batchser.vad import detector
 
-__all__ = ["FeatureRecord", "FeatureStore", "FileChangedError", "hash_file"]
+__all__ = ["FeatureRecord", "FeatureStore", "FileChangedError", "hash_file", "row_key"]
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +126,24 @@ class FeatureRecord:
     vector: np.ndarray | None  # float32 (dim,), None on error; a long file's: mean of its voiced windows
     warning: str = ""  # labelled, but worth a look (truncated, clipped)
     segments: Segments | None = None  # per-window results of a long file
+    # What decoded the bytes: "" for libsndfile (the decoder of every format it
+    # reads), else batchser.decoders.decoder_tag() (FFmpeg was asked). Part of
+    # the row's key: see FeatureStore.
+    decoder: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+def row_key(record: FeatureRecord) -> str:
+    """The key a record's row is filed under: its content hash, ``+`` FFmpeg's tag when FFmpeg decoded it."""
+    return f"{record.content_hash}+{record.decoder}" if record.decoder else record.content_hash
+
+
+def _superseded(record: FeatureRecord) -> bool:
+    """A libsndfile row saying "format not recognised": written before FFmpeg decoded such files."""
+    return not record.decoder and record.status == "error" and record.error.startswith(UNRECOGNISED)
 
 
 _META_COLUMNS = (
@@ -221,15 +243,31 @@ class FeatureStore:
         return sync(self._index, self._features, self._fkey)
 
     def get_many(self, hashes: Iterable[str]) -> dict[str, FeatureRecord]:
-        """The stored records of ``hashes`` (those the cache has), reading only their row groups."""
+        """The stored records of ``hashes`` (those the cache has), reading only their row groups.
+
+        A content hash's row is its libsndfile row, or else the one FFmpeg (of
+        this host's version) decoded; a libsndfile "format not recognised" row
+        from before FFmpeg decoding counts as absent when PyAV is installed.
+        """
         with self._lock:
             wanted = list(dict.fromkeys(hashes))
             out = {h: r for h in wanted if (r := self._records.get(h)) is not None}
             rest = [h for h in wanted if h not in out]
             if rest:
                 got = self._fetch(rest)
+                tag = decoder_tag()
+                if tag is not None:
+                    again = [h for h in rest if h not in got or _superseded(got[h])]
+                    if again:
+                        by_ffmpeg = self._fetch([f"{h}+{tag}" for h in again])
+                        for h in again:
+                            rec = by_ffmpeg.get(f"{h}+{tag}")
+                            if rec is not None:
+                                got[h] = rec
+                            elif h in got:
+                                del got[h]  # superseded: FFmpeg is asked
                 self._records.update(got)
-                self._used.update(got)
+                self._used.update(row_key(r) for r in got.values())
                 out.update(got)
             return out
 
@@ -308,8 +346,10 @@ class FeatureStore:
             if h != hashes[i]:
                 raise DamagedPartError(f"row for {hashes[i][:12]} holds {h[:12]}")  # the index and the part disagree
             ok = meta["status"][i] == "ok"
+            content_hash, _, decoder = h.partition("+")
             record = FeatureRecord(
-                content_hash=h,
+                content_hash=content_hash,
+                decoder=decoder,
                 status=meta["status"][i],
                 error=meta["error"][i] or "",
                 warning=meta["warning"][i] or "",
@@ -344,10 +384,10 @@ class FeatureStore:
             )
 
     def _segments_table(self, records: list[FeatureRecord]) -> pa.Table:
-        segs = [(r.content_hash, r.segments) for r in records if r.segments is not None]
+        segs = [(row_key(r), r.segments) for r in records if r.segments is not None]
         matrix = np.concatenate([g.vectors for _, g in segs]).astype(np.float32)
         cols: dict[str, pa.Array] = {
-            "content_hash": pa.array([h for h, g in segs for _ in range(len(g))], pa.string()),
+            "content_hash": pa.array([h for h, g in segs for _ in range(len(g))], pa.string()),  # row keys
             "start_s": pa.array(np.concatenate([g.start_s for _, g in segs]), pa.float64()),
             "end_s": pa.array(np.concatenate([g.end_s for _, g in segs]), pa.float64()),
             "voiced": pa.array(np.concatenate([g.voiced for _, g in segs]), pa.bool_()),
@@ -487,7 +527,7 @@ class FeatureStore:
                 matrix[i] = r.vector
                 valid[i] = True
         cols: dict[str, pa.Array] = {
-            "content_hash": pa.array([r.content_hash for r in records], pa.string()),
+            "content_hash": pa.array([row_key(r) for r in records], pa.string()),  # with FFmpeg's tag, if it decoded
             "status": pa.array([r.status for r in records], pa.string()),
             "error": pa.array([r.error for r in records], pa.string()),
             "warning": pa.array([r.warning for r in records], pa.string()),
