@@ -128,7 +128,7 @@ class FeatureRecord:
     segments: Segments | None = None  # per-window results of a long file
     # What decoded the bytes: "" for libsndfile (the decoder of every format it
     # reads), else batchser.decoders.decoder_tag() (FFmpeg was asked). Part of
-    # the row's key: see FeatureStore.
+    # the row's key (:func:`row_key`).
     decoder: str = ""
 
     @property
