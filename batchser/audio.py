@@ -197,9 +197,15 @@ def _riff_shortfall(path: str | Path | BinaryIO) -> tuple[int, int] | None:
     return None
 
 
-def _read_mono(f: sf.SoundFile) -> tuple[np.ndarray, int, int]:
-    """Mono float32 samples, frames decoded, and samples at full scale."""
+# A mix this far (-40 dB) below its loudest channel is channels cancelling (opposite phase), not a quiet file.
+CANCEL_RATIO = 0.01
+
+
+def _read_mono(f: sf.SoundFile, channel: int | None = None) -> tuple[np.ndarray, int, int, np.ndarray]:
+    """Mono float32 samples (the channels' mean, or ``channel`` alone), frames decoded, samples at full
+    scale, and each channel's peak."""
     blocks, frames, clipped = [], 0, 0
+    peaks = np.zeros(max(1, f.channels), dtype=np.float64)
     block_frames = max(1, BLOCK_SAMPLES // max(1, f.channels))
     while True:
         block = f.read(block_frames, dtype="float32", always_2d=True)
@@ -209,11 +215,28 @@ def _read_mono(f: sf.SoundFile) -> tuple[np.ndarray, int, int]:
             raise AudioError("non-finite samples (NaN or inf) in the audio data")
         clipped += int(np.count_nonzero(np.abs(block) >= 0.999))
         frames += block.shape[0]
-        blocks.append(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy())
+        peaks = np.maximum(peaks, np.abs(block).max(axis=0))
+        if channel is not None:
+            blocks.append(block[:, channel].copy())
+        else:
+            blocks.append(block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy())
         if block.shape[0] < block_frames:
             break
     mono = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
-    return mono, frames, clipped
+    return mono, frames, clipped, peaks
+
+
+def cancel_warning(mono_peak: float, channel_peaks: np.ndarray) -> str:
+    """The warning when a multichannel file's channels cancel in the mono mix ("" when they do not)."""
+    loud = float(channel_peaks.max()) if len(channel_peaks) else 0.0
+    if len(channel_peaks) < 2 or loud < SILENCE_PEAK or mono_peak >= loud * CANCEL_RATIO:
+        return ""
+    k = int(channel_peaks.argmax())
+    below = 20 * np.log10(loud / max(mono_peak, 1e-12))
+    return (
+        f"channels cancel in the mono mix (opposite phase: the mix peaks {below:.0f} dB below channel {k + 1}); "
+        f"labelled from channel {k + 1}, the loudest, alone"
+    )
 
 
 def load(source: str | Path | BinaryIO, *, sample_rate: int) -> Audio:
@@ -286,15 +309,27 @@ class AudioStream:
         self.frames = 0  # input frames decoded
         self.end_frame = 0  # input frame where decoding stopped
         self.peak = 0.0
+        self.channel_peak = 0.0  # the loudest channel's peak, where the mix may cancel
+        self._cancelled = ""  # the warning when channels cancelled and one was labelled alone
         self._clipped = 0
         self._at_end = False  # decoding reached the end of the data
 
     def read_all(self) -> Audio:
-        """Decode the whole file at once (see :func:`load`)."""
+        """Decode the whole file at once (see :func:`load`).
+
+        Channels that cancel in the mono mix (one in opposite phase to another) are not a silent file:
+        the loudest channel is labelled alone, with a warning.
+        """
         with _decode_errors():
-            mono, frames, clipped = _read_mono(self._f)
+            mono, frames, clipped, peaks = _read_mono(self._f)
         self.frames, self.end_frame, self._clipped, self._at_end = frames, frames, clipped, True
         self.peak = float(np.abs(mono).max()) if frames else 0.0
+        self._cancelled = cancel_warning(self.peak, peaks) if frames else ""
+        if self._cancelled:
+            with _decode_errors():
+                self._f.seek(0)
+                mono, _, _, _ = _read_mono(self._f, channel=int(peaks.argmax()))
+            self.peak = float(np.abs(mono).max())
         self.check_decoded()
         if self.orig_sample_rate != self.sample_rate:
             # What librosa.resample(res_type="soxr_hq") calls, without its input checks (done above).
@@ -309,7 +344,17 @@ class AudioStream:
         )
 
     def check_decoded(self) -> None:
-        """Refuse what was decoded when it holds nothing to label (see :func:`check_signal`)."""
+        """Refuse what was decoded when it holds nothing to label (see :func:`check_signal`).
+
+        A long recording decoded block by block is not read again one channel at a time: channels that
+        cancel in its mix are said so, with the fix, instead of "silent".
+        """
+        if self.frames and self.channel_peak >= SILENCE_PEAK and self.peak < self.channel_peak * CANCEL_RATIO:
+            raise AudioError(
+                f"channels cancel in the mono mix (opposite phase: the mix peaks "
+                f"{20 * np.log10(max(self.peak, 1e-12)):.0f} dBFS, a channel {20 * np.log10(self.channel_peak):.0f} "
+                "dBFS); save one channel (e.g. sox in.wav out.wav remix 1) and label that"
+            )
         check_signal(self.frames, self.peak)
 
     @property
@@ -367,6 +412,8 @@ class AudioStream:
                 pos += block.shape[0]
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0].copy()
                 self.peak = max(self.peak, float(np.abs(mono).max()))
+                if block.shape[1] > 1:
+                    self.channel_peak = max(self.channel_peak, float(np.abs(block).max()))
             else:
                 mono = np.zeros(0, dtype=np.float32)
             out = resampler.resample_chunk(mono, last=last) if resampler is not None else mono
@@ -407,6 +454,8 @@ class AudioStream:
         clip = clip_warning(self._clipped, self.frames * self.channels)
         if clip:
             out.append(clip)
+        if self._cancelled:
+            out.append(self._cancelled)
         return tuple(out)
 
 

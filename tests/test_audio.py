@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from batchser.audio import AudioError, load
-from tests.conftest import tone, write_audio
+from batchser.audio import AudioError, AudioStream, load
+from tests.conftest import speechlike, tone, write_audio
 
 
 def _peak_hz(y: np.ndarray, sr: int) -> float:
@@ -112,3 +112,20 @@ def test_digital_silence_is_refused(tmp_path: Path) -> None:
 def test_quiet_but_not_silent_is_kept(tmp_path: Path) -> None:
     p = write_audio(tmp_path / "q.wav", tone(440.0, sr=16000, amp=1e-3), 16000, subtype="PCM_16")
     assert load(p, sample_rate=16000).samples.any()
+
+
+def test_channels_that_cancel_are_labelled_from_the_loudest_with_a_warning(tmp_path: Path) -> None:
+    """A stereo file whose channels are in opposite phase mixes to silence: the louder channel is used, said."""
+    y = speechlike("angry", sr=16000, seconds=1.5, seed=3)
+    for right in (-y, -0.999 * y):
+        path = write_audio(tmp_path / "cancel.wav", np.stack([y, right], axis=1), 16000, subtype="FLOAT")
+        audio = load(path, sample_rate=16000)
+        assert any("channels cancel in the mono mix" in w and "channel 1" in w for w in audio.warnings), audio.warnings
+        assert np.allclose(audio.samples, y, atol=1e-6)  # channel 1, as it is
+    same = load(write_audio(tmp_path / "same.wav", np.stack([y, 0.5 * y], axis=1), 16000), sample_rate=16000)
+    assert not any("cancel" in w for w in same.warnings)
+    # A long recording streamed block by block says so instead of "silent".
+    with AudioStream(write_audio(tmp_path / "long.wav", np.stack([y, -y], axis=1), 16000), sample_rate=16000) as s:
+        list(s)
+        with pytest.raises(AudioError, match=r"channels cancel in the mono mix.*remix 1"):
+            s.check_decoded()
