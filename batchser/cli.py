@@ -285,6 +285,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         reviewed=args.reviewed,
         segments=args.segments,
         check_speech=args.check_speech,
+        speakers=args.speakers,
     )
     summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
@@ -499,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-speech",
         action="store_true",
         help="check shorter files for speech too: one without any gets status 'no speech', not an emotion",
+    )
+    ann.add_argument(
+        "--speakers",
+        metavar="FILE_OR_DIR",
+        help="who speaks: speaker turns (RTTM, Praat TextGrid or ELAN; a file or a folder, matched to recordings "
+        "by name) or a CSV with path,speaker columns; long recordings are then standardised per speaker",
     )
     ann.add_argument("--cache", help="feature cache folder (default: a per-user cache)")
     ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")
