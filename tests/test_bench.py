@@ -59,6 +59,11 @@ def test_long_file_is_analysed_window_by_window(ravdess_dir: Path) -> None:
     assert int(default[-3]) == 15 and int(flat[-3]) == 8
     # RAVDESS sentences back to back: a few speech segments, each a sentence or more.
     assert 1 <= int(row(lines, "long, speech")[-3]) <= 30
+    # The labelling job, before file standardisation, standardised over itself, and with turns: times and memory.
+    for job in ("job today", "job over itself", "job with turns"):
+        cells = row(lines, job)
+        assert float(cells[-5]) > 0 and float(cells[-4]) > 0 and cells[-1] == "MiB", cells
+    assert any(line.startswith("standardising over itself: ") for line in lines)
 
 
 def test_cache_scale_prints_a_row_per_cache_size() -> None:
@@ -84,6 +89,19 @@ def test_speech_segments_measures_non_speech_time() -> None:
     assert windows > 50 and segments < 10, cells  # tones, noise and silence: labelled by windows, not by segments
     uar = [c.strip() for c in next(line for line in lines if line.startswith("| per speech segment |")).split("|")]
     assert uar[3].endswith("%") and any(line.startswith("VAD share") for line in lines)
+
+
+def test_interviews_score_segments_against_the_clips_they_came_from() -> None:
+    if not (PROJECT.parent / "shared" / "corpora" / "emovo").is_dir():
+        pytest.skip("needs ../shared/corpora/emovo (present in CI)")
+    lines = bench("interviews.py", "--corpora", "emovo", "--models", "shipped", "--max-clips", "20")
+    rows = {c[1]: c[2] for c in (line.split(" | ") for line in lines if line.startswith("| ")) if len(c) > 2}
+    for config in ("today", "file-standardised", "speaker turns", "diarizer names", "clips, per input"):
+        assert rows[config].endswith("%") and 0 < float(rows[config].rstrip("%")) <= 100, rows
+    assert any(line.startswith("file-standardised - clips per input: ") for line in lines)
+    # 20 clips an interview, fewer than 20 speech segments each: too few to standardise over, so as before.
+    standardised = next(line for line in lines if line.strip().startswith("emovo: today:"))
+    assert "file-standardised: {'none'" in standardised
 
 
 def test_report_page_prints_render_load_and_size() -> None:

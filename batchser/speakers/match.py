@@ -74,6 +74,7 @@ class TurnsSource:
                 if name.startswith(".") or fmt is None or (self.fmt is not None and fmt != self.fmt):
                     continue
                 out.append((f, fmt, f.relative_to(p).with_suffix("").as_posix()))
+        out.sort(key=lambda found: found[0].relative_to(p).parts)  # path order, as discovery lists
         if not out:
             kinds = f".{self.fmt}" if self.fmt else ", ".join(sorted(FORMATS))
             raise TurnsError(f"speaker turns folder {p} holds no {kinds} file")
