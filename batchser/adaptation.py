@@ -9,9 +9,11 @@ holds the statistics. This module decides the groups of one job's files:
   broadest: the speaker's own (a *named* speaker's segments and clips across
   the job, ``speaker``; a diarizer's ``SPEAKER_00`` only within the file,
   ``file-speaker``), the recording's own speech (``file``), then the groups
-  a short file would get. A recording (or a speaker within it) is a group
-  when it has ``min_segments`` speech segments; its statistics come from
-  its own segments as it is labelled, so they cost no memory between passes.
+  a short file would get. A speaker's segments are a group when there are
+  the model's ``min_speaker_files`` of them, as a speaker's recordings are;
+  a recording's own speech when it has ``min_segments`` segments. The
+  statistics of a recording's own groups come from its segments as it is
+  labelled, so they cost no memory between passes.
 """
 
 from __future__ import annotations
@@ -103,8 +105,8 @@ class JobAdaptation:
     turns : SpeakerTurns or None
         Who speaks when in the job's recordings.
     min_segments : int or None
-        Speech segments a long recording (or a speaker in it) needs to be
-        standardised over itself; None: never.
+        Speech segments a long recording needs to be standardised over its
+        own speech; None: never. (A speaker's segments need ``min_speaker_files``.)
     """
 
     def __init__(
@@ -341,9 +343,8 @@ class JobAdaptation:
     def _usable(self, key: str | None) -> bool:
         if key is None or self.stats is None or not self.stats.covers(key):
             return False
-        # A named speaker's segments count as a short file's recordings do; by min_segments when set.
-        least = self.min_segments if self.min_segments is not None else self.min_files
-        return self._files[key] >= self.min_files or self._segments[key] >= least
+        # A speaker's segments count as their recordings do: a speech segment is an utterance, as a clip is.
+        return self._files[key] >= self.min_files or self._segments[key] >= self.min_files
 
     def keys_for(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> Adaptation:
         """Each file's group and rule: its speaker's or cluster's, else its corpus's, else none.
@@ -376,9 +377,10 @@ class JobAdaptation:
         """Each piece of long file ``o``: its speaker, and the group that standardises it.
 
         A named speaker's job-wide group (``speaker``), else the speaker's
-        segments within the file (``file-speaker``), else the file's speech
-        (``file``), each when it has ``min_segments`` segments; else
-        ``fallback``, the file's own group from :meth:`keys_for`.
+        segments within the file (``file-speaker``), each when it has
+        ``min_speaker_files`` segments; else the file's speech (``file``) when
+        it has ``min_segments``; else ``fallback``, the file's own group from
+        :meth:`keys_for`.
         """
         if self.stats is None:
             self.stats = self._running.stats()
@@ -402,7 +404,7 @@ class JobAdaptation:
             key = self._speaker_key(label.corpus, name)
             if self._usable(key):
                 rule = "speaker"
-            elif self.mode == "speaker" and own is not None and (voiced & mine).sum() >= own:
+            elif self.mode == "speaker" and (voiced & mine).sum() >= self.min_files:
                 key, rule = f"file-speaker:{name}", "file-speaker"
                 local[key] = voiced & mine
             else:

@@ -231,9 +231,9 @@ class ModelSpec(_Strict):
     # trains the plain network alone (and says so); asked for, it is an error.
     normalize: Literal["none", "speaker"] = "speaker"
     min_speaker_files: Annotated[int, Field(ge=2)] = 10
-    # A long recording with at least this many speech segments is standardised over itself (and
-    # each speaker of its turns with as many segments over their own), before any group of files;
-    # null: never (long files then join their input's groups like short ones).
+    # A long recording with at least this many speech segments is standardised over its own speech
+    # before any group of files; null: never (it then joins its input's groups as a short file does).
+    # (Each speaker of its turns with min_speaker_files segments is standardised over their own first.)
     min_file_segments: Annotated[int, Field(ge=2)] | None = 20
     # When labelling with a normalising model, whose statistics each file is
     # standardised by (batchser.model.adapt): speaker (falls back to corpus),

@@ -205,7 +205,9 @@ def train_without(corpus: str, work: Path, log: Any) -> Path:
     return model
 
 
-def label(folder: Path, names: list[str], config: str, model: Path, cache: Path, out: Path) -> Path:
+def label(
+    folder: Path, names: list[str], config: str, model: Path, cache: Path, out: Path, *, min_segments: int | None
+) -> Path:
     """One job over the interviews (or their clips) in ``config``; returns its report folder."""
     inputs: list[dict[str, Any]] = []
     for name in names:
@@ -224,7 +226,7 @@ def label(folder: Path, names: list[str], config: str, model: Path, cache: Path,
         "inputs": inputs,
         "cache": str(cache),
         "engine": {"backend": "loky", "n_jobs": 2},
-        "model": {"path": str(model)} | ({"min_file_segments": None} if config == "today" else {}),
+        "model": {"path": str(model), "min_file_segments": None if config == "today" else min_segments},
         "output": {"dir": str(out), "formats": ["parquet"], "page": False},
     }
     run_job(parse_manifest(yaml.safe_dump(job), base_dir=folder, source=config), progress=False, overwrite=True)
@@ -298,6 +300,8 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true", help="segment UAR against interview length instead")
     ap.add_argument("--work", default=str(ROOT / "result" / "bench-interviews"), help="audio, caches and models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-segments", type=int, default=20, help="model.min_file_segments of the jobs (20)")
+    ap.add_argument("--keep", action="store_true", help="keep the audio and reports under --work/kept")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     log = progress_log(args.quiet)
@@ -310,7 +314,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     models = [m.strip() for m in args.models.split(",")]
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchser-interviews-", dir=work)))
+        if args.keep:
+            tmp = work / "kept"
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchser-interviews-", dir=work)))
         cache = work / "cache"
         results: dict[str, dict[str, dict[str, dict[str, Any]]]] = {m: {} for m in models}
         sweep: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in models}
@@ -347,14 +355,16 @@ def main() -> int:
                 results[which][corpus] = {}
                 for config in CONFIGS:
                     log(f"  {which} model: {config}")
-                    out = label(folder, names, config, model, cache, tmp / "reports" / f"{corpus}-{which}-{config}")
+                    out = label(folder, names, config, model, cache, tmp / "reports" / f"{corpus}-{which}-{config}",
+                                min_segments=args.min_segments)  # fmt: skip
                     if config.startswith("clips"):
                         results[which][corpus][config] = clip_scores(out, truth)
                     else:
                         results[which][corpus][config] = segment_scores(
                             pd.read_parquet(out / "segments.parquet"), truth
                         )
-            shutil.rmtree(folder, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
         if args.sweep:
             _print_sweep(sweep, corpora, lengths)
             return 0

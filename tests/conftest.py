@@ -79,7 +79,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="session")
 def say(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """``say(text, voice="en", pitch=50)``: espeak-ng speech as float32 at 16 kHz (each utterance made once)."""
+    """``say(text, voice="en", pitch=50)``: espeak-ng speech, trimmed, float32 at 16 kHz (each made once)."""
     import shutil
     import subprocess
 
@@ -97,6 +97,7 @@ def say(tmp_path_factory: pytest.TempPathFactory) -> Any:
             cmd = ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", "150", "-w", str(wav), text]
             subprocess.run(cmd, check=True, capture_output=True)
             y, sr = sf.read(wav, dtype="float32")
+            y, _ = librosa.effects.trim(y, top_db=40)  # espeak's own leading and trailing silence
             made[key] = (librosa.resample(y, orig_sr=sr, target_sr=16000) * 0.5).astype(np.float32)
         return made[key]
 

@@ -242,12 +242,12 @@ def _timeline_chart(t: dict[str, Any], classes: list[str]) -> str:
 
 # What a long recording's normalized_by says, in words (its segments' rules are in segments.csv).
 RULE_WORDS = {
-    "speaker": "each speaker over their own speech in the job",
-    "file-speaker": "each speaker over their own speech in this recording",
-    "file": "over this recording's own speech",
-    "cluster": "over its voice cluster",
-    "corpus": "over its input's files",
-    "": "not standardised (too little speech, no group)",
+    "speaker": "each speaker standardised over their own speech in the job",
+    "file-speaker": "each speaker standardised over their own speech in this recording",
+    "file": "standardised over its own speech",
+    "cluster": "standardised over its voice cluster",
+    "corpus": "standardised over its input's files",
+    "": "not standardised (no group large enough, or adapt: none)",
 }
 
 
