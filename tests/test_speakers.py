@@ -393,7 +393,8 @@ def test_speaker_sources_that_name_nobody_are_refused_before_any_work(
         ({"speakers": "nowhere/"}, "inputs[0].speakers: " + str(tmp_path / "nowhere") + " does not exist"),
     ]
     for extra, why in cases:
-        job = {"name": "t", "inputs": [{"path": "audio", **extra}], "cache": "cache", "model": {}, "output": {"dir": "out"}}
+        job = {"name": "t", "inputs": [{"path": "audio", **extra}], "cache": "cache", "model": {}}
+        job["output"] = {"dir": "out"}
         with pytest.raises(ManifestError) as err:
             run_job(Manifest.from_dict(job, base_dir=tmp_path), progress=False)
         assert why in str(err.value), (extra, str(err.value))
