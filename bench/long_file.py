@@ -80,8 +80,15 @@ JOBS = {
 
 
 def label_jobs(long: Path, tmp: Path, repeats: int, log) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
-    """Cold and warm runs of the labelling job on ``long``, per row of :data:`JOBS` (medians of the warm ones)."""
-    out = {}
+    """Cold and warm runs of the labelling job on ``long``, per row of :data:`JOBS` (medians of the warm ones).
+
+    The cold runs go in order (the turns job's starts from the cache the job before it filled); the
+    warm runs take turns, row after row, ``repeats`` rounds, so that a busier moment of the machine
+    falls on every row alike.
+    """
+    manifests, runs = {}, {}
+    who = [line.split()[7] for line in long.with_suffix(".rttm").read_text().splitlines()]
+    changes = sum(a != b for a, b in itertools.pairwise(who))
     for name, (model, inp, cache) in JOBS.items():
         stem = name.replace(" ", "-")
         manifest = shipped_job(tmp / f"{stem}.yaml", stem, [{"path": str(long)} | inp], cache=tmp / f"cache-{cache}",
@@ -90,22 +97,29 @@ def label_jobs(long: Path, tmp: Path, repeats: int, log) -> dict[str, dict[str, 
         job["model"] |= model
         job["root"] = str(tmp)
         manifest.write_text(yaml.safe_dump(job))
-        log(f"{name}: cold, then {repeats} warm …")
+        log(f"{name}: cold …")
         cold, cold_rss = run_measured(manifest)
-        warm, rss, predict = [], [cold_rss], []
-        for _ in range(repeats):
+        manifests[name] = (manifest, tmp / f"out-{stem}" / "summary.json")
+        runs[name] = {"cold": [cold], "warm": [], "predict": [], "rss": [cold_rss]}
+    for r in range(repeats):
+        log(f"warm round {r + 1}/{repeats} …")
+        for name, (manifest, summary_path) in manifests.items():
             wall, peak = run_measured(manifest)
-            summary = json.loads((tmp / f"out-{stem}" / "summary.json").read_text())
-            warm.append(wall)
-            rss.append(peak)
-            predict.append(summary["stage_seconds"]["predict"])
-        by = json.loads((tmp / f"out-{stem}" / "summary.json").read_text())
-        assert by["files"] == 1 and by["failed"] == 0, by
-        who = [line.split()[7] for line in long.with_suffix(".rttm").read_text().splitlines()]
-        changes = sum(a != b for a, b in itertools.pairwise(who))
-        out[name] = {"cold": cold, "warm": statistics.median(warm), "predict": statistics.median(predict),
-                     "rss": max(rss), "changes": changes}  # fmt: skip
-    return out
+            summary = json.loads(summary_path.read_text())
+            assert summary["files"] == 1 and summary["failed"] == 0, summary
+            runs[name]["warm"].append(wall)
+            runs[name]["rss"].append(peak)
+            runs[name]["predict"].append(summary["stage_seconds"]["predict"])
+    return {
+        name: {
+            "cold": r["cold"][0],
+            "warm": statistics.median(r["warm"]),
+            "predict": statistics.median(r["predict"]),
+            "rss": max(r["rss"]),
+            "changes": changes,
+        }
+        for name, r in runs.items()
+    }
 
 
 def main() -> int:
@@ -114,6 +128,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     ap.add_argument("--no-jobs", action="store_true", help="leave out the labelling jobs")
+    ap.add_argument("--job-repeats", type=int, help="warm runs of each labelling job (default: --repeats)")
     args = ap.parse_args()
     if not have(RAVDESS, "the RAVDESS corpus"):
         return 2
@@ -175,7 +190,7 @@ def main() -> int:
             assert rec.status == "ok" and rec.segments is not None, rec.error
             windows[in_parts] = len(rec.segments)
             growth[in_parts] = max(growth.get(in_parts, 0.0), peak_mib() - before)
-        jobs = {} if args.no_jobs else label_jobs(long, Path(tmp), args.repeats, log)
+        jobs = {} if args.no_jobs else label_jobs(long, Path(tmp), args.job_repeats or args.repeats, log)
     med = {k: statistics.median(v) for k, v in rows.items()}
     clip_rate = clip_audio / med["clips"]
     print(
@@ -190,7 +205,8 @@ def main() -> int:
             f"{windows.get(key, len(clips)):>7} {growth[key]:>6.0f} MiB"
         )
     if jobs:
-        print(f"\nlabelling job (batchser run, a fresh process, 2 workers; warm: median of {args.repeats})")
+        n = args.job_repeats or args.repeats
+        print(f"\nlabelling job (batchser run, a fresh process, 2 workers; warm: median of {n})")
         print(f"{'row':<17} {'cold s':>7} {'warm s':>7} {'predict s':>9} {'peak RSS':>9}")
         for key, j in jobs.items():
             print(f"{key:<17} {j['cold']:>7.2f} {j['warm']:>7.2f} {j['predict']:>9.3f} {j['rss']:>5.0f} MiB")

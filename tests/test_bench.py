@@ -95,13 +95,14 @@ def test_interviews_score_segments_against_the_clips_they_came_from() -> None:
     if not (PROJECT.parent / "shared" / "corpora" / "emovo").is_dir():
         pytest.skip("needs ../shared/corpora/emovo (present in CI)")
     lines = bench("interviews.py", "--corpora", "emovo", "--models", "shipped", "--max-clips", "20")
-    rows = {c[1]: c[2] for c in (line.split(" | ") for line in lines if line.startswith("| ")) if len(c) > 2}
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("| ")]
+    uar = {c[0]: c[1] for c in cells}
     for config in ("today", "file-standardised", "speaker turns", "diarizer names", "clips, per input"):
-        assert rows[config].endswith("%") and 0 < float(rows[config].rstrip("%")) <= 100, rows
+        assert uar[config].endswith("%") and 0 < float(uar[config].rstrip("%")) <= 100, uar
     assert any(line.startswith("file-standardised - clips per input: ") for line in lines)
-    # 20 clips an interview, fewer than 20 speech segments each: too few to standardise over, so as before.
-    standardised = next(line for line in lines if line.strip().startswith("emovo: today:"))
-    assert "file-standardised: {'none'" in standardised
+    # Three interviews of about 24 segments each: each standardised over itself, each speaker over their own.
+    how = next(line for line in lines if line.strip().startswith("emovo: today:"))
+    assert "today: {'none'" in how and "file-standardised: {'file'" in how and "speaker turns: {'speaker'" in how
 
 
 def test_report_page_prints_render_load_and_size() -> None:
