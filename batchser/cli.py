@@ -302,6 +302,7 @@ inputs:
   - path: {inputs}                # a folder (searched recursively), a file, a glob, or a zip/tar archive
     labels: none                  # or {{pattern: '...(?P<emotion>...)...', map: {{...}}}} / {{table: labels.csv}}
     # speaker: folder             # one folder per speaker, 10+ files each: labels standardised per speaker
+    # speakers: rttm:turns/       # who speaks when in long recordings (RTTM, TextGrid or ELAN), matched by name
 # emotions, features: the model's own unless listed (the shipped model: angry, sad, neutral, happy)
 engine: {{backend: loky, n_jobs: -1}}     # all cores
 model:
