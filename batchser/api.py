@@ -20,7 +20,7 @@ import pandas as pd
 
 from batchser.features import FeatureSpec
 from batchser.locations import default_cache_dir, default_model_path
-from batchser.manifest import Manifest
+from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel, read_meta
 from batchser.model import load_model as _load_model
 from batchser.recipe import SHIPPED
@@ -35,6 +35,8 @@ __all__ = [
     "train",
     "train_manifest",
 ]
+
+SPEAKER_TABLES = (".csv", ".tsv", ".tab")  # a ``speakers`` file with these suffixes is a path,speaker table
 
 
 def shipped_features() -> list[str]:
@@ -79,19 +81,37 @@ def annotation_manifest(
     page: bool = True,
     segments: str = "speech",
     check_speech: bool = False,
+    speakers: str | Path | None = None,
 ) -> Manifest:
     """The manifest of a labelling job over ``inputs`` with a model's own features and classes.
 
     What :func:`annotate` and ``batchser annotate`` run; see :func:`annotate` for the parameters.
+
+    Raises
+    ------
+    ManifestError
+        A value out of range, or a speakers table given beside other labels.
     """
     model_path = Path(model) if model is not None else default_model_path()
     meta = read_meta(model_path)
     spec = FeatureSpec.from_dict(meta.feature_spec)
+    turns = None
+    if speakers is not None:
+        if Path(speakers).suffix.lower() in SPEAKER_TABLES:  # path,speaker: who speaks in each file
+            if labels != "none":
+                why = f"speakers: {speakers} is a table of speakers; put its column in the labels table instead"
+                raise ManifestError("annotate", [why])
+            labels = f"csv:{Path(speakers).resolve()}"
+        else:  # speaker turns: who speaks when
+            turns = str(speakers)
     return Manifest.from_dict(
         {
             "name": "annotate",
             "root": str(Path.cwd()),
-            "inputs": [{"path": str(p), "labels": labels, "speaker": speaker} for p in inputs],
+            "inputs": [
+                {"path": str(p), "labels": labels, "speaker": speaker} | ({"speakers": turns} if turns else {})
+                for p in inputs
+            ],
             "emotions": list(meta.classes),
             "features": list(spec.names),
             "chroma_tuning": spec.chroma_tuning,
@@ -130,6 +150,7 @@ def annotate(
     ignore_unknown_answers: bool = False,
     segments: str = "speech",
     check_speech: bool = False,
+    speakers: str | Path | None = None,
 ) -> pd.DataFrame:
     """Label audio files with an emotion and every class's probability.
 
@@ -171,6 +192,12 @@ def annotate(
     check_speech : bool
         Check shorter files for speech too: one without any gets status
         ``"no speech"`` instead of an emotion.
+    speakers : path or None
+        Who speaks: speaker turns (an RTTM, Praat TextGrid or ELAN file, or a
+        folder of them, matched to recordings by name; ``rttm:DIR`` names the
+        format), or a CSV/TSV table with ``path`` and ``speaker`` columns. A
+        long recording's speech segments are then cut where the speaker
+        changes and standardised per speaker.
 
     Returns
     -------
@@ -209,6 +236,7 @@ def annotate(
             page=False,  # nobody opens a temporary folder's page
             segments=segments,
             check_speech=check_speech,
+            speakers=speakers,
         )
         return run_job(manifest, progress=progress).table()
 

@@ -250,7 +250,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     m = load_manifest(args.manifest)
     check_manifest_paths(m)
-    if any(i.has_labels for i in m.inputs):  # the labels, read as the job will read them (no file decoded)
+    if any(i.has_labels or i.speakers for i in m.inputs):  # labels and turns, read as the job will (nothing decoded)
         from batchser.job import check_labels
         from batchser.model import read_meta
 
@@ -300,6 +300,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             ignore_unknown_answers=args.ignore_unknown_answers,
             segments=args.segments,
             check_speech=args.check_speech,
+            speakers=args.speakers,
         )
         summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     except ManifestError as exc:
@@ -318,6 +319,7 @@ inputs:
   - path: {inputs}                # a folder (searched recursively), a file, a glob, or a zip/tar archive
     labels: none                  # or {{pattern: '...(?P<emotion>...)...', map: {{...}}}} / {{table: labels.csv}}
     # speaker: folder             # one folder per speaker, 10+ files each: labels standardised per speaker
+    # speakers: rttm:turns/       # who speaks when in long recordings (RTTM, TextGrid or ELAN), matched by name
 # emotions, features: the model's own unless listed (the shipped model: angry, sad, neutral, happy)
 engine: {{backend: loky, n_jobs: -1}}     # all cores
 model:
@@ -543,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--check-speech",
         action="store_true",
         help="check shorter files for speech too: one without any gets status 'no speech', not an emotion",
+    )
+    ann.add_argument(
+        "--speakers",
+        metavar="FILE_OR_DIR",
+        help="who speaks: speaker turns (RTTM, Praat TextGrid or ELAN; a file or a folder, matched to recordings "
+        "by name) or a CSV with path,speaker columns; long recordings are then standardised per speaker",
     )
     ann.add_argument("--cache", help="feature cache folder (default: a per-user cache)")
     ann.add_argument("-j", "--jobs", type=int, default=-1, help="worker processes (-1: all cores)")

@@ -154,7 +154,7 @@ def extract_one(
     or with ``task.verify`` bytes that are no longer those of
     ``task.content_hash``) is a ``"retry"`` record, which the cache never keeps.
     """
-    if task.verify and data is not None and data.sha256 != task.content_hash:
+    if task.verify and data is not None and data.sha256 != task.bytes_hash:
         return retry_record(task, CHANGED)
     record = _decode_and_extract(task, spec=spec, segments=segments, data=data)
     if task.verify and data is None and record.status != "retry":
@@ -167,7 +167,7 @@ def extract_one(
             return retry_record(task, VANISHED)
         except OSError as exc:
             return retry_record(task, f"cannot read: {exc.strerror or exc}; rerun to retry")
-        if now != task.content_hash:
+        if now != task.bytes_hash:
             return retry_record(task, CHANGED)
     return record
 

@@ -22,7 +22,9 @@ from batchser.discover import SourceFile
 from batchser.engine import Executor, ExtractTask, open_executor, part_seconds, run_tasks
 from batchser.hashing import content_hashes, progress_bar
 from batchser.manifest import Manifest
-from batchser.predict import FileOutcome
+from batchser.outcome import FileOutcome
+from batchser.segments import cut_key
+from batchser.speakers import SpeakerTurns
 
 __all__ = ["Counts", "Executors", "file_features"]
 
@@ -60,6 +62,7 @@ def file_features(
     bar: tqdm | None = None,
     hash_bar: tqdm | None = None,
     lap: Callable[[str], None] | None = None,
+    turns: SpeakerTurns | None = None,
 ) -> list[FileOutcome]:
     """Each file's content hash and feature record: from the cache, or extracted (and cached).
 
@@ -77,23 +80,48 @@ def file_features(
         The job's bars of files extracted and hashed, advanced by this chunk's files.
     lap : callable or None
         Called with "hash" once the files are hashed (the job's stage clock).
+    turns : SpeakerTurns or None
+        Speaker turns: a long file's speech segments are cut where its speaker
+        changes, and cached under a key of its content and those points
+        (:func:`batchser.segments.cut_key`).
 
     Returns
     -------
     list of FileOutcome
-        In the order of ``files``.
+        In the order of ``files``; a record's ``content_hash`` is its cache key.
     """
     hashes = content_hashes(files, store, progress=False, bar=hash_bar)
     if lap is not None:
         lap("hash")
-    todo: dict[str, SourceFile] = {}  # content hash -> one file having it
-    waiting: Counter[str] = Counter()
-    cached = store.get_many(h for h, _ in hashes if h)  # one read per part, of the row groups needed
+    cutting = turns is not None and bool(turns) and store.segment_spec is not None and store.segment_spec.speech
+    cuts: dict[str, tuple[float, ...]] = {}  # cache key -> change points, for files whose turns cut segments
+    keys: list[str] = []
     for f, (h, _err) in zip(files, hashes, strict=True):
-        if h and h not in cached:
-            todo.setdefault(h, f)
-            waiting[h] += 1
-    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True, stamp=f.stamp) for h, f in todo.items()]
+        got = turns.for_file(f) if cutting and h else None  # type: ignore[union-attr]
+        points = got.change_points() if got is not None else ()
+        keys.append(cut_key(h, points) if h else "")
+        if points:
+            cuts[keys[-1]] = points
+    todo: dict[str, tuple[SourceFile, str]] = {}  # cache key -> one file having it, and its content hash
+    waiting: Counter[str] = Counter()
+    cached = store.get_many(k for k in keys if k)  # one read per part, of the row groups needed
+    for f, (h, _err), k in zip(files, hashes, keys, strict=True):
+        if k and k not in cached:
+            todo.setdefault(k, (f, h))
+            waiting[k] += 1
+    tasks = [
+        ExtractTask(
+            str(f.path),
+            k,
+            f.member,
+            max(f.size, 0),
+            verify=True,
+            stamp=f.stamp,
+            cuts=cuts.get(k, ()),
+            source_hash=h if k != h else "",
+        )
+        for k, (f, h) in todo.items()
+    ]
     retry: dict[str, FeatureRecord] = {}  # this run's read failures: reported, never cached
     eng = manifest.engine
     extracted: set[str] = set()
@@ -177,8 +205,8 @@ def file_features(
                         int(CLAIM_STALE_S),
                     )
                 time.sleep(0.2)
-    counts.n_cached += sum(1 for h, _ in hashes if h and h not in extracted)
+    counts.n_cached += sum(1 for k in keys if k and k not in extracted)
     return [
-        FileOutcome(f, h, (store.get(h) or retry.get(h)) if h else None, err)
-        for f, (h, err) in zip(files, hashes, strict=True)
+        FileOutcome(f, h, (store.get(k) or retry.get(k)) if k else None, err)
+        for f, (h, err), k in zip(files, hashes, keys, strict=True)
     ]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from batchser.adaptation import JobAdaptation
 from batchser.archive import MAX_MEMBER_BYTES, MAX_MEMBER_RATIO
 from batchser.cache import FeatureStore
 from batchser.discover import Skipped, SourceFile, archives_under, iter_files, skipped_lines
@@ -25,8 +26,9 @@ from batchser.hashing import progress_bar
 from batchser.labels import Label, SpeakerFolders, label_coverage, label_source
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel, load_model
+from batchser.outcome import FileOutcome
 from batchser.paths import check_manifest_paths
-from batchser.predict import FileOutcome, JobAdaptation, annotate_rows
+from batchser.predict import annotate_rows
 from batchser.queue import QueueWatcher
 from batchser.relearn import ReviewedFiles, load_answers, relearn
 from batchser.report import (
@@ -41,6 +43,7 @@ from batchser.report import (
     write_reliability_png,
 )
 from batchser.segments import SegmentSpec
+from batchser.speakers import SpeakerTurns, job_turns
 from batchser.spool import Listed, Spool, listed_table, work_folder
 from batchser.summary import (
     FALLBACK_NOTE,
@@ -115,6 +118,8 @@ class _Coverage:
     def __init__(self, manifest: Manifest, fns: Sequence[Callable[[Path], Label]]) -> None:
         self.manifest = manifest
         self.tables = [getattr(fn, "table", None) for fn in fns]
+        # A source naming speakers alone (path,speaker; a pattern with only a speaker group): count those.
+        self.speakers_only = [bool(getattr(fn, "speakers_only", False)) for fn in fns]
         self.files: Counter[int] = Counter()
         self.labelled: Counter[int] = Counter()
         # Table rows that name a listed file: the rest are reported (only the
@@ -124,7 +129,8 @@ class _Coverage:
     def add(self, f: SourceFile, label: Label) -> None:
         i = f.input_index
         self.files[i] += 1
-        self.labelled[i] += bool(label.emotion)
+        only = i < len(self.speakers_only) and self.speakers_only[i]
+        self.labelled[i] += bool(label.speaker if only else label.emotion)
         table = self.tables[i] if i < len(self.tables) else None
         if table is not None:
             key = os.path.realpath(f.path) if not f.member else os.path.normpath(f.name)
@@ -144,15 +150,22 @@ class _Coverage:
         for i, inp in enumerate(self.manifest.inputs):
             if not inp.has_labels:
                 continue
+            only = self.speakers_only[i]
             line, none = label_coverage(
                 f"inputs[{i}] ({inp.corpus_name})",
                 self.files[i],
                 self.labelled[i],
                 self.tables[i],
                 self.matched.get(i, set()),
+                what="a speaker" if only else "an emotion",
             )
             if none:
-                problems.append(f"inputs[{i}].labels: {line}; check the pattern or the table's paths")
+                fix = (
+                    "check the pattern's speaker group or the table's paths"
+                    if only
+                    else ("check the pattern or the table's paths")
+                )
+                problems.append(f"inputs[{i}].labels: {line}; {fix}")
             elif "match no file" in line or self.labelled[i] < self.files[i]:
                 log.warning(line)  # partly labelled, or rows that name no file: worth a look
             elif not quiet:
@@ -178,10 +191,12 @@ def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
     paths, fns = _input_paths(manifest)
     n = len(manifest.inputs)
     coverage = _Coverage(manifest, fns)
+    turns = job_turns(manifest)
     names: dict[int, Counter[str]] = {}
     for f in iter_files(paths[:n], max_member_bytes=[round(i.max_member_mb * 2**20) for i in manifest.inputs]):
         label = fns[f.input_index](Path(f.name) if f.member else f.path)
         coverage.add(f, label)
+        turns.match(f)
         if label.emotion:
             names.setdefault(f.input_index, Counter())[label.emotion] += 1
 
@@ -220,16 +235,28 @@ def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
                     f"inputs[{i}].labels: the labels {', '.join(other)} are none of the model's emotions "
                     f"({', '.join(classes)}); {suggest(i, other)}"
                 )
-    try:
-        coverage.check(quiet=True)
-    except ManifestError as exc:
-        problems += exc.problems
+    where = str(manifest.manifest_file or manifest.name)
+    for check in (lambda: coverage.check(quiet=True), lambda: turns.refuse_unmatched(where)):
+        try:
+            check()
+        except ManifestError as exc:
+            problems += exc.problems
     if problems:
         raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
 
 
 def _speaker_allowed(manifest: Manifest) -> dict[str, bool]:
     return {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
+
+
+def _adaptation(manifest: Manifest, model: TrainedModel, turns: SpeakerTurns | None) -> JobAdaptation:
+    return JobAdaptation(
+        model,
+        mode=manifest.model.adapt,
+        allowed=_speaker_allowed(manifest),
+        turns=turns,
+        min_segments=manifest.model.min_file_segments,
+    )
 
 
 def _report_writers(rs: ReportSet, manifest: Manifest, classes: list[str]) -> tuple[TableWriter, TableWriter]:
@@ -309,6 +336,7 @@ def _list_files(
     *,
     progress: bool,
     skipped: Skipped | None = None,
+    turns: SpeakerTurns | None = None,
 ) -> list[SourceFile]:
     """Discover the inputs and label each file, into ``listing``; returns the queue's clips.
 
@@ -318,7 +346,8 @@ def _list_files(
     Raises
     ------
     ManifestError
-        An input's labels match none of its files (before any file is hashed).
+        An input's labels match none of its files, or speaker turns name no
+        recording of the job (before any file is hashed).
     """
     limits = [round(i.max_member_mb * 2**20) for i in manifest.inputs] + [MAX_MEMBER_BYTES] * (
         len(paths) - len(manifest.inputs)
@@ -333,6 +362,8 @@ def _list_files(
         label = label_fns[f.input_index](Path(f.name) if f.member else f.path)
         coverage.add(f, label)
         folders.add(f.input_index, label)
+        if turns is not None:
+            turns.match(f)
         files.append(f)
         labels.append(label)
         if f.input_index >= len(manifest.inputs):
@@ -343,6 +374,8 @@ def _list_files(
     listing.append(listed_table(files, labels))
     coverage.check(quiet=not progress)
     summary.speaker_folders = folders.findings()
+    if turns is not None:
+        turns.refuse_unmatched(str(manifest.manifest_file or manifest.name))
     return queued
 
 
@@ -351,10 +384,11 @@ def _outcomes(store: FeatureStore, chunk: Listed) -> list[FileOutcome]:
     out = chunk.outcomes or []
     long = [j for j, n in enumerate(chunk.n_segments) if n]
     if long:
-        records = store.get_many(out[j].content_hash for j in long)
+        # By the record's own key: a file whose segments speaker turns cut keeps them under another.
+        records = store.get_many(out[j].record.content_hash for j in long)  # type: ignore[union-attr]
         for j in long:
             o = out[j]
-            out[j] = FileOutcome(o.source, o.content_hash, records.get(o.content_hash), o.error)
+            out[j] = FileOutcome(o.source, o.content_hash, records.get(o.record.content_hash), o.error)  # type: ignore[union-attr]
         store.release()
     return out
 
@@ -385,6 +419,7 @@ def _find_features(
     *,
     progress: bool,
     clock: StageClock,
+    turns: SpeakerTurns | None = None,
 ) -> None:
     """The first pass: each listed chunk hashed, found or extracted, spooled with its hashes into ``hashed``;
     a train job gathers its vectors, a labelling job measures its normalisation groups."""
@@ -393,7 +428,15 @@ def _find_features(
         start = 0
         for chunk in listing.chunks(CHUNK):
             outcomes = file_features(
-                manifest, chunk.files, store, summary, executors=executors, bar=bar, hash_bar=hash_bar, lap=clock.lap
+                manifest,
+                chunk.files,
+                store,
+                summary,
+                executors=executors,
+                bar=bar,
+                hash_bar=hash_bar,
+                lap=clock.lap,
+                turns=turns,
             )
             hashed.append(listed_table(chunk.files, chunk.labels, outcomes))
             if training is not None:
@@ -498,11 +541,14 @@ def _run(
         answers = load_answers(answers_file, model.meta.classes, ignore_unknown=manifest.model.ignore_unknown_answers)
     clock.lap("load_model")
     paths, label_fns = _input_paths(manifest)
+    turns = job_turns(manifest)
     # The spools: a few dozen bytes per file on disk (TMPDIR), removed at the end.
     with work_folder() as work:
         listing, hashed = Spool(work / "listing.parquet"), Spool(work / "hashed.parquet")
         skipped = Skipped()
-        queued = _list_files(manifest, paths, label_fns, listing, summary, progress=progress, skipped=skipped)
+        queued = _list_files(
+            manifest, paths, label_fns, listing, summary, progress=progress, skipped=skipped, turns=turns
+        )
         summary.skipped = skipped.rows()
         n = len(listing)
         log.info("%s: %d files discovered", manifest.name, n)
@@ -543,11 +589,7 @@ def _run(
                     executors.get()  # an unreachable cluster fails the job before any hashing
                 clock.lap("open_cache")
                 training = _Training() if model is None else None
-                groups = (
-                    None
-                    if model is None
-                    else JobAdaptation(model, mode=manifest.model.adapt, allowed=_speaker_allowed(manifest))
-                )
+                groups = None if model is None else _adaptation(manifest, model, turns)
                 _find_features(
                     manifest,
                     listing,
@@ -559,6 +601,7 @@ def _run(
                     groups,
                     progress=progress,
                     clock=clock,
+                    turns=turns,
                 )
                 used: set[int] = set()
                 if model is None:
@@ -570,7 +613,7 @@ def _run(
                 summary.model_id = model.id
                 clock.lap("train")
                 if groups is None:  # a train job: its model's groups, measured now
-                    groups = JobAdaptation(model, mode=manifest.model.adapt, allowed=_speaker_allowed(manifest))
+                    groups = _adaptation(manifest, model, turns)
                     _observe(store, hashed, groups.observe)
                 summary.emotion_groups = groups.check_groups(model)
                 groups.cluster()
@@ -696,6 +739,7 @@ def watch_job(
                 min_confidence=manifest.model.min_confidence,
                 adapt=manifest.model.adapt,
                 allowed=_speaker_allowed(manifest),
+                min_segments=manifest.model.min_file_segments,
             )
             store.release()
             changed = {r.path for r in new}

@@ -142,21 +142,23 @@ def _table_source(
 ) -> Callable[[Path], Label]:
     """Labels from a CSV/TSV table: one row per file, paths relative to the table's folder (or absolute)."""
     columns, rows = read_table(table_path)
-    wanted = [path_column, emotion_column] + ([speaker_column] if speaker_column else [])
-    missing = [c for c in wanted if c not in columns]
+    if speaker_column is None and "speaker" in columns:
+        speaker_column = "speaker"
+    # A table of speakers alone (path,speaker) names the speakers of an unlabelled archive.
+    wanted = [path_column] + ([emotion_column] if emotion_column in columns or not speaker_column else [])
+    missing = [c for c in [*wanted, *([speaker_column] if speaker_column else [])] if c not in columns]
     if missing:
         raise ValueError(
             f"label table {table_path} lacks column(s) {missing}; it has {columns}. "
-            "Name the columns with path_column, emotion_column and speaker_column"
+            "Name the columns with path_column, emotion_column and speaker_column "
+            "(a table of speakers alone needs path and speaker columns)"
         )
-    if speaker_column is None and "speaker" in columns:
-        speaker_column = "speaker"
     mapping = mapping or {}
     table: dict[str, Label] = {}
     line_of: dict[str, int] = {}
     twice: list[str] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
-        emotion = row[emotion_column] or None
+        emotion = row.get(emotion_column) or None
         key = os.path.realpath(table_path.parent / row[path_column])  # the rule discovery's paths follow
         if key in line_of:
             twice.append(f"{row[path_column]} (lines {line_of[key]} and {line})")
@@ -180,6 +182,12 @@ class TableLabels:
 
     def __init__(self, table: dict[str, Label], source: Path) -> None:
         self.table, self.source = table, source
+
+    @property
+    def speakers_only(self) -> bool:
+        """Whether the table names speakers and no emotion (``path,speaker``, or an empty label column)."""
+        labels = self.table.values()
+        return any(lab.speaker for lab in labels) and not any(lab.emotion for lab in labels)
 
     def __call__(self, path: Path) -> Label:
         hit = self.table.get(os.path.normpath(path))
@@ -290,8 +298,12 @@ def label_source(
             speaker_column=spec.speaker_column,
             mapping=dict(spec.map),
         )
+    speakers_only = (isinstance(fn, TableLabels) and fn.speakers_only) or (
+        not isinstance(spec, str) and spec.pattern is not None and "emotion" not in re.compile(spec.pattern).groupindex
+    )
     if speaker == "folder":
         fn = _folder_speaker(fn, root or Path("/"), input_root)
+    table = fn if isinstance(fn, TableLabels) else None
     if corpus is None:
         return fn
     tagged: dict[Label, Label] = {}  # labels repeat: share one tagged record per distinct label
@@ -303,20 +315,28 @@ def label_source(
             out = tagged[lab] = Label(emotion=lab.emotion, speaker=lab.speaker, corpus=corpus)
         return out
 
-    with_corpus.table = fn if isinstance(fn, TableLabels) else None  # type: ignore[attr-defined]
+    with_corpus.table = table  # type: ignore[attr-defined]
+    with_corpus.speakers_only = speakers_only  # type: ignore[attr-defined]
     return with_corpus
 
 
 def label_coverage(
-    name: str, n_files: int, n_labelled: int, table: TableLabels | None = None, seen: set[str] | None = None
+    name: str,
+    n_files: int,
+    n_labelled: int,
+    table: TableLabels | None = None,
+    seen: set[str] | None = None,
+    *,
+    what: str = "an emotion",
 ) -> tuple[str, bool]:
-    """A line saying how many of an input's files got an emotion, and whether that is none at all.
+    """A line saying how many of an input's files got an emotion (``what``), and whether that is none at all.
 
     With ``table``, also how many of its rows matched no discovered file
     (``seen``: the normalised paths of the discovered files, or at least of
-    those the table names), with examples.
+    those the table names), with examples. ``what="a speaker"`` counts the
+    files a source of speakers alone named.
     """
-    line = f"{name}: an emotion for {n_labelled} of {n_files} file{'' if n_files == 1 else 's'}"
+    line = f"{name}: {what} for {n_labelled} of {n_files} file{'' if n_files == 1 else 's'}"
     if table is not None and seen is not None:
         missing = table.unmatched(seen)
         if missing:

@@ -24,7 +24,7 @@ from batchser.audio import AudioError, AudioStream, aligned, check_signal, clip_
 from batchser.cache import NO_SPEECH, FeatureRecord
 from batchser.decoders import MP4_EXTENSIONS
 from batchser.features import FeatureSpec, SlidingExtractor, extract
-from batchser.segments import Segments, SegmentSpec, is_voiced, windows
+from batchser.segments import Segments, SegmentSpec, is_voiced, split_at, windows
 from batchser.tasks import CHANGED, VANISHED, ExtractTask, decoded_by
 from batchser.vad import FRAME, FRAME_S, HANG, Segmenter, SpeechProbabilities, detector, speech_segments
 
@@ -313,6 +313,17 @@ def _spans(
     return out
 
 
+def _cut(
+    spans: list[tuple[int, int, float]], cuts: Sequence[float], *, seg: SegmentSpec, sr: int
+) -> list[tuple[int, int, float]]:
+    """``spans`` cut where the speaker changes (``cuts``, seconds); each piece keeps its segment's probability."""
+    if not cuts:
+        return spans
+    at = np.round(np.asarray(sorted(cuts)) * sr).astype(np.int64)
+    min_len = round(seg.min_speech_s * sr)
+    return [(a, b, prob) for a0, b0, prob in spans for a, b in split_at(a0, b0, at, min_len=min_len)]
+
+
 def _segment_vector(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     if samples.size < spec.n_fft:  # a segment cut at the very end of the data
         samples = np.pad(samples, (0, spec.n_fft - samples.size))
@@ -335,11 +346,15 @@ def _probe(seg: SegmentSpec, *, start_frame: int = 0, reset_every: int | None = 
     return SpeechProbabilities(gate_db=seg.gate_db, voiced_db=seg.voiced_db, start_frame=start_frame, reset_every=every)
 
 
-def analyse_speech(chunks: Iterable[np.ndarray], *, spec: FeatureSpec, seg: SegmentSpec) -> tuple[Segments, int]:
+def analyse_speech(
+    chunks: Iterable[np.ndarray], *, spec: FeatureSpec, seg: SegmentSpec, cuts: Sequence[float] = ()
+) -> tuple[Segments, int]:
     """Speech segments of a stream and their vectors, in one pass; and the stream's length in samples.
 
     Holds at most a segment's worth of audio (``max_segment_s`` plus the pause
-    that ends it and the detector's look-ahead), however long the stream.
+    that ends it and the detector's look-ahead), however long the stream. A
+    segment crossing one of ``cuts`` (seconds: where speaker turns change) is
+    cut there.
     """
     sr = spec.sample_rate
     probe, segmenter, buf = _probe(seg), Segmenter(seg.segmenter()), _Buffer()
@@ -349,7 +364,7 @@ def analyse_speech(chunks: Iterable[np.ndarray], *, spec: FeatureSpec, seg: Segm
     decided = 0
 
     def cut(found: list[tuple[int, int, float]], total: int) -> None:
-        for a, b, prob in _spans(found, seg=seg, total=total, sr=sr):
+        for a, b, prob in _cut(_spans(found, seg=seg, total=total, sr=sr), cuts, seg=seg, sr=sr):
             a = max(a, spans[-1][1]) if spans else a
             spans.append((a, b, prob))
             vectors.append(_segment_vector(buf.take(a, b), spec))
@@ -380,7 +395,7 @@ def short_file_has_speech(samples: np.ndarray, seg: SegmentSpec) -> bool:
 
 def extract_speech(task: ExtractTask, stream: AudioStream, *, spec: FeatureSpec, seg: SegmentSpec) -> FeatureRecord:
     """A long file in one pass: its speech segments and their vectors as it decodes."""
-    segments, _ = analyse_speech(stream, spec=spec, seg=seg)
+    segments, _ = analyse_speech(stream, spec=spec, seg=seg, cuts=task.cuts)
     duration = stream.frames / stream.orig_sample_rate
     stream.check_decoded()
     meta = {"rate": stream.orig_sample_rate, "channels": stream.channels, "duration": duration,
@@ -487,6 +502,7 @@ def speech_plan(
     probs = np.concatenate([q.probs for q in parts if q.probs is not None])
     total = round(duration * sr)
     spans = _spans(speech_segments(probs, seg.segmenter()), seg=seg, total=total, sr=sr)
+    spans = _cut(spans, task.cuts, seg=seg, sr=sr)
     if not spans:
         record = no_speech_record(task, rate=rate, channels=channels, duration=duration, warning=warning)
         return decoded_by(record, _decoder_of(parts))

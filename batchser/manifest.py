@@ -28,6 +28,7 @@ __all__ = ["Manifest", "ManifestError", "load_manifest", "parse_manifest"]
 # A manifest is a few hundred bytes; anything larger is a mistake or an attack.
 MAX_MANIFEST_BYTES = 1 << 20
 
+_TURN_PREFIXES = ("rttm:", "textgrid:", "eaf:")  # the formats batchser.speakers reads
 RAVDESS_EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 
 
@@ -50,8 +51,10 @@ class LabelSpec(_Strict):
 
     ``pattern`` is searched (``re.search``) in each file's path relative to
     the input, ``/``-separated, so it can read folder names as well as file
-    names; its named groups ``emotion`` (required) and ``speaker`` (optional)
-    give the labels. ``table`` names a CSV or TSV file with one row per file.
+    names; its named groups ``emotion`` and ``speaker`` (at least one of the
+    two) give the labels: a pattern with only ``speaker`` names the speakers
+    of an unlabelled archive. ``table`` names a CSV or TSV file with one row
+    per file (a table without emotions, ``path,speaker``, names speakers only).
     ``map`` renames the corpus's emotion names to the job's (``a: angry``);
     names it does not list are kept as they are, and files whose emotion is
     not in ``emotions`` are not trained on.
@@ -75,9 +78,9 @@ class LabelSpec(_Strict):
                 rx = re.compile(self.pattern)
             except re.error as exc:
                 raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
-            if "emotion" not in rx.groupindex:
+            if "emotion" not in rx.groupindex and "speaker" not in rx.groupindex:
                 raise ValueError(
-                    f"pattern {self.pattern!r} needs a named group (?P<emotion>...) (and may have (?P<speaker>...))"
+                    f"pattern {self.pattern!r} needs a named group (?P<emotion>...) or (?P<speaker>...), or both"
                 )
             unknown = sorted(set(rx.groupindex) - {"emotion", "speaker"})
             if unknown:
@@ -110,6 +113,10 @@ class InputSpec(_Strict):
     # carry it and leave-one-corpus-out evaluation holds each one out in turn.
     # Default: the input path's last component.
     corpus: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")] | None = None
+    # Who speaks when in each recording: speaker turns from RTTM (pyannote, whisperX, NeMo), Praat
+    # TextGrid or ELAN files: a file or a folder of them, optionally prefixed with the format
+    # (rttm:turns/). A recording is matched by its path below the input, or its name, without extension.
+    speakers: str | None = None
     # Whether speaker ids can be trusted to normalise by (false for a corpus
     # where each speaker shows one emotion: their statistics would hold it).
     speaker_normalization: bool = True
@@ -135,6 +142,16 @@ class InputSpec(_Strict):
             f"{v!r} is not a label source; use none, ravdess, csv:<path to a CSV with path,label columns>, "
             "or a mapping with pattern or table"
         )
+
+    @field_validator("speakers")
+    @classmethod
+    def _check_speakers(cls, v: str | None) -> str | None:
+        path = v.split(":", 1)[1] if v is not None and v.lower().startswith(_TURN_PREFIXES) else v
+        if path is not None and not path.strip():
+            raise ValueError(
+                "speakers names a file or folder of speaker turns: rttm:<path>, textgrid:<path>, eaf:<path> or <path>"
+            )
+        return v
 
     @property
     def corpus_name(self) -> str:
@@ -215,6 +232,10 @@ class ModelSpec(_Strict):
     # trains the plain network alone (and says so); asked for, it is an error.
     normalize: Normalize = SHIPPED.normalize
     min_speaker_files: Annotated[int, Field(ge=2)] = SHIPPED.min_speaker_files
+    # A long recording with at least this many speech segments is standardised over its own speech
+    # before any group of files; null: never (it then joins its input's groups as a short file does).
+    # (Each speaker of its turns with min_speaker_files segments is standardised over their own first.)
+    min_file_segments: Annotated[int, Field(ge=2)] | None = 20
     # When labelling with a normalising model, whose statistics each file is
     # standardised by (batchser.model.adapt): speaker (falls back to corpus),
     # corpus (the input's files in the job), cluster (pseudo-speakers), none.

@@ -16,6 +16,7 @@ from pathlib import Path
 from batchser.discover import AUDIO_EXTENSIONS, is_pattern, pattern_matches
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
+from batchser.speakers import TurnsSource
 
 __all__ = ["check_manifest_paths", "model_files", "report_files"]
 
@@ -61,6 +62,10 @@ def _read_files(manifest: Manifest) -> Iterator[tuple[str, Path]]:
             yield f"inputs[{i}].path", p
         if inp.label_file is not None:
             yield f"inputs[{i}].labels", manifest.resolve(inp.label_file)
+        if inp.speakers is not None:
+            turns = TurnsSource.parse(inp.speakers, manifest.resolve).path
+            if not turns.is_dir():
+                yield f"inputs[{i}].speakers", turns
     if not manifest.model.train:
         for p in model_files(manifest.model_path):
             yield "the model (model.path)", p
@@ -133,6 +138,13 @@ def check_manifest_paths(manifest: Manifest) -> None:
                     label_source(inp.labels, resolve=manifest.resolve)
                 except ValueError as exc:
                     problems.append(f"inputs[{i}].labels: {exc}")
+        if inp.speakers is not None:
+            turns = TurnsSource.parse(inp.speakers, manifest.resolve).path
+            if not (turns.is_file() or turns.is_dir()):
+                problems.append(
+                    f"inputs[{i}].speakers: {turns} does not exist (a speaker-turns file or folder: RTTM, TextGrid "
+                    f"or ELAN; relative paths are taken from root {manifest.root_dir})"
+                )
     if manifest.model.reviewed:
         answers = manifest.resolve(manifest.model.reviewed)
         if not answers.is_file():  # what it holds is checked with the model's emotions (relearn.load_answers)

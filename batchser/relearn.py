@@ -98,12 +98,13 @@ def _reviewed_root(answers_file: Path) -> Path | None:
 
 @dataclasses.dataclass
 class _Unit:
-    """One answered content: its answer, its vector and normalisation group, and where it was found."""
+    """One answered content: its answer, its vector raw and as the job standardised it, and where it was found."""
 
     answer: Answer
     path: str  # the first file found with this content, as the reports name it
-    vector: np.ndarray
-    key: str | None
+    x: np.ndarray
+    xn: np.ndarray
+    covered: bool  # standardised (by the job's groups, or a long file's own)
 
 
 class ReviewedFiles:
@@ -182,19 +183,23 @@ class ReviewedFiles:
         segs_found = {j: got for j, got in segs_found.items() if got}
         if not found and not segs_found:
             return
-        keys = self.groups.keys_for(start, outcomes, labels).keys
+        adapted = self.groups.keys_for(start, outcomes, labels)
         for j, a in found.items():
             o = outcomes[j]
-            vector = np.asarray(o.record.vector, dtype=np.float64)  # type: ignore[union-attr]
-            self.units[o.content_hash] = _Unit(a, display_path(o.source, self.prefix), vector, keys[j])
+            x = np.asarray(o.record.vector, dtype=np.float64)[None, :]  # type: ignore[union-attr]
+            xn, covered = _standardised(x, [adapted.keys[j]], adapted.stats)
+            self.units[o.content_hash] = _Unit(a, display_path(o.source, self.prefix), x[0], xn[0], bool(covered[0]))
         for j, got in segs_found.items():
             o = outcomes[j]
             segs = o.record.segments  # type: ignore[union-attr]
+            # Each segment as labelling standardises it: its speaker's group, the recording's own speech, or the file's.
+            pieces = self.groups.segment_keys(o, labels[j], (adapted.keys[j], adapted.how[j]))
+            X = np.asarray(segs.vectors, dtype=np.float64)  # type: ignore[union-attr]
+            Xn, covered = _standardised(X, pieces.keys, pieces.stats)
             for k, a in got:
                 unit = _unit(o.content_hash, a.start_s, a.end_s)
                 if a.label != SKIP and unit not in self.units:
-                    vector = np.asarray(segs.vectors[k], dtype=np.float64)  # type: ignore[union-attr]
-                    self.units[unit] = _Unit(a, display_path(o.source, self.prefix), vector, keys[j])
+                    self.units[unit] = _Unit(a, display_path(o.source, self.prefix), X[k], Xn[k], bool(covered[k]))
 
     def _segments(self, o: FileOutcome, shown: str) -> list[tuple[int, Answer]]:
         """The speech segments of a long file that answers are about: (segment index, answer)."""
@@ -258,12 +263,19 @@ class ReviewedFiles:
 
     def rows(self, hashes: Sequence[str]) -> Rows:
         """The units' rows as both networks see them: raw, and standardised as this job standardises them."""
-        X = np.stack([self.units[h].vector for h in hashes]) if hashes else np.empty((0, 0))
-        stats = self.groups.stats
-        if stats is None or not len(X):
-            return Rows(X, X.copy(), np.zeros(len(X), dtype=bool))
-        Xn, covered = stats.transform(X, [self.units[h].key for h in hashes])
-        return Rows(X, Xn, covered)
+        if not hashes:
+            return Rows(np.empty((0, 0)), np.empty((0, 0)), np.zeros(0, dtype=bool))
+        units = [self.units[h] for h in hashes]
+        return Rows(
+            np.stack([u.x for u in units]), np.stack([u.xn for u in units]), np.array([u.covered for u in units])
+        )
+
+
+def _standardised(X: np.ndarray, keys: Sequence[str | None], stats: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` standardised within the groups ``keys`` name (where ``stats`` covers them), and which rows were."""
+    if stats is None:
+        return X.copy(), np.zeros(len(X), dtype=bool)
+    return stats.transform(X, keys)
 
 
 def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel, dict[str, Any], dict[str, str]]:
@@ -306,8 +318,7 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
     rows = reviewed.rows(hashes)
     before = np.empty(0, dtype=object)
     if hashes:
-        keys = [reviewed.units[h].key for h in hashes]
-        proba, _ = model.predict_proba_by_speaker(rows.X, keys, reviewed.groups.stats)
+        proba = model.predict_proba_standardised(rows.X, rows.Xn, rows.covered)
         before = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
     after = np.full(len(hashes), "", dtype=object)  # "none" answers: no prediction is right
     new = model

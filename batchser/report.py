@@ -187,7 +187,9 @@ class ReportRow:
     speaker: str = ""
     speaker_normalized: bool = False  # labelled by the speaker-normalised network
     corpus: str = ""  # the input's corpus (inputs[].corpus)
-    normalized_by: str = ""  # speaker | cluster | corpus: whose statistics standardised it; "": none
+    # Whose statistics standardised it: speaker | file-speaker | file | cluster | corpus; "": none.
+    # A long file's: the rule of most of its speech (each segment's is in the segments report).
+    normalized_by: str = ""
     domain_distance: float = math.nan  # RMS z-score against the training data (about 1: like it)
     reviewed: bool = False  # the label is a person's answer (batchser review), not the model's
     speech_share: float = math.nan  # a long file's (speech segments): the share of its time in them
@@ -205,6 +207,8 @@ class SegmentRow:
     confidence: float
     probabilities: dict[str, float]
     speech_prob: float = math.nan  # a speech segment's mean speech probability
+    speaker: str = ""  # who speaks in it, from the recording's speaker turns
+    normalized_by: str = ""  # as a file's: speaker | file-speaker | file | cluster | corpus | ""
     reviewed: bool = False  # the label is a person's answer about this segment
 
 
@@ -243,18 +247,21 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
 
 
 def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pa.Table:
-    """The segments table: path, start_s, end_s, voiced, speech_prob, label, confidence, ``p_<class>``, reviewed."""
+    """The segments table: path, start_s, end_s, voiced, speech_prob, speaker, label, confidence,
+    ``p_<class>``, normalized_by, reviewed."""
     data: dict[str, Any] = {
         "path": [r.path for r in rows],
         "start_s": np.array([r.start_s for r in rows], dtype=np.float64),
         "end_s": np.array([r.end_s for r in rows], dtype=np.float64),
         "voiced": np.array([r.voiced for r in rows], dtype=bool),
         "speech_prob": np.array([r.speech_prob for r in rows], dtype=np.float64),
+        "speaker": [r.speaker for r in rows],
         "label": [r.label for r in rows],
         "confidence": np.array([r.confidence for r in rows], dtype=np.float64),
     }
     for c in classes:
         data[f"p_{c}"] = np.array([r.probabilities[c] for r in rows], dtype=np.float64)
+    data["normalized_by"] = [r.normalized_by for r in rows]
     data["reviewed"] = np.array([r.reviewed for r in rows], dtype=bool)
     return _table(data)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from batchser.vad import SegmenterParams
 
-__all__ = ["SegmentSpec", "Segments", "is_voiced", "windows"]
+__all__ = ["SegmentSpec", "Segments", "cut_key", "is_voiced", "split_at", "windows"]
 
 
 @dataclass(frozen=True)
@@ -175,3 +175,36 @@ def is_voiced(samples: np.ndarray, *, sample_rate: int, voiced_db: float, fracti
     with np.errstate(divide="ignore"):
         level = 10 * np.log10(np.mean(x * x, axis=1))
     return bool(np.mean(level > voiced_db) >= fraction)
+
+
+def split_at(a: int, b: int, cuts: np.ndarray, *, min_len: int) -> list[tuple[int, int]]:
+    """``[a, b)`` cut at the points of ``cuts`` (sorted, same units) that leave no piece under ``min_len``.
+
+    A speech segment crossing a change of speaker is cut there; a change
+    within ``min_len`` of the segment's edge (or of the last cut) is not a
+    cut: the sliver would be too short to say anything, and belongs to the
+    speaker of most of the segment anyway.
+    """
+    pieces, at = [], a
+    lo, hi = np.searchsorted(cuts, a, side="right"), np.searchsorted(cuts, b, side="left")
+    for c in cuts[lo:hi].tolist():
+        c = int(c)
+        if c - at >= min_len and b - c >= min_len:
+            pieces.append((at, c))
+            at = c
+    pieces.append((at, b))
+    return pieces
+
+
+def cut_key(content_hash: str, cuts: Iterable[float]) -> str:
+    """The cache key of a file's segments cut at ``cuts`` (seconds): its content hash when there are none.
+
+    Segments depend on the bytes, the segmentation settings (the store's
+    folder) and, when speaker turns cut them, the change points: a digest
+    of the content hash and the points to the millisecond, shaped like a
+    content hash. Renaming speakers changes nothing; moving a change does.
+    """
+    points = [f"{c:.3f}" for c in cuts]
+    if not points:
+        return content_hash
+    return hashlib.sha256(f"{content_hash}\0cut at\0{','.join(points)}".encode()).hexdigest()

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from batchser.cache import FeatureRecord
 from batchser.discover import SourceFile
 from batchser.labels import Label
+from batchser.outcome import FileOutcome
 from batchser.pids import OwnerLock, owner_state
-from batchser.predict import FileOutcome
 
 __all__ = ["Listed", "Spool", "SpoolError", "listed_table", "work_folder"]
 
@@ -78,6 +78,8 @@ _SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("n_segments", pa.int32()),
         ("vector", pa.binary()),  # float32 bytes: read back with one frombuffer
+        # The record's cache key when it is not the content hash (segments cut at speaker turns).
+        ("record_key", pa.string()),
     ]
 )
 
@@ -135,6 +137,10 @@ def listed_table(
             [r.duration_s if r is not None else None for r in recs],
             [len(r.segments) if r is not None and r.segments is not None else 0 for r in recs],
             [r.vector.astype(np.float32).tobytes() if r is not None and r.vector is not None else None for r in recs],
+            [
+                r.content_hash if r is not None and o is not None and r.content_hash != o.content_hash else None
+                for r, o in zip(recs, outcomes if outcomes is not None else [None] * n, strict=True)
+            ],
         ],
         schema=_SCHEMA,
     )
@@ -158,7 +164,7 @@ def _listed(table: pa.Table | pa.RecordBatch, *, found: bool) -> Listed:
             if status is not None:
                 vec = c["vector"][j]
                 rec = FeatureRecord(
-                    h,
+                    c["record_key"][j] or h,
                     status,
                     _s(c["record_error"][j]) or "",
                     c["orig_sample_rate"][j],

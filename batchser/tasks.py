@@ -38,6 +38,16 @@ class ExtractTask:
     # Speech segments, second pass: (start_s, end_s, speech probability) of the
     # segments that start in this part, whose features it extracts. None: first pass.
     spans: tuple[tuple[float, float, float], ...] | None = None
+    # Where speaker turns change (seconds): speech segments crossing one are cut there.
+    # ``content_hash`` is then the key of the cut segments (segments.cut_key) and
+    # ``source_hash`` the bytes' own hash, which the decoded bytes are checked against.
+    cuts: tuple[float, ...] = ()
+    source_hash: str = ""
+
+    @property
+    def bytes_hash(self) -> str:
+        """The SHA-256 of the bytes this task reads."""
+        return self.source_hash or self.content_hash
 
 
 VANISHED = "vanished: the file was removed or renamed after it was listed; rerun to label it"

@@ -22,11 +22,19 @@ model's features (what `python -m batchser run` computes by default):
 rate (the issue's target is 80 %). Peak RSS growth is this process's maximum RSS after
 the row minus before it: the long file is decoded block by block, never held whole.
 Medians over --repeats.
+
+Then the labelling job itself (`batchser run`, a fresh process each, 2 workers, the
+shipped model): the long file labelled as before file standardisation
+(model.min_file_segments: null) and standardised over its own speech (the default), each
+from an empty cache once (cold: extraction included) and from the warm cache --repeats
+times; the job's own peak RSS (VmHWM) and its predict stage from summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import resource
 import statistics
 import sys
@@ -36,17 +44,25 @@ from pathlib import Path
 
 import joblib
 import soundfile as sf
-from _common import RAVDESS, have, progress_log, shipped_features
+import yaml
+from _common import RAVDESS, have, progress_log, run_measured, shipped_features, shipped_job
 
 
 def write_long(path: Path, clips: list[Path], seconds: float) -> float:
+    """The clips back to back until ``seconds``; an RTTM beside it with a turn per clip, its actor speaking."""
     sr, total, i = 16000, 0, 0
+    turns = []
     with sf.SoundFile(path, "w", sr, 1, "PCM_16") as out:
         while total < seconds * sr:
-            y, clip_sr = sf.read(clips[i % len(clips)], dtype="float32", always_2d=True)
+            clip = clips[i % len(clips)]
+            y, clip_sr = sf.read(clip, dtype="float32", always_2d=True)
             assert clip_sr == sr
             out.write(y.mean(axis=1))
+            turns.append(
+                f"SPEAKER {path.stem} 1 {total / sr:.3f} {len(y) / sr:.3f} <NA> <NA> {clip.parent.name} <NA> <NA>"
+            )
             total, i = total + len(y), i + 1
+    path.with_suffix(".rttm").write_text("\n".join(turns) + "\n")
     return total / sr
 
 
@@ -54,11 +70,65 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Each labelling job: its model keys, its input's keys, and whose cache it starts from. The turns job
+# starts from the cache "over itself" filled: its first run is what giving turns later costs.
+JOBS = {
+    "job today": ({"min_file_segments": None}, {}, "job-today"),
+    "job over itself": ({}, {}, "job-over-itself"),
+    "job with turns": ({}, {"speakers": "rttm:long.rttm"}, "job-over-itself"),
+}
+
+
+def label_jobs(long: Path, tmp: Path, repeats: int, log) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Cold and warm runs of the labelling job on ``long``, per row of :data:`JOBS` (medians of the warm ones).
+
+    The cold runs go in order (the turns job's starts from the cache the job before it filled); the
+    warm runs take turns, row after row, ``repeats`` rounds, so that a busier moment of the machine
+    falls on every row alike.
+    """
+    manifests, runs = {}, {}
+    who = [line.split()[7] for line in long.with_suffix(".rttm").read_text().splitlines()]
+    changes = sum(a != b for a, b in itertools.pairwise(who))
+    for name, (model, inp, cache) in JOBS.items():
+        stem = name.replace(" ", "-")
+        manifest = shipped_job(tmp / f"{stem}.yaml", stem, [{"path": str(long)} | inp], cache=tmp / f"cache-{cache}",
+                               out=tmp / f"out-{stem}")  # fmt: skip
+        job = yaml.safe_load(manifest.read_text())
+        job["model"] |= model
+        job["root"] = str(tmp)
+        manifest.write_text(yaml.safe_dump(job))
+        log(f"{name}: cold …")
+        cold, cold_rss = run_measured(manifest)
+        manifests[name] = (manifest, tmp / f"out-{stem}" / "summary.json")
+        runs[name] = {"cold": [cold], "warm": [], "predict": [], "rss": [cold_rss]}
+    for r in range(repeats):
+        log(f"warm round {r + 1}/{repeats} …")
+        for name, (manifest, summary_path) in manifests.items():
+            wall, peak = run_measured(manifest)
+            summary = json.loads(summary_path.read_text())
+            assert summary["files"] == 1 and summary["failed"] == 0, summary
+            runs[name]["warm"].append(wall)
+            runs[name]["rss"].append(peak)
+            runs[name]["predict"].append(summary["stage_seconds"]["predict"])
+    return {
+        name: {
+            "cold": r["cold"][0],
+            "warm": statistics.median(r["warm"]),
+            "predict": statistics.median(r["predict"]),
+            "rss": max(r["rss"]),
+            "changes": changes,
+        }
+        for name, r in runs.items()
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quiet", action="store_true", help="print only the table")
+    ap.add_argument("--no-jobs", action="store_true", help="leave out the labelling jobs")
+    ap.add_argument("--job-repeats", type=int, help="warm runs of each labelling job (default: --repeats)")
     args = ap.parse_args()
     if not have(RAVDESS, "the RAVDESS corpus"):
         return 2
@@ -120,6 +190,7 @@ def main() -> int:
             assert rec.status == "ok" and rec.segments is not None, rec.error
             windows[in_parts] = len(rec.segments)
             growth[in_parts] = max(growth.get(in_parts, 0.0), peak_mib() - before)
+        jobs = {} if args.no_jobs else label_jobs(long, Path(tmp), args.job_repeats or args.repeats, log)
     med = {k: statistics.median(v) for k, v in rows.items()}
     clip_rate = clip_audio / med["clips"]
     print(
@@ -132,6 +203,23 @@ def main() -> int:
         print(
             f"{key:<17} {audio:>8.0f} {med[key]:>7.2f} {rate:>7.0f} {rate / clip_rate:>7.0%} "
             f"{windows.get(key, len(clips)):>7} {growth[key]:>6.0f} MiB"
+        )
+    if jobs:
+        n = args.job_repeats or args.repeats
+        print(f"\nlabelling job (batchser run, a fresh process, 2 workers; warm: median of {n})")
+        print(f"{'row':<17} {'cold s':>7} {'warm s':>7} {'predict s':>9} {'peak RSS':>9}")
+        for key, j in jobs.items():
+            print(f"{key:<17} {j['cold']:>7.2f} {j['warm']:>7.2f} {j['predict']:>9.3f} {j['rss']:>5.0f} MiB")
+        a, b, t = jobs["job today"], jobs["job over itself"], jobs["job with turns"]
+        print(
+            f"standardising over itself: {b['cold'] / a['cold'] - 1:+.1%} cold, {b['warm'] / a['warm'] - 1:+.1%} "
+            f"warm, predict stage {1000 * (b['predict'] - a['predict']):+.0f} ms, peak RSS "
+            f"{b['rss'] - a['rss']:+.0f} MiB"
+        )
+        print(
+            f"turns given after a run without them: the first run {t['cold']:.2f} s ({t['cold'] / b['cold']:.0%} of "
+            f"a cold run: the recording is analysed again, cut where the speaker changes, {t['changes']:.0f} times), "
+            f"then {t['warm']:.2f} s warm"
         )
     return 0
 

@@ -67,6 +67,48 @@ def speechlike(kind: str, *, sr: int, seconds: float = 1.0, seed: int = 0) -> np
     return np.clip(y, -1, 1).astype(np.float32)
 
 
+SENTENCES = [
+    "Kids are talking by the door.",
+    "Dogs are sitting by the door, and nobody seems to mind at all.",
+    "I never said she stole my money.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "The weather is lovely today.",
+    "Where did you put the keys?",
+]
+
+
+@pytest.fixture(scope="session")
+def say(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``say(text, voice="en", pitch=50)``: espeak-ng speech, trimmed, float32 at 16 kHz (each made once)."""
+    import shutil
+    import subprocess
+
+    import librosa
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng (apt-get install espeak-ng; .ci/run installs it)")
+    folder = tmp_path_factory.mktemp("espeak")
+    made: dict[tuple[str, str, int], np.ndarray] = {}
+
+    def speak(text: str, voice: str = "en", pitch: int = 50) -> np.ndarray:
+        key = (text, voice, pitch)
+        if key not in made:
+            wav = folder / f"{len(made)}.wav"
+            cmd = ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", "150", "-w", str(wav), text]
+            subprocess.run(cmd, check=True, capture_output=True)
+            y, sr = sf.read(wav, dtype="float32")
+            y, _ = librosa.effects.trim(y, top_db=40)  # espeak's own leading and trailing silence
+            made[key] = (librosa.resample(y, orig_sr=sr, target_sr=16000) * 0.5).astype(np.float32)
+        return made[key]
+
+    return speak
+
+
+def room_noise(seconds: float, *, sr: int = 16000, db: float = -50.0, seed: int = 0) -> np.ndarray:
+    """Quiet noise, like a room between utterances (``db`` dBFS RMS)."""
+    return (np.random.default_rng(seed).normal(0, 1, round(seconds * sr)) * 10 ** (db / 20)).astype(np.float32)
+
+
 def write_audio(path: Path, y: np.ndarray, sr: int, *, subtype: str | None = None, fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, y, sr, subtype=subtype, format=fmt)

@@ -59,6 +59,11 @@ def test_long_file_is_analysed_window_by_window(ravdess_dir: Path) -> None:
     assert int(default[-3]) == 15 and int(flat[-3]) == 8
     # RAVDESS sentences back to back: a few speech segments, each a sentence or more.
     assert 1 <= int(row(lines, "long, speech")[-3]) <= 30
+    # The labelling job, before file standardisation, standardised over itself, and with turns: times and memory.
+    for job in ("job today", "job over itself", "job with turns"):
+        cells = row(lines, job)
+        assert float(cells[-5]) > 0 and float(cells[-4]) > 0 and cells[-1] == "MiB", cells
+    assert any(line.startswith("standardising over itself: ") for line in lines)
 
 
 def test_cache_scale_prints_a_row_per_cache_size() -> None:
@@ -85,6 +90,20 @@ def test_speech_segments_measures_non_speech_time() -> None:
     assert windows > 50 and segments < 10, cells  # tones, noise and silence: labelled by windows, not by segments
     uar = [c.strip() for c in next(line for line in lines if line.startswith("| per speech segment |")).split("|")]
     assert uar[3].endswith("%") and any(line.startswith("VAD share") for line in lines)
+
+
+def test_interviews_score_segments_against_the_clips_they_came_from() -> None:
+    if not (PROJECT.parent / "shared" / "corpora" / "emovo").is_dir():
+        pytest.skip("needs ../shared/corpora/emovo (present in CI)")
+    lines = bench("interviews.py", "--corpora", "emovo", "--models", "shipped", "--max-clips", "20")
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.startswith("| ")]
+    uar = {c[0]: c[1] for c in cells}
+    for config in ("today", "file-standardised", "speaker turns", "diarizer names", "clips, per input"):
+        assert uar[config].endswith("%") and 0 < float(uar[config].rstrip("%")) <= 100, uar
+    assert any(line.startswith("file-standardised - clips per input: ") for line in lines)
+    # Three interviews of about 24 segments each: each standardised over itself, each speaker over their own.
+    how = next(line for line in lines if line.strip().startswith("emovo: today:"))
+    assert "today: {'none'" in how and "file-standardised: {'file'" in how and "speaker turns: {'speaker'" in how
 
 
 def test_report_page_prints_render_load_and_size() -> None:

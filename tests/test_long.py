@@ -15,12 +15,17 @@ import soundfile as sf
 import yaml
 
 from batchser import engine, longfile
+from batchser.api import load_model
 from batchser.audio import load
-from batchser.cache import hash_file
+from batchser.cache import FeatureStore, hash_file
 from batchser.engine import ExtractTask, extract_one, extract_part, merge_parts, plan_parts, run_tasks
 from batchser.features import FeatureSpec, extract
+from batchser.job import run_job
+from batchser.locations import default_model_path
+from batchser.manifest import Manifest
+from batchser.model.adapt import GroupStats
 from batchser.segments import SegmentSpec, windows
-from tests.conftest import PROJECT, speechlike
+from tests.conftest import PROJECT, SENTENCES, room_noise, speechlike
 
 MODEL = PROJECT / "result" / "models" / "ravdess-4emo.skops"
 SR = 16000
@@ -265,3 +270,67 @@ def test_parts_of_a_truncated_changed_or_silent_long_file(tmp_path: Path, monkey
     ogg = tmp_path / "long.ogg"
     sf.write(ogg, speechlike("sad", sr=SR, seconds=90).astype(np.float32), SR, format="OGG")
     assert len(plan_parts(dataclasses.replace(_listed(ogg), size=2 << 20), spec=SPEECH, seg=seg)) == 1
+
+
+# A long recording standardised over itself -------------------------------------------------------
+
+
+def _talk(say, n: int, *, seed: int = 0) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """``n`` espeak-ng sentences in two voices, 0.5-1.5 s of room noise between them."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k in range(n):
+        voice, pitch = (("en+f3", 80), ("en+m3", 30))[k % 2]
+        parts += [
+            room_noise(float(rng.uniform(0.5, 1.5)), seed=seed + k),
+            say(SENTENCES[k % len(SENTENCES)], voice, pitch),
+        ]
+    return np.concatenate([*parts, room_noise(1.0, seed=seed + n)])
+
+
+def _annotate(tmp: Path, audio: Path, out: str, **model: object) -> tuple[pd.DataFrame, pd.DataFrame]:
+    job = {"name": out, "inputs": [{"path": str(audio)}], "cache": str(tmp / "cache"), "model": model,
+           "engine": {"backend": "sequential", "n_jobs": 1}, "output": {"dir": str(tmp / out)}}  # fmt: skip
+    run_job(Manifest.from_dict(job, base_dir=tmp), progress=False)
+    ann = pd.read_parquet(tmp / out / "annotations.parquet").set_index("path")
+    segs = pd.read_parquet(tmp / out / "segments.parquet")
+    return ann, segs[segs["label"].notna()]
+
+
+def test_a_long_recording_is_standardised_over_its_own_speech(tmp_path: Path, say) -> None:  # type: ignore[no-untyped-def]
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "interview.wav", _talk(say, 26), SR, subtype="PCM_16")
+    sf.write(audio / "brief.wav", _talk(say, 4, seed=50), SR, subtype="PCM_16")  # long, but little speech
+    for k, kind in enumerate(KINDS):
+        sf.write(audio / f"clip-{kind}.wav", speechlike(kind, sr=SR, seconds=2.0, seed=k), SR)
+    ann, segs = _annotate(tmp_path, audio, "own")
+    before, before_segs = _annotate(tmp_path, audio, "before", min_file_segments=None)
+    talk = "audio/interview.wav"  # reports name files relative to the job's root
+    mine = segs[segs["path"] == talk]
+    assert len(mine) >= 20 and (mine["normalized_by"] == "file").all() and ann.loc[talk, "normalized_by"] == "file"
+    assert before.loc[talk, "normalized_by"] == "" or pd.isna(before.loc[talk, "normalized_by"])  # 6 files: no group
+    # Each segment: the model on its vector standardised by the recording's own segments.
+    model = load_model(default_model_path())
+    spec = FeatureSpec.from_dict(model.meta.feature_spec)
+    with FeatureStore(tmp_path / "cache", spec, segments=SegmentSpec()) as store:
+        X = store.get(hash_file(audio / "interview.wav")).segments.vectors.astype(np.float64)  # type: ignore[union-attr]
+    stats = GroupStats.fit(X, ["file"] * len(X), min_files=2)
+    p, covered = model.predict_proba_by_speaker(X, ["file"] * len(X), stats)
+    p_cols = [f"p_{k}" for k in model.meta.classes]
+    assert covered.all()
+    np.testing.assert_allclose(mine[p_cols].to_numpy(), p, atol=1e-6)
+    assert not np.allclose(before_segs[before_segs["path"] == talk][p_cols].to_numpy(), p, atol=1e-3)
+    # Too little speech of its own: the recording falls back to its input's group, as before (none here).
+    brief = "audio/brief.wav"
+    assert (segs[segs["path"] == brief]["normalized_by"].fillna("") == "").all()
+    pd.testing.assert_frame_equal(
+        segs[segs["path"] == brief].reset_index(drop=True),
+        before_segs[before_segs["path"] == brief].reset_index(drop=True),
+    )
+    # Short clips in the same job are unchanged.
+    clips = [p for p in ann.index if "clip-" in p]
+    pd.testing.assert_frame_equal(ann.loc[clips], before.loc[clips])
+    page = (tmp_path / "own" / "report.html").read_text()
+    assert '<span class="normalized-by">standardised over its own speech</span>' in page
+    assert '<span class="pill">file: 1</span>' in page

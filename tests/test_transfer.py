@@ -57,7 +57,7 @@ def test_a_pattern_reads_file_and_folder_names_through_a_map(tmp_path: Path) -> 
 
 def test_bad_patterns_are_refused_before_any_work() -> None:
     for bad, why in [
-        ({"pattern": "(?P<speaker>x)"}, "needs a named group"),
+        ({"pattern": "(?P<who>x)"}, "needs a named group"),
         ({"pattern": "(unclosed"}, "not a regular expression"),
         ({"pattern": "(?P<emotion>x)(?P<mood>y)"}, "mean nothing here"),
         ({"pattern": "(?P<emotion>x)", "table": "t.csv"}, "exactly one of"),

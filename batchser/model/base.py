@@ -98,9 +98,16 @@ class TrainedModel:
         if self.speaker_pipeline is None or norm is None:
             return self.predict_proba(X), np.zeros(len(X), dtype=bool)
         Xn, covered = norm.transform(X, keys)
+        return self.predict_proba_standardised(X, Xn, covered), covered
+
+    def predict_proba_standardised(self, X: np.ndarray, Xn: np.ndarray, covered: np.ndarray) -> np.ndarray:
+        """Class probabilities of rows standardised already: ``Xn`` through the normalised network where
+        ``covered``, ``X`` through the plain one elsewhere (or everywhere, for a model without the former)."""
+        if self.speaker_pipeline is None:
+            return self.predict_proba(X)
         proba = np.empty((len(X), len(self.meta.classes)))
         if (~covered).any():
             proba[~covered] = self._proba(self.pipeline, X[~covered])
         if covered.any():
             proba[covered] = self._proba(self.speaker_pipeline, Xn[covered])
-        return proba, covered
+        return proba

@@ -115,7 +115,8 @@ class PageStats:
     def _add_long(self, r: ReportRow, segs: list[SegmentRow]) -> None:
         self.n_long += 1
         info = {"path": r.path, "duration_s": r.duration_s, "label": r.label, "dominant": r.dominant_label,
-                "segments": r.segments, "speech_share": r.speech_share}  # fmt: skip
+                "segments": r.segments, "speech_share": r.speech_share, "normalized_by": r.normalized_by,
+                "speakers": sorted({s.speaker for s in segs if s.speaker})}  # fmt: skip
         varied = len({s.label for s in segs if s.voiced})
         rank = (varied, r.duration_s if not math.isnan(r.duration_s) else 0.0)
         timeline = {**info, "windows": [(s.start_s, s.end_s, s.label, s.confidence, s.voiced) for s in segs]}
@@ -253,6 +254,17 @@ def _timeline_chart(t: dict[str, Any], classes: list[str]) -> str:
 # -- the page --------------------------------------------------------------------------------
 
 
+# What a long recording's normalized_by says, in words (its segments' rules are in segments.csv).
+RULE_WORDS = {
+    "speaker": "each speaker standardised over their own speech in the job",
+    "file-speaker": "each speaker standardised over their own speech in this recording",
+    "file": "standardised over its own speech",
+    "cluster": "standardised over its voice cluster",
+    "corpus": "standardised over its input's files",
+    "": "not standardised (no group large enough, or adapt: none)",
+}
+
+
 def _breakdowns(stats: PageStats) -> list[dict[str, Any]]:
     out = []
     for kind in ("input", "speaker", "folder"):
@@ -309,6 +321,7 @@ def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any]
         loco=metrics.get("leave_one_corpus_out"),
         review=summary.get("review"),
         timelines=timelines,
+        rules=RULE_WORDS,
         rate=(summary.get("files", 0) / seconds) if seconds else None,
         realtime=(stats.audio_s / seconds) if seconds else None,
         by_segment=by_segment,
@@ -399,13 +412,26 @@ def _row(r: dict[str, Any], classes: list[str]) -> ReportRow:
 def _segment_rows(out_dir: Path) -> dict[str, list[SegmentRow]]:
     from batchser.web.tables import read_report
 
+    columns = ["path", "start_s", "end_s", "voiced", "label", "confidence"]
     try:
-        df = read_report(out_dir, "segments", ["path", "start_s", "end_s", "voiced", "label", "confidence"])
+        try:
+            df = read_report(out_dir, "segments", [*columns, "speaker"])
+        except (KeyError, ValueError):  # reports written before segments had speakers
+            df = read_report(out_dir, "segments", columns).assign(speaker=None)
     except FileNotFoundError:
         return {}
     out: dict[str, list[SegmentRow]] = {}
     for r in df.itertuples(index=False):
         out.setdefault(r.path, []).append(
-            SegmentRow(r.path, r.start_s, r.end_s, bool(r.voiced), r.label or "", r.confidence, {})
+            SegmentRow(
+                r.path,
+                r.start_s,
+                r.end_s,
+                bool(r.voiced),
+                r.label or "",
+                r.confidence,
+                {},
+                speaker=_clean(r.speaker) or "",
+            )
         )
     return out
