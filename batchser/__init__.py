@@ -2,12 +2,21 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from batchser.api import annotate, default_cache_dir, default_model_path, load_model, train
+from batchser.api import (
+    AnnotationResult,
+    annotate,
+    default_cache_dir,
+    default_model_path,
+    load_model,
+    process_files,
+    train,
+)
 from batchser.job import JobSummary, NoInputError, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
 
 __all__ = [
+    "AnnotationResult",
     "EmotionClassifier",
     "JobSummary",
     "Manifest",
@@ -20,6 +29,7 @@ __all__ = [
     "default_model_path",
     "load_manifest",
     "load_model",
+    "process_files",
     "run_job",
     "train",
     "watch_job",

@@ -7,10 +7,15 @@
 :func:`annotate` runs the same job as ``batchser run`` (discovery, the shared
 feature cache, parallel extraction, the model, adaptation) and returns its
 report as a DataFrame indexed by path; nothing is written but the cache.
+:func:`process_files` returns the whole result (:class:`AnnotationResult`):
+that table, the long recordings' segments indexed by (file, start, end) as
+audinterface indexes them, and the job's summary; with ``out_dir`` it keeps
+the reports and exports there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,19 +23,23 @@ from typing import Any
 
 import pandas as pd
 
+from batchser.exports import exporters
 from batchser.features import FeatureSpec
 from batchser.locations import default_cache_dir, default_model_path
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel, read_meta
 from batchser.model import load_model as _load_model
 from batchser.recipe import SHIPPED
+from batchser.result import AnnotationResult, read_result
 
 __all__ = [
+    "AnnotationResult",
     "annotate",
     "annotation_manifest",
     "default_cache_dir",
     "default_model_path",
     "load_model",
+    "process_files",
     "shipped_features",
     "train",
     "train_manifest",
@@ -205,7 +214,8 @@ def annotate(
         The annotations report (``label``, ``confidence``, ``p_<emotion>``,
         ``status``, ``error``, ``normalized_by``, ``domain_distance`` …),
         indexed by ``path`` as given (absolute for inputs outside the
-        current folder).
+        current folder). :func:`process_files` returns it with the long
+        recordings' segments and the summary.
 
     Raises
     ------
@@ -214,14 +224,115 @@ def annotate(
     batchser.review.AnswersError
         ``reviewed`` answers with unknown labels, or that match no file.
     """
+    return process_files(
+        inputs,
+        model=model,
+        adapt=adapt,
+        speaker=speaker,
+        labels=labels,
+        min_confidence=min_confidence,
+        cache=cache,
+        n_jobs=n_jobs,
+        backend=backend,
+        progress=progress,
+        reviewed=reviewed,
+        ignore_unknown_answers=ignore_unknown_answers,
+        segments=segments,
+        check_speech=check_speech,
+        speakers=speakers,
+    ).files
+
+
+def process_files(
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    model: str | Path | None = None,
+    adapt: str = "speaker",
+    speaker: str = "labels",
+    labels: str | dict[str, Any] = "none",
+    min_confidence: float | None = None,
+    cache: str | Path | None = None,
+    n_jobs: int = -1,
+    backend: str = "loky",
+    progress: bool = False,
+    reviewed: str | Path | None = None,
+    ignore_unknown_answers: bool = False,
+    segments: str = "speech",
+    check_speech: bool = False,
+    speakers: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    formats: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> AnnotationResult:
+    """Label audio files and return every result: files, long recordings' segments, the summary.
+
+    The job :func:`annotate` runs (and ``batchser annotate``), returned whole:
+    the per-file table, the segments indexed by (file, start, end) as
+    audinterface's ``process_files`` indexes them, and ``summary.json``'s
+    warnings and estimates.
+
+        >>> result = batchser.process_files("interviews/")          # doctest: +SKIP
+        >>> result.segments.loc["interviews/a.wav", "label"]         # doctest: +SKIP
+
+    Parameters
+    ----------
+    inputs, model, adapt, speaker, labels, min_confidence, cache, n_jobs, backend, progress, reviewed,
+    ignore_unknown_answers, segments, check_speech, speakers
+        As for :func:`annotate`.
+    out_dir : path or None
+        Write the job's reports there too, as ``batchser annotate --out``
+        does (with ``report.html``; files another job wrote there are
+        refused unless ``overwrite``), and refuse inputs that hold no audio
+        rather than replace reports with empty ones. None: a temporary
+        folder, removed before returning.
+    formats : sequence of str or None
+        Report formats, as ``output.formats``: ``csv``, ``parquet``, and the
+        exports ``textgrid``, ``eaf``, ``audacity`` (which need ``out_dir``).
+        None: csv and parquet in ``out_dir``; parquet alone in a temporary
+        folder. The tables are read back from the Parquet files when there
+        are any, else from the CSV files (numbers to 6 significant digits).
+    overwrite : bool
+        Replace reports in ``out_dir`` that another set of inputs wrote.
+
+    Returns
+    -------
+    AnnotationResult
+        ``files`` (what :func:`annotate` returns), ``segments``, ``summary``,
+        and ``exports``: the paths of the files written under
+        ``out_dir/exports``.
+
+    Raises
+    ------
+    batchser.manifest.ManifestError
+        An input that does not exist, a value out of range, exports asked
+        for without ``out_dir``, or an ``out_dir`` holding files this job did not write.
+    batchser.job.NoInputError
+        With ``out_dir``: the inputs hold no audio (the reports there are left as they were).
+    batchser.review.AnswersError
+        ``reviewed`` answers with unknown labels, or that match no file.
+    """
     from batchser.job import run_job
 
     paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    with tempfile.TemporaryDirectory(prefix="batchser-") as tmp:
+    asked = list(formats) if formats is not None else (["csv", "parquet"] if out_dir is not None else ["parquet"])
+    wanted = [e.name for e in exporters(asked)]
+    if out_dir is None and wanted:
+        raise ManifestError(
+            "process_files",
+            [
+                f"formats: {', '.join(wanted)} are files to open in other programs; "
+                "give out_dir, a folder to keep them in"
+            ],
+        )
+    with contextlib.ExitStack() as stack:
+        if out_dir is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="batchser-")))
+        else:
+            folder = Path(out_dir)
         manifest = annotation_manifest(
             paths,
-            out_dir=tmp,
-            formats=["parquet"],
+            out_dir=folder,
+            formats=asked,
             model=model,
             adapt=adapt,
             speaker=speaker,
@@ -230,15 +341,16 @@ def annotate(
             cache=cache,
             n_jobs=n_jobs,
             backend=backend,
-            allow_empty=True,
+            allow_empty=out_dir is None,  # a real folder keeps its reports when the inputs hold nothing
             reviewed=reviewed,
             ignore_unknown_answers=ignore_unknown_answers,
-            page=False,  # nobody opens a temporary folder's page
+            page=out_dir is not None,  # nobody opens a temporary folder's page
             segments=segments,
             check_speech=check_speech,
             speakers=speakers,
         )
-        return run_job(manifest, progress=progress).table()
+        summary = run_job(manifest, progress=progress, overwrite=overwrite)
+        return read_result(summary, manifest.output_dir, keep_exports=out_dir is not None)
 
 
 def train_manifest(

@@ -24,6 +24,7 @@ from batchser.cache import CacheError
 from batchser.capture import CaptureError, CaptureSetupError
 from batchser.discover import skipped_lines
 from batchser.engine import EngineError
+from batchser.exports import EXPORTS_DIR
 from batchser.job import JobSummary, NoInputError, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.model import ModelError
@@ -103,6 +104,9 @@ def _print_summary(s: JobSummary) -> None:
     print(f"model: {s.model_id}")
     for p in s.reports:
         print(f"report: {p}")
+    if s.exports and s.reports:
+        made = ", ".join(f"{n} {fmt}" for fmt, n in s.exports.items())
+        print(f"exports: {made} in {s.reports[0].parent / EXPORTS_DIR}")
 
 
 @contextlib.contextmanager
@@ -329,6 +333,7 @@ model:
   # train: true                   # train instead (needs labels); the recipe defaults to the shipped model's
 output:
   formats: [csv, parquet]         # reports go to result/reports/{stem}/ beside this file
+  # formats: [csv, parquet, textgrid, eaf, audacity]   # and each long recording for Praat, ELAN, Audacity
 """
 
 
@@ -519,7 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument("inputs", nargs="+", help="folders (searched recursively), files, globs or zip/tar archives")
     ann.add_argument("--out", help="report folder (default batchser-reports/<first input's name>)")
     ann.add_argument("--model", help="a .skops model (default: the shipped one)")
-    ann.add_argument("--format", default="csv,parquet", help="report formats, comma-separated (csv,parquet)")
+    ann.add_argument(
+        "--format",
+        default="csv,parquet",
+        help="report formats, comma-separated: csv, parquet, and per long recording textgrid (Praat), eaf (ELAN), "
+        "audacity (a label track), written under OUT/exports/",
+    )
     ann.add_argument(
         "--speaker-folders", action="store_true", help="one folder per speaker: standardise each speaker's files"
     )

@@ -20,6 +20,7 @@ from batchser.adaptation import JobAdaptation
 from batchser.archive import MAX_MEMBER_BYTES, MAX_MEMBER_RATIO
 from batchser.cache import FeatureStore
 from batchser.discover import Skipped, SourceFile, archives_under, iter_files, skipped_lines
+from batchser.exports import EXPORTS_DIR, ExportWriter, exporters
 from batchser.features import FeatureSpec
 from batchser.featurize import Executors, file_features
 from batchser.hashing import progress_bar
@@ -259,11 +260,14 @@ def _adaptation(manifest: Manifest, model: TrainedModel, turns: SpeakerTurns | N
     )
 
 
-def _report_writers(rs: ReportSet, manifest: Manifest, classes: list[str]) -> tuple[TableWriter, TableWriter]:
-    formats = manifest.output.formats
+def _report_writers(
+    rs: ReportSet, manifest: Manifest, classes: list[str]
+) -> tuple[TableWriter, TableWriter, ExportWriter]:
+    tables = manifest.output.tables
     return (
-        TableWriter(rs.stage, formats, stem="annotations", empty=annotations_table([], classes)),
-        TableWriter(rs.stage, formats, stem="segments", empty=segments_table([], classes)),
+        TableWriter(rs.stage, tables, stem="annotations", empty=annotations_table([], classes)),
+        TableWriter(rs.stage, tables, stem="segments", empty=segments_table([], classes)),
+        ExportWriter(rs.stage, rs.out_dir, exporters(manifest.output.formats), root=manifest.root_dir),
     )
 
 
@@ -271,13 +275,14 @@ def _commit_reports(
     rs: ReportSet,
     run: _Run,
     written: list[Path],
+    exports: ExportWriter,
     clock: StageClock | None = None,
     t0: float | None = None,
     *,
     metrics: bool = False,
 ) -> list[Path]:
     """With ``metrics`` metrics.json and its plots, then summary.json naming every report
-    ``written`` with its hash: moved into place as one set.
+    ``written`` and every file of ``exports`` with its hash: moved into place as one set.
 
     With ``clock``, what is left counts as the ``reports`` stage and ``t0``
     (the job's start) sets the summary's total seconds.
@@ -294,6 +299,7 @@ def _commit_reports(
             write_confusion_png(rs.stage / "confusion_matrix.png", evaluations, title=title)
             write_reliability_png(rs.stage / "reliability.png", evaluations, title=title)
             written += [rs.stage / "confusion_matrix.png", rs.stage / "reliability.png"]
+    s.exports = dict(exports.written)
     if t0 is not None:
         s.seconds = time.perf_counter() - t0
     corpora = model.meta.params.get("corpora", [])
@@ -302,11 +308,11 @@ def _commit_reports(
         written = [*written, write_page(rs.stage / "report.html", run.page, payload, metrics=s.metrics)]
     if clock is not None:
         clock.lap("reports")  # summary.json, written last, holds every stage but its own write
-    write_summary(rs.stage / "summary.json", payload, reports=written)
+    write_summary(rs.stage / "summary.json", payload, reports=written, more=exports.digests)
     # Reports of an earlier set that this one has none of go with the commit: no stale page or scores stay
-    # (a watch's rewrites, which write no metrics, keep the first run's).
+    # (a watch's rewrites, which write no metrics, keep the first run's), and exports/ is this set's or none.
     extras = ["report.html", "metrics.json", "confusion_matrix.png", "reliability.png"] if metrics else []
-    return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")] + extras)
+    return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")] + extras, replace=[EXPORTS_DIR])
 
 
 def _write_reports(run: _Run) -> list[Path]:
@@ -318,13 +324,14 @@ def _write_reports(run: _Run) -> list[Path]:
     run.page = PageStats(classes, run.manifest.model.min_confidence)
     run.page.add(run.rows, run.segment_rows)
     with ReportSet(run.manifest.output_dir) as rs:
-        annotations, segments = _report_writers(rs, run.manifest, classes)
+        annotations, segments, exports = _report_writers(rs, run.manifest, classes)
         annotations.add(annotations_table(run.rows, classes))
         written = annotations.close()
         if run.segment_rows:
             segments.add(segments_table(run.segment_rows, classes))
             written += segments.close()
-        return _commit_reports(rs, run, written)
+        exports.add(run.rows, run.segment_rows)
+        return _commit_reports(rs, run, written, exports)
 
 
 def _list_files(
@@ -468,8 +475,9 @@ def _label_all(
     keep_rows: bool,
     reviewed: dict[str, str] | None = None,
     reviewed_segments: dict[str, list[tuple[float, float, str]]] | None = None,
-) -> list[Path]:
-    """The last pass: each chunk labelled and appended to the staged reports; returns their paths.
+) -> tuple[list[Path], ExportWriter]:
+    """The last pass: each chunk labelled and appended to the staged reports (a long file's exports
+    written with its chunk); returns the tables' paths and the exports written.
 
     ``reviewed``: report path -> a person's answer, which wins over the model's label;
     ``reviewed_segments``: report path -> (start, end, answer) of speech segments a person answered.
@@ -478,7 +486,7 @@ def _label_all(
     classes = list(model.meta.classes)
     tally = Tally(run.summary, classes)
     run.page = PageStats(classes, m.model.min_confidence)
-    annotations, segments = _report_writers(rs, m, classes)
+    annotations, segments, exports = _report_writers(rs, m, classes)
     start = 0
     for chunk in hashed.chunks(CHUNK, found=True):
         rows, seg_rows = annotate_rows(
@@ -500,13 +508,14 @@ def _label_all(
         annotations.add(annotations_table(rows, classes))
         if seg_rows:
             segments.add(segments_table(seg_rows, classes))
+            exports.add(rows, seg_rows)
         if keep_rows:
             run.rows += rows
             run.segment_rows += seg_rows
         start += len(chunk)
         clock.lap("reports")
     tally.finish(model)
-    return annotations.close() + (segments.close() if segments.rows else [])
+    return annotations.close() + (segments.close() if segments.rows else []), exports
 
 
 def _run(
@@ -637,7 +646,7 @@ def _run(
                 clock.lap("predict")
                 run = _Run(manifest, spec, model, summary, queued, [], [])
                 rs = reports.enter_context(ReportSet(manifest.output_dir))
-                written = _label_all(
+                written, exports = _label_all(
                     run,
                     rs,
                     store,
@@ -650,7 +659,7 @@ def _run(
                     reviewed_segments=segment_wins,
                 )
             clock.lap("close_cache")
-            summary.reports = _commit_reports(rs, run, written, clock, t0, metrics=True)
+            summary.reports = _commit_reports(rs, run, written, exports, clock, t0, metrics=True)
     return run
 
 

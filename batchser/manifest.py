@@ -294,16 +294,26 @@ class OutputSpec(_Strict):
     # None: result/reports/<the manifest file's name without .yaml> (or <name>), so a copied
     # manifest never writes over the reports of the one it was copied from.
     dir: str | None = None
-    formats: list[Literal["csv", "parquet"]] = ["csv", "parquet"]
+    # Tables (csv, parquet) and, per long recording, exports to open in Praat, ELAN and Audacity
+    # (textgrid, eaf, audacity: batchser.exports, written under output.dir/exports/<format>/).
+    formats: list[Literal["csv", "parquet", "textgrid", "eaf", "audacity"]] = ["csv", "parquet"]
     # report.html: a page of charts and tables a person opens first (batchser report re-renders it).
     page: bool = True
 
     @field_validator("formats")
     @classmethod
     def _non_empty(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("at least one report format is needed: csv, parquet")
+        if not {"csv", "parquet"} & set(v):
+            raise ValueError(
+                "at least one table format is needed, csv or parquet (the exports textgrid, eaf and audacity "
+                "hold only long recordings' segments); for example csv, parquet, textgrid"
+            )
         return list(dict.fromkeys(v))
+
+    @property
+    def tables(self) -> list[str]:
+        """The table formats among :attr:`formats` (annotations.*, segments.*)."""
+        return [f for f in self.formats if f in ("csv", "parquet")]
 
 
 class Manifest(_Strict):

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from batchser.discover import AUDIO_EXTENSIONS, is_pattern, pattern_matches
+from batchser.exports.names import EXPORTS_DIR
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
 from batchser.speakers import TurnsSource
@@ -96,6 +97,19 @@ def _write_conflicts(manifest: Manifest) -> list[str]:
                     f"{field}: the job would write {w}, which is {what} ({p}); "
                     "choose another output folder or model path so the job never replaces what it reads"
                 )
+    # exports/ is replaced whole by each run (or removed): nothing the job reads may lie in it.
+    exports = _real(manifest.output_dir / EXPORTS_DIR)
+    read_roots = [*_read_files(manifest)]
+    for i, inp in enumerate(manifest.inputs):  # folders too
+        read_roots.append((f"inputs[{i}].path", manifest.resolve(inp.path)))
+        if inp.speakers is not None:
+            read_roots.append((f"inputs[{i}].speakers", TurnsSource.parse(inp.speakers, manifest.resolve).path))
+    problems += [
+        f"{what}: {p} lies in {manifest.output_dir / EXPORTS_DIR}, which every run replaces whole (or removes); "
+        "copy what you want to keep out of it first"
+        for what, p in dict.fromkeys(read_roots)
+        if _inside(_real(p), exports)
+    ]
     folders = [("cache", manifest.cache_dir), ("queue", manifest.queue_dir)]
     for field, folder in folders:
         rf = _real(folder)

@@ -67,9 +67,35 @@ _SUMMARY = "summary.json"
 _STALE_TMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # atomic_path's temp names
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap(stage: Path, out_dir: Path, name: str, staged: bool) -> None:
+    """Put the staged folder ``name`` in place of ``out_dir``'s (or just take that away, when none is ``staged``).
+
+    The old folder is first renamed into the staging folder, and goes with it:
+    two renames, each done once however often a killed commit is resumed.
+    """
+    new, old, dst = stage / name, stage / f".old-{name}", out_dir / name
+    if staged and not os.path.lexists(new):
+        return  # moved in by the commit this one resumes
+    if os.path.lexists(dst):  # a link too: renamed away, never followed
+        if os.path.lexists(old):  # set aside by an earlier attempt, and something made dst again since
+            _remove(old)
+        os.replace(dst, old)
+    if staged:
+        os.replace(new, dst)
+
+
 def _finish(stage: Path, out_dir: Path) -> list[Path]:
     """Move a committed staging folder's files into ``out_dir`` (summary.json last), then drop it."""
     record = json.loads((stage / _COMMIT).read_text(encoding="utf-8"))
+    for name, staged in record.get("replace", {}).items():  # folders replaced whole (exports/), before summary.json
+        _swap(stage, out_dir, name, staged)
     moved = []
     for name in record["move"]:
         src = stage / name
@@ -150,17 +176,23 @@ class ReportSet:
         self._lock.release()
         shutil.rmtree(self.stage, ignore_errors=True)
 
-    def commit(self, *, drop: Sequence[str] = ()) -> list[Path]:
+    def commit(self, *, drop: Sequence[str] = (), replace: Sequence[str] = ()) -> list[Path]:
         """Move every staged file into place, ``summary.json`` last; returns their final paths.
 
         ``drop`` names files of an earlier set that this one does not have
         (``segments.*`` when no file was long): removed with the same commit.
+        ``replace`` names folders (``exports``) that belong to the set whole:
+        the staged one takes the place of the earlier one, and an earlier one
+        with none staged is removed, so no stale file of an earlier run stays.
+        The moved folders are not among the paths returned.
         """
-        names = sorted(p.name for p in self.stage.iterdir() if p.name not in (_COMMIT, OWNER_FILE))
+        skip = {_COMMIT, OWNER_FILE, *replace}
+        names = sorted(p.name for p in self.stage.iterdir() if p.name not in skip and not p.name.startswith(".old-"))
         names.sort(key=lambda n: n == _SUMMARY)  # stable: summary.json last
         drop = [n for n in drop if n not in names]
+        folders = {name: (self.stage / name).is_dir() for name in replace}
         with _clear_errors(self.out_dir):
-            atomic_write_text(self.stage / _COMMIT, json.dumps({"move": names, "drop": drop}))
+            atomic_write_text(self.stage / _COMMIT, json.dumps({"move": names, "drop": drop, "replace": folders}))
             return _finish(self.stage, self.out_dir)
 
 

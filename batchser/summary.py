@@ -7,10 +7,11 @@ with its hash; its job fingerprint tells whose reports an output folder holds.
 from __future__ import annotations
 
 import json
+import os
 import time
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pandas
 
 from batchser.cache import NO_SPEECH
 from batchser.discover import UNLISTABLE
+from batchser.exports.names import EXPORTS_DIR
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel
 from batchser.paths import report_files
@@ -72,6 +74,8 @@ class JobSummary:
     # What to expect of the labels before any review: the model card's leave-one-corpus-out range.
     expected: dict[str, Any] | None = None
     normalized_by: dict[str, int] = field(default_factory=dict)  # labelled files per standardisation rule
+    # Files written per export format (output.formats textgrid, eaf, audacity), under output.dir/exports.
+    exports: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
 
@@ -219,6 +223,7 @@ def summary_payload(
         "speaker_folders": s.speaker_folders,
         "review": s.review,
         "scores": {k: _brief(v) for k, v in (s.metrics or {}).items() if isinstance(v, dict) and "uar" in v},
+        "exports": s.exports,  # {"textgrid": 3, …}: each file is listed under "reports" with its hash
     }
 
 
@@ -241,9 +246,15 @@ FALLBACK_NOTE = (
 )
 
 
-def write_summary(path: Path, payload: dict[str, Any], *, reports: Sequence[Path]) -> None:
-    """``summary.json``: :func:`summary_payload` and every report's hash (written last in a report set)."""
-    write_json(path, {**payload, "reports": file_digests(reports)})
+def write_summary(
+    path: Path, payload: dict[str, Any], *, reports: Sequence[Path], more: Mapping[str, dict[str, Any]] | None = None
+) -> None:
+    """``summary.json``: :func:`summary_payload` and every report's hash (written last in a report set).
+
+    ``more``: digests of files hashed as they were written, by their path in the
+    output folder (``exports/textgrid/a.wav.TextGrid``).
+    """
+    write_json(path, {**payload, "reports": {**file_digests(reports), **(more or {})}})
 
 
 def _brief(ev: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +288,8 @@ def check_output_owner(manifest: Manifest) -> None:
     if writing_now(out):
         raise ManifestError(where, [f"output.dir: another job is writing reports into {out} right now; {fix}"])
     present = [p for p in report_files(manifest) if p.is_file() or p.is_symlink()]
-    if not present:
+    exported = _exported(out)
+    if not present and not exported:
         return
     try:
         previous = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -298,6 +310,9 @@ def check_output_owner(manifest: Manifest) -> None:
                 foreign.append(p.name)
         elif p.is_symlink() or previous is None or ("reports" in previous and listed.get(p.name) != _size(p)):
             foreign.append(p.name)
+    # exports/ is replaced whole: every file in it must be one the job listed (a link anywhere in it is not).
+    strange = [n for n, size in exported if previous is None or ("reports" in previous and listed.get(n) != size)]
+    foreign += strange[:5] + ([f"{len(strange) - 5} more in {EXPORTS_DIR}/"] if len(strange) > 5 else [])
     if foreign:
         raise ManifestError(
             where,
@@ -306,6 +321,25 @@ def check_output_owner(manifest: Manifest) -> None:
                 f"(or which changed since it did), and it would replace them; {fix}"
             ],
         )
+
+
+def _exported(out: Path) -> list[tuple[str, int]]:
+    """(name in ``out``, size) of everything under ``out/exports``; size -1 for what no job writes there:
+    a link (the folder itself, or anything in it), a FIFO or a device."""
+    top = out / EXPORTS_DIR
+    if not os.path.lexists(top):
+        return []
+    if top.is_symlink() or not top.is_dir():
+        return [(EXPORTS_DIR, -1)]
+    found = []
+    for folder, dirs, files in os.walk(top):  # links to folders are listed in dirs, never followed
+        rel = Path(folder).relative_to(out).as_posix()
+        found += [(f"{rel}/{d}", -1) for d in dirs if os.path.islink(os.path.join(folder, d))]
+        for f in files:
+            path = Path(folder, f)
+            regular = path.is_file() and not path.is_symlink()
+            found.append((f"{rel}/{f}", _size(path) if regular else -1))
+    return found
 
 
 def _size(path: Path) -> int:
