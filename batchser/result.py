@@ -56,6 +56,11 @@ class AnnotationResult:
     exports: list[Path] = field(default_factory=list)
 
 
+def _seconds(column: pd.Series) -> pd.TimedeltaIndex:
+    # In nanoseconds, as audinterface's (pandas picks another unit for no values at all).
+    return pd.TimedeltaIndex(pd.to_timedelta(column.to_numpy(dtype=float), unit="s")).astype("timedelta64[ns]")
+
+
 def segmented(table: pd.DataFrame) -> pd.DataFrame:
     """A segments report (``path``, ``start_s``, ``end_s`` columns) indexed by (file, start, end) as audinterface does.
 
@@ -65,8 +70,8 @@ def segmented(table: pd.DataFrame) -> pd.DataFrame:
     index = pd.MultiIndex.from_arrays(
         [
             table["path"].to_numpy(),
-            pd.to_timedelta(table["start_s"].to_numpy(), unit="s"),
-            pd.to_timedelta(table["end_s"].to_numpy(), unit="s"),
+            _seconds(table["start_s"]),
+            _seconds(table["end_s"]),
         ],
         names=["file", "start", "end"],
     )

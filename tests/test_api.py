@@ -1,7 +1,8 @@
-"""The Python interface: batchser.annotate, load_model and Manifest.from_dict, as a notebook uses them."""
+"""The Python interface: annotate, process_files, load_model and Manifest.from_dict, as a notebook uses them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import yaml
 
 import batchser
 from batchser.cli import main
-from tests.conftest import PROJECT, speechlike, write_audio
+from tests.conftest import PROJECT, SENTENCES, room_noise, speechlike, write_audio
 
 CLASSES = ["angry", "sad", "neutral", "happy"]
 
@@ -78,6 +79,54 @@ def test_load_model_and_manifest_from_dict() -> None:
     assert (
         batchser.__version__ and batchser.Manifest.from_yaml(PROJECT / "jobs" / "annotate.yaml").name == "annotate-demo"
     )
+
+
+def test_process_files_returns_the_segments_indexed_as_audinterface_does_and_the_summary(
+    tmp_path: Path,
+    say,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    speech = [piece for k, text in enumerate(SENTENCES[:5]) for piece in (room_noise(1.2, seed=k), say(text))]
+    write_audio(tmp_path / "talks" / "long.wav", np.concatenate(speech), 16000, subtype="PCM_16")  # about 20 s
+    write_audio(tmp_path / "talks" / "short.wav", speechlike("sad", sr=16000, seconds=1.5), 16000)
+    kw = {"cache": tmp_path / "cache", "backend": "sequential", "n_jobs": 1}
+    result = batchser.process_files("talks", out_dir="reports", formats=["csv", "parquet", "textgrid"], **kw)
+    assert isinstance(result, batchser.AnnotationResult)
+
+    # The segments: a (file, start, end) MultiIndex of report paths and timedelta64[ns], as audinterface's.
+    seg, parquet = result.segments, pd.read_parquet(tmp_path / "reports" / "segments.parquet")
+    assert seg.index.names == ["file", "start", "end"]
+    assert [str(t) for t in seg.index.dtypes[["start", "end"]]] == ["timedelta64[ns]", "timedelta64[ns]"]
+    assert set(seg.index.get_level_values("file")) == {"talks/long.wav"} and len(seg) == len(parquet) >= 9
+    for level, column in (("start", "start_s"), ("end", "end_s")):
+        times = seg.index.get_level_values(level)
+        assert (times == pd.to_timedelta(parquet[column], unit="s")).all()
+        np.testing.assert_allclose(times.total_seconds(), parquet[column], rtol=0, atol=1e-9)
+    assert (seg.index.get_level_values("start")[1:] == seg.index.get_level_values("end")[:-1]).sum() >= len(seg) - 3
+    pd.testing.assert_frame_equal(seg.reset_index(drop=True), parquet.drop(columns=["path", "start_s", "end_s"]))
+    labelled = seg.loc["talks/long.wav"].dropna(subset=["label"])  # sliced by file, as an audformat table is
+    assert labelled["voiced"].all() and set(labelled["label"]) <= set(CLASSES) and len(labelled) >= 4
+
+    # The files, the summary and the exports: what the job wrote.
+    files = pd.read_parquet(tmp_path / "reports" / "annotations.parquet").set_index("path")
+    pd.testing.assert_frame_equal(result.files, files)
+    assert result.summary == json.loads((tmp_path / "reports" / "summary.json").read_text())
+    assert result.summary["files"] == 2 and result.summary["expected_accuracy"] and "domain" in result.summary
+    assert result.exports == [tmp_path / "reports" / "exports" / "textgrid" / "talks" / "long.wav.TextGrid"]
+
+    # Without out_dir: the same results from a temporary folder, nothing left behind; annotate returns .files.
+    again = batchser.process_files("talks", **kw)
+    pd.testing.assert_frame_equal(again.segments, seg)
+    pd.testing.assert_frame_equal(again.files, result.files)
+    assert again.exports == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cache", "reports", "talks"]
+    pd.testing.assert_frame_equal(batchser.annotate("talks", **kw), result.files)
+    with pytest.raises(batchser.ManifestError, match="formats: eaf are files to open in other programs; give out_dir"):
+        batchser.process_files("talks", formats=["parquet", "eaf"], **kw)
+    # No long file: no rows, but the same index and columns.
+    short = batchser.process_files("talks/short.wav", **kw).segments
+    assert short.empty and short.index.names == seg.index.names and list(short.columns) == list(seg.columns)
+    assert [str(t) for t in short.index.dtypes[["start", "end"]]] == ["timedelta64[ns]", "timedelta64[ns]"]
 
 
 def test_annotate_names_a_missing_input(tmp_path: Path) -> None:
