@@ -106,7 +106,10 @@ def _print_summary(s: JobSummary) -> None:
         print(f"report: {p}")
     if s.exports and s.reports:
         made = ", ".join(f"{n} {fmt}" for fmt, n in s.exports.items())
-        print(f"exports: {made} in {s.reports[0].parent / EXPORTS_DIR}")
+        if any(s.exports.values()):
+            print(f"exports: {made} in {s.reports[0].parent / EXPORTS_DIR}")
+        else:  # exports are per long recording
+            print("exports: none (no recording was long enough to be labelled segment by segment)")
 
 
 @contextlib.contextmanager

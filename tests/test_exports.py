@@ -27,6 +27,7 @@ from praatio import textgrid
 from pympi.Elan import Eaf
 
 from batchser.api import annotation_manifest
+from batchser.cli import main
 from batchser.exports import EXPORTERS, EXPORTS_DIR, Interval, Recording, export_name, recordings
 from batchser.exports.names import NAME_MAX
 from batchser.hashing import path_from_text
@@ -151,7 +152,9 @@ def test_every_export_reads_back_with_the_segments_of_segments_parquet(job: Path
         assert [t for _, _, t in cells] == texts
 
 
-def test_the_report_set_holds_the_exports_and_a_rerun_without_them_removes_them(job: Path, tmp_path: Path) -> None:
+def test_the_report_set_holds_the_exports_and_a_rerun_without_them_removes_them(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     summary = json.loads((job / "summary.json").read_text())
     assert summary["exports"] == {"textgrid": 2, "eaf": 2, "audacity": 2}
     listed = {n: d for n, d in summary["reports"].items() if n.startswith(f"{EXPORTS_DIR}/")}
@@ -167,8 +170,9 @@ def test_the_report_set_holds_the_exports_and_a_rerun_without_them_removes_them(
     m = annotation_manifest([audio], out_dir=out, formats=FORMATS, cache=cache, backend="sequential", n_jobs=1)
     run_job(m, progress=False)
     assert len(list((out / EXPORTS_DIR).rglob("*.eaf"))) == 2
-    m = annotation_manifest([audio], out_dir=out, formats=["csv", "parquet", "audacity"], cache=cache)
-    run_job(m, progress=False)
+    args = ["annotate", str(audio), "--out", str(out), "--cache", str(cache), "-j", "1"]
+    assert main([*args, "--format", "csv,parquet,audacity"]) == 0
+    assert f"exports: 2 audacity in {out / EXPORTS_DIR}" in capsys.readouterr().out
     kept = (out / EXPORTS_DIR).rglob("*")
     assert sorted(p.relative_to(out / EXPORTS_DIR).parts[0] for p in kept if p.is_file()) == ["audacity", "audacity"]
     assert not (out / EXPORTS_DIR / "eaf").exists() and not (out / EXPORTS_DIR / "textgrid").exists()
@@ -222,6 +226,17 @@ def test_a_kill_while_exports_are_moved_in_is_completed_by_the_next_job(tmp_path
     # moving summary.json in (4).
     res = subprocess.run([sys.executable, "-c", _COMMIT_AND_DIE, str(out), str(killed_after)], capture_output=True)
     assert res.returncode == 9, res.stderr
+    before = {p.relative_to(out).as_posix() for p in out.rglob("*") if ".batchser-staging-" not in str(p)}
+    assert (
+        before
+        == {
+            1: {"exports", "exports/textgrid", "exports/textgrid/old.TextGrid", "summary.json"},
+            2: {"summary.json"},
+            3: {"exports", "exports/textgrid", "exports/textgrid/new.TextGrid", "summary.json"},
+            4: {"exports", "exports/textgrid", "exports/textgrid/new.TextGrid", "summary.json"},
+        }[killed_after]
+    )
+    assert (out / "summary.json").read_text() == ("{}" if killed_after == 4 else '{"old": true}')
     recover_reports(out)  # what the next job does first
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
         "exports",

@@ -51,7 +51,7 @@ def _problems(tmp_path: Path, **over: object) -> str:
         ({"inputs": [{"path": "a", "labels": "json:x"}]}, ["inputs[0].labels", "csv:<path"]),
         ({"emotions": ["Angry", "sad"]}, ["emotions", "lower-case"]),
         ({"emotions": ["sad", "sad"]}, ["emotions", "duplicate"]),
-        ({"output": {"dir": "r", "formats": ["xlsx"]}}, ["output.formats[0]", "'csv' or 'parquet'"]),
+        ({"output": {"dir": "r", "formats": ["xlsx"]}}, ["output.formats[0]", "'csv', 'parquet', 'textgrid'"]),
         ({"model": {"path": "m", "train": "maybe"}}, ["model.train", "boolean"]),
         ({"name": "has space"}, ["name", "pattern"]),
         ({"inputs": [{"path": "a", "labels": "none"}]}, ["no input has labels", "labels: ravdess"]),
