@@ -312,7 +312,9 @@ def _commit_reports(
     # Reports of an earlier set that this one has none of go with the commit: no stale page or scores stay
     # (a watch's rewrites, which write no metrics, keep the first run's), and exports/ is this set's or none.
     extras = ["report.html", "metrics.json", "confusion_matrix.png", "reliability.png"] if metrics else []
-    return rs.commit(drop=[f"segments.{fmt}" for fmt in ("csv", "parquet")] + extras, replace=[EXPORTS_DIR])
+    # A table in a format this run did not write (csv, then parquet only) goes too: the set is one run's.
+    tables = [f"{stem}.{fmt}" for stem in ("annotations", "segments") for fmt in ("csv", "parquet")]
+    return rs.commit(drop=tables + extras, replace=[EXPORTS_DIR])
 
 
 def _write_reports(run: _Run) -> list[Path]:

@@ -177,6 +177,10 @@ def test_the_report_set_holds_the_exports_and_a_rerun_without_them_removes_them(
     assert sorted(p.relative_to(out / EXPORTS_DIR).parts[0] for p in kept if p.is_file()) == ["audacity", "audacity"]
     assert not (out / EXPORTS_DIR / "eaf").exists() and not (out / EXPORTS_DIR / "textgrid").exists()
     assert not [n for n in json.loads((out / "summary.json").read_text())["reports"] if n.endswith(".eaf")]
+    # A table format left out goes with the commit too, so the next run is this job's to replace.
+    assert main([*args, "-q", "--format", "parquet"]) == 0
+    assert not (out / "annotations.csv").exists() and not (out / EXPORTS_DIR).exists()
+    assert main([*args, "-q", "--format", "csv,parquet,audacity"]) == 0
     # A file someone put in exports/ is not the job's to remove: refused, unless --overwrite.
     (out / EXPORTS_DIR / "audacity" / "notes.txt").write_text("mine")
     m = annotation_manifest([audio], out_dir=out, formats=["csv", "parquet"], cache=cache, backend="sequential")
