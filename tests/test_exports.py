@@ -160,6 +160,7 @@ def test_the_report_set_holds_the_exports_and_a_rerun_without_them_removes_them(
     listed = {n: d for n, d in summary["reports"].items() if n.startswith(f"{EXPORTS_DIR}/")}
     on_disk = {p.relative_to(job).as_posix() for p in (job / EXPORTS_DIR).rglob("*") if p.is_file()}
     assert set(listed) == on_disk and len(on_disk) == 6
+    assert 'id="exports"' in (job / "report.html").read_text()  # the page says where they are
     for name, d in listed.items():
         data = (job / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == d["sha256"] and len(data) == d["bytes"]

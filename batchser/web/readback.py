@@ -107,6 +107,7 @@ class _Summary(_Open):
     review: _Review | None = None
     expected_accuracy: _Expected | None = None
     normalized_by: dict[str, Count] = {}
+    exports: dict[str, Count] = {}
 
 
 class _Bin(_Open):
