@@ -248,6 +248,10 @@ class ModelSpec(_Strict):
     # Answers whose label is none of the model's emotions, none or skip stop the job (exit 2) unless
     # set aside with this (counted and named in summary.json, never a label).
     ignore_unknown_answers: bool = False
+    # Arousal and valence (batchser.model.dimensions): a train job also fits their networks on every
+    # file whose emotion the circumplex table places, and with 2+ corpora scores them leave one corpus
+    # out (nested, for their temperatures: the larger part of a pooled train job's fits). false: none.
+    dimensions: bool = True
     # Adaptation modes scored leave-one-corpus-out in a train job with 2+ corpora.
     evaluate_modes: Annotated[list[Literal["none", "corpus", "cluster", "speaker"]], Field(min_length=1)] = [
         "none",

@@ -4,7 +4,9 @@ Runs after the features stage, on the files whose label is one of the job's
 emotions. Evaluations come first (each fits its own networks on its own
 training rows): the seed's random split, speaker-wise folds, and with two or
 more corpora leave-one-corpus-out under each adaptation mode. Then the
-networks that are saved are fitted on everything.
+networks that are saved are fitted on everything. Arousal and valence
+(``model.dimensions``) learn from every file whose emotion the circumplex
+table places (:mod:`batchser.model.circumplex`), fear, calm and the rest too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from batchser.model import (
     write_model_card,
 )
 from batchser.model.adapt import group_rows
+from batchser.model.base import Dimension
+from batchser.model.circumplex import DIMENSIONS, canonical
+from batchser.model.dimensions import DIMENSION_C, evaluate_dimensions, fit_dimension_pair, fittable
 from batchser.model.domain import distances, domain_reference, scaler_of
 from batchser.model.evaluate import calibration_groups, evaluate_corpora, fit_normalized
 from batchser.model.learn import TrainingSet
@@ -61,6 +66,24 @@ class TrainingData:
         return bool(len(self.speakers)) and all(self.speakers)
 
 
+def _rows(
+    manifest: Manifest,
+    vectors: Sequence[np.ndarray | None],
+    labels: Sequence[Label],
+    hashes: Sequence[str],
+    use: list[int],
+) -> TrainingData:
+    allowed = {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
+    return TrainingData(
+        X=np.stack([vectors[i] for i in use]).astype(np.float64),  # type: ignore[misc]
+        y=np.array([labels[i].emotion for i in use]),
+        corpora=np.array([labels[i].corpus or "" for i in use]),
+        speakers=np.array([labels[i].group or "" for i in use], dtype=object),
+        speaker_ok=np.array([allowed.get(labels[i].corpus or "", True) for i in use], dtype=bool),
+        content_hashes=[hashes[i] for i in use],
+    )
+
+
 def _data(
     manifest: Manifest, vectors: Sequence[np.ndarray | None], labels: Sequence[Label], hashes: Sequence[str]
 ) -> tuple[TrainingData, list[int]]:
@@ -73,15 +96,7 @@ def _data(
             f"only {len(use)} usable labelled files for {len(classes)} emotions; need at least "
             f"{2 * len(classes)}. Check inputs[].labels and emotions"
         )
-    allowed = {i.corpus_name: i.speaker_normalization for i in manifest.inputs}
-    data = TrainingData(
-        X=np.stack([vectors[i] for i in use]).astype(np.float64),  # type: ignore[misc]
-        y=np.array([labels[i].emotion for i in use]),
-        corpora=np.array([labels[i].corpus or "" for i in use]),
-        speakers=np.array([labels[i].group or "" for i in use], dtype=object),
-        speaker_ok=np.array([allowed.get(labels[i].corpus or "", True) for i in use], dtype=bool),
-        content_hashes=[hashes[i] for i in use],
-    )
+    data = _rows(manifest, vectors, labels, hashes, use)
     missing = sorted(set(classes) - set(data.y.tolist()))
     if missing:
         raise TrainingError(f"no training files labelled {missing}; remove them from emotions or add such files")
@@ -176,7 +191,10 @@ def train(
                 n_groups,
             )
             normalize, g = "none", None
+    ddata = _dimension_data(manifest, vectors, labels, hashes) if ms.dimensions else None
     steps = (3 if normalize == "speaker" else 2) + (n_corpora if n_corpora >= 2 else 0)
+    if ddata is not None:
+        steps += 1 + _dimension_folds(ddata)
     log.info("training on %d files from %d corpora, %d features, classes %s", len(use), n_corpora, data.X.shape[1], ms)
     with tqdm(total=steps, desc="training", unit="step", disable=not progress, dynamic_ncols=True) as bar:
 
@@ -230,6 +248,11 @@ def train(
                 n_jobs=_workers(manifest),
                 on_fold=lambda c: step(f"held out {c}"),
             )
+        dims: tuple[Dimension, ...] = ()
+        if ddata is not None:
+            dims, metrics["dimensions"] = _train_dimensions(
+                manifest, ddata, fit_kw, normalize=normalize, n_jobs=_workers(manifest), step=step
+            )
     own = float(np.median(distances(data.X, *scaler_of(plain))))
     held = {c: f["median_distance"] for c, f in metrics.get("leave_one_corpus_out", {}).get("folds", {}).items()}
     metrics["domain"] = domain_reference(own, held)
@@ -248,15 +271,88 @@ def train(
             "min_speaker_files": ms.min_speaker_files,
             "job": manifest.name,
             "corpora": sorted(set(data.corpora.tolist())),
+            "dimensions": ({"C": DIMENSION_C, "temperature": {d.name: d.temperature for d in dims}} if dims else None),
         },
         metrics=metrics,
         versions=versions(),
     )
     keys = np.array([k or "" for k in g.keys] if g is not None else [""] * len(data.y), dtype=str)
     training = TrainingSet(X=data.X.astype(np.float32), y=np.asarray(data.y).astype(str), keys=keys)
-    model = save_model(plain, meta, manifest.model_path, speaker_pipeline=norm_net, training=training)
+    model = save_model(plain, meta, manifest.model_path, speaker_pipeline=norm_net, training=training, dimensions=dims)
     write_model_card(model, data_note=_licences(manifest, data))
     return model, metrics, set(use)
+
+
+def _dimension_data(
+    manifest: Manifest, vectors: Sequence[np.ndarray | None], labels: Sequence[Label], hashes: Sequence[str]
+) -> TrainingData | None:
+    """Every labelled file whose emotion the circumplex table places (None when there are none)."""
+    use = [
+        i
+        for i, (v, lab) in enumerate(zip(vectors, labels, strict=True))
+        if v is not None and lab.emotion and canonical(lab.emotion) is not None
+    ]
+    return _rows(manifest, vectors, labels, hashes, use) if use else None
+
+
+def _dimension_folds(data: TrainingData) -> int:
+    """How many fits of every network the dimensions' evaluation makes (progress)."""
+    n = len(set(data.corpora.tolist()))
+    return 0 if n < 2 else n if n < 3 else n * n
+
+
+def _train_dimensions(
+    manifest: Manifest,
+    data: TrainingData,
+    fit_kw: dict[str, Any],
+    *,
+    normalize: str,
+    n_jobs: int,
+    step: Any,
+) -> tuple[tuple[Dimension, ...], dict[str, Any]]:
+    """Arousal and valence: evaluated leave one corpus out (2+ corpora), then fitted on every placed file."""
+    ms = manifest.model
+    names = tuple(d for d in DIMENSIONS if fittable(d, data.y))
+    info: dict[str, Any] = {
+        "n_train": len(data.y),
+        "emotions": {e: int((data.y == e).sum()) for e in sorted(set(data.y.tolist()))},
+        "not_trained": {
+            d: "the training files have emotions on one side of it only" for d in DIMENSIONS if d not in names
+        },
+    }
+    for d, why in info["not_trained"].items():
+        log.warning("no %s network: %s", d, why)
+    temperature: dict[str, dict[str, float]] = {}
+    if names and len(set(data.corpora.tolist())) >= 2:
+        evaluation, temperature = evaluate_dimensions(
+            data.X,
+            data.y,
+            data.corpora,
+            data.speakers,
+            data.speaker_ok,
+            classes=list(manifest.emotions),
+            dims=names,
+            modes=tuple(ms.evaluate_modes) if normalize == "speaker" else ("none",),
+            min_files=ms.min_speaker_files,
+            fit_kw=fit_kw,
+            n_jobs=n_jobs,
+            on_fold=lambda c: step(f"arousal and valence, held out {c}"),
+        )
+        info |= evaluation
+    g = None
+    if normalize == "speaker":
+        g = group_rows(
+            data.X,
+            mode="speaker",
+            corpora=data.corpora,
+            speakers=data.speakers,
+            speaker_ok=data.speaker_ok,
+            min_files=ms.min_speaker_files,
+        )
+    pairs = {d: fit_dimension_pair(data.X, data.y, d, grouping=g, random_state=ms.random_state) for d in names}
+    dims = tuple(Dimension(d, plain, norm, temperature.get(d, {})) for d, (plain, norm) in pairs.items())
+    step("fitted the arousal and valence networks")
+    return dims, info
 
 
 def _workers(manifest: Manifest) -> int:

@@ -70,12 +70,19 @@ MODES = ("none", "corpus", "cluster", "speaker")
 
 
 def labelled_features(  # type: ignore[no-untyped-def]
-    names: tuple[str, ...], log, *, other: bool = False, cache: str = "result/bench-cache"
+    names: tuple[str, ...],
+    log,
+    *,
+    other: bool = False,
+    cache: str = "result/bench-cache",
+    per_class: int | None = None,
 ) -> tuple[np.ndarray, ...]:
     """(X, y, corpora, speakers, speaker_ok, paths) of the pooled job's labelled files for ``names``.
 
     ``other``: keep files labelled with an emotion outside the job's (fearful,
     calm, disgust, surprised: what "none of these" must catch) as well.
+    ``per_class``: only the first that many files (by path) of each corpus and
+    emotion, before any extraction (smoke tests).
     """
     job = yaml.safe_load(JOB.read_text())
     job |= {"features": list(names), "cache": cache}
@@ -84,6 +91,15 @@ def labelled_features(  # type: ignore[no-untyped-def]
     paths, fns = _input_paths(m)
     files = discover(paths)
     labels = [fns[f.input_index](f.path) for f in files]
+    if per_class is not None:
+        seen: dict[tuple[str | None, str | None], int] = {}
+        keep_files = []
+        for i in sorted(range(len(files)), key=lambda i: str(files[i].path)):
+            key = (labels[i].corpus, labels[i].emotion)
+            seen[key] = seen.get(key, 0) + 1
+            if labels[i].emotion and seen[key] <= per_class:
+                keep_files.append(i)
+        files, labels = [files[i] for i in keep_files], [labels[i] for i in keep_files]
     log(f"  extracting {', '.join(names)} for {len(files)} files (cached after the first run)")
     with contextlib.ExitStack() as stack, FeatureStore(m.cache_dir, spec, segments=_segment_spec(m)) as store:
         out = file_features(m, files, store, JobSummary(m.name), executors=Executors(stack, m))

@@ -123,3 +123,18 @@ def test_formats_compares_an_m4a_with_its_flac(ravdess48_dir: Path) -> None:
     for rate in ("96k", "192k"):  # file label, segments, share of segment labels equal to the FLAC's, ...
         cells = row(lines, rate)
         assert int(cells[2]) > 0 and cells[3].endswith("%") and cells[-1] == "pt"
+
+
+def test_dimensions_prints_every_variant_for_both_dimensions(tmp_path: Path) -> None:
+    corpora = PROJECT.parent / "shared" / "corpora"
+    if not all((corpora / c).is_dir() for c in ("ravdess", "savee", "nemo", "urdu", "emovo", "ased")):
+        pytest.skip("needs the six corpora in ../shared/corpora (present in CI)")
+    lines = bench("dimensions.py", "--per-class", "10", "--cache", str(tmp_path / "cache"), "--no-cost")
+    tables = [i for i, line in enumerate(lines) if line.startswith(("arousal:", "valence:"))]
+    assert len(tables) == 2
+    for start in tables:
+        body = lines[start:]
+        for variant in ("what ships:", "read off the four-class model", "soft targets (circumplex", "own, C=0.01 |"):
+            cells = [c.strip() for c in next(line for line in body if line.startswith(f"| {variant}")).split("|")]
+            assert len(cells) == 13 and cells[8].startswith("**") and cells[8].endswith("%**"), cells  # the mean
+            assert 0 <= float(cells[11]) <= 0.5  # mean ECE

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from batchser.model.adapt import GroupStats
+from batchser.model.circumplex import SIDE_NAMES, combine, read_off, temper
 
-__all__ = ["PROBA_FLOOR", "ModelError", "ModelMeta", "TrainedModel"]
+__all__ = ["PROBA_FLOOR", "Dimension", "ModelError", "ModelMeta", "TrainedModel"]
 
 PROBA_FLOOR = 1e-6
 
@@ -43,6 +44,34 @@ class ModelMeta:
 
 
 @dataclass(frozen=True)
+class Dimension:
+    """One dimension's networks (:mod:`batchser.model.dimensions`) and the temperatures on its answer.
+
+    ``plain`` answers rows with no normalisation group, ``norm`` (None for a
+    model that does not normalise) rows standardised within theirs.
+    ``temperature`` maps an adaptation rule (``none``, ``speaker``,
+    ``cluster``, ``corpus``: how the row was standardised) to the factor on
+    the logit of the reported probability, fitted on predictions for corpora
+    the networks never heard; a rule without one keeps factor 1.
+    """
+
+    name: str  # "arousal" | "valence"
+    plain: Any
+    norm: Any | None = None
+    temperature: dict[str, float] = field(default_factory=dict)
+
+    def own(self, X: np.ndarray, Xn: np.ndarray, use_norm: np.ndarray) -> np.ndarray:
+        """The networks' probability of the high (positive) side: ``Xn`` rows where ``use_norm``, else ``X``."""
+        use_norm = use_norm if self.norm is not None else np.zeros(len(X), dtype=bool)
+        out = np.empty(len(X))
+        for est, rows, data in ((self.plain, ~use_norm, X), (self.norm, use_norm, Xn)):
+            if rows.any():
+                classes = [str(c) for c in est.classes_]
+                out[rows] = est.predict_proba(data[rows])[:, classes.index(SIDE_NAMES[self.name][1])]
+        return out
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """A loaded model: the network for any file, and optionally one for speaker-normalised files.
 
@@ -59,6 +88,8 @@ class TrainedModel:
     # SHA-256 of the numbers actually loaded (store.loaded_digest); "" for a model just trained,
     # whose metadata's weights_sha256 was computed from the very objects in memory.
     loaded_sha256: str = ""
+    # Arousal and valence (model.dimensions in a train job); none for models trained without them.
+    dimensions: tuple[Dimension, ...] = ()
 
     @property
     def id(self) -> str:
@@ -111,3 +142,51 @@ class TrainedModel:
         if covered.any():
             proba[covered] = self._proba(self.speaker_pipeline, Xn[covered])
         return proba
+
+    def predict_dimensions(
+        self,
+        X: np.ndarray,
+        keys: Sequence[str | None],
+        norm: GroupStats | None,
+        *,
+        proba: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """P(high arousal) and P(positive valence) per row, standardised as :meth:`predict_proba_by_speaker` does.
+
+        Each is the mean of the dimension's own network and the share of the
+        four-class probabilities on that side (:func:`batchser.model.circumplex.read_off`),
+        its logit scaled by the temperature of the row's adaptation rule.
+
+        Parameters
+        ----------
+        X : np.ndarray, shape (n, d)
+        keys : sequence of str or None
+            Each row's normalisation group (``speaker:…``, ``corpus:…``, ``cluster:…``) or None.
+        norm : GroupStats or None
+            The groups' statistics; None standardises nothing.
+        proba : np.ndarray, optional
+            The rows' class probabilities from :meth:`predict_proba_by_speaker`, when the
+            caller has them already (saves computing them twice).
+
+        Returns
+        -------
+        dict of str to np.ndarray, shape (n,)
+            One entry per dimension the model has (``arousal``, ``valence``); empty
+            for a model trained without them.
+        """
+        if not self.dimensions:
+            return {}
+        X = np.asarray(X, dtype=np.float64)
+        if proba is None:
+            proba, _ = self.predict_proba_by_speaker(X, keys, norm)
+        if self.speaker_pipeline is None or norm is None:
+            Xn, covered = X, np.zeros(len(X), dtype=bool)
+        else:
+            Xn, covered = norm.transform(X, keys)
+        rules = np.array([k.split(":", 1)[0] if c and k else "none" for k, c in zip(keys, covered, strict=True)])
+        out = {}
+        for dim in self.dimensions:
+            p = combine(dim.own(X, Xn, covered), read_off(proba, self.meta.classes, dim.name))
+            beta = np.array([dim.temperature.get(str(r), 1.0) for r in rules])
+            out[dim.name] = temper(p, beta, floor=PROBA_FLOOR)
+        return out

@@ -7,8 +7,15 @@ from typing import Any
 
 from batchser.atomic import atomic_write_text
 from batchser.model.base import TrainedModel
+from batchser.model.circumplex import circumplex_table_md
 
-__all__ = ["calibration_table_md", "loco_table", "reliability_png_path", "write_model_card"]
+__all__ = ["calibration_table_md", "dimension_table", "loco_table", "reliability_png_path", "write_model_card"]
+
+_VARIANTS = {
+    "reported": "reported (own and read-off, tempered)",
+    "own": "own network alone",
+    "read_off": "read off the four classes (baseline)",
+}
 
 
 def _pct(ev: dict[str, Any], key: str = "accuracy") -> str:
@@ -51,6 +58,58 @@ def calibration_table_md(loco: dict[str, Any], modes: tuple[str, ...] = ("corpus
             cells.append(f"{ev['accuracy']:.1%} / {conf_text} / {ev['calibration']['ece']:.3f}")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def dimension_table(dims: dict[str, Any], dim: str, mode: str) -> str:
+    """Markdown table of one dimension leave one corpus out under ``mode``: balanced accuracy (ECE) per corpus."""
+    m = dims[dim]["modes"][mode]
+    corpora = [c for c in dims["corpora"] if c in m["per_corpus"]]
+    head = "| variant | " + " | ".join(corpora) + " | mean | worst | mean ECE | worst ECE |"
+    lines = [head, "|" + "---|" * (len(corpora) + 5)]
+    for variant, name in _VARIANTS.items():
+        if variant not in m["mean"]:
+            continue
+        per = {c: m["per_corpus"][c] if variant == "reported" else m["per_corpus"][c][variant] for c in corpora}
+        cells = [f"{per[c]['balanced_accuracy']:.1%} ({per[c]['ece']:.2f})" for c in corpora]
+        mean = m["mean"][variant]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | **{mean['balanced_accuracy']:.1%}** | {mean['worst']:.1%} | "
+            f"{mean['ece']:.3f} | {mean['worst_ece']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _dimensions_section(model: TrainedModel) -> str:
+    if not model.dimensions:
+        return ""
+    info = model.meta.metrics.get("dimensions", {})
+    names = ", ".join(d.name for d in model.dimensions)
+    out = (
+        "\n## Arousal and valence\n\n"
+        f"Besides the emotions, the model gives {names}: the probability that a file's arousal is high and "
+        "that its valence is positive. Each is the mean of a network of its own (a logistic regression on "
+        "the circumplex placement of every training file's emotion: "
+        f"{info.get('n_train', 'n/a')} files, fear, surprise, disgust and calm included) and the share of the "
+        "four-class probabilities on that side, its logit scaled by a temperature fitted on corpora the "
+        "networks never heard.\n"
+    )
+    if "corpora" in info:
+        out += (
+            "\nLeave one corpus out: balanced accuracy (the mean of the two sides' recalls) on each held-out "
+            "corpus's files whose emotion has a side, expected calibration error in brackets. Without speaker "
+            "ids each held-out corpus is standardised over its own files ('corpus'); with them, over each "
+            "speaker's ('speaker').\n"
+        )
+        for d in model.dimensions:
+            for mode in ("corpus", "speaker", "none"):
+                if mode in info.get(d.name, {}).get("modes", {}):
+                    out += f"\n**{d.name}, adaptation '{mode}'**\n\n" + dimension_table(info, d.name, mode) + "\n"
+    else:
+        out += "\nNot evaluated leave one corpus out: the model was trained on one corpus.\n"
+    return (
+        out + "\nWhere each emotion goes (the side a file is scored against; the placement, in [0, 1], its own "
+        "network's training target; batchser/model/circumplex.py says why):\n\n" + circumplex_table_md() + "\n"
+    )
 
 
 def reliability_png_path(model_path: Path) -> Path:
@@ -149,7 +208,7 @@ Speech-emotion classifier made by batchser (`{m.params.get("job", "")}` job), id
 ## Data
 
 {data_note}
-{loco}
+{loco}{_dimensions_section(model)}
 {expect}
 """
     path = model.path.with_suffix(".md")

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 from batchser.atomic import atomic_path
-from batchser.model.base import ModelError, ModelMeta, TrainedModel
+from batchser.model.base import Dimension, ModelError, ModelMeta, TrainedModel
+from batchser.model.circumplex import DIMENSIONS
 from batchser.model.learn import TrainingSet
 from batchser.model.network import NumpyNetwork, layers, network_arrays
 
@@ -73,10 +74,24 @@ def _network_numbers(net: NumpyNetwork) -> list[np.ndarray]:
     return out
 
 
-def loaded_digest(pipeline: Any, speaker_pipeline: Any | None = None) -> str:
-    """:func:`weights_digest` of what a model predicts with, NumpyNetworks included."""
+def loaded_digest(pipeline: Any, speaker_pipeline: Any | None = None, dimensions: tuple[Dimension, ...] = ()) -> str:
+    """:func:`weights_digest` of what a model predicts with, NumpyNetworks included.
+
+    With ``dimensions``, their networks and temperatures are hashed in too; a
+    model without them keeps the four-class networks' digest, as before they existed.
+    """
     content = pipeline if speaker_pipeline is None else {"global": pipeline, "speaker": speaker_pipeline}
-    return _digest(content)
+    return _with_dimensions(_digest(content), dimensions)
+
+
+def _with_dimensions(digest: str, dimensions: tuple[Dimension, ...]) -> str:
+    if not dimensions:
+        return digest
+    h = hashlib.sha256(digest.encode())
+    for dim in sorted(dimensions, key=lambda d: d.name):
+        h.update(f"{dim.name}:{_digest(dim.plain)}:{_digest(dim.norm) if dim.norm is not None else ''}".encode())
+        h.update("".join(f"{mode}={beta!r};" for mode, beta in sorted(dim.temperature.items())).encode())
+    return h.hexdigest()
 
 
 def _digest(model: Any) -> str:
@@ -138,32 +153,52 @@ _ARRAYS_ENTRY = "batchser/arrays.npz"
 _TRAINING_ENTRY = "batchser/training.npz"
 
 
-def _arrays_blob(estimators: dict[str, Any]) -> bytes:
+# Array roles: "global" and "speaker" (the four-class pair), "<dim>" and "<dim>_norm" (a dimension's
+# pair), and "temperature" (entries "temperature__<dim>__<mode>": a dimension's factor per rule).
+_TEMPERATURE = "temperature"
+
+
+def _arrays_blob(estimators: dict[str, Any], dimensions: tuple[Dimension, ...] = ()) -> bytes:
+    estimators = dict(estimators)
+    for dim in dimensions:
+        estimators[dim.name] = dim.plain
+        if dim.norm is not None:
+            estimators[f"{dim.name}_norm"] = dim.norm
     flat: dict[str, np.ndarray] = {}
     for role, est in estimators.items():
         arrays, settings = network_arrays(est)
         flat |= {f"{role}__{k}": v for k, v in arrays.items()}
         flat |= {f"{role}__{k}": np.array(v) for k, v in settings.items()}
+    for dim in dimensions:
+        flat |= {f"{_TEMPERATURE}__{dim.name}__{mode}": np.array(beta) for mode, beta in dim.temperature.items()}
     buf = io.BytesIO()
     np.savez(buf, **flat)
     return buf.getvalue()
 
 
-def _networks_from(blob: bytes) -> dict[str, NumpyNetwork]:
+def _networks_from(blob: bytes) -> tuple[dict[str, NumpyNetwork], tuple[Dimension, ...]]:
+    """The four-class networks by role ("global", "speaker") and the dimensions, from the arrays entry."""
     # allow_pickle=False: numbers and strings only, nothing that runs on load.
     with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         flat = {k: npz[k] for k in npz.files}
-    out = {}
+    nets: dict[str, NumpyNetwork] = {}
+    temperature: dict[str, dict[str, float]] = {}
     for role in sorted({k.split("__", 1)[0] for k in flat}):
         part = {k.split("__", 1)[1]: v for k, v in flat.items() if k.startswith(f"{role}__")}
-        out[role] = NumpyNetwork(
+        if role == _TEMPERATURE:
+            for key, beta in part.items():
+                dim, _, mode = key.partition("__")
+                temperature.setdefault(dim, {})[mode] = float(beta)
+            continue
+        nets[role] = NumpyNetwork(
             classes_=part.pop("classes"),
             activation=str(part.pop("activation")),
             calibration=str(part.pop("calibration")),
             calibrate_on=str(part.pop("calibrate_on", "proba")),
             arrays=part,
         )
-    return out
+    dims = tuple(Dimension(d, nets[d], nets.get(f"{d}_norm"), temperature.get(d, {})) for d in DIMENSIONS if d in nets)
+    return {k: v for k, v in nets.items() if k in ("global", "speaker")}, dims
 
 
 def _training_blob(training: TrainingSet) -> bytes:
@@ -205,6 +240,7 @@ def save_model(
     *,
     speaker_pipeline: Any | None = None,
     training: TrainingSet | None = None,
+    dimensions: tuple[Dimension, ...] = (),
 ) -> TrainedModel:
     """Write the model to ``path`` as one file: skops, with batchser's metadata and arrays inside.
 
@@ -216,12 +252,16 @@ def save_model(
     With ``speaker_pipeline`` the skops part holds ``{"global": pipeline, "speaker": speaker_pipeline}``.
     With ``training`` the file also carries the training rows (float32
     features, labels, normalisation groups), which a review refits on.
+    With ``dimensions`` it carries their networks and temperatures (arrays only:
+    the skops part stays the four-class model's), and the weights' digest covers them.
     """
     import skops.io as sio
 
     content = pipeline if speaker_pipeline is None else {"global": pipeline, "speaker": speaker_pipeline}
     blob = sio.dumps(content)
-    arrays_blob = _arrays_blob({"global": pipeline} | ({"speaker": speaker_pipeline} if speaker_pipeline else {}))
+    arrays_blob = _arrays_blob(
+        {"global": pipeline} | ({"speaker": speaker_pipeline} if speaker_pipeline else {}), dimensions
+    )
     training_blob = _training_blob(training) if training is not None else b""
     meta = ModelMeta(
         **{
@@ -229,7 +269,7 @@ def save_model(
             "sha256": hashlib.sha256(blob).hexdigest(),
             "arrays_sha256": hashlib.sha256(arrays_blob).hexdigest(),
             "training_sha256": hashlib.sha256(training_blob).hexdigest() if training_blob else "",
-            "weights_sha256": weights_digest(content),
+            "weights_sha256": _with_dimensions(weights_digest(content), dimensions),
             "created": meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     )
@@ -245,7 +285,7 @@ def save_model(
         tmp.write_bytes(buf.getvalue())
     for old in (_sidecar(path), _arrays_file(path)):
         old.unlink(missing_ok=True)
-    return TrainedModel(pipeline, meta, path, speaker_pipeline)
+    return TrainedModel(pipeline, meta, path, speaker_pipeline, dimensions=tuple(dimensions))
 
 
 def _check_sha256(blob: bytes, expected: str, what: str, *, plural: bool = False) -> None:
@@ -408,9 +448,9 @@ def load_model(path: Path, *, feature_fingerprint: str, classes: list[str]) -> T
     _check_fit(mf.meta, path, feature_fingerprint=feature_fingerprint, classes=classes)
     job_meta = ModelMeta(**{**asdict(mf.meta), "classes": list(classes)})
     if mf.arrays is not None:
-        nets = _networks_from(mf.arrays)
+        nets, dims = _networks_from(mf.arrays)
         g, s = nets["global"], nets.get("speaker")
-        return TrainedModel(g, job_meta, path, s, loaded_sha256=loaded_digest(g, s))
+        return TrainedModel(g, job_meta, path, s, loaded_sha256=loaded_digest(g, s, dims), dimensions=dims)
 
     import skops.io as sio
 
