@@ -65,6 +65,9 @@ def _print_summary(s: JobSummary) -> None:
                     f"{what}: accuracy {ev['accuracy']:.1%}, UAR {ev['uar']:.1%}, macro-F1 {ev['macro_f1']:.1%} "
                     f"(n={ev['n']})"
                 )
+        for dim, ev in (s.metrics.get("dimensions_of_labelled_files") or {}).items():
+            if isinstance(ev, dict):
+                print(f"{dim} of labelled files: balanced accuracy {ev['balanced_accuracy']:.1%} (n={ev['n']})")
         loco = s.metrics.get("leave_one_corpus_out")
         if loco:
             print("leave one corpus out, UAR on each held-out corpus by adaptation (what to expect on new data):")

@@ -261,12 +261,12 @@ def _adaptation(manifest: Manifest, model: TrainedModel, turns: SpeakerTurns | N
 
 
 def _report_writers(
-    rs: ReportSet, manifest: Manifest, classes: list[str]
+    rs: ReportSet, manifest: Manifest, classes: list[str], dims: Sequence[str] = ()
 ) -> tuple[TableWriter, TableWriter, ExportWriter]:
     tables = manifest.output.tables
     return (
-        TableWriter(rs.stage, tables, stem="annotations", empty=annotations_table([], classes)),
-        TableWriter(rs.stage, tables, stem="segments", empty=segments_table([], classes)),
+        TableWriter(rs.stage, tables, stem="annotations", empty=annotations_table([], classes, dims)),
+        TableWriter(rs.stage, tables, stem="segments", empty=segments_table([], classes, dims)),
         ExportWriter(rs.stage, rs.out_dir, exporters(manifest.output.formats), root=manifest.root_dir),
     )
 
@@ -326,11 +326,11 @@ def _write_reports(run: _Run) -> list[Path]:
     run.page = PageStats(classes, run.manifest.model.min_confidence)
     run.page.add(run.rows, run.segment_rows)
     with ReportSet(run.manifest.output_dir) as rs:
-        annotations, segments, exports = _report_writers(rs, run.manifest, classes)
-        annotations.add(annotations_table(run.rows, classes))
+        annotations, segments, exports = _report_writers(rs, run.manifest, classes, run.model.dimension_names)
+        annotations.add(annotations_table(run.rows, classes, run.model.dimension_names))
         written = annotations.close()
         if run.segment_rows:
-            segments.add(segments_table(run.segment_rows, classes))
+            segments.add(segments_table(run.segment_rows, classes, run.model.dimension_names))
             written += segments.close()
         exports.add(run.rows, run.segment_rows)
         return _commit_reports(rs, run, written, exports)
@@ -488,7 +488,7 @@ def _label_all(
     classes = list(model.meta.classes)
     tally = Tally(run.summary, classes)
     run.page = PageStats(classes, m.model.min_confidence)
-    annotations, segments, exports = _report_writers(rs, m, classes)
+    annotations, segments, exports = _report_writers(rs, m, classes, model.dimension_names)
     start = 0
     for chunk in hashed.chunks(CHUNK, found=True):
         rows, seg_rows = annotate_rows(
@@ -507,9 +507,9 @@ def _label_all(
         clock.lap("predict")
         tally.add(rows)
         run.page.add(rows, seg_rows)
-        annotations.add(annotations_table(rows, classes))
+        annotations.add(annotations_table(rows, classes, model.dimension_names))
         if seg_rows:
-            segments.add(segments_table(seg_rows, classes))
+            segments.add(segments_table(seg_rows, classes, model.dimension_names))
             exports.add(rows, seg_rows)
         if keep_rows:
             run.rows += rows

@@ -93,17 +93,22 @@ def annotate_rows(
     aggregated: dict[int, np.ndarray] = {}
     dominant: dict[int, tuple[str, int]] = {}
     speech_share: dict[int, float] = {}
+    file_dims: dict[int, dict[str, float]] = {}  # arousal and valence of each file, when the model has them
     nan = dict.fromkeys(classes, math.nan)
     for i, o in enumerate(outcomes):
         segs = o.record.segments if o.ok and o.record is not None else None
         if segs is None:
             continue
         pieces = groups.segment_keys(o, labels[i], (keys[i], how[i]))
-        p, _ = model.predict_proba_by_speaker(segs.vectors.astype(np.float64), pieces.keys, pieces.stats)
+        X = segs.vectors.astype(np.float64)
+        p, _ = model.predict_proba_by_speaker(X, pieces.keys, pieces.stats)
+        dims = model.predict_dimensions(X, pieces.keys, pieces.stats, proba=p)
         how[i] = pieces.file_rule(segs.end_s - segs.start_s)
         use = segs.voiced if segs.voiced.any() else np.ones(len(segs), dtype=bool)
         # Weighted by length: a 6 s utterance says more than a 0.5 s one (windows are all one length).
-        aggregated[i] = np.average(p[use], axis=0, weights=(segs.end_s - segs.start_s)[use])
+        weights = (segs.end_s - segs.start_s)[use]
+        aggregated[i] = np.average(p[use], axis=0, weights=weights)
+        file_dims[i] = {d: float(np.average(v[use], weights=weights)) for d, v in dims.items()}
         seg_labels = [classes[k] for k in np.argmax(p, axis=1)]
         counts = Counter(lab for lab, u in zip(seg_labels, use, strict=True) if u)
         dominant[i] = (max(classes, key=lambda c: (counts[c], -classes.index(c))), len(segs))
@@ -130,6 +135,7 @@ def annotate_rows(
                     reviewed=j in answered,
                     speaker=pieces.speakers[j],
                     normalized_by=pieces.how[j],
+                    dimensions={d: float(v[j]) for d, v in dims.items()},
                 )
             )
             at = float(segs.end_s[j])
@@ -140,17 +146,15 @@ def annotate_rows(
     # In chunks: the network's float64 activations for all files at once would
     # grow the job's peak memory with the archive (about 4 KB per file).
     chunks = chunks_of(ok_idx, PREDICT_CHUNK)
-    proba = np.concatenate(
-        [np.empty((0, len(classes)))]
-        + [
-            model.predict_proba_by_speaker(
-                np.stack([outcomes[i].record.vector for i in c]).astype(np.float64),  # type: ignore[union-attr]
-                [keys[i] for i in c],
-                norm,
-            )[0]
-            for c in chunks
-        ]
-    )
+    parts = [np.empty((0, len(classes)))]
+    for c in chunks:
+        X = np.stack([outcomes[i].record.vector for i in c]).astype(np.float64)  # type: ignore[union-attr]
+        p, _ = model.predict_proba_by_speaker(X, [keys[i] for i in c], norm)
+        parts.append(p)
+        dims = model.predict_dimensions(X, [keys[i] for i in c], norm, proba=p)
+        for k, i in enumerate(c):
+            file_dims[i] = {d: float(v[k]) for d, v in dims.items()}
+    proba = np.concatenate(parts)
     # Row numbers, not row views: a view per file weighs more than its 4 numbers.
     proba_row = {i: k for k, i in enumerate(ok_idx)}
     scaler = scaler_of(model.pipeline)
@@ -197,6 +201,7 @@ def annotate_rows(
                     speaker_normalized=how[i] in ("speaker", "file-speaker"),
                     normalized_by=how[i],
                     domain_distance=distance[i],
+                    dimensions=file_dims.get(i, {}),
                     **common,
                 )
             )

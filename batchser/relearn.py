@@ -45,6 +45,7 @@ from batchser.model.learn import AFTER_WIDEN, REVIEW_WEIGHT, Rows, learn
 from batchser.model.store import loaded_digest
 from batchser.predict import FileOutcome, JobAdaptation
 from batchser.review import (
+    DIMENSION_ANSWERS,
     NONE,
     SKIP,
     Answer,
@@ -105,6 +106,7 @@ class _Unit:
     x: np.ndarray
     xn: np.ndarray
     covered: bool  # standardised (by the job's groups, or a long file's own)
+    rule: str = ""  # by which rule (speaker, corpus, file…): arousal's and valence's temperatures depend on it
 
 
 class ReviewedFiles:
@@ -177,7 +179,8 @@ class ReviewedFiles:
             self.found.add(a.key)
             self.applied.add(a.key)
             if a.label != SKIP:
-                self.wins[shown] = a.label
+                if a.label not in DIMENSION_ANSWERS:  # a side of arousal or valence is no label
+                    self.wins[shown] = a.label
                 if o.content_hash not in self.units:
                     found[j] = a
         segs_found = {j: got for j, got in segs_found.items() if got}
@@ -188,7 +191,9 @@ class ReviewedFiles:
             o = outcomes[j]
             x = np.asarray(o.record.vector, dtype=np.float64)[None, :]  # type: ignore[union-attr]
             xn, covered = _standardised(x, [adapted.keys[j]], adapted.stats)
-            self.units[o.content_hash] = _Unit(a, display_path(o.source, self.prefix), x[0], xn[0], bool(covered[0]))
+            self.units[o.content_hash] = _Unit(
+                a, display_path(o.source, self.prefix), x[0], xn[0], bool(covered[0]), adapted.how[j]
+            )
         for j, got in segs_found.items():
             o = outcomes[j]
             segs = o.record.segments  # type: ignore[union-attr]
@@ -199,7 +204,9 @@ class ReviewedFiles:
             for k, a in got:
                 unit = _unit(o.content_hash, a.start_s, a.end_s)
                 if a.label != SKIP and unit not in self.units:
-                    self.units[unit] = _Unit(a, display_path(o.source, self.prefix), X[k], Xn[k], bool(covered[k]))
+                    self.units[unit] = _Unit(
+                        a, display_path(o.source, self.prefix), X[k], Xn[k], bool(covered[k]), pieces.how[k]
+                    )
 
     def _segments(self, o: FileOutcome, shown: str) -> list[tuple[int, Answer]]:
         """The speech segments of a long file that answers are about: (segment index, answer)."""
@@ -218,7 +225,7 @@ class ReviewedFiles:
                 continue
             self.applied.add(a.key)
             out.append((int(k[0]), a))
-            if a.label != SKIP:
+            if a.label != SKIP and a.label not in DIMENSION_ANSWERS:
                 self.segment_wins.setdefault(shown, []).append((float(a.start_s), float(a.end_s), a.label))  # type: ignore[arg-type]
         return out
 
@@ -296,6 +303,7 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
     hashes = list(reviewed.units)
     labels = np.array([reviewed.units[h].answer.label for h in hashes], dtype=object)
     learned_idx = np.array([i for i, lab in enumerate(labels) if lab in classes], dtype=np.intp)
+    named = np.array([lab not in DIMENSION_ANSWERS for lab in labels], dtype=bool)  # an emotion, or none of them
     info: dict[str, Any] = {
         "answers_file": str(reviewed.answers_file),
         "classes": classes,
@@ -306,6 +314,7 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
         "segment_units": sum("@" in h for h in hashes),  # speech segments of long recordings, answered one by one
         "learned_from": len(learned_idx),
         "none_of_these": int(np.sum(labels == NONE)),
+        "dimension_answers": int(np.sum(~named)),  # a side of arousal or valence, where no emotion was named
         "skipped": sum(a.label == SKIP for a in reviewed.given),
         "stale": reviewed.stale[:100],
         "n_stale": len(reviewed.stale),
@@ -317,10 +326,12 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
     }
     rows = reviewed.rows(hashes)
     before = np.empty(0, dtype=object)
+    proba_before = np.empty((0, len(classes)))
     if hashes:
-        proba = model.predict_proba_standardised(rows.X, rows.Xn, rows.covered)
-        before = np.asarray(classes, dtype=object)[proba.argmax(axis=1)]
+        proba_before = model.predict_proba_standardised(rows.X, rows.Xn, rows.covered)
+        before = np.asarray(classes, dtype=object)[proba_before.argmax(axis=1)]
     after = np.full(len(hashes), "", dtype=object)  # "none" answers: no prediction is right
+    proba_after: np.ndarray | None = None
     new = model
     if len(learned_idx) >= 2:
         train = read_training(model.path)
@@ -335,12 +346,15 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
             random_state=int(model.meta.params.get("random_state", 0)),
         )
         after[learned_idx] = np.asarray(classes, dtype=object)[learned.oof_proba.argmax(axis=1)]
+        # For arousal and valence after learning: learned units' out-of-fold probabilities, the refit's for the rest.
+        proba_after = _refit_proba(learned, rows)
+        proba_after[learned_idx] = learned.oof_proba
         info["temperature"] = learned.temperature
         new = dataclasses.replace(
             model,
             pipeline=learned.plain,
             speaker_pipeline=learned.norm,
-            loaded_sha256=loaded_digest(learned.plain, learned.norm),
+            loaded_sha256=loaded_digest(learned.plain, learned.norm, model.dimensions),
         )
         log.info("learned from %d answers: %s -> %s", len(learned_idx), model.id, new.id)
     else:
@@ -350,13 +364,76 @@ def relearn(model: TrainedModel, reviewed: ReviewedFiles) -> tuple[TrainedModel,
             len(learned_idx),
             ", ".join(classes),
         )
-    info |= _estimates(reviewed.answers_file, hashes, labels, before, after, classes, learned=new is not model)
+    sample = _sample_of(reviewed.answers_file)
+    info |= _estimates(sample, hashes, labels, before, after, classes, named=named, learned=new is not model)
+    if model.dimensions and hashes:
+        dims_before = model.predict_dimensions_standardised(
+            rows.X, rows.Xn, rows.covered, [reviewed.units[h].rule for h in hashes], proba_before
+        )
+        dims_after = (
+            model.predict_dimensions_standardised(
+                rows.X, rows.Xn, rows.covered, [reviewed.units[h].rule for h in hashes], proba_after
+            )
+            if proba_after is not None
+            else None
+        )
+        info["dimensions"] = _dimension_estimates(sample, hashes, labels, dims_before, dims_after)
     return new, info, reviewed.wins
 
 
 def _unit(content_hash: str, start: float | None, end: float | None) -> str:
     """A unit's key: its content, and for a speech segment its stretch as the sample and answers write it."""
     return content_hash if start is None or end is None or np.isnan(start) else f"{content_hash}@{start:.3f}-{end:.3f}"
+
+
+def _refit_proba(learned: Any, rows: Rows) -> np.ndarray:
+    """The refitted networks' probabilities of ``rows`` (standardised already), in the model's class order."""
+    norm = rows.covered if learned.norm is not None else np.zeros(len(rows), dtype=bool)
+    out = np.zeros((len(rows), len(learned.classes)))
+    for net, mask, data in ((learned.plain, ~norm, rows.X), (learned.norm, norm, rows.Xn)):
+        if mask.any():
+            order = [list(net.classes_).index(c) for c in learned.classes]
+            out[mask] = net.predict_proba(data[mask])[:, order]
+    return out
+
+
+def _sides(labels: np.ndarray, dim: str) -> np.ndarray:
+    """Each answer's side on ``dim``: from a side answered, else from the emotion named; -1 for none."""
+    from batchser.model.circumplex import sides
+
+    out = sides(dim, [lab if lab not in DIMENSION_ANSWERS else "" for lab in labels]).astype(np.int64)
+    for i, lab in enumerate(labels):
+        if lab in DIMENSION_ANSWERS:
+            d, side = DIMENSION_ANSWERS[lab]
+            out[i] = side if d == dim else -1
+    return out
+
+
+def _dimension_estimates(
+    sample: pd.DataFrame | None,
+    hashes: list[str],
+    labels: np.ndarray,
+    before: dict[str, np.ndarray],
+    after: dict[str, np.ndarray] | None,
+) -> dict[str, Any]:
+    """Per dimension, how often its side is right before and after learning, on the answers that give a side
+    (an emotion with a side, or a side answered outright): the review's stratified estimate, else plain rates."""
+    out: dict[str, Any] = {}
+    for dim, p in before.items():
+        truth = _sides(labels, dim)
+        has = truth >= 0
+        if not has.any():
+            continue
+        name = np.array(["low", "high"] if dim == "arousal" else ["negative", "positive"], dtype=object)
+        answers = np.where(has, name[np.clip(truth, 0, 1)], "")
+        before_side = name[(p >= 0.5).astype(int)]
+        after_side = name[(after[dim] >= 0.5).astype(int)] if after else answers
+        entry = _estimates(
+            sample, hashes, answers, before_side, after_side, list(name), named=has, learned=after is not None,
+            shown=False,
+        )  # fmt: skip
+        out[dim] = {"answers": int(has.sum()), **entry}
+    return out
 
 
 def _sample_of(answers_file: Path) -> pd.DataFrame | None:
@@ -397,18 +474,21 @@ def _strata(sample: pd.DataFrame) -> dict[str, int]:
 
 
 def _estimates(
-    answers_file: Path,
+    sample: pd.DataFrame | None,
     hashes: list[str],
     answers: np.ndarray,
     before: np.ndarray,
     after: np.ndarray,
     classes: list[str],
     *,
+    named: np.ndarray,
     learned: bool,
+    shown: bool = True,
 ) -> dict[str, Any]:
-    """Accuracy, none share and UAR before and after learning: from the random sample when there is one."""
-    sample = _sample_of(answers_file)
-    at = {h: i for i, h in enumerate(hashes)}
+    """Accuracy, none share and UAR before and after learning, over the units ``named`` marks (their answer says
+    what the estimate is about): from the random sample when there is one. ``shown``: the labels before
+    learning are the ones the sample was drawn by (its strata), not ``before``."""
+    at = {h: i for i, h in enumerate(hashes) if named[i]}
     if sample is not None and len(sample):
         units = [
             _unit(str(h), float(a), float(b))
@@ -423,15 +503,16 @@ def _estimates(
             sizes |= _strata(sample)
             return {
                 "random_sample": True,
-                "outside_sample": len(hashes) - len(idx),
-                "before": estimate(strata, answers[idx], strata, sizes, classes=classes),
+                "outside_sample": int(named.sum()) - len(idx),
+                "before": estimate(strata if shown else before[idx], answers[idx], strata, sizes, classes=classes),
                 "after": estimate(after[idx], answers[idx], strata, sizes, classes=classes, widen=AFTER_WIDEN)
                 if learned
                 else None,
             }
+    mine = np.flatnonzero(named)
     return {
         "random_sample": False,  # answers from elsewhere: not known to be a random sample of the archive
-        "outside_sample": len(hashes),
-        "before": plain_rates(before, answers, classes=classes),
-        "after": plain_rates(after, answers, classes=classes) if learned else None,
+        "outside_sample": len(mine),
+        "before": plain_rates(before[mine], answers[mine], classes=classes),
+        "after": plain_rates(after[mine], answers[mine], classes=classes) if learned else None,
     }

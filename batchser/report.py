@@ -225,6 +225,8 @@ class ReportRow:
     domain_distance: float = math.nan  # RMS z-score against the training data (about 1: like it)
     reviewed: bool = False  # the label is a person's answer (batchser review), not the model's
     speech_share: float = math.nan  # a long file's (speech segments): the share of its time in them
+    # P(high arousal), P(positive valence): a long file's, its voiced segments' mean weighted by length.
+    dimensions: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,10 +244,12 @@ class SegmentRow:
     speaker: str = ""  # who speaks in it, from the recording's speaker turns
     normalized_by: str = ""  # as a file's: speaker | file-speaker | file | cluster | corpus | ""
     reviewed: bool = False  # the label is a person's answer about this segment
+    dimensions: dict[str, float] = field(default_factory=dict)  # P(high arousal), P(positive valence)
 
 
-def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.Table:
-    """The annotations table: fixed leading columns, then ``p_<class>`` in ``classes`` order."""
+def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str], dims: Sequence[str] = ()) -> pa.Table:
+    """The annotations table: fixed leading columns, then ``p_<class>`` in ``classes`` order, then each of
+    the model's dimensions ``dims`` (``arousal``, ``valence``: the probability of the high, positive side)."""
     data: dict[str, Any] = {
         "path": [r.path for r in rows],
         "status": [r.status for r in rows],
@@ -256,6 +260,8 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
     }
     for c in classes:
         data[f"p_{c}"] = np.array([r.probabilities.get(c, math.nan) for r in rows], dtype=np.float64)
+    for d in dims:
+        data[d] = np.array([r.dimensions.get(d, math.nan) for r in rows], dtype=np.float64)
     data |= {
         "true_label": [r.true_label for r in rows],
         "duration_s": np.array([r.duration_s for r in rows], dtype=np.float64),
@@ -278,9 +284,9 @@ def annotations_table(rows: Sequence[ReportRow], classes: Sequence[str]) -> pa.T
     return _table(data)
 
 
-def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pa.Table:
+def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str], dims: Sequence[str] = ()) -> pa.Table:
     """The segments table: path, start_s, end_s, voiced, speech_prob, speaker, label, confidence,
-    ``p_<class>``, normalized_by, reviewed."""
+    ``p_<class>``, the model's dimensions ``dims``, normalized_by, reviewed."""
     data: dict[str, Any] = {
         "path": [r.path for r in rows],
         "start_s": np.array([r.start_s for r in rows], dtype=np.float64),
@@ -293,6 +299,8 @@ def segments_table(rows: Sequence[SegmentRow], classes: Sequence[str]) -> pa.Tab
     }
     for c in classes:
         data[f"p_{c}"] = np.array([r.probabilities[c] for r in rows], dtype=np.float64)
+    for d in dims:
+        data[d] = np.array([r.dimensions.get(d, math.nan) for r in rows], dtype=np.float64)
     data["normalized_by"] = [r.normalized_by for r in rows]
     data["reviewed"] = np.array([r.reviewed for r in rows], dtype=bool)
     return _table(data)

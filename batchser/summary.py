@@ -131,6 +131,9 @@ class Tally:
         self.known_true = array("h")  # their true class
         self.outside: Counter[str] = Counter()  # true labels that are none of the model's emotions
         self.normalized_by: Counter[str] = Counter()
+        # Per dimension, files whose true emotion has a side on it (fear is high arousal, too): p and side.
+        self.dim_p: dict[str, array[float]] = {}
+        self.dim_side: dict[str, array[int]] = {}
 
     def add(self, rows: Sequence[ReportRow]) -> None:
         s = self.summary
@@ -140,6 +143,8 @@ class Tally:
                 self.labels[r.label] += 1
                 self.normalized_by[r.normalized_by] += 1
                 self.distances.append(r.domain_distance)
+                if r.true_label and r.dimensions and not r.used_for_training:
+                    self._add_sides(r)
                 if r.true_label and self.classes:
                     if r.true_label in self.classes and not r.used_for_training:
                         self.known_true.append(self.classes.index(r.true_label))
@@ -157,13 +162,22 @@ class Tally:
                     if len(s.unlisted) < MAX_FAILURES_LISTED:
                         s.unlisted.append(r.path)
 
+    def _add_sides(self, r: ReportRow) -> None:
+        from batchser.model.circumplex import sides
+
+        for d, p in r.dimensions.items():
+            side = int(sides(d, [r.true_label])[0])
+            if side >= 0:
+                self.dim_p.setdefault(d, array("f")).append(p)
+                self.dim_side.setdefault(d, array("b")).append(side)
+
     def finish(self, model: TrainedModel) -> None:
         s = self.summary
         s.label_counts = dict(self.labels.most_common())
         s.normalized_by = {k or "none": v for k, v in self.normalized_by.most_common()}
         s.expected = expected_accuracy(model.meta.metrics, self.normalized_by) if self.normalized_by else None
         s.domain = domain_summary(np.frombuffer(self.distances, dtype=np.float64), model)
-        if self.known_true or self.outside:
+        if self.known_true or self.outside or self.dim_p:
             s.metrics = {**(s.metrics or {}), **self.scores()}
 
     def scores(self) -> dict[str, Any]:
@@ -180,6 +194,20 @@ class Tally:
                 **_scores(truth, pred, self.classes),
                 "calibration": calibration_table(proba.astype(np.float64), truth, self.classes),
             }
+        if self.dim_p:
+            from batchser.model.dimensions import balanced_accuracy, binary_ece
+
+            dims: dict[str, Any] = {}
+            for d in self.dim_p:
+                p = np.frombuffer(self.dim_p[d], dtype=np.float32).astype(np.float64)
+                side = np.frombuffer(self.dim_side[d], dtype=np.int8)
+                if len(set(side.tolist())) == 2:  # both sides present: a balanced accuracy means something
+                    dims[d] = {"n": len(p), "balanced_accuracy": balanced_accuracy(side, p), "ece": binary_ece(side, p)}
+            if dims:
+                out["dimensions_of_labelled_files"] = {
+                    "method": "the job's own files whose true emotion has a side on the dimension (fear: high arousal)",
+                    **dims,
+                }
         if self.outside:
             out["labels_outside_the_model"] = {
                 "note": "files whose true label is none of the model's emotions: not scored",

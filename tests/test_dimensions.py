@@ -299,3 +299,39 @@ def test_a_train_job_fits_scores_and_describes_the_dimensions(tmp_path: Path, di
     for d in model.dimensions:  # the saved model's: fitted on both held-out corpora's predictions, one per mode
         assert set(d.temperature) == {"none", "corpus", "cluster", "speaker"} and d.norm is not None
     assert "**arousal, adaptation 'speaker'**" in card and "| angry | high (1.00) | negative (0.10) |" in card
+
+
+# -- in a job's reports -------------------------------------------------------------------------------
+
+
+def test_a_job_reports_arousal_and_valence_for_files_and_scores_them_where_truth_has_a_side(tmp_path: Path) -> None:
+    import batchser
+
+    for i in range(24):
+        kind = KINDS[i % 4]
+        write_audio(tmp_path / "clips" / f"{kind}-{i:02d}.wav", speechlike(kind, sr=16000, seconds=1.5, seed=i), 16000)
+    (tmp_path / "labels.csv").write_text(
+        "path,label\n"
+        + "".join(f"clips/{p.name},{p.name.split('-')[0]}\n" for p in sorted((tmp_path / "clips").iterdir()))
+    )
+    result = batchser.process_files(
+        tmp_path / "clips", labels=f"csv:{tmp_path / 'labels.csv'}", cache=tmp_path / "c", n_jobs=1,
+        out_dir=tmp_path / "out",
+    )  # fmt: skip
+    files = result.files
+    assert {"arousal", "valence"} <= set(files.columns) and files["arousal"].between(0, 1).all()
+    assert (
+        files.loc[files.true_label == "angry", "arousal"].min() > files.loc[files.true_label == "sad", "arousal"].max()
+    )
+    scored = result.summary  # the job scores itself on the dimensions too, where the true emotion has a side
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["dimensions_of_labelled_files"]
+    assert metrics["arousal"]["n"] == 24 and metrics["valence"]["n"] == 18  # neutral has no valence side
+    assert 0 <= metrics["arousal"]["balanced_accuracy"] <= 1
+    expected = scored["expected_accuracy"]["dimensions"]
+    card = read_meta(SHIPPED).metrics["dimensions"]["arousal"]["modes"]["corpus"]["mean"]["reported"]
+    assert expected["arousal"]["mean"] == pytest.approx(card["balanced_accuracy"], abs=1e-9)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="dimensions"' in page and 'id="dimension-scores"' in page
+    # A model without dimensions writes no such columns.
+    old = batchser.annotate(tmp_path / "clips", model=OLD, cache=tmp_path / "c2", n_jobs=1)
+    assert "arousal" not in old.columns

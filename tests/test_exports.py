@@ -96,11 +96,12 @@ def test_every_export_reads_back_with_the_segments_of_segments_parquet(job: Path
         labelled = segs[segs["label"].notna()]
         assert len(labelled) >= 4 and (labelled["speaker"].notna().all() if speakers else segs["speaker"].isna().all())
         confidence = [f"{c:.2f}" for c in labelled["confidence"]]
+        dims = {d: [f"{v:.2f}" for v in labelled[d]] for d in ("arousal", "valence")}  # the shipped model has both
         duration = files.loc[path, "duration_s"]
 
         # Praat: tiers that tile the file from 0 to its end; labelled intervals are segments.parquet's.
         tg = textgrid.openTextgrid(os.fspath(_export(job, "textgrid", path)), includeEmptyIntervals=True)
-        assert list(tg.tierNames) == ["emotion", "confidence"] + (["speaker"] if speakers else [])
+        assert list(tg.tierNames) == ["emotion", "confidence"] + (["speaker"] if speakers else []) + list(dims)
         assert tg.maxTimestamp == pytest.approx(duration)
         for name in tg.tierNames:
             entries = tg.getTier(name).entries
@@ -113,6 +114,8 @@ def test_every_export_reads_back_with_the_segments_of_segments_parquet(job: Path
         assert [e.label for e in tg.getTier("confidence").entries if e.label] == confidence
         if speakers:
             assert [e.label for e in tg.getTier("speaker").entries if e.label] == labelled["speaker"].tolist()
+        for d, values in dims.items():
+            assert [e.label for e in tg.getTier(d).entries if e.label] == values
         # A stretch without speech is an empty interval; so is a gap under 50 ms, which segments.parquet leaves out.
         empty = {(round(e.start, 6), round(e.end, 6)) for e in tg.getTier("emotion").entries if not e.label}
         quiet = {(round(a, 6), round(b, 6)) for a, b in segs.loc[segs["label"].isna(), ["start_s", "end_s"]].values}
@@ -120,7 +123,7 @@ def test_every_export_reads_back_with_the_segments_of_segments_parquet(job: Path
 
         # ELAN: the same annotations in milliseconds; confidences ride on them; linked to the recording.
         eaf = Eaf(os.fspath(_export(job, "eaf", path)))
-        assert list(eaf.get_tier_names()) == ["emotion", "confidence"] + (["speaker"] if speakers else [])
+        assert list(eaf.get_tier_names()) == ["emotion", "confidence"] + (["speaker"] if speakers else []) + list(dims)
         aligned = eaf.get_annotation_data_for_tier("emotion")
         np.testing.assert_allclose([a / 1000 for a, _, _ in aligned], labelled["start_s"], atol=MS)
         np.testing.assert_allclose([b / 1000 for _, b, _ in aligned], labelled["end_s"], atol=MS)
@@ -130,6 +133,8 @@ def test_every_export_reads_back_with_the_segments_of_segments_parquet(job: Path
             (a, b, c, v) for (a, b, v), c in zip(aligned, confidence, strict=True)
         ]
         assert eaf.get_parameters_for_tier("confidence")["PARENT_REF"] == "emotion"
+        for d, values in dims.items():
+            assert [v for _, _, v, _ in eaf.get_ref_annotation_data_for_tier(d)] == values
         if speakers:
             said = eaf.get_annotation_data_for_tier("speaker")
             assert [(a, b) for a, b, _ in said] == [(a, b) for a, b, _ in aligned]
@@ -146,7 +151,10 @@ def test_every_export_reads_back_with_the_segments_of_segments_parquet(job: Path
         assert all(len(c) == 3 for c in cells) and len(cells) == len(labelled)
         np.testing.assert_allclose([float(a) for a, _, _ in cells], labelled["start_s"], atol=MS)
         np.testing.assert_allclose([float(b) for _, b, _ in cells], labelled["end_s"], atol=MS)
-        texts = [f"{lab} {c}" for lab, c in zip(labelled["label"], confidence, strict=True)]
+        texts = [
+            f"{lab} {c} arousal {a} valence {v}"
+            for lab, c, a, v in zip(labelled["label"], confidence, dims["arousal"], dims["valence"], strict=True)
+        ]
         if speakers:
             texts = [f"{who}: {t}" for who, t in zip(labelled["speaker"], texts, strict=True)]
         assert [t for _, _, t in cells] == texts

@@ -179,7 +179,7 @@ def test_unknown_labels_stop_the_job_and_name_the_closest_emotion(
     err = capsys.readouterr().err
     for bad in ("'hapy'", "'banana'", "'<script>x</script>'", "'=HYPERLINK(1)'", "'$\\\\frac{$'"):
         assert bad in err, bad
-    assert "hapy \u2192 happy?" in err and "Angry" not in err.split("none or skip:")[1]
+    assert "hapy \u2192 happy?" in err and "Angry" not in err.split("valence (positive, negative):")[1]
     assert not second.exists()  # nothing was run
     # Set aside on request: counted and named, never a file's label.
     assert _annotate(job, second, "--reviewed", str(filled), "--ignore-unknown-answers") == 0
@@ -629,3 +629,33 @@ def test_speech_segments_of_a_long_recording_are_reviewed_and_learned_one_by_one
     spoken = got[got.speech_prob.notna()]
     assert spoken.reviewed.all() and (spoken.label == "sad").all()  # the person's answer wins for each segment
     assert not got[got.speech_prob.isna()].reviewed.any()
+
+
+def test_a_side_of_arousal_or_valence_is_an_answer_of_its_own(job: Path, tmp_path: Path) -> None:
+    """A person who cannot name an emotion can say how activated or pleasant it sounds: counted for that
+    dimension, never as "none of these", never as a label."""
+    out = fresh(job, tmp_path)
+    session = ReviewSession.open(out, per_label=3)
+    assert session.dimensions == ["arousal", "valence"]
+    rows = session.sample.to_dict("records")
+    session.answer(int(rows[0]["order"]), "High arousal")
+    session.answer(int(rows[1]["order"]), "negative")
+    for r in rows[2:]:
+        session.answer(int(r["order"]), _kind(r["path"]))
+    state = session.state()
+    assert state["per_answer"]["none"] == 0 and state["per_answer"]["arousal:high"] == 1
+    assert [a.label for a in read_answers(out / ANSWERS, KINDS).latest.values()][:2] == [
+        "arousal:high",
+        "valence:negative",
+    ]
+    second = tmp_path / "second"
+    assert _annotate(job, second, "--reviewed", str(out / ANSWERS)) == 0
+    review = json.loads((second / "summary.json").read_text())["review"]
+    assert review["dimension_answers"] == 2 and review["none_of_these"] == 0
+    assert review["learned_from"] == len(rows) - 2 and review["before"]["n"] == len(rows) - 2
+    arousal = review["dimensions"]["arousal"]
+    assert arousal["answers"] == len(rows) - 1 and arousal["before"]["n"] == len(rows) - 1  # 1 side + emotions
+    assert 0 <= arousal["before"]["accuracy"] <= 1 and review["dimensions"]["valence"]["answers"] >= 1
+    got = pd.read_parquet(second / "annotations.parquet").set_index("path")
+    assert not got.loc[rows[0]["path"], "reviewed"]  # a side is not a label
+    assert set(got["label"]) <= {*KINDS, "none"}

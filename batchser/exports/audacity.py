@@ -3,7 +3,9 @@
 ``start<TAB>end<TAB>text``, times in seconds to the microsecond (as Audacity
 writes its own), UTF-8. The text is the label and the confidence
 (``angry 0.83``; ``reviewed`` in place of the number for a person's answer),
-after the speaker when one is known (``alice: angry 0.83``). Stretches
+then arousal and valence when the model has them (``angry 0.83 arousal 0.91
+valence 0.12``: the probability of the high and the positive side), after
+the speaker when one is known (``alice: angry 0.83 …``). Stretches
 without speech get no label: a label track need not cover the file.
 """
 
@@ -18,7 +20,7 @@ __all__ = ["AUDACITY", "label_text", "write_audacity"]
 
 def label_text(iv: Interval) -> str:
     """An interval's text on the label track."""
-    text = f"{iv.label} {iv.confidence}"
+    text = " ".join([iv.label, iv.confidence, *(f"{d} {v}" for d, v in iv.dimensions)])
     return f"{iv.speaker}: {text}" if iv.speaker else text
 
 

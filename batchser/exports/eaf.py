@@ -4,7 +4,9 @@
   in milliseconds, ELAN's unit);
 - ``confidence``: a child of ``emotion`` (symbolic association), so a
   confidence moves with its annotation when someone edits the times in ELAN;
-- ``speaker``: a time-aligned tier of names, where speaker turns named anyone.
+- ``speaker``: a time-aligned tier of names, where speaker turns named anyone;
+- ``arousal``, ``valence``: children of ``emotion`` as ``confidence`` is, the
+  probability of the high and the positive side, when the model has them.
 
 Stretches without speech are no annotation (ELAN tiers need not cover the
 file). Overlapping windows go to further tiers (``emotion 2`` …).
@@ -64,16 +66,20 @@ def write_eaf(rec: Recording, target: Path, final: Path) -> None:
         eaf.add_tier(confidence, ling=_CONFIDENCE_TYPE, parent=emotion)
         if rec.has_speakers:
             eaf.add_tier(speaker)
-        aligned, refs = eaf.tiers[emotion][0], eaf.tiers[confidence][1]
+        dims = {d: tier_name(d, k) for d in rec.dimension_names}  # like confidence: values of each emotion annotation
+        for tier in dims.values():
+            eaf.add_tier(tier, ling=_CONFIDENCE_TYPE, parent=emotion)
+        aligned = eaf.tiers[emotion][0]
         for iv in lane:
             start, end = _ms(iv.start_s), _ms(iv.end_s)
             eaf.add_annotation(emotion, start, end, iv.label)
             parent = next(reversed(aligned))  # the annotation just added (tiers keep insertion order)
             # A reference annotation in pympi's documented layout (id -> (parent, value, previous, svg)):
             # its add_ref_annotation looks the parent up by time, a pass over the tier for each one.
-            ref = eaf.generate_annotation_id()
-            eaf.annotations[ref] = confidence
-            refs[ref] = (parent, iv.confidence, None, None)
+            for tier, value in [(confidence, iv.confidence), *((dims[d], v) for d, v in iv.dimensions if d in dims)]:
+                ref = eaf.generate_annotation_id()
+                eaf.annotations[ref] = tier
+                eaf.tiers[tier][1][ref] = (parent, value, None, None)
             if iv.speaker:
                 eaf.add_annotation(speaker, start, end, iv.speaker)
     # ELAN numbers new annotations after lastUsedAnnotationId; pympi writes a property of another name.

@@ -39,6 +39,8 @@ class Interval:
     label: str  # the row's label: an emotion, "uncertain", or a person's answer
     confidence: str  # the model's confidence to two decimals, or "reviewed" when the label is a person's
     speaker: str  # "" when no speaker turn covers it (or none were given)
+    # (dimension, its probability to two decimals): P(high arousal), P(positive valence), when the model has them
+    dimensions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,11 @@ class Recording:
     end_s: float  # the file's duration (or its last interval's end, if later)
     intervals: tuple[Interval, ...]
     media: Path | None  # the recording on disk; None for an archive member (or a file gone since)
+
+    @property
+    def dimension_names(self) -> list[str]:
+        """The dimensions its intervals carry (``arousal``, ``valence``): a tier each in Praat and ELAN."""
+        return list(dict.fromkeys(name for iv in self.intervals for name, _ in iv.dimensions))
 
     @property
     def has_speakers(self) -> bool:
@@ -83,7 +90,8 @@ class Exporter:
 
 
 def tier_name(kind: str, lane: int) -> str:
-    """``emotion``, ``confidence``, ``speaker``; the second lane's ``emotion 2`` and so on (overlapping windows)."""
+    """``emotion``, ``confidence``, ``speaker``, ``arousal``, ``valence``; the second lane's ``emotion 2`` and so
+    on (overlapping windows)."""
     return kind if lane == 0 else f"{kind} {lane + 1}"
 
 
@@ -118,6 +126,7 @@ def recordings(rows: Sequence[ReportRow], seg_rows: Sequence[SegmentRow], *, roo
                 label=_text(s.label),
                 confidence=REVIEWED if s.reviewed else f"{s.confidence:.2f}",
                 speaker=_text(s.speaker),
+                dimensions=tuple((d, f"{v:.2f}") for d, v in s.dimensions.items() if not math.isnan(v)),
             )
             for s in segs
             if s.label

@@ -1,4 +1,5 @@
-"""Praat TextGrids (through ``praatio``): a tier of emotions, one of confidences and, when known, one of speakers.
+"""Praat TextGrids (through ``praatio``): a tier of emotions, one of confidences, when known one of speakers, and
+one each for arousal and valence (the probability of the high and the positive side) when the model has them.
 
 Each labelled interval of the recording is an interval on every tier, with
 the same times as in ``segments.*`` (written in full, as praatio writes
@@ -29,6 +30,8 @@ def write_textgrid(rec: Recording, target: Path, final: Path) -> None:
         tiers = {"emotion": [iv.label for iv in lane], "confidence": [iv.confidence for iv in lane]}
         if rec.has_speakers:
             tiers["speaker"] = [iv.speaker for iv in lane]
+        for dim in rec.dimension_names:  # P(high arousal), P(positive valence), to two decimals
+            tiers[dim] = [dict(iv.dimensions).get(dim, "") for iv in lane]
         for kind, texts in tiers.items():
             entries = [(iv.start_s, iv.end_s, text) for iv, text in zip(lane, texts, strict=True)]
             tg.addTier(textgrid.IntervalTier(tier_name(kind, k), entries, 0.0, rec.end_s))

@@ -43,6 +43,10 @@ class ModelMeta:
         return str(self.feature_spec["fingerprint"])
 
 
+# Adaptation rules a long recording's own groups stand for, where the temperatures were fitted.
+_TEMPERATURE_OF = {"file": "corpus", "file-speaker": "speaker", "": "none"}
+
+
 @dataclass(frozen=True)
 class Dimension:
     """One dimension's networks (:mod:`batchser.model.dimensions`) and the temperatures on its answer.
@@ -99,6 +103,11 @@ class TrainedModel:
         with, never read from its metadata: an edited network shows another id.
         """
         return f"{self.path.stem}@{(self.loaded_sha256 or self.meta.weights_sha256)[:12]}"
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The dimensions the model reports beside its classes (``arousal``, ``valence``), in order."""
+        return tuple(d.name for d in self.dimensions)
 
     @property
     def min_speaker_files(self) -> int:
@@ -177,16 +186,24 @@ class TrainedModel:
         if not self.dimensions:
             return {}
         X = np.asarray(X, dtype=np.float64)
-        if proba is None:
-            proba, _ = self.predict_proba_by_speaker(X, keys, norm)
         if self.speaker_pipeline is None or norm is None:
             Xn, covered = X, np.zeros(len(X), dtype=bool)
         else:
             Xn, covered = norm.transform(X, keys)
-        rules = np.array([k.split(":", 1)[0] if c and k else "none" for k, c in zip(keys, covered, strict=True)])
+        if proba is None:
+            proba = self.predict_proba_standardised(X, Xn, covered)
+        rules = [k.split(":", 1)[0] if c and k else "none" for k, c in zip(keys, covered, strict=True)]
+        return self.predict_dimensions_standardised(X, Xn, covered, rules, proba)
+
+    def predict_dimensions_standardised(
+        self, X: np.ndarray, Xn: np.ndarray, covered: np.ndarray, rules: Sequence[str], proba: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """:meth:`predict_dimensions` of rows standardised already (``rules``: each row's adaptation rule,
+        ``proba``: its class probabilities). A long recording's own groups take the temperature of the
+        group they stand for: ``file`` a corpus's, ``file-speaker`` a speaker's."""
         out = {}
         for dim in self.dimensions:
             p = combine(dim.own(X, Xn, covered), read_off(proba, self.meta.classes, dim.name))
-            beta = np.array([dim.temperature.get(str(r), 1.0) for r in rules])
+            beta = np.array([dim.temperature.get(_TEMPERATURE_OF.get(r, r), 1.0) for r in rules])
             out[dim.name] = temper(p, beta, floor=PROBA_FLOOR)
         return out

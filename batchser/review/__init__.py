@@ -11,6 +11,7 @@ learning from the answers is :mod:`batchser.relearn`.
 
 from batchser.review.answers import (
     ANSWERS,
+    DIMENSION_ANSWERS,
     NONE,
     SKIP,
     TORN,
@@ -47,6 +48,7 @@ from batchser.review.sample import (
 
 __all__ = [
     "ANSWERS",
+    "DIMENSION_ANSWERS",
     "NONE",
     "PER_LABEL",
     "RANDOM_SHARE",

@@ -35,6 +35,7 @@ from batchser.report import guard_cell, unguard_cell
 __all__ = [
     "ANSWERS",
     "ANSWER_COLUMNS",
+    "DIMENSION_ANSWERS",
     "NONE",
     "SKIP",
     "TORN",
@@ -58,6 +59,15 @@ TORN = Path(REVIEW) / "answers.torn"  # cut-off last lines, kept for a person to
 NONE = "none"  # "none of these": the file holds none of the model's emotions
 SKIP = "skip"  # the person could not tell; asked again at the end
 UNDO = "undo"  # takes back the latest answer still standing for the same file
+# When a person cannot name an emotion but hears how activated or how pleasant a recording sounds.
+DIMENSION_ANSWERS = {"arousal:high": ("arousal", 1), "arousal:low": ("arousal", 0),
+                     "valence:positive": ("valence", 1), "valence:negative": ("valence", 0)}  # fmt: skip
+_DIMENSION_WORDS = {
+    **{w: "arousal:high" for w in ("high", "high arousal", "arousal high", "aroused", "activated")},
+    **{w: "arousal:low" for w in ("low", "low arousal", "arousal low", "calm voice", "deactivated")},
+    **{w: "valence:positive" for w in ("positive", "positive valence", "valence positive", "pleasant")},
+    **{w: "valence:negative" for w in ("negative", "negative valence", "valence negative", "unpleasant")},
+}
 ANSWER_COLUMNS = ["path", "content_hash", "label", "answered_at", "model_label", "confidence", "start_s", "end_s"]
 _NONE_WORDS = {NONE, "none of these", "none of them", "other"}
 _TAIL = 1 << 16  # bytes read at a time when looking back for the last complete line
@@ -96,10 +106,11 @@ class Answer:
 
 
 def canonical_label(text: str, classes: Sequence[str]) -> str | None:
-    """``text`` as one of ``classes``, :data:`NONE`, :data:`SKIP` or :data:`UNDO`; None when it is none of them.
+    """``text`` as one of ``classes``, :data:`NONE`, :data:`SKIP`, :data:`UNDO` or a side of arousal or valence
+    (:data:`DIMENSION_ANSWERS`, e.g. ``arousal:high``); None when it is none of them.
 
     Case and spaces do not matter (``" Angry "`` is ``angry``); "none of
-    these" and "other" are :data:`NONE`.
+    these" and "other" are :data:`NONE`; "high", "high arousal" are ``arousal:high``.
     """
     t = " ".join(text.split()).casefold()
     for c in classes:
@@ -107,6 +118,10 @@ def canonical_label(text: str, classes: Sequence[str]) -> str | None:
             return c
     if t in _NONE_WORDS:
         return NONE
+    if t in DIMENSION_ANSWERS:
+        return t
+    if t in _DIMENSION_WORDS:
+        return _DIMENSION_WORDS[t]
     return t if t in (SKIP, UNDO) else None
 
 
@@ -345,7 +360,7 @@ class Answers:
 
     def unknown_message(self, classes: Sequence[str]) -> str:
         """The unknown labels, each with its rows and the closest emotion."""
-        allowed = [*classes, NONE, SKIP]
+        allowed = [*classes, NONE, SKIP, *_DIMENSION_WORDS]
         parts = []
         for text, lines in sorted(self.unknown.items(), key=lambda kv: -len(kv[1])):
             close = difflib.get_close_matches(text.casefold(), [c.casefold() for c in allowed], n=1, cutoff=0.6)
@@ -365,7 +380,8 @@ class Answers:
         if self.unknown and not ignore_unknown:
             raise AnswersError(
                 f"{self.path}: answers whose label is none of the model's emotions ({', '.join(classes)}), "
-                f"{NONE} or {SKIP}: {self.unknown_message(classes)}. Correct them in the file, or pass "
+                f"{NONE}, {SKIP}, or a side of arousal (high, low) or valence (positive, negative): "
+                f"{self.unknown_message(classes)}. Correct them in the file, or pass "
                 "--ignore-unknown-answers to set those rows aside; nothing was run"
             )
         if self.unknown:

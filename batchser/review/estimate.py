@@ -225,6 +225,8 @@ def describe_review(review: Mapping[str, Any]) -> list[str]:
         head += f" ({review['segment_units']} about speech segments of long recordings, each a unit of its own)"
     if review.get("none_of_these"):
         head += f" ({review['none_of_these']} \u201cnone of these\u201d)"
+    if review.get("dimension_answers"):
+        head += f" ({review['dimension_answers']} a side of arousal or valence only)"
     head += f"; learned from {review['learned_from']}"
     if review.get("matched_files", 0) > review.get("units", 0):
         head += f" ({review['matched_files']} files: copies of the same recording count once)"
@@ -276,6 +278,19 @@ def describe_review(review: Mapping[str, Any]) -> list[str]:
             if after and after.get("uar") is not None:
                 text += f" before, {_pct(after['uar'])} after learning"
             out.append(text + ".")
+    for dim, entry in (review.get("dimensions") or {}).items():
+        b, a = entry.get("before") or {}, entry.get("after") or {}
+        fig, fig_after = (b, a) if b.get("accuracy") is not None else (b.get("partial") or {}, a.get("partial") or {})
+        if fig.get("accuracy") is None:
+            continue
+        text = (
+            f"{dim.capitalize()}: its side is right for {_pct(fig['accuracy'])}{_ci(fig.get('accuracy_ci'))} of the "
+            f"recordings whose answer gives one ({entry['answers']} answers: an emotion with a side, or the side "
+            "itself)"
+        )
+        if fig_after.get("accuracy") is not None:
+            text += f", {_pct(fig_after['accuracy'])} after learning"
+        out.append(text + ("" if b.get("accuracy") is not None else ", over the labels answered so far") + ".")
     notes = []
     if review.get("n_stale"):
         notes.append(f"{review['n_stale']} set aside: the file changed since it was answered (not applied)")
@@ -294,6 +309,25 @@ def describe_review(review: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _dimension_words(expected: Mapping[str, Any]) -> str:
+    dims = {k: v for k, v in (expected.get("dimensions") or {}).items() if k in _SIDES}
+    if not dims:
+        return ""
+    parts = []
+    for n, (dim, d) in enumerate(dims.items()):
+        spread = _range(d["worst"], d["best"]) + (" across corpora, balanced accuracy" if n == 0 else "")
+        what = f"{_pct(d['mean'])} of recordings" if n == 0 else _pct(d["mean"])
+        parts.append(
+            f"its {dim} ({' or '.join(reversed(_SIDES[dim]))}) {'is right ' if n == 0 else ''}for {what} ({spread})"
+        )
+    weak = [dim for dim, d in dims.items() if d["mean"] < 0.65]
+    tail = f": {' and '.join(weak)} little better than a coin on some corpora" if weak else ""
+    return " " + " and ".join(parts)[0].upper() + " and ".join(parts)[1:] + tail + "."
+
+
+_SIDES = {"arousal": ("low", "high"), "valence": ("negative", "positive")}
+
+
 def describe_expected(expected: Mapping[str, Any]) -> str:
     """What to expect before any review, in a sentence."""
     mean = expected["uar_mean"]
@@ -306,8 +340,8 @@ def describe_expected(expected: Mapping[str, Any]) -> str:
         )
         return (
             f"On recordings unlike its training data this model is {expected['words']} right ({spread}, files "
-            f"standardised {expected['standardised']} as in this job). Check 20 recordings per label by ear "
-            "(batchser review) to know for this archive."
+            f"standardised {expected['standardised']} as in this job).{_dimension_words(expected)} Check 20 "
+            "recordings per label by ear (batchser review) to know for this archive."
         )
     return (
         f"This model was scored only on speakers of its own training data (UAR {_pct(mean)}); on recordings unlike "
@@ -318,6 +352,19 @@ def describe_expected(expected: Mapping[str, Any]) -> str:
 _MODE_OF = {"speaker": "speaker", "file-speaker": "speaker", "corpus": "corpus", "file": "corpus",
             "cluster": "cluster", "": "none", "none": "none"}  # fmt: skip
 _HOW = {"speaker": "by speaker", "corpus": "over each input", "cluster": "by voice cluster", "none": "not at all"}
+
+
+def _expected_dimensions(metrics: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """Arousal's and valence's leave-one-corpus-out balanced accuracy for ``mode``, when the card has them."""
+    out = {}
+    for dim, entry in (metrics.get("dimensions") or {}).items():
+        if not isinstance(entry, Mapping) or mode not in entry.get("modes", {}):
+            continue
+        row = entry["modes"][mode]
+        per = [float(v["balanced_accuracy"]) for v in row.get("per_corpus", {}).values()]
+        if per:
+            out[dim] = {"mean": float(np.mean(per)), "worst": min(per), "best": max(per)}
+    return {"dimensions": out} if out else {}
 
 
 def expected_accuracy(metrics: Mapping[str, Any], normalized_by: Mapping[str, int]) -> dict[str, Any] | None:
@@ -333,11 +380,12 @@ def expected_accuracy(metrics: Mapping[str, Any], normalized_by: Mapping[str, in
         counts[mode] = counts.get(mode, 0) + int(n)
     mode = max(counts, key=lambda m: counts[m]) if counts else "corpus"
     loco = metrics.get("leave_one_corpus_out")
+    dims = _expected_dimensions(metrics, mode)
     if isinstance(loco, Mapping) and mode in loco.get("modes", {}):
         row = loco["modes"][mode]
         per = {c: float(v["uar"]) for c, v in row.get("per_corpus", {}).items()}
         mean = float(row["mean"]["uar"])
-        return {
+        return dims | {
             "source": f"leave one corpus out over {len(per)} corpora (the model card)",
             "adaptation": mode,
             "standardised": _HOW[mode],
@@ -350,7 +398,7 @@ def expected_accuracy(metrics: Mapping[str, Any], normalized_by: Mapping[str, in
         }
     wise = metrics.get("actor_wise")
     if isinstance(wise, Mapping) and "uar" in wise:
-        return {
+        return dims | {
             "source": "speaker-wise within its own training data (the model card); never scored on another corpus",
             "adaptation": mode,
             "standardised": _HOW[mode],

@@ -65,6 +65,9 @@ class PageStats:
     seg_labels: Counter[str] = field(default_factory=Counter)
     seg_hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, dtype=np.int64))
     has_true_labels: bool = False
+    # Per dimension (arousal, valence): files (or, in a job told by its segments, speech segments) on each side.
+    dims: dict[str, list[int]] = field(default_factory=dict)
+    seg_dims: dict[str, list[int]] = field(default_factory=dict)
     _seen: int = 0
 
     def add(self, rows: Sequence[ReportRow], seg_rows: Sequence[SegmentRow] = ()) -> None:
@@ -73,6 +76,7 @@ class PageStats:
             segs.setdefault(s.path, []).append(s)
             if s.label and s.voiced:
                 self.seg_labels[s.label] += 1
+                _count_sides(self.seg_dims, s.dimensions)
                 if not math.isnan(s.confidence):
                     self.seg_hist[min(BINS - 1, int(s.confidence * BINS))] += 1
         for r in rows:
@@ -86,6 +90,7 @@ class PageStats:
                 continue
             self.n_ok += 1
             self.labels[r.label] += 1
+            _count_sides(self.dims, r.dimensions)
             if not math.isnan(r.duration_s):
                 self.audio_s += r.duration_s
             self.has_true_labels |= bool(r.true_label)
@@ -119,7 +124,9 @@ class PageStats:
                 "speakers": sorted({s.speaker for s in segs if s.speaker})}  # fmt: skip
         varied = len({s.label for s in segs if s.voiced})
         rank = (varied, r.duration_s if not math.isnan(r.duration_s) else 0.0)
-        timeline = {**info, "windows": [(s.start_s, s.end_s, s.label, s.confidence, s.voiced) for s in segs]}
+        timeline = {**info, "windows": [(s.start_s, s.end_s, s.label, s.confidence, s.voiced) for s in segs],
+                    "dims": {d: [(s.start_s, s.end_s, s.dimensions[d]) for s in segs if d in s.dimensions]
+                             for d in DIMENSION_LINES}}  # fmt: skip
         entry = (rank, self._seen, timeline)
         if len(self._long) < TIMELINES:
             heapq.heappush(self._long, entry)
@@ -137,7 +144,37 @@ class PageStats:
         return [t for _, _, t in sorted(self._long, key=lambda e: e[0], reverse=True)]
 
 
+def _count_sides(into: dict[str, list[int]], dims: dict[str, float]) -> None:
+    for d, v in dims.items():
+        if not math.isnan(v):
+            into.setdefault(d, [0, 0])[int(v >= 0.5)] += 1
+
+
 # -- charts ----------------------------------------------------------------------------------
+
+DIMENSION_LINES = {"arousal": "-", "valence": ":"}  # drawn over a long recording's timeline
+_SIDE_NAMES = {"arousal": ("low", "high"), "valence": ("negative", "positive")}
+
+
+def _dimension_chart(counts: dict[str, list[int]], unit: str) -> str:
+    """Each dimension's two sides as one bar of shares: how many files (or segments) on each."""
+    plt = _pyplot()
+    names = [d for d in _SIDE_NAMES if d in counts]
+    fig, ax = plt.subplots(figsize=(5.2, 0.55 * len(names) + 0.7))
+    for i, d in enumerate(names):
+        low, high = counts[d]
+        total = max(1, low + high)
+        lo_name, hi_name = _SIDE_NAMES[d]
+        ax.barh(i, high / total, color="#d1495b" if d == "arousal" else "#66a182")
+        ax.barh(i, low / total, left=high / total, color="#8d99ae")
+        ax.text(0.01, i, f"{hi_name} {high / total:.0%}", va="center", fontsize=9, color="white")
+        ax.text(0.99, i, f"{lo_name} {low / total:.0%}", va="center", ha="right", fontsize=9, color="white")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"share of {unit} (probability of the first side at least 0.5)")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _svg(fig)
 
 
 def _pyplot() -> Any:
@@ -240,13 +277,21 @@ def _timeline_chart(t: dict[str, Any], classes: list[str]) -> str:
         step = min(windows[k + 1][0], end) - start if k + 1 < len(windows) else end - start
         ax.bar(start, conf, width=max(step, 1e-3), align="edge", alpha=0.9 if voiced else 0.3,
                color=_color(label, classes), linewidth=0)  # fmt: skip
+    lines = []
+    for d, style in DIMENSION_LINES.items():
+        points = t.get("dims", {}).get(d) or []
+        if points:
+            x = [(a + b) / 2 for a, b, _ in points]
+            (line,) = ax.plot(x, [v for _, _, v in points], style, color="#1d2430", linewidth=1.2)
+            lines.append((line, f"{d} ({_SIDE_NAMES[d][1]})"))
     ax.set_xlim(0, t["duration_s"] if not math.isnan(t["duration_s"]) else None)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("confidence")
+    ax.set_ylabel("confidence" + (" / P" if lines else ""))
     ax.set_xlabel("seconds (blank: no speech)" if speech else "seconds (faded: a window judged silent)")
     ax.spines[["top", "right"]].set_visible(False)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=_color(c, classes)) for c in classes]
-    ax.legend(handles, classes, fontsize=7, ncol=len(classes), frameon=False, loc="upper right",
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_color(c, classes)) for c in classes] + [h for h, _ in lines]
+    names = [*classes, *(n for _, n in lines)]
+    ax.legend(handles, names, fontsize=7, ncol=len(names), frameon=False, loc="upper right",
               bbox_to_anchor=(1, 1.35))  # fmt: skip
     return _svg(fig)
 
@@ -299,9 +344,11 @@ def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any]
     # A job of one or two long recordings is told by its speech segments: a chart of two files says nothing.
     by_segment = stats.n_ok <= 2 and sum(stats.seg_labels.values()) > stats.n_ok
     labels, hist = (stats.seg_labels, stats.seg_hist) if by_segment else (stats.labels, stats.hist)
+    dims = stats.seg_dims if by_segment else stats.dims
     charts = {
         "labels": _label_chart(labels, stats.classes, "speech segments" if by_segment else "files") if labels else "",
         "confidence": _confidence_chart(hist, stats.min_confidence, by_segment) if stats.n_ok else "",
+        "dimensions": _dimension_chart(dims, "speech segments" if by_segment else "files") if dims else "",
         "confusion": _confusion_chart(labelled) if labelled else "",
         "reliability": _reliability_chart(labelled["calibration"]) if labelled else "",
     }
@@ -317,6 +364,7 @@ def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any]
         groups=_breakdowns(stats),
         labelled=labelled,
         outside=metrics.get("labels_outside_the_model"),
+        dims_scored=metrics.get("dimensions_of_labelled_files"),
         train=train,
         loco=metrics.get("leave_one_corpus_out"),
         review=summary.get("review"),
@@ -406,32 +454,31 @@ def _row(r: dict[str, Any], classes: list[str]) -> ReportRow:
         segments=int(_clean(r.get("segments")) or 0),
         reviewed=bool(_clean(r.get("reviewed")) or False),
         speech_share=float(r["speech_share"]) if _clean(r.get("speech_share")) is not None else math.nan,
+        dimensions={d: float(r[d]) for d in DIMENSION_LINES if _clean(r.get(d)) is not None},
     )
 
 
 def _segment_rows(out_dir: Path) -> dict[str, list[SegmentRow]]:
     from batchser.web.tables import read_report
 
-    columns = ["path", "start_s", "end_s", "voiced", "label", "confidence"]
     try:
-        try:
-            df = read_report(out_dir, "segments", [*columns, "speaker"])
-        except (KeyError, ValueError):  # reports written before segments had speakers
-            df = read_report(out_dir, "segments", columns).assign(speaker=None)
+        df = read_report(out_dir, "segments")  # reports written before segments had speakers lack the column
     except FileNotFoundError:
         return {}
+    dims = [d for d in DIMENSION_LINES if d in df.columns]
     out: dict[str, list[SegmentRow]] = {}
-    for r in df.itertuples(index=False):
-        out.setdefault(r.path, []).append(
+    for r in df.to_dict("records"):
+        out.setdefault(r["path"], []).append(
             SegmentRow(
-                r.path,
-                r.start_s,
-                r.end_s,
-                bool(r.voiced),
-                r.label or "",
-                r.confidence,
+                r["path"],
+                r["start_s"],
+                r["end_s"],
+                bool(r["voiced"]),
+                r["label"] or "",
+                r["confidence"],
                 {},
-                speaker=_clean(r.speaker) or "",
+                speaker=_clean(r.get("speaker")) or "",
+                dimensions={d: float(r[d]) for d in dims if _clean(r[d]) is not None},
             )
         )
     return out

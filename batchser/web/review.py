@@ -28,6 +28,7 @@ import pandas as pd
 
 from batchser.review import (
     ANSWERS,
+    DIMENSION_ANSWERS,
     NONE,
     PER_LABEL,
     SKIP,
@@ -85,6 +86,7 @@ class ReviewSession:
     segments: dict[str, tuple[float, float]] = field(default_factory=dict)  # path -> the stretch to play
     answers: AnswersFile | None = None
     expected: dict[str, Any] | None = None
+    dimensions: list[str] = field(default_factory=list)  # arousal, valence: the model's, answerable by side
     blind: bool = False  # hide the model's label and confidence while answering (no anchoring)
     _log: AnswerLog | None = field(default=None, init=False, repr=False)
 
@@ -139,6 +141,7 @@ class ReviewSession:
             segments=segments,
             answers=AnswersFile(out_dir),
             expected=summary.get("expected_accuracy"),
+            dimensions=[d for d in ("arousal", "valence") if d in report.columns],
             blind=blind,
         )
         session.refresh()  # a damaged or hostile answers file is named now, before the address is printed
@@ -166,7 +169,8 @@ class ReviewSession:
         rows = self.sample.to_dict("records")
         keys = [_key(r) for r in rows]
         answered = [(r, k) for r, k in zip(rows, keys, strict=True) if given.get(k, SKIP) != SKIP]
-        agree = [given[k] == r["model_label"] for r, k in answered]
+        named = [(r, k) for r, k in answered if given[k] not in DIMENSION_ANSWERS]  # an emotion, or none of them
+        agree = [given[k] == r["model_label"] for r, k in named]
         per_label = Counter(given[k] for _, k in answered)
         todo = [r for r, k in zip(rows, keys, strict=True) if k not in given]
         todo += [r for r, k in zip(rows, keys, strict=True) if given.get(k) == SKIP]
@@ -176,7 +180,8 @@ class ReviewSession:
         return {
             "total": len(rows),
             "answered": len(answered),
-            "per_answer": {c: per_label.get(c, 0) for c in [*self.classes, NONE]},
+            "per_answer": {c: per_label.get(c, 0) for c in [*self.classes, NONE]}
+            | {a: per_label[a] for a in DIMENSION_ANSWERS if per_label.get(a)},
             "per_stratum": {s: by_stratum.get(s, 0) for s in sorted(strata)},
             "agreement": None if blind else ((sum(agree) / len(agree)) if agree else None),
             "estimate": self._estimate(answered, given, strata),
@@ -189,7 +194,8 @@ class ReviewSession:
         }
 
     def _estimate(self, answered: list[tuple[dict[str, Any], Key]], given: dict[Key, str], strata: dict) -> Any:
-        rand = [(r, k) for r, k in answered if r.get("part") == "random"]
+        # Emotion answers ("none of these" included): a side of arousal or valence says nothing of the label.
+        rand = [(r, k) for r, k in answered if r.get("part") == "random" and given[k] not in DIMENSION_ANSWERS]
         if not rand:
             return None
         model = [str(r["model_label"]) for r, _ in rand]
@@ -235,7 +241,9 @@ class ReviewSession:
         """
         canonical = canonical_label(label, self.classes)
         if canonical is None or canonical == UNDO:
-            raise ValueError(f"answer must be one of {', '.join([*self.classes, NONE, SKIP])}")
+            raise ValueError(f"answer must be one of {', '.join([*self.classes, NONE, SKIP, *DIMENSION_ANSWERS])}")
+        if canonical in DIMENSION_ANSWERS and DIMENSION_ANSWERS[canonical][0] not in self.dimensions:
+            raise ValueError(f"this model reports no {DIMENSION_ANSWERS[canonical][0]}")
         r = self._row(order)
         assert self.answers is not None
         start, end = _key(r)[1:]
@@ -365,6 +373,7 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
             "review.html",
             state=state,
             classes=session.classes,
+            dimensions=session.dimensions,
             token=token,
             blind=blind(),
             expected=describe_expected(session.expected) if session.expected else "",
