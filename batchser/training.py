@@ -33,7 +33,7 @@ from batchser.model import (
     versions,
     write_model_card,
 )
-from batchser.model.adapt import group_rows
+from batchser.model.adapt import Grouping, group_rows
 from batchser.model.base import Dimension
 from batchser.model.circumplex import DIMENSIONS, canonical
 from batchser.model.dimensions import DIMENSION_C, evaluate_dimensions, fit_dimension_pair, fittable
@@ -166,14 +166,7 @@ def train(
     n_corpora = len(set(data.corpora.tolist()))
     normalize, g = ms.normalize, None
     if normalize == "speaker":
-        g = group_rows(
-            data.X,
-            mode="speaker",
-            corpora=data.corpora,
-            speakers=data.speakers,
-            speaker_ok=data.speaker_ok,
-            min_files=ms.min_speaker_files,
-        )
+        g = _speaker_groups(data, ms.min_speaker_files)
         n_groups = len(set(k for k in g.keys if k))
         if n_groups < 2 and "normalize" in ms.model_fields_set:
             raise ModelError(
@@ -339,20 +332,23 @@ def _train_dimensions(
             on_fold=lambda c: step(f"arousal and valence, held out {c}"),
         )
         info |= evaluation
-    g = None
-    if normalize == "speaker":
-        g = group_rows(
-            data.X,
-            mode="speaker",
-            corpora=data.corpora,
-            speakers=data.speakers,
-            speaker_ok=data.speaker_ok,
-            min_files=ms.min_speaker_files,
-        )
+    g = _speaker_groups(data, ms.min_speaker_files) if normalize == "speaker" else None
     pairs = {d: fit_dimension_pair(data.X, data.y, d, grouping=g, random_state=ms.random_state) for d in names}
     dims = tuple(Dimension(d, plain, norm, temperature.get(d, {})) for d, (plain, norm) in pairs.items())
     step("fitted the arousal and valence networks")
     return dims, info
+
+
+def _speaker_groups(data: TrainingData, min_files: int) -> Grouping:
+    """The training rows' normalisation groups: each speaker's (where known and allowed), else the corpus's."""
+    return group_rows(
+        data.X,
+        mode="speaker",
+        corpora=data.corpora,
+        speakers=data.speakers,
+        speaker_ok=data.speaker_ok,
+        min_files=min_files,
+    )
 
 
 def _workers(manifest: Manifest) -> int:
