@@ -48,6 +48,8 @@ def _print_summary(s: JobSummary) -> None:
         + (f", {s.n_no_speech} without speech" if s.n_no_speech else "")
         + f"  ({s.seconds:.1f} s, {rate:,.0f} files/s)"
     )
+    if s.per_worker:
+        print("extracted on: " + ", ".join(f"{w} {n:g} files" for w, n in sorted(s.per_worker.items())))
     if s.skipped:
         print("skipped (no report rows): " + "; ".join(skipped_lines(s.skipped)))
     for path, reason in s.failures[:5]:
@@ -273,8 +275,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from batchser.api import annotation_manifest
     from batchser.discover import is_pattern, pattern_matches
+    from batchser.storage import is_url, url_name
 
     for given in args.inputs:
+        if is_url(given):  # object storage: asked when the job's paths are checked
+            continue
         if is_pattern(given) and not pattern_matches(Path(given).resolve()):
             print(f"batchser: the pattern {given} matches nothing; check it for typos", file=sys.stderr)
             return EXIT_MANIFEST
@@ -283,7 +288,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             return EXIT_MANIFEST
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    out = args.out or f"batchser-reports/{Path(args.inputs[0]).resolve().name or 'root'}"
+    first = args.inputs[0]
+    out = args.out or f"batchser-reports/{(url_name(first) if is_url(first) else Path(first).resolve().name) or 'root'}"
     try:  # the manifest is this command's own: its problems are said in the options typed
         manifest = annotation_manifest(
             args.inputs,

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import hashlib
 import io
 import logging
 import os
@@ -34,6 +35,7 @@ from batchser.audio import AudioError, AudioStream
 from batchser.cache import FeatureRecord, hash_file
 from batchser.features import FeatureSpec, extract
 from batchser.longfile import (
+    HASHED_ON_READ_BYTES,
     PARTS_IN_PROCESS_S,
     PartResult,
     extract_part,
@@ -43,13 +45,15 @@ from batchser.longfile import (
     no_speech_record,
     part_seconds,
     plan_parts,
+    raise_read_error,
     short_file_has_speech,
     speech_part,
     speech_plan,
     vad_part,
 )
 from batchser.segments import SegmentSpec
-from batchser.tasks import CHANGED, VANISHED, ExtractTask, decoded_by, error_record, retry_record
+from batchser.storage import ObjectChangedError, ObjectNotFoundError, StorageError, is_url, storage_for
+from batchser.tasks import CHANGED, VANISHED, ExtractTask, ReadHashed, decoded_by, error_record, retry_record
 
 __all__ = [
     "EngineError",
@@ -172,6 +176,48 @@ def extract_one(
     return record
 
 
+def _storage_failure(task: ExtractTask, exc: StorageError) -> FeatureRecord:
+    """A read of an object that failed: this run's problem (a ``retry`` row), never the bytes' verdict."""
+    if isinstance(exc, ObjectChangedError):
+        return retry_record(task, CHANGED)
+    if isinstance(exc, ObjectNotFoundError):
+        return retry_record(task, VANISHED)
+    return retry_record(task, f"cannot read: {exc}; rerun to retry")
+
+
+def extract_object(
+    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None = None
+) -> FeatureRecord | ReadHashed:
+    """An object in storage, read where it is analysed: whole into memory when small, else in ranges.
+
+    Every read is checked against the stamp the object was listed with (a
+    replaced object gives a ``retry``). A small object's bytes are hashed as
+    they arrive: a ``read_hash`` task (its hash not known yet) is answered
+    with a :class:`~batchser.tasks.ReadHashed` filed under that hash, and any
+    other is refused unless the bytes are the ones its hash names.
+    """
+    store = storage_for(task.path)
+    if task.size <= HASHED_ON_READ_BYTES:
+        try:
+            data = store.read(task.path, size=task.size, stamp=task.stamp)
+        except StorageError as exc:
+            return _storage_failure(task, exc)
+        digest = hashlib.sha256(data).hexdigest()
+        member = MemberData(data, None, digest)
+        if task.read_hash:
+            known = dataclasses.replace(task, content_hash=digest, read_hash=False)
+            return ReadHashed(task.content_hash, extract_one(known, spec=spec, segments=segments, data=member))
+        return extract_one(task, spec=spec, segments=segments, data=member)
+    # Larger: decoded as it streams, block by block; the checked reads stand for a second hashing.
+    try:
+        with store.open(task.path, size=task.size, stamp=task.stamp) as fh:
+            record = extract_one(task, spec=spec, segments=segments, data=MemberData(None, fh, task.content_hash))
+            raise_read_error(fh)  # before the record: a failed read looks like the end of the data
+    except StorageError as exc:
+        return _storage_failure(task, exc)
+    return record
+
+
 def _decode_and_extract(
     task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None, data: MemberData | None
 ) -> FeatureRecord:
@@ -291,7 +337,7 @@ def exit_with_parent(parent_pid: int) -> bool:
 
 def _extract_batch(
     tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None, parent_pid: int = 0
-) -> list[FeatureRecord | PartResult]:
+) -> list[FeatureRecord | PartResult | ReadHashed]:
     keep_freed_memory()
     if parent_pid:
         exit_with_parent(parent_pid)
@@ -299,13 +345,15 @@ def _extract_batch(
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.
     with threadpool_limits(limits=1):
-        out: dict[ExtractTask, FeatureRecord | PartResult] = {}
+        out: dict[ExtractTask, FeatureRecord | PartResult | ReadHashed] = {}
         for t in tasks:
             if t.n_parts > 1 and segments is not None:
                 if not segments.speech:
                     out[t] = extract_part(t, spec=spec, seg=segments)
                 else:  # first pass: frame probabilities; second: the segments' vectors
                     out[t] = (vad_part if t.spans is None else speech_part)(t, spec=spec, seg=segments)
+            elif is_url(t.path) and not t.member:
+                out[t] = extract_object(t, spec=spec, segments=segments)
             elif not t.member:
                 out[t] = extract_one(t, spec=spec, segments=segments)
         by_archive: dict[str, list[ExtractTask]] = {}
@@ -314,13 +362,35 @@ def _extract_batch(
                 by_archive.setdefault(t.path, []).append(t)
         for path, members in by_archive.items():
             wanted = {t.member: t for t in members}
-            for name, data, err in read_members(Path(path), list(wanted)):
+            where = path if is_url(path) else Path(path)
+            for name, data, err in read_members(where, list(wanted), stamp=members[0].stamp if is_url(path) else None):
                 t = wanted[name]
                 # These bytes hashed fine when listed: failing to read them now is this run's problem.
                 out[t] = (
                     retry_record(t, err) if data is None else extract_one(t, spec=spec, segments=segments, data=data)
                 )
         return [out[t] for t in tasks]
+
+
+def _extract_batch_on_worker(
+    tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None
+) -> tuple[str, list[FeatureRecord | PartResult | ReadHashed]]:
+    """:func:`_extract_batch` on a Dask worker, with the worker's name (or address) for the job's summary."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+        name = worker.name if isinstance(worker.name, str) else worker.address
+    except ValueError:  # not on a worker (a client running the task itself)
+        name = "client"
+    return str(name), _extract_batch(tasks, spec, segments)
+
+
+def _files_done(results: Sequence[FeatureRecord | PartResult | ReadHashed]) -> float:
+    """Files a batch's results stand for: a part of a long file counts its share (second speech passes none)."""
+    return sum(
+        (0.0 if r.task.spans is not None else 1 / r.task.n_parts) if isinstance(r, PartResult) else 1.0 for r in results
+    )
 
 
 def _n_workers(backend: str, n_jobs: int) -> int:
@@ -366,6 +436,8 @@ def run_tasks(
     still_needed: Callable[[ExtractTask], bool] | None = None,
     executor: Executor | None = None,
     on_part: Callable[[ExtractTask], None] | None = None,
+    on_hashed: Callable[[ReadHashed], None] | None = None,
+    per_worker: Counter[str] | None = None,
 ) -> Iterator[list[FeatureRecord]]:
     """Extract features for ``tasks``, yielding each finished batch as it completes.
 
@@ -394,6 +466,11 @@ def run_tasks(
         Called with each finished part of a long file (see :func:`plan_parts`)
         but the one that completes it, for progress; the file's record comes
         in a batch once all its parts are done.
+    on_hashed : callable or None
+        Called with the answer of each ``read_hash`` task (an object whose
+        hash its worker took as it read it), which no yielded batch holds.
+    per_worker : Counter or None
+        On Dask, files done per worker (name, else address) are added to it.
 
     Yields
     ------
@@ -441,12 +518,20 @@ def run_tasks(
     parts_s = sum(part_seconds(t, segments) for t in split) if segments is not None else 0.0
     small = too_small_for_workers(whole, in_process_below) and parts_s < PARTS_IN_PROCESS_S
 
-    def execute(todo: list[Sequence[ExtractTask]]) -> Iterator[list[FeatureRecord | PartResult]]:
+    def execute(todo: list[Sequence[ExtractTask]]) -> Iterator[list[FeatureRecord | PartResult | ReadHashed]]:
         if not remote and (workers == 1 or len(todo) == 1 or small):
             yield from (_extract_batch(b, spec, segments) for b in pending(todo))
             return
         with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
             parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
+            if remote:
+                for name, got in parallel(
+                    joblib.delayed(_extract_batch_on_worker)(b, spec, segments) for b in pending(todo)
+                ):
+                    if per_worker is not None:
+                        per_worker[name] += _files_done(got)  # type: ignore[assignment]
+                    yield got
+                return
             parent = os.getpid() if backend == "loky" else 0  # loky's workers are this process's children
             yield from parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending(todo))
 
@@ -474,9 +559,28 @@ def run_tasks(
     # longest work starts early instead of trailing at the end.
     results = execute([[t] for t in split] + batches)
     if segments is not None and segments.speech:
-        yield from (_compact(b) for b in _merged_speech(results, first, split, on_part))
+        yield from (_compact(b) for b in _merged_speech(_hashed(results, on_hashed), first, split, on_part))
     else:
-        yield from (_compact(b) for b in _merged(results, on_part))
+        yield from (_compact(b) for b in _merged(_hashed(results, on_hashed), on_part))
+
+
+def _hashed(
+    results: Iterable[list[FeatureRecord | PartResult | ReadHashed]], on_hashed: Callable[[ReadHashed], None] | None
+) -> Iterator[list[FeatureRecord | PartResult]]:
+    """The batches without the answers of ``read_hash`` tasks, each handed to ``on_hashed`` instead."""
+    for batch in results:
+        rest: list[FeatureRecord | PartResult] = []
+        for r in batch:
+            if isinstance(r, ReadHashed):
+                if on_hashed is None:
+                    raise ValueError("a read_hash task needs on_hashed to receive its record")
+                vector = r.record.vector  # a worker's vector is a view of its unpickled buffer: keep a copy
+                on_hashed(
+                    r if vector is None else ReadHashed(r.key, dataclasses.replace(r.record, vector=vector.copy()))
+                )
+            else:
+                rest.append(r)
+        yield rest
 
 
 def _merged_speech(

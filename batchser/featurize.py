@@ -20,9 +20,10 @@ from tqdm import tqdm
 from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore
 from batchser.discover import SourceFile
 from batchser.engine import Executor, ExtractTask, open_executor, part_seconds, run_tasks
-from batchser.hashing import content_hashes, progress_bar
+from batchser.hashing import content_hashes, progress_bar, text_path
 from batchser.manifest import Manifest
 from batchser.predict import FileOutcome
+from batchser.tasks import CHANGED, VANISHED, ReadHashed, retry_record
 
 __all__ = ["Counts", "Executors", "file_features"]
 
@@ -34,6 +35,7 @@ class Counts(Protocol):
 
     n_cached: int
     n_extracted: int
+    per_worker: Counter[str]  # files each Dask worker extracted
 
 
 class Executors:
@@ -86,15 +88,21 @@ def file_features(
     hashes = content_hashes(files, store, progress=False, bar=hash_bar)
     if lap is not None:
         lap("hash")
-    todo: dict[str, SourceFile] = {}  # content hash -> one file having it
+    todo: dict[str, SourceFile] = {}  # content hash (or an object's placeholder) -> one file having it
     waiting: Counter[str] = Counter()
     cached = store.get_many(h for h, _ in hashes if h)  # one read per part, of the row groups needed
-    for f, (h, _err) in zip(files, hashes, strict=True):
+    for f, (h, err) in zip(files, hashes, strict=True):
+        if not h and not err:  # an object its worker hashes as it reads it
+            h = _placeholder(f)
         if h and h not in cached:
             todo.setdefault(h, f)
             waiting[h] += 1
-    tasks = [ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True, stamp=f.stamp) for h, f in todo.items()]
+    tasks = [
+        ExtractTask(str(f.path), h, f.member, max(f.size, 0), verify=True, stamp=f.stamp, read_hash=h[0] == "?")
+        for h, f in todo.items()
+    ]
     retry: dict[str, FeatureRecord] = {}  # this run's read failures: reported, never cached
+    hashed: dict[str, str] = {}  # placeholder -> the hash its worker read
     eng = manifest.engine
     extracted: set[str] = set()
     deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
@@ -106,6 +114,8 @@ def file_features(
     with contextlib.nullcontext(shown) as bar:
 
         def still_needed(task: ExtractTask) -> bool:
+            if task.read_hash:  # its hash is not known yet: nothing to claim
+                return True
             if store.claim(task.content_hash):
                 return True
             if store.get(task.content_hash) is None:
@@ -125,6 +135,8 @@ def file_features(
                 still_needed=still_needed,
                 executor=executors.get(),
                 on_part=on_part,
+                on_hashed=on_hashed,
+                per_worker=counts.per_worker,
             )
             for batch in batches:
                 store.add(batch)
@@ -134,6 +146,20 @@ def file_features(
                 audio_s[0] += sum(r.duration_s for r in batch) - sum(parts_s.pop(r.content_hash, 0.0) for r in batch)
                 bar.set_postfix_str(f"{audio_s[0] / 3600:.2f} h audio", refresh=False)
                 bar.update(sum(waiting[r.content_hash] - credited.pop(r.content_hash, 0.0) for r in batch))
+
+        def on_hashed(answer: ReadHashed) -> None:
+            rec, key = answer.record, answer.key
+            if rec.status == "retry":  # read failed: the hash is still unknown
+                retry[key] = rec
+            else:
+                f = todo[key]
+                hashed[key] = rec.content_hash
+                store.remember_hash(text_path(f.name), f.stamp, rec.content_hash)
+                if store.get(rec.content_hash) is None:  # the same bytes under another name may be cached already
+                    store.add([rec])
+                    counts.n_extracted += 1
+                extracted.add(rec.content_hash)
+            bar.update(waiting[key])
 
         def on_part(task: ExtractTask) -> None:
             # A long file moves the bar part by part, in files and in hours of audio.
@@ -178,7 +204,28 @@ def file_features(
                     )
                 time.sleep(0.2)
     counts.n_cached += sum(1 for h, _ in hashes if h and h not in extracted)
-    return [
-        FileOutcome(f, h, (store.get(h) or retry.get(h)) if h else None, err)
-        for f, (h, err) in zip(files, hashes, strict=True)
-    ]
+    out = []
+    for f, (h, err) in zip(files, hashes, strict=True):
+        if not h and not err:
+            key = _placeholder(f)
+            h = hashed.get(key, "")
+            out.append(FileOutcome(f, h, store.get(h) if h else retry.get(key)))
+        elif not h and _this_run(err):  # could not be read now: a retry row, as extraction's read errors are
+            out.append(FileOutcome(f, "", retry_record(_task_of(f), err)))
+        else:
+            out.append(FileOutcome(f, h, (store.get(h) or retry.get(h)) if h else None, err))
+    return out
+
+
+def _placeholder(f: SourceFile) -> str:
+    """What names an object's task until its worker has hashed it."""
+    return f"?{f.path}"
+
+
+def _this_run(error: str) -> bool:
+    """Whether a hashing error is this run's (vanished, changed, unreadable now), not the file's."""
+    return error.startswith("cannot read:") or error in (VANISHED, CHANGED)
+
+
+def _task_of(f: SourceFile) -> ExtractTask:
+    return ExtractTask(str(f.path), "", f.member, max(f.size, 0), stamp=f.stamp)

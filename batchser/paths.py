@@ -13,9 +13,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from batchser.discover import AUDIO_EXTENSIONS, is_pattern, pattern_matches
+from batchser.discover import AUDIO_EXTENSIONS, is_pattern, iter_files, pattern_matches
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
+from batchser.storage import AccessDeniedError, StorageError, is_url, shown_url, storage_for
 
 __all__ = ["check_manifest_paths", "model_files", "report_files"]
 
@@ -56,10 +57,11 @@ def _read_files(manifest: Manifest) -> Iterator[tuple[str, Path]]:
     if manifest.manifest_file is not None:
         yield "the manifest", manifest.manifest_file
     for i, inp in enumerate(manifest.inputs):
-        p = manifest.resolve(inp.path)
-        if not is_pattern(p) and not p.is_dir():
-            yield f"inputs[{i}].path", p
-        if inp.label_file is not None:
+        if not is_url(inp.path):
+            p = manifest.resolve(inp.path)
+            if not is_pattern(p) and not p.is_dir():
+                yield f"inputs[{i}].path", p
+        if inp.label_file is not None and not is_url(inp.label_file):
             yield f"inputs[{i}].labels", manifest.resolve(inp.label_file)
     if not manifest.model.train:
         for p in model_files(manifest.model_path):
@@ -71,7 +73,7 @@ def _write_conflicts(manifest: Manifest) -> list[str]:
     writes = [("output.dir", p) for p in report_files(manifest)]
     if manifest.model.train:
         writes += [("model.path", p) for p in model_files(manifest.model_path)]
-    in_dirs = [(i, _real(manifest.resolve(inp.path))) for i, inp in enumerate(manifest.inputs)]
+    in_dirs = [(i, _real(manifest.resolve(inp.path))) for i, inp in enumerate(manifest.inputs) if not is_url(inp.path)]
     in_dirs = [(i, d) for i, d in in_dirs if os.path.isdir(d)]
     problems = [
         f"output.dir: {manifest.output_dir} is the folder inputs[{i}].path reads; "
@@ -116,15 +118,16 @@ def check_manifest_paths(manifest: Manifest) -> None:
     """
     problems = []
     for i, inp in enumerate(manifest.inputs):
-        p = manifest.resolve(inp.path)
-        if is_pattern(p):
-            if not pattern_matches(p):
-                problems.append(f"inputs[{i}].path: the pattern {p} matches nothing; check it for typos")
-        elif not (p.exists() or p.is_symlink()):
-            problems.append(
-                f"inputs[{i}].path: {p} does not exist (relative paths are taken from root {manifest.root_dir})"
-            )
-        if inp.label_file is not None:
+        if is_url(inp.path):
+            problems += _object_input(i, inp.path)
+        else:
+            problems += _local_input(manifest, i)
+        if inp.label_file is not None and is_url(inp.label_file):
+            try:
+                label_source(inp.labels, resolve=manifest.locate)
+            except (ValueError, OSError) as exc:
+                problems.append(f"inputs[{i}].labels: {exc}")
+        elif inp.label_file is not None:
             csv_path = manifest.resolve(inp.label_file)
             if not csv_path.is_file():
                 problems.append(f"inputs[{i}].labels: label file {csv_path} does not exist")
@@ -133,6 +136,47 @@ def check_manifest_paths(manifest: Manifest) -> None:
                     label_source(inp.labels, resolve=manifest.resolve)
                 except ValueError as exc:
                     problems.append(f"inputs[{i}].labels: {exc}")
+    problems += _other_paths(manifest)
+    if problems:
+        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
+
+
+def _object_input(i: int, url: str) -> list[str]:
+    """What is wrong with an input in object storage, asked of the storage itself (a stat and a first page)."""
+    shown = shown_url(url)
+    try:
+        storage_for(url)
+        if is_pattern(url):
+            return [] if pattern_matches(url) else [f"inputs[{i}].path: the pattern {shown} matches nothing"]
+        next(iter_files([url]), None)  # type: ignore[list-item]  # a URL is a path discovery reads
+    except FileNotFoundError as exc:
+        return [f"inputs[{i}].path: {exc}; check the bucket and prefix"]
+    except AccessDeniedError as exc:
+        return [
+            f"inputs[{i}].path: {shown} cannot be listed or read with the credentials in use ({exc}); grant them "
+            "the right to list the bucket (s3:ListBucket, storage.objects.list, Storage Blob Data Reader) and to "
+            "read its objects, or name the objects themselves as inputs"
+        ]
+    except StorageError as exc:
+        return [f"inputs[{i}].path: {exc}"]
+    return []
+
+
+def _local_input(manifest: Manifest, i: int) -> list[str]:
+    p = manifest.resolve(manifest.inputs[i].path)
+    problems = []
+    if is_pattern(p):
+        if not pattern_matches(p):
+            problems.append(f"inputs[{i}].path: the pattern {p} matches nothing; check it for typos")
+    elif not (p.exists() or p.is_symlink()):
+        problems.append(
+            f"inputs[{i}].path: {p} does not exist (relative paths are taken from root {manifest.root_dir})"
+        )
+    return problems
+
+
+def _other_paths(manifest: Manifest) -> list[str]:
+    problems = []
     if manifest.model.reviewed:
         answers = manifest.resolve(manifest.model.reviewed)
         if not answers.is_file():  # what it holds is checked with the model's emotions (relearn.load_answers)
@@ -154,6 +198,4 @@ def check_manifest_paths(manifest: Manifest) -> None:
         problems.append(
             f"model.path: {manifest.model_path} {what}; point it at a trained model or set model.train: true"
         )
-    problems += _write_conflicts(manifest)
-    if problems:
-        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
+    return problems + _write_conflicts(manifest)
