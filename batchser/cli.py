@@ -275,7 +275,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from batchser.api import annotation_manifest
     from batchser.discover import is_pattern, pattern_matches
-    from batchser.storage import is_url, url_name
+    from batchser.storage import is_url, shown_url, url_name
 
     for given in args.inputs:
         if is_url(given):  # object storage: asked when the job's paths are checked
@@ -309,7 +309,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         )
         summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     except ManifestError as exc:
-        raise OptionError("annotate", in_option_terms(exc.problems, ANNOTATE_OPTIONS, args.inputs)) from None
+        typed = [shown_url(i) if is_url(i) else i for i in args.inputs]  # an address's query may be a signature
+        raise OptionError("annotate", in_option_terms(exc.problems, ANNOTATE_OPTIONS, typed)) from None
     if not args.quiet:
         _print_summary(summary)
     return _exit_code(manifest, summary, allow_hint="--allow-unlistable")

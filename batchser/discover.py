@@ -228,7 +228,7 @@ def is_pattern(path: Path | str) -> bool:
     """
     text = str(path)
     if is_url(text):  # an object's key with * ? or [ in it is rare; a pattern over keys is not
-        return glob.has_magic(text.split("://", 1)[1])
+        return glob.has_magic(shown_url(text).split("://", 1)[1])  # an https address's query is no pattern
     return glob.has_magic(text) and not os.path.lexists(text)
 
 

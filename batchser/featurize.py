@@ -210,7 +210,7 @@ def file_features(
             key = _placeholder(f)
             h = hashed.get(key, "")
             out.append(FileOutcome(f, h, store.get(h) if h else retry.get(key)))
-        elif not h and _this_run(err):  # could not be read now: a retry row, as extraction's read errors are
+        elif not h and f.remote and _this_run(err):  # an object not read now: a retry row, as a worker's failed read
             out.append(FileOutcome(f, "", retry_record(_task_of(f), err)))
         else:
             out.append(FileOutcome(f, h, (store.get(h) or retry.get(h)) if h else None, err))

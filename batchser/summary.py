@@ -30,6 +30,7 @@ from batchser.paths import report_files
 from batchser.predict import domain_summary
 from batchser.report import ReportRow, file_digests, read_csv_report, recover_reports, write_json, writing_now
 from batchser.review import expected_accuracy
+from batchser.storage import is_url, shown_url
 from batchser.vad import ENERGY, detector
 
 __all__ = [
@@ -194,7 +195,7 @@ def summary_payload(
     return {
         "job": m.name,
         "job_fingerprint": m.fingerprint(),
-        "inputs": [str(m.locate(i.path)) for i in m.inputs],
+        "inputs": [shown_url(p) if is_url(p := str(m.locate(i.path))) else p for i in m.inputs],
         # Report paths inside this folder are written relative to it (batchser review finds the files by it).
         "paths_relative_to": str(m.root_dir),
         "files": s.n_files,

@@ -81,10 +81,14 @@ class S3:
 
 
 @contextlib.contextmanager
-def s3_server(*bulk: str) -> Iterator[S3]:
-    """moto's S3 server (IAM enforced) on loopback for the duration; ``bulk``: ``BUCKET/PREFIX:N`` to fill."""
+def s3_server(*bulk: str, open_: bool = False) -> Iterator[S3]:
+    """moto's S3 server on loopback for the duration; ``bulk``: ``BUCKET/PREFIX:N`` to fill.
+
+    IAM is enforced (the user may not list the bucket ``locked``) unless ``open_``,
+    where any key is taken and presigned addresses work.
+    """
     port = free_port()
-    cmd = [sys.executable, "-m", "tests.s3server", "--port", str(port)]
+    cmd = [sys.executable, "-m", "tests.s3server", "--port", str(port)] + (["--open"] if open_ else [])
     for b in bulk:
         cmd += ["--bulk", b]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}

@@ -1,4 +1,4 @@
-"""moto's S3 server on loopback with IAM enforced, run as its own process by :mod:`tests.s3`.
+"""moto's S3 server on loopback with IAM enforced (or ``--open``), run as its own process by :mod:`tests.s3`.
 
 Prints one JSON line (port, access key, secret) when it serves, and stops when
 its standard input closes (the test process ended). The user it makes may do
@@ -14,7 +14,8 @@ import json
 import os
 import sys
 
-os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # before moto reads its settings: every request is checked
+if "--open" not in sys.argv:  # before moto reads its settings: every request is checked
+    os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iam import access_control
@@ -38,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--bulk", action="append", default=[], help="BUCKET/PREFIX:N small .wav objects")
+    ap.add_argument("--open", action="store_true", help="no IAM: any key is taken, presigned addresses work")
     args = ap.parse_args()
     iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
     iam.create_user("us-east-1", "batchser")

@@ -40,7 +40,7 @@ from batchser.storage.base import (
 from batchser.storage.local import UNLISTABLE
 from batchser.storage.urls import EXTRAS, redact, scheme_of, shown_url
 
-__all__ = ["FsspecStorage", "S3Storage", "remote_storage"]
+__all__ = ["FsspecStorage", "HttpStorage", "S3Storage", "remote_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class S3Storage(Storage):
         self.fs = s3fs.S3FileSystem(
             skip_instance_cache=True,
             config_kwargs={
-                "retries": {"max_attempts": 1, "mode": "standard"},
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
                 "connect_timeout": 10,
                 "read_timeout": 60,
             },
@@ -292,6 +292,53 @@ class FsspecStorage(Storage):
         return data
 
 
+class HttpStorage(FsspecStorage):
+    """One file at an ``http(s)`` address (a presigned URL too): ranged GETs, each response checked against the stamp.
+
+    A stat is a GET of the first byte (a presigned GET address refuses a
+    HEAD): its Content-Range gives the size, with the ETag and Last-Modified.
+    """
+
+    def _get(self, location: str, start: int, end: int) -> tuple[dict[str, str], bytes]:
+        async def get() -> tuple[dict[str, str], bytes]:
+            session = await self.fs.set_session()
+            async with session.get(location, headers={"Range": f"bytes={start}-{end - 1}"}) as r:
+                data = await r.read()
+                if r.status >= 400:
+                    code = "AccessDenied" if r.status in (401, 403) else "NotFound" if r.status == 404 else ""
+                    raise _HttpError(r.status, code)
+                return dict(r.headers), data
+
+        from fsspec.asyn import sync
+
+        return retrying(lambda: sync(self.fs.loop, get), what="read", classify=_classify(location, "cannot read"))
+
+    @staticmethod
+    def _info(location: str, headers: dict[str, str], got: int) -> ObjectInfo:
+        total = headers.get("Content-Range", "").rpartition("/")[2]
+        size = int(total) if total.isdigit() else int(headers.get("Content-Length", got))
+        return ObjectInfo(location, size, headers.get("ETag", ""), _seconds_ns(headers.get("Last-Modified")))
+
+    def stat(self, location: str) -> ObjectInfo:
+        headers, data = self._get(location, 0, 1)
+        count(stat=1)
+        return self._info(location, headers, len(data))
+
+    def fetch(self, location: str, start: int, end: int, *, stamp: tuple[int, int, int] | None) -> bytes:
+        if end <= start:
+            return b""
+        headers, data = self._get(location, start, end)
+        count(get=1, bytes=len(data))
+        _check(location, stamp, self._info(location, headers, len(data)))
+        return data
+
+
+class _HttpError(OSError):
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.response = {"Error": {"Code": code or str(status), "Message": f"HTTP {status}"}}
+
+
 _backends: dict[tuple[str, int], Storage] = {}
 _lock = threading.Lock()
 
@@ -313,7 +360,11 @@ def remote_storage(location: str) -> Storage:
                 logger = logging.getLogger(name)
                 if logger.getEffectiveLevel() < logging.WARNING:
                     logger.setLevel(logging.WARNING)
-            backend = _backends[key] = (
-                S3Storage() if scheme == "s3" else FsspecStorage({"gcs": "gs", "abfss": "abfs"}.get(scheme, scheme))
-            )
+            if scheme == "s3":
+                backend = S3Storage()
+            elif scheme in ("http", "https"):
+                backend = HttpStorage(scheme)
+            else:
+                backend = FsspecStorage({"gcs": "gs", "abfss": "abfs"}.get(scheme, scheme))
+            _backends[key] = backend
         return backend

@@ -97,10 +97,15 @@ def url_problem(url: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """``url`` as reports name it: an ``http(s)`` address without its query or fragment (a signature, a token)."""
+    """``url`` as reports name it: an ``http(s)`` address without its query or fragment (a signature, a token),
+    any address without a ``user:password@``."""
     scheme, authority, rest = _split(url)
-    if scheme in ("http", "https"):
+    web = scheme in ("http", "https")
+    if web:
         rest = rest.split("#", 1)[0].split("?", 1)[0]
+        authority = authority.split("?", 1)[0].split("#", 1)[0]
+    if "@" in authority and (web or ":" in authority.rpartition("@")[0]):  # az://container@account is no secret
+        authority = "…@" + authority.rpartition("@")[2]
     return f"{url.split('://', 1)[0]}://{authority}{rest}"
 
 
@@ -135,9 +140,10 @@ def redact(text: str) -> str:
     def one(m: re.Match[str]) -> str:
         scheme, body = m.group(1), m.group(2)
         authority, slash, rest = body.partition("/")
-        if "@" in authority:
+        web = scheme.lower() in ("http", "https")
+        if "@" in authority and (web or ":" in authority.rpartition("@")[0]):  # az://container@account is no secret
             authority = "…@" + authority.rpartition("@")[2]
-        if scheme.lower() in ("http", "https"):
+        if web:
             rest = rest.split("#", 1)[0].split("?", 1)[0]
             authority = authority.split("?", 1)[0]
         return f"{scheme}://{authority}{slash}{rest}"
