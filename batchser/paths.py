@@ -13,10 +13,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from batchser.discover import AUDIO_EXTENSIONS, is_pattern, iter_files, pattern_matches
+from batchser.discover import AUDIO_EXTENSIONS, is_pattern, pattern_matches
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
-from batchser.storage import AccessDeniedError, StorageError, is_url, shown_url, storage_for
+from batchser.storage import AccessDeniedError, ObjectNotFoundError, StorageError, is_url, shown_url, storage_for
 
 __all__ = ["check_manifest_paths", "model_files", "report_files"]
 
@@ -148,9 +148,8 @@ def _object_input(i: int, url: str) -> list[str]:
         storage_for(url)
         if is_pattern(url):
             return [] if pattern_matches(url) else [f"inputs[{i}].path: the pattern {shown} matches nothing"]
-        next(iter_files([url]), None)  # type: ignore[list-item]  # a URL is a path discovery reads
-    except FileNotFoundError as exc:
-        return [f"inputs[{i}].path: {exc}; check the bucket and prefix"]
+        if not _object_or_prefix(url):
+            return [f"inputs[{i}].path: nothing at {shown} (no object, and none under it); check the bucket and prefix"]
     except AccessDeniedError as exc:
         return [
             f"inputs[{i}].path: {shown} cannot be listed or read with the credentials in use ({exc}); grant them "
@@ -160,6 +159,18 @@ def _object_input(i: int, url: str) -> list[str]:
     except StorageError as exc:
         return [f"inputs[{i}].path: {exc}"]
     return []
+
+
+def _object_or_prefix(url: str) -> bool:
+    """Whether ``url`` names an object, or a prefix with objects under it: a stat, else one key listed."""
+    store = storage_for(url)
+    if not url.endswith("/"):
+        try:
+            store.stat(url)
+            return True
+        except ObjectNotFoundError:
+            pass
+    return next(iter(store.walk(url.rstrip("/") + "/", page=1)), None) is not None
 
 
 def _local_input(manifest: Manifest, i: int) -> list[str]:

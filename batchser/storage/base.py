@@ -212,12 +212,13 @@ class Storage(ABC):
     """A place files are listed and read from: the local disk, or an object store through fsspec."""
 
     @abstractmethod
-    def walk(self, root: str) -> Iterator[tuple[str, ObjectInfo | None, str]]:
+    def walk(self, root: str, *, page: int = 1000) -> Iterator[tuple[str, ObjectInfo | None, str]]:
         """``(address, info, error)`` of every file under ``root`` in the order of their addresses, streamed.
 
         ``info`` is None where the backend leaves the stat to the caller (the
         local disk); ``error`` is set, with the folder's address, for a part
-        that cannot be listed.
+        that cannot be listed. ``page``: keys asked for per request, where
+        the backend lists in pages (a probe asks for one).
         """
 
     @abstractmethod

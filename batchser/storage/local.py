@@ -119,7 +119,7 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int]:
 class LocalStorage(Storage):
     """Files on this machine's disks; stamps are (size, mtime_ns, ctime_ns)."""
 
-    def walk(self, root: str) -> Iterator[tuple[str, ObjectInfo | None, str]]:
+    def walk(self, root: str, *, page: int = 1000) -> Iterator[tuple[str, ObjectInfo | None, str]]:
         # The stat is left to discovery: it must not open a FIFO named like audio.
         return ((path, None, err) for path, err in walk(root))
 

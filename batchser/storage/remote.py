@@ -141,9 +141,9 @@ class S3Storage(Storage):
         bucket, _, key = body.partition("/")
         return bucket, key
 
-    def walk(self, root: str) -> Iterator[tuple[str, ObjectInfo | None, str]]:
+    def walk(self, root: str, *, page: int = 1000) -> Iterator[tuple[str, ObjectInfo | None, str]]:
         bucket, prefix = self._split(root)
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page}
         head = root.split("://", 1)[0]
         first = True
         while True:
@@ -253,7 +253,7 @@ class FsspecStorage(Storage):
         out.sort(key=lambda t: t[0])  # a folder's name sorts with its "/", as the local walk does
         return out
 
-    def walk(self, root: str) -> Iterator[tuple[str, ObjectInfo | None, str]]:
+    def walk(self, root: str, *, page: int = 1000) -> Iterator[tuple[str, ObjectInfo | None, str]]:
         if self.scheme in ("http", "https"):
             raise StorageError(f"{shown_url(root)}: an {self.scheme}:// input names one file; list a folder in "
                                "object storage (s3://, gs://, az://) instead", transient=False)  # fmt: skip

@@ -98,7 +98,9 @@ def url_problem(url: str) -> str:
 
 def shown_url(url: str) -> str:
     """``url`` as reports name it: an ``http(s)`` address without its query or fragment (a signature, a token),
-    any address without a ``user:password@``."""
+    any address without a ``user:password@``; a local path as it is."""
+    if not is_url(url):
+        return url
     scheme, authority, rest = _split(url)
     web = scheme in ("http", "https")
     if web:
