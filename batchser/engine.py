@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import joblib
 import numpy as np
@@ -314,6 +314,29 @@ def _extract_batch_on_worker(
     return str(name), _extract_batch(tasks, spec, segments)
 
 
+def _on_cluster(fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]]) -> Iterator[Any]:
+    """``fn(*args)`` for each of ``calls`` on the job's Dask cluster, results in completion order.
+
+    Submitted to the client :func:`~batchser.executors.open_executor` opened,
+    at most two per worker thread ahead (``calls`` is consumed lazily, so the
+    job's filter sees what other jobs wrote meanwhile). Not through joblib's
+    Dask backend: with one worker thread it runs everything in the client,
+    where a cluster that shares no disk may not even see the files. A task
+    lost with its worker is rerun elsewhere by the scheduler.
+    """
+    from distributed import as_completed, get_client
+
+    client = get_client()
+    ahead = 2 * max(1, sum(client.nthreads().values()))
+    running = as_completed()
+    for args in calls:
+        running.add(client.submit(fn, *args, pure=False))
+        if running.count() >= ahead:
+            yield next(running).result()
+    for done in running:
+        yield done.result()
+
+
 def _files_done(results: Sequence[FeatureRecord | PartResult | ReadHashed]) -> float:
     """Files a batch's results stand for: a part of a long file counts its share (second speech passes none)."""
     return sum(
@@ -444,16 +467,14 @@ def run_tasks(
         if not remote and (workers == 1 or len(todo) == 1 or small):
             yield from (_extract_batch(b, spec, segments) for b in pending(todo))
             return
-        with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
+        if remote:
+            for name, got in _on_cluster(_extract_batch_on_worker, ((b, spec, segments) for b in pending(todo))):
+                if per_worker is not None:
+                    per_worker[name] += _files_done(got)  # type: ignore[assignment]
+                yield got
+            return
+        with joblib.parallel_config(backend=backend, n_jobs=workers):
             parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
-            if remote:
-                for name, got in parallel(
-                    joblib.delayed(_extract_batch_on_worker)(b, spec, segments) for b in pending(todo)
-                ):
-                    if per_worker is not None:
-                        per_worker[name] += _files_done(got)  # type: ignore[assignment]
-                    yield got
-                return
             parent = os.getpid() if backend == "loky" else 0  # loky's workers are this process's children
             yield from parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending(todo))
 
