@@ -8,8 +8,11 @@ A scheduler and its workers are started from the ``dask scheduler`` and
 core of its own (``taskset``) in a folder (HOME, TMPDIR) of its own; the job
 is a whole ``batchser run -q`` process with an empty cache each time, which
 hashes, writes the cache and labels in its own process while the workers
-extract. Medians; the ratio of two workers' files/s to one's. The clips lie
-on this machine's disk (moto's server would take a core from the workers).
+extract. Medians; the ratio of two workers' files/s to one's, and beside it
+the workers' CPU per file and how many cores they kept busy during the
+feature stage (on a machine shared with other work, fewer than asked). The
+clips lie on this machine's disk (moto's server would take a core from the
+workers).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import distributed
 import numpy as np
 import soundfile as sf
 from _common import MODEL, ROOT, progress_log, run_job
@@ -45,6 +49,12 @@ def _clips(folder: Path, n: int) -> Path:
     return folder
 
 
+def _cpu() -> float:
+    """This process's CPU seconds (run on each worker)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,8 +64,6 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def cluster(n_workers: int, root: Path) -> Iterator[str]:
     """A scheduler and ``n_workers`` single-threaded workers, worker i pinned to core i; yields the address."""
-    import distributed
-
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = [sys.executable, "-m", "dask"]
@@ -105,6 +113,7 @@ def main() -> int:
     log = progress_log(args.quiet)
     walls: dict[int, list[float]] = {1: [], 2: []}
     stage: dict[int, list[float]] = {1: [], 2: []}
+    cpu: dict[int, list[float]] = {1: [], 2: []}  # the workers' CPU seconds during the job
     per_worker: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="batchser-bench-cluster-") as tmp:
         work = Path(tmp)
@@ -112,7 +121,7 @@ def main() -> int:
         audio = _clips(work / "audio", args.files)
         for r in range(args.repeats):
             for n in (1, 2):
-                with cluster(n, work / f"hosts-{n}-{r}") as address:
+                with cluster(n, work / f"hosts-{n}-{r}") as address, distributed.Client(address) as client:
                     job = {
                         "name": "cluster",
                         "inputs": [{"path": str(audio)}],
@@ -122,21 +131,32 @@ def main() -> int:
                         "model": {"path": str(MODEL)},
                         "output": {"dir": str(work / f"out-{n}"), "formats": ["parquet"], "page": False},
                     }
+                    before = client.run(_cpu)
                     wall, _, summary = run_job(job, work / "job.yaml")
+                    after = client.run(_cpu)
+                cpu[n].append(sum(after[w] - before[w] for w in after))
                 walls[n].append(wall)
                 stage[n].append(summary["stage_seconds"].get("features", wall))
                 per_worker[n] = summary["workers"]
-                log(f"{n} worker(s) #{r + 1}: {wall:.2f} s, {summary['workers']}")
+                log(f"{n} worker(s) #{r + 1}: {wall:.2f} s, workers' CPU {cpu[n][-1]:.1f} s, {summary['workers']}")
     med = {n: statistics.median(v) for n, v in walls.items()}
     feat = {n: statistics.median(v) for n, v in stage.items()}
     print(
         f"{args.files} clips of 1 s, cold; medians of {args.repeats}; {os.cpu_count()} cores, each worker pinned to one"
     )
-    print(f"{'workers':<9}{'wall s':>8}{'files/s':>9}{'features s':>12}{'files/s':>9}")
+    busy = {n: statistics.median(c / f for c, f in zip(cpu[n], stage[n], strict=True)) for n in (1, 2)}
+    print(
+        f"{'workers':<9}{'wall s':>8}{'files/s':>9}{'features s':>12}{'files/s':>9}{'ms CPU/file':>13}{'cores busy':>12}"
+    )
     for n in (1, 2):
-        print(f"{n:<9}{med[n]:>8.2f}{args.files / med[n]:>9.0f}{feat[n]:>12.2f}{args.files / feat[n]:>9.0f}")
+        ms = 1000 * statistics.median(cpu[n]) / args.files
+        print(
+            f"{n:<9}{med[n]:>8.2f}{args.files / med[n]:>9.0f}{feat[n]:>12.2f}{args.files / feat[n]:>9.0f}"
+            f"{ms:>13.2f}{busy[n]:>12.2f}"
+        )
     print(f"two workers / one: {med[1] / med[2]:.2f}x files/s (whole job), {feat[1] / feat[2]:.2f}x (feature stage)")
-    print(json.dumps({"files": args.files, "wall_s": walls, "features_s": stage, "per_worker": per_worker}))
+    print(json.dumps({"files": args.files, "wall_s": walls, "features_s": stage, "worker_cpu_s": cpu,
+                      "per_worker": per_worker}))  # fmt: skip
     return 0
 
 
