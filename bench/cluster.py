@@ -145,9 +145,8 @@ def main() -> int:
         f"{args.files} clips of 1 s, cold; medians of {args.repeats}; {os.cpu_count()} cores, each worker pinned to one"
     )
     busy = {n: statistics.median(c / f for c, f in zip(cpu[n], stage[n], strict=True)) for n in (1, 2)}
-    print(
-        f"{'workers':<9}{'wall s':>8}{'files/s':>9}{'features s':>12}{'files/s':>9}{'ms CPU/file':>13}{'cores busy':>12}"
-    )
+    head = f"{'workers':<9}{'wall s':>8}{'files/s':>9}{'features s':>12}{'files/s':>9}"
+    print(f"{head}{'ms CPU/file':>13}{'cores busy':>12}")
     for n in (1, 2):
         ms = 1000 * statistics.median(cpu[n]) / args.files
         print(
