@@ -157,7 +157,7 @@ def file_features(
                 store.remember_hash(text_path(f.name), f.stamp, rec.content_hash)
                 if store.get(rec.content_hash) is None:  # the same bytes under another name may be cached already
                     store.add([rec])
-                    counts.n_extracted += 1
+                counts.n_extracted += 1  # analysed by its worker either way
                 extracted.add(rec.content_hash)
             bar.update(waiting[key])
 

@@ -235,6 +235,24 @@ def test_throttling_is_waited_out_and_a_failing_object_is_a_retry_row(
     pd.testing.assert_frame_equal(slow.loc[same, PROBS], ref.loc[same, PROBS], check_exact=True)
 
 
+def test_a_zip_in_object_storage_is_read_in_ranges_like_one_on_disk(s3: S3, corpus: Path) -> None:
+    import zipfile
+
+    zipped = corpus / "takes.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for p in sorted((corpus / "audio" / "spk1").iterdir()):
+            zf.write(p, f"spk1/{p.name}")
+    s3.client().upload_file(str(zipped), "corpus", "zips/takes.zip")
+    local = _manifest(corpus, [{"path": "takes.zip"}], output={"dir": "zip-local"})
+    remote = _manifest(corpus, [{"path": "s3://corpus/zips/takes.zip"}], cache="cache-zip", output={"dir": "zip-s3"})
+    run_job(local, progress=False)
+    s = run_job(remote, progress=False)
+    assert (s.n_files, s.n_failed) == (4, 0)
+    a = _table(corpus, "zip-local", prefix="takes.zip::")
+    b = _table(corpus, "zip-s3", prefix="s3://corpus/zips/takes.zip::")
+    pd.testing.assert_frame_equal(a[PROBS], b[PROBS], check_exact=True)
+
+
 def test_a_bucket_that_denies_listing_is_a_clear_error(s3: S3, corpus: Path, tmp_path: Path) -> None:
     c = s3.client()
     c.create_bucket(Bucket="locked")
