@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from batchser.storage import is_url, storage_for
+from batchser.storage import ObjectChangedError, is_url, shown_url, storage_for
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -87,7 +87,7 @@ class Member:
 
 
 _OPEN_ZIPS = 4
-_zips: OrderedDict[tuple[str, int, int, int] | tuple[str, int, int], zipfile.ZipFile] = OrderedDict()
+_zips: OrderedDict[tuple[str, int, int], zipfile.ZipFile] = OrderedDict()
 _zips_lock = threading.Lock()
 
 
@@ -95,10 +95,22 @@ Stamp = tuple[int, int, int]
 
 
 def _open_object(path: Path | str, stamp: Stamp | None) -> IO[bytes]:
-    """An archive in object storage, opened for ranged reads checked against ``stamp``."""
+    """An archive in object storage, opened for ranged reads checked against its listed time and ETag.
+
+    ``stamp`` is the archive's or one of its members' (whose size is the
+    member's): its time and ETag digest must be the object's now, and every
+    read is checked against them.
+
+    Raises
+    ------
+    batchser.storage.ObjectChangedError
+        The archive was replaced since it was listed.
+    """
     store = storage_for(str(path))
-    size = stamp[0] if stamp is not None else store.stat(str(path)).size
-    return store.open(str(path), size=size, stamp=stamp)
+    info = store.stat(str(path))
+    if stamp is not None and info.stamp[1:] != stamp[1:]:
+        raise ObjectChangedError(f"{shown_url(str(path))} changed since it was listed", transient=False)
+    return store.open(str(path), size=info.size, stamp=info.stamp)
 
 
 def _check_read(fh: object) -> None:
@@ -116,7 +128,7 @@ def _zip(path: Path | str, stamp: Stamp | None = None) -> Iterator[zipfile.ZipFi
     100,000-member archive for every batch of files did quadratic work.
     """
     if is_url(path):
-        key = (str(path), *(stamp or (-1, -1, -1)))
+        key = (str(path), *(stamp or (-1, -1, -1))[1:])  # a member's stamp carries its own size
     else:
         st = os.stat(path)
         key = (str(path), st.st_size, st.st_mtime_ns)
@@ -178,7 +190,7 @@ def list_members(path: Path | str, *, stamp: Stamp | None = None) -> list[Member
         # A compressed tar's members share its compression: each is charged the
         # archive's overall ratio (a plain tar stores them: ratio 1).
         total = sum(m.size for m in members)
-        size = stamp[0] if is_url(path) and stamp is not None else os.path.getsize(path)
+        size = storage_for(str(path)).stat(str(path)).size if is_url(path) else os.path.getsize(path)
         scale = min(1.0, size / total) if total else 1.0
         return [
             Member(m.name, m.size, m.linkname if m.issym() or m.islnk() else "", packed=math.ceil(m.size * scale))
