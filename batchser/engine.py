@@ -44,14 +44,20 @@ from batchser.longfile import (
     no_speech_record,
     part_seconds,
     plan_parts,
-    raise_read_error,
     short_file_has_speech,
     speech_part,
     speech_plan,
     vad_part,
 )
 from batchser.segments import SegmentSpec
-from batchser.storage import ObjectChangedError, ObjectNotFoundError, StorageError, is_url, storage_for
+from batchser.storage import (
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    is_url,
+    raise_read_error,
+    storage_for,
+)
 from batchser.tasks import CHANGED, VANISHED, ExtractTask, ReadHashed, decoded_by, error_record, retry_record
 
 __all__ = [

@@ -27,7 +27,14 @@ from batchser.cache import NO_SPEECH, FeatureRecord
 from batchser.decoders import MP4_EXTENSIONS
 from batchser.features import FeatureSpec, SlidingExtractor, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, windows
-from batchser.storage import ObjectChangedError, ObjectNotFoundError, StorageError, is_url, storage_for
+from batchser.storage import (
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    is_url,
+    raise_read_error,
+    storage_for,
+)
 from batchser.tasks import CHANGED, VANISHED, ExtractTask, decoded_by
 from batchser.vad import FRAME, FRAME_S, HANG, Segmenter, SpeechProbabilities, detector, speech_segments
 
@@ -41,7 +48,6 @@ __all__ = [
     "merge_parts",
     "part_seconds",
     "plan_parts",
-    "raise_read_error",
 ]
 
 
@@ -206,13 +212,6 @@ def hashed_on_read(path: str, size: int, member: str = "") -> bool:
     if member or not is_url(path) or size > HASHED_ON_READ_BYTES:
         return False
     return size < PROBE_BYTES or os.path.splitext(path)[1].lower() not in SPLIT_SUFFIXES
-
-
-def raise_read_error(source: object) -> None:
-    """Raise what an object-storage reader kept: a failed or changed read reads as the end of the data."""
-    err = getattr(getattr(source, "raw", None), "error", None)
-    if err is not None:
-        raise err
 
 
 @contextlib.contextmanager

@@ -253,6 +253,24 @@ def test_a_zip_in_object_storage_is_read_in_ranges_like_one_on_disk(s3: S3, corp
     pd.testing.assert_frame_equal(a[PROBS], b[PROBS], check_exact=True)
 
 
+def test_the_review_page_plays_an_object_under_the_job_s_inputs_only(corpus: Path) -> None:
+    import io
+
+    import soundfile as sf
+
+    from batchser.web.clips import ClipError, clip_wav, locate
+
+    inputs = ["s3://corpus/clips/"]
+    where, member = locate("s3://corpus/clips/spk0/angry-0.wav", root=str(corpus), inputs=inputs)
+    read_stats(reset=True)
+    y, sr = sf.read(io.BytesIO(clip_wav(where, member, start_s=0.5, seconds=0.5)))
+    assert sr == 16000 and len(y) == 8000 and np.abs(y).max() > 0.01
+    assert read_stats()["get"] <= 2  # a 1.5-s clip is one block (read again after the header's end is looked at)
+    for outside in ("s3://corpus/labels.csv", "s3://corpus/clipsX/a.wav", "s3://other/clips/a.wav"):
+        with pytest.raises(ClipError, match="outside the job's inputs"):
+            locate(outside, root=str(corpus), inputs=inputs)
+
+
 def test_a_bucket_that_denies_listing_is_a_clear_error(s3: S3, corpus: Path, tmp_path: Path) -> None:
     c = s3.client()
     c.create_bucket(Bucket="locked")

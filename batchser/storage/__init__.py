@@ -22,6 +22,7 @@ from batchser.storage.base import (
     Storage,
     StorageError,
     etag_digest,
+    raise_read_error,
     read_stats,
 )
 from batchser.storage.local import LocalStorage
@@ -39,6 +40,7 @@ __all__ = [
     "StorageError",
     "etag_digest",
     "is_url",
+    "raise_read_error",
     "read_stats",
     "redact",
     "scheme_of",

@@ -42,6 +42,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "etag_digest",
+    "raise_read_error",
     "read_stats",
     "retrying",
 ]
@@ -206,6 +207,17 @@ class RangedReader(io.RawIOBase):
         memoryview(buffer)[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def raise_read_error(source: object) -> None:
+    """Raise what a :class:`RangedReader` under ``source`` kept: a failed or changed read reads as the end of data.
+
+    Call it after decoding from :meth:`Storage.open`'s file, before trusting
+    what came out (a decoder reading through a callback saw only an early end).
+    """
+    err = getattr(getattr(source, "raw", source), "error", None)
+    if err is not None:
+        raise err
 
 
 class Storage(ABC):
