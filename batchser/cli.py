@@ -521,7 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("-q", "--quiet", action="store_true", help="print only the queued file's path")
     cap.set_defaults(func=_cmd_capture)
     ann = sub.add_parser("annotate", help="label folders or files with the shipped model, no manifest needed")
-    ann.add_argument("inputs", nargs="+", help="folders (searched recursively), files, globs or zip/tar archives")
+    ann.add_argument(
+        "inputs",
+        nargs="+",
+        help="folders (searched recursively), files, globs or zip/tar archives; or s3://, gs://, az:// prefixes "
+        "and https:// files",
+    )
     ann.add_argument("--out", help="report folder (default batchser-reports/<first input's name>)")
     ann.add_argument("--model", help="a .skops model (default: the shipped one)")
     ann.add_argument("--format", default="csv,parquet", help="report formats, comma-separated (csv,parquet)")
