@@ -166,7 +166,10 @@ def annotate(
     Parameters
     ----------
     inputs : path, or sequence of paths
-        Folders (searched recursively), files, globs, or zip/tar archives.
+        Folders (searched recursively), files, globs, or zip/tar archives; or
+        addresses in object storage (``s3://bucket/prefix/``, ``gs://…``,
+        ``az://…``, an ``https://`` file), read with the storage's own
+        credentials (its standard chain) and reported by their URLs.
     model : path or None
         A ``.skops`` model; None uses the shipped one (:func:`default_model_path`).
     adapt : {"speaker", "corpus", "cluster", "none"}

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from batchser.storage import ObjectChangedError, is_url, shown_url, storage_for
+
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "IN_MEMORY_BYTES",
@@ -89,20 +91,55 @@ _zips: OrderedDict[tuple[str, int, int], zipfile.ZipFile] = OrderedDict()
 _zips_lock = threading.Lock()
 
 
+Stamp = tuple[int, int, int]
+
+
+def _open_object(path: Path | str, stamp: Stamp | None) -> IO[bytes]:
+    """An archive in object storage, opened for ranged reads checked against its listed time and ETag.
+
+    ``stamp`` is the archive's or one of its members' (whose size is the
+    member's): its time and ETag digest must be the object's now, and every
+    read is checked against them.
+
+    Raises
+    ------
+    batchser.storage.ObjectChangedError
+        The archive was replaced since it was listed.
+    """
+    store = storage_for(str(path))
+    info = store.stat(str(path))
+    if stamp is not None and info.stamp[1:] != stamp[1:]:
+        raise ObjectChangedError(f"{shown_url(str(path))} changed since it was listed", transient=False)
+    return store.open(str(path), size=info.size, stamp=info.stamp)
+
+
+def _check_read(fh: object) -> None:
+    """Raise what an object-storage reader kept (a failed or changed read reads as the end of the data)."""
+    err = getattr(getattr(fh, "raw", None), "error", None)
+    if err is not None:
+        raise err
+
+
 @contextlib.contextmanager
-def _zip(path: Path) -> Iterator[zipfile.ZipFile]:
+def _zip(path: Path | str, stamp: Stamp | None = None) -> Iterator[zipfile.ZipFile]:
     """The archive, opened once per process while it is unchanged.
 
     Opening a zip parses its whole central directory: a job that reopened a
     100,000-member archive for every batch of files did quadratic work.
     """
-    st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    if is_url(path):
+        key = (str(path), *(stamp or (-1, -1, -1))[1:])  # a member's stamp carries its own size
+    else:
+        st = os.stat(path)
+        key = (str(path), st.st_size, st.st_mtime_ns)
     with _zips_lock:
-        zf = _zips.pop(key, None)
+        zf = _zips.pop(key, None)  # type: ignore[call-overload]
+        if zf is not None and getattr(getattr(zf.fp, "raw", None), "error", None) is not None:
+            zf.close()  # an object whose read failed: open it afresh
+            zf = None
         if zf is None:
-            zf = zipfile.ZipFile(path)
-        _zips[key] = zf  # most recently used last
+            zf = zipfile.ZipFile(_open_object(path, stamp) if is_url(path) else path)
+        _zips[key] = zf  # type: ignore[index]  # most recently used last
         while len(_zips) > _OPEN_ZIPS:
             _zips.popitem(last=False)[1].close()
     yield zf
@@ -121,8 +158,18 @@ def _is_zip(path: Path) -> bool:
     return str(path).lower().endswith(".zip")
 
 
-def list_members(path: Path) -> list[Member]:
+def _tar(path: Path | str, stack: contextlib.ExitStack, stamp: Stamp | None) -> tarfile.TarFile:
+    if is_url(path):
+        fh = stack.enter_context(_open_object(path, stamp))
+        return stack.enter_context(tarfile.open(fileobj=fh, mode="r:*"))
+    return stack.enter_context(tarfile.open(path, mode="r:*"))
+
+
+def list_members(path: Path | str, *, stamp: Stamp | None = None) -> list[Member]:
     """Regular-file and link members in archive order (directories left out; links carry their target).
+
+    ``path``: a local path, or an object's URL (read in ranges, checked
+    against ``stamp``).
 
     Raises
     ------
@@ -131,16 +178,20 @@ def list_members(path: Path) -> list[Member]:
     """
     try:
         if _is_zip(path):
-            with _zip(path) as zf:
+            with _zip(path, stamp) as zf:
+                _check_read(zf.fp)
                 return [
                     Member(i.filename, i.file_size, packed=i.compress_size) for i in zf.infolist() if not i.is_dir()
                 ]
-        with tarfile.open(path, mode="r:*") as tf:
+        with contextlib.ExitStack() as stack:
+            tf = _tar(path, stack, stamp)
             members = [m for m in tf.getmembers() if m.isreg() or m.issym() or m.islnk()]
+            _check_read(tf.fileobj)
         # A compressed tar's members share its compression: each is charged the
         # archive's overall ratio (a plain tar stores them: ratio 1).
         total = sum(m.size for m in members)
-        scale = min(1.0, os.path.getsize(path) / total) if total else 1.0
+        size = storage_for(str(path)).stat(str(path)).size if is_url(path) else os.path.getsize(path)
+        scale = min(1.0, size / total) if total else 1.0
         return [
             Member(m.name, m.size, m.linkname if m.issym() or m.islnk() else "", packed=math.ceil(m.size * scale))
             for m in members
@@ -149,12 +200,14 @@ def list_members(path: Path) -> list[Member]:
         raise ArchiveError(f"cannot read archive: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def _streams(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, IO[bytes] | Exception]]:
+def _streams(
+    path: Path | str, wanted: Collection[str], stamp: Stamp | None = None
+) -> Iterator[tuple[str, IO[bytes] | Exception]]:
     """(name, open stream or why not) for each wanted member, in one pass over the archive."""
     left = set(wanted)
     try:
         if _is_zip(path):
-            with _zip(path) as zf:
+            with _zip(path, stamp) as zf:
                 for name in wanted:
                     try:
                         with zf.open(zf.getinfo(name)) as fh:
@@ -163,7 +216,8 @@ def _streams(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, IO[byte
                         yield name, exc  # encrypted, unsupported compression, bad header
                     left.discard(name)
             return
-        with tarfile.open(path, mode="r:*") as tf:
+        with contextlib.ExitStack() as stack:
+            tf = _tar(path, stack, stamp)
             for m in tf:
                 if not left:
                     break
@@ -197,7 +251,7 @@ class MemberData:
 
 
 def read_members(
-    path: Path, wanted: Collection[str], *, in_memory: int = IN_MEMORY_BYTES
+    path: Path | str, wanted: Collection[str], *, in_memory: int = IN_MEMORY_BYTES, stamp: Stamp | None = None
 ) -> Iterator[tuple[str, MemberData | None, str]]:
     """(name, contents or None, error) for each wanted member, in one pass.
 
@@ -205,8 +259,10 @@ def read_members(
     anonymous temporary file, which the caller reads and closes before
     asking for the next member (it is deleted on close). A damaged member
     (bad CRC, truncated data) gives its error and the others are still read.
+    An archive in object storage (``path`` a URL) is read in ranges checked
+    against ``stamp``.
     """
-    for name, stream in _streams(path, wanted):
+    for name, stream in _streams(path, wanted, stamp):
         if isinstance(stream, Exception):
             yield name, None, _reason(stream)
             continue
@@ -235,10 +291,12 @@ def _read_member(stream: IO[bytes], stack: contextlib.ExitStack, in_memory: int)
     return MemberData(None, spill, h.hexdigest())
 
 
-def hash_members(path: Path, wanted: Collection[str]) -> dict[str, tuple[str, str]]:
+def hash_members(
+    path: Path | str, wanted: Collection[str], *, stamp: Stamp | None = None
+) -> dict[str, tuple[str, str]]:
     """SHA-256 of each wanted member's bytes (the same as the file's outside the archive), or the error."""
     out: dict[str, tuple[str, str]] = {}
-    for name, stream in _streams(path, wanted):
+    for name, stream in _streams(path, wanted, stamp):
         if isinstance(stream, Exception):
             out[name] = ("", _reason(stream))
             continue

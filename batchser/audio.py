@@ -475,15 +475,17 @@ class Seekable:
         return self.frames / self.sample_rate
 
 
-def seekable(path: str | Path) -> Seekable | None:
-    """The length and rate of ``path`` when its seeks are sample-exact, else None.
+def seekable(path: str | Path | BinaryIO) -> Seekable | None:
+    """The length and rate of ``path`` (or an open file) when its seeks are sample-exact, else None.
 
     PCM containers and FLAC through libsndfile; the MP4 family (M4A, MP4,
     MOV, 3GP) through FFmpeg, whose sample tables time every sample
     (:class:`~batchser.decoders.FFmpegFile`). A long file is split into parts
     across cores only then (:func:`batchser.longfile.plan_parts`).
     """
-    target = os.fsencode(path)
+    target = path if hasattr(path, "read") else os.fsencode(path)  # type: ignore[arg-type]
+    if hasattr(target, "seek"):
+        target.seek(0)  # type: ignore[union-attr]
     try:
         info = sf.info(target)
     except sf.LibsndfileError as exc:

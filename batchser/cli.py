@@ -49,6 +49,8 @@ def _print_summary(s: JobSummary) -> None:
         + (f", {s.n_no_speech} without speech" if s.n_no_speech else "")
         + f"  ({s.seconds:.1f} s, {rate:,.0f} files/s)"
     )
+    if s.per_worker:
+        print("extracted on: " + ", ".join(f"{w} {n:g} files" for w, n in sorted(s.per_worker.items())))
     if s.skipped:
         print("skipped (no report rows): " + "; ".join(skipped_lines(s.skipped)))
     for path, reason in s.failures[:5]:
@@ -283,8 +285,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from batchser.api import annotation_manifest
     from batchser.discover import is_pattern, pattern_matches
+    from batchser.storage import is_url, shown_url, url_name
 
     for given in args.inputs:
+        if is_url(given):  # object storage: asked when the job's paths are checked
+            continue
         if is_pattern(given) and not pattern_matches(Path(given).resolve()):
             print(f"batchser: the pattern {given} matches nothing; check it for typos", file=sys.stderr)
             return EXIT_MANIFEST
@@ -293,7 +298,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
             return EXIT_MANIFEST
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    out = args.out or f"batchser-reports/{Path(args.inputs[0]).resolve().name or 'root'}"
+    first = args.inputs[0]
+    out = args.out or f"batchser-reports/{(url_name(first) if is_url(first) else Path(first).resolve().name) or 'root'}"
     try:  # the manifest is this command's own: its problems are said in the options typed
         manifest = annotation_manifest(
             args.inputs,
@@ -314,7 +320,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         )
         summary = run_job(manifest, progress=not args.quiet, overwrite=args.overwrite)
     except ManifestError as exc:
-        raise OptionError("annotate", in_option_terms(exc.problems, ANNOTATE_OPTIONS, args.inputs)) from None
+        typed = [shown_url(i) if is_url(i) else i for i in args.inputs]  # an address's query may be a signature
+        raise OptionError("annotate", in_option_terms(exc.problems, ANNOTATE_OPTIONS, typed)) from None
     if not args.quiet:
         _print_summary(summary)
     return _exit_code(manifest, summary, allow_hint="--allow-unlistable")
@@ -527,7 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("-q", "--quiet", action="store_true", help="print only the queued file's path")
     cap.set_defaults(func=_cmd_capture)
     ann = sub.add_parser("annotate", help="label folders or files with the shipped model, no manifest needed")
-    ann.add_argument("inputs", nargs="+", help="folders (searched recursively), files, globs or zip/tar archives")
+    ann.add_argument(
+        "inputs",
+        nargs="+",
+        help="folders (searched recursively), files, globs or zip/tar archives; or s3://, gs://, az:// prefixes "
+        "and https:// files",
+    )
     ann.add_argument("--out", help="report folder (default batchser-reports/<first input's name>)")
     ann.add_argument("--model", help="a .skops model (default: the shipped one)")
     ann.add_argument(

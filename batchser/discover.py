@@ -40,6 +40,8 @@ from batchser.archive import (
     member_name,
 )
 from batchser.decoders import FFMPEG_EXTENSIONS, looks_like_ffmpeg_media
+from batchser.storage import ObjectInfo, ObjectNotFoundError, is_url, shown_url, storage_for
+from batchser.storage.local import UNLISTABLE, listing, unlistable, walk
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -50,6 +52,7 @@ __all__ = [
     "discover",
     "is_pattern",
     "iter_files",
+    "location",
     "pattern_matches",
 ]
 
@@ -64,20 +67,19 @@ AUDIO_EXTENSIONS = (
 ) | FFMPEG_EXTENSIONS
 
 
-# The error of a folder that could not be listed (no permission, a path over
-# the OS limit, an I/O error): one row in the reports stands for its unseen files.
-UNLISTABLE = "cannot list this folder"
-
-
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    """One discovered file.
+    """One discovered file, on this machine's disks or in object storage.
 
     ``size`` and ``mtime_ns`` are -1 and ``error`` says why when the file
-    could not even be stat'ed (a dangling link, a permission problem).
+    could not even be stat'ed (a dangling link, a permission problem). An
+    object's ``path`` is its URL (a ``str``), its ``mtime_ns`` its last
+    change to the second and its ``ctime_ns`` a digest of its ETag
+    (:func:`batchser.storage.etag_digest`): the stamp its hash is trusted
+    under and every read of it is checked against.
     """
 
-    path: Path  # absolute; for an archive member, the archive
+    path: Path | str  # absolute; an object's URL; for an archive member, the archive
     input_index: int  # which manifest input found it
     size: int  # bytes (of the member, inside an archive)
     mtime_ns: int  # of the file (of the archive, for a member)
@@ -93,9 +95,23 @@ class SourceFile:
         return (self.size, self.mtime_ns, self.ctime_ns)
 
     @property
+    def remote(self) -> bool:
+        """Whether the file is an object in object storage (``path`` is its URL)."""
+        return isinstance(self.path, str) and is_url(self.path)
+
+    @property
     def name(self) -> str:
-        """``path``, or ``archive::member``: how the file is named in reports and the hash index."""
-        return member_name(self.path, self.member) if self.member else str(self.path)
+        """``path``, or ``archive::member``: how the file is named in reports and the hash index.
+
+        An ``https`` address is named without its query (a signature or token).
+        """
+        where = shown_url(self.path) if self.remote else str(self.path)  # type: ignore[arg-type]
+        return member_name(where, self.member) if self.member else where
+
+
+def location(text: str) -> Path | str:
+    """A spooled ``SourceFile.path`` back: a URL stays text, a local path becomes a Path."""
+    return text if is_url(text) else Path(text)
 
 
 NO_DECODER = "no decoder reads them"
@@ -158,54 +174,6 @@ def _candidate(path: str, *, explicit: bool, probe: bool) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS or (probe and _looks_like_audio(path))
 
 
-def _listing(folder: str) -> list[tuple[str, bool]]:
-    """(name, is a folder) of ``folder``'s entries, in the order of their full paths.
-
-    Sorted with a ``/`` after each subfolder's name, so that visiting them
-    depth first yields exactly ``sorted()`` of the full paths: a million-file
-    tree streams in order without a list of it. Hidden folders and linked
-    folders are left out (a link loop cannot trap us); linked files stay.
-
-    Raises
-    ------
-    OSError
-        When the folder cannot be listed.
-    """
-    with os.scandir(folder) as it:
-        entries = []
-        for e in it:
-            try:
-                is_dir = e.is_dir()
-                if is_dir and (e.is_symlink() or e.name.startswith(".")):
-                    continue
-            except OSError:
-                is_dir = False
-            entries.append((e.name + "/" if is_dir else e.name, is_dir))
-    entries.sort()
-    return [(key[:-1] if is_dir else key, is_dir) for key, is_dir in entries]
-
-
-def _unlistable(folder: str, err: OSError) -> str:
-    log.warning("cannot list %s: %s", folder, err.strerror or err)
-    return f"{UNLISTABLE}: {err.strerror or err}; the files in it are not in this job"
-
-
-def _walk(root: str) -> Iterator[tuple[str, str]]:
-    """(path, "") of the files under ``root`` in the order of their full paths, one folder's listing
-    in memory per level; (folder, why) in its place for a folder that cannot be listed."""
-    try:
-        listing = _listing(root)
-    except OSError as err:
-        yield root, _unlistable(root, err)
-        return
-    for name, is_dir in listing:
-        path = os.path.join(root, name)
-        if is_dir:
-            yield from _walk(path)
-        else:
-            yield path, ""
-
-
 def _stat(path: str, index: int) -> SourceFile | None:
     """``path`` (absolute and normalised) as a SourceFile; None when it is no regular file."""
     try:
@@ -218,15 +186,16 @@ def _stat(path: str, index: int) -> SourceFile | None:
 
 
 def _members(
-    path: str, index: int, max_member_bytes: int, max_ratio: float, skipped: Skipped | None
+    path: str | ObjectInfo, index: int, max_member_bytes: int, max_ratio: float, skipped: Skipped | None
 ) -> Iterator[SourceFile]:
-    rec = _stat(os.path.abspath(path), index)
+    """The audio members of the archive at ``path`` (a local path, or an object as listed)."""
+    rec = _object(path, index) if isinstance(path, ObjectInfo) else _stat(os.path.abspath(path), index)
     if rec is None or rec.error:
         if rec is not None:
             yield rec
         return
     try:
-        members = list_members(Path(path))
+        members = list_members(rec.path, stamp=rec.stamp)
     except ArchiveError as exc:
         yield SourceFile(rec.path, index, rec.size, rec.mtime_ns, str(exc), ctime_ns=rec.ctime_ns)
         return
@@ -258,11 +227,18 @@ def is_pattern(path: Path | str) -> bool:
     ``take1/``); :func:`iter_files` warns when both readings would find files.
     """
     text = str(path)
+    if is_url(text):  # an object's key with * ? or [ in it is rare; a pattern over keys is not
+        return glob.has_magic(shown_url(text).split("://", 1)[1])  # an https address's query is no pattern
     return glob.has_magic(text) and not os.path.lexists(text)
 
 
 def pattern_matches(pattern: Path | str) -> bool:
     """Whether a glob pattern (:func:`is_pattern`) matches any path, read as discovery reads it."""
+    if is_url(pattern):
+        return (
+            next((rec for _, rec in _remote_found(str(pattern), 0, None, 0, 0.0, None) if not rec.error), None)
+            is not None
+        )
     return next((p for p, _, error in _glob(str(pattern)) if not error), None) is not None
 
 
@@ -278,7 +254,7 @@ def _expand(path: Path) -> Iterator[tuple[str, bool, str]]:
             text,
         )
     if path.is_dir():
-        yield from ((p, False, err) for p, err in _walk(os.path.abspath(text)))
+        yield from ((p, False, err) for p, err in walk(os.path.abspath(text)))
     elif path.exists() or path.is_symlink():
         yield text, True, ""
     else:
@@ -290,7 +266,7 @@ def _glob(pattern: str) -> Iterator[tuple[str, bool, str]]:
 
     ``glob.iglob`` yields in directory order, so its matches would have to be
     sorted in memory; this walks from the pattern's last literal folder as
-    :func:`_walk` does, matching one path component at a time (``*``, ``?``
+    :func:`~batchser.storage.local.walk` does, matching one path component at a time (``*``, ``?``
     and ``[…]`` within a name, ``**`` for any number of folders, hidden names
     only by a pattern that starts with a dot) and skipping folders no match
     can lie under. A matched archive is opened like a named one.
@@ -310,15 +286,15 @@ def _glob(pattern: str) -> Iterator[tuple[str, bool, str]]:
 
 def _glob_walk(folder: str, rel: list[str], pats: list[str]) -> Iterator[tuple[str, bool, str]]:
     try:
-        listing = _listing(folder)
+        entries = listing(folder)
     except OSError as err:
-        yield folder, False, _unlistable(folder, err)
+        yield folder, False, unlistable(folder, err)
         return
-    for name, is_dir in listing:
+    for name, is_dir in entries:
         path, comps = os.path.join(folder, name), [*rel, name]
         if _glob_match(pats, comps):
             if is_dir:
-                yield from ((p, False, err) for p, err in _walk(path))
+                yield from ((p, False, err) for p, err in walk(path))
             else:
                 yield path, is_archive(path), ""
         elif is_dir and _glob_prefix(pats, comps):
@@ -354,7 +330,7 @@ def archives_under(paths: Sequence[Path], *, limit: int = 10) -> list[Path]:
     for root in paths:
         if not root.is_dir():
             continue
-        for path, error in _walk(os.path.abspath(root)):
+        for path, error in walk(os.path.abspath(root)):
             if not error and is_archive(path):
                 found.append(Path(path))
                 if len(found) >= limit:
@@ -428,7 +404,7 @@ def iter_files(
     limits = [MAX_MEMBER_BYTES] * len(paths) if max_member_bytes is None else max_member_bytes
     ratios = [MAX_MEMBER_RATIO] * len(paths) if max_member_ratio is None else max_member_ratio
     for root in paths:
-        if not is_pattern(root) and not os.path.lexists(root):
+        if not is_url(root) and not is_pattern(root) and not os.path.lexists(root):
             raise FileNotFoundError(f"input {root} does not exist")
     # Each input's files come sorted; merging them keeps the order, and ties
     # (one file under two inputs) come first from the first input.
@@ -442,9 +418,12 @@ def iter_files(
 
 
 def _found(
-    root: Path, index: int, bar: tqdm, max_member_bytes: int, max_ratio: float, skipped: Skipped | None
+    root: Path | str, index: int, bar: tqdm, max_member_bytes: int, max_ratio: float, skipped: Skipped | None
 ) -> Iterator[tuple[str, SourceFile]]:
     """(name, file) of one input, in name order."""
+    if is_url(root):
+        yield from _remote_found(str(root), index, bar, max_member_bytes, max_ratio, skipped)
+        return
     for path, explicit, error in _expand(root):
         bar.update()
         if error:  # a folder that could not be listed: a row says so, where its files would sort
@@ -464,3 +443,79 @@ def _found(
             yield key, rec
         elif rec is not None and skipped is not None and not os.path.basename(path).startswith("."):
             skipped.add(path)  # a regular file no decoder reads: counted, never silent
+
+
+def _object(info: ObjectInfo, index: int) -> SourceFile:
+    return SourceFile(info.url, index, info.size, info.mtime_ns, ctime_ns=info.stamp[2])
+
+
+def _split_pattern(url: str) -> tuple[str, list[str]]:
+    """A URL pattern's literal folder (ending in /) and the patterns of the key components below it."""
+    head, _, key = url.partition("://")
+    bucket, _, rest = key.partition("/")
+    comps = rest.split("/")
+    first = next(i for i, c in enumerate(comps) if glob.has_magic(c))
+    base = "/".join([bucket, *comps[:first]])
+    return f"{head}://{base}/", comps[first:]
+
+
+def _remote_found(
+    root: str, index: int, bar: tqdm | None, max_member_bytes: int, max_ratio: float, skipped: Skipped | None
+) -> Iterator[tuple[str, SourceFile]]:
+    """(address, file) of one object-storage input in key order: one object, a prefix's objects, or a pattern's.
+
+    A prefix is read as a folder (``s3://b/x`` lists the keys under
+    ``x/``); its objects are audio by extension alone (asking each object's
+    first bytes would cost a request per object). Keys with a hidden
+    component are passed over, as hidden files are.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``root``: no object, and no object under it.
+    batchser.storage.StorageError
+        The listing is refused (access denied) or fails on its first page.
+    """
+    store = storage_for(root)
+    pats: list[str] | None = None
+    if is_pattern(root):
+        base, pats = _split_pattern(root)
+    else:
+        if not root.endswith("/"):
+            try:
+                info = store.stat(root)
+            except ObjectNotFoundError:
+                info = None
+            if info is not None:  # named as itself: reported whatever it is
+                if bar is not None:
+                    bar.update()
+                if is_archive(root):
+                    yield from sorted(
+                        ((rec.name, rec) for rec in _members(info, index, max_member_bytes, max_ratio, skipped)),
+                        key=lambda t: t[0],
+                    )
+                else:
+                    yield shown_url(root), _object(info, index)
+                return
+        base = root.rstrip("/") + "/"
+    found = False
+    for url, info, error in store.walk(base):
+        if bar is not None:
+            bar.update()
+        if error:  # a listing that failed part way: a row says so, after what was listed
+            yield url, SourceFile(url, index, -1, -1, error)
+            continue
+        found = True
+        comps = url[len(base) :].split("/")
+        if pats is not None:
+            if not _glob_match(pats, comps):
+                continue
+        elif any(c.startswith(".") for c in comps):
+            continue
+        name = comps[-1]
+        if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:
+            yield url, _object(info, index)  # type: ignore[arg-type]  # a listed object has its info
+        elif skipped is not None:
+            skipped.add(name)
+    if not found and pats is None:
+        raise FileNotFoundError(f"input {shown_url(root)} does not exist (no object there, and none under it)")

@@ -7,10 +7,10 @@ records. It never raises for a bad file: every failure becomes a record with
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import hashlib
 import io
 import logging
 import os
@@ -20,7 +20,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,8 +31,10 @@ from threadpoolctl import threadpool_limits
 from batchser.archive import MemberData, read_members
 from batchser.audio import AudioError, AudioStream
 from batchser.cache import FeatureRecord, hash_file
+from batchser.executors import EngineError, Executor, n_workers, open_executor
 from batchser.features import FeatureSpec, extract
 from batchser.longfile import (
+    HASHED_ON_READ_BYTES,
     PARTS_IN_PROCESS_S,
     PartResult,
     extract_part,
@@ -49,7 +50,15 @@ from batchser.longfile import (
     vad_part,
 )
 from batchser.segments import SegmentSpec
-from batchser.tasks import CHANGED, VANISHED, ExtractTask, decoded_by, error_record, retry_record
+from batchser.storage import (
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    is_url,
+    raise_read_error,
+    storage_for,
+)
+from batchser.tasks import CHANGED, VANISHED, ExtractTask, ReadHashed, decoded_by, error_record, retry_record
 
 __all__ = [
     "EngineError",
@@ -64,77 +73,6 @@ __all__ = [
     "run_tasks",
     "too_small_for_workers",
 ]
-
-DASK_HINT = "install it with: pip install 'batchser[dask]'"
-CONNECT_TIMEOUT_S = 10  # a scheduler that is up answers in milliseconds; retries cover a busy one
-
-
-class EngineError(RuntimeError):
-    """The execution engine cannot start (a missing extra, an unreachable scheduler)."""
-
-
-@dataclass(frozen=True)
-class Executor:
-    """Where :func:`run_tasks` runs: a joblib backend and how many workers it has."""
-
-    backend: str
-    n_workers: int
-    description: str = ""
-
-
-@contextlib.contextmanager
-def open_executor(backend: str, *, n_jobs: int = -1, scheduler: str | None = None) -> Iterator[Executor]:
-    """Set up ``backend`` for the duration of a job.
-
-    For ``dask``, connects a ``distributed.Client`` to ``scheduler``
-    (``tcp://host:port``) or, for ``"local"``, starts a ``LocalCluster`` of
-    ``n_jobs`` single-threaded worker processes (-1: one per core) on loopback,
-    and closes what it started on exit. Other backends need no set-up.
-
-    Raises
-    ------
-    EngineError
-        dask/distributed is not installed, or the scheduler cannot be reached.
-    """
-    if backend != "dask":
-        yield Executor(backend, _n_workers(backend, n_jobs), backend)
-        return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise EngineError(f"engine.backend dask needs dask.distributed ({exc}); {DASK_HINT}") from None
-    # distributed sets its loggers to INFO on import and would report every
-    # worker and connection; follow batchser's verbosity instead (INFO at -vv).
-    ours = logging.getLogger("batchser").getEffectiveLevel()
-    logging.getLogger("distributed").setLevel(logging.INFO if ours <= logging.DEBUG else logging.WARNING)
-    with contextlib.ExitStack() as stack:
-        if scheduler == "local":
-            workers = joblib.cpu_count() if n_jobs < 0 else n_jobs
-            cluster: Any = stack.enter_context(
-                LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address=None,
-                    silence_logs=logging.WARNING,
-                )
-            )
-            client = stack.enter_context(Client(cluster))
-        else:
-            try:
-                client = stack.enter_context(Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"))
-            except (OSError, TimeoutError) as exc:
-                raise EngineError(
-                    f"cannot reach the Dask scheduler at {scheduler}: {exc}; start one "
-                    "(dask scheduler; dask worker <address>) or use engine.scheduler: local"
-                ) from None
-        threads = sum(client.nthreads().values())
-        if threads == 0:
-            raise EngineError(f"the Dask cluster at {scheduler} has no workers; start some with dask worker")
-        log.info("dask: %d worker threads at %s", threads, client.scheduler.address)
-        yield Executor("dask", threads, f"dask {client.scheduler.address}")
-
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +107,48 @@ def extract_one(
             return retry_record(task, f"cannot read: {exc.strerror or exc}; rerun to retry")
         if now != task.bytes_hash:
             return retry_record(task, CHANGED)
+    return record
+
+
+def _storage_failure(task: ExtractTask, exc: StorageError) -> FeatureRecord:
+    """A read of an object that failed: this run's problem (a ``retry`` row), never the bytes' verdict."""
+    if isinstance(exc, ObjectChangedError):
+        return retry_record(task, CHANGED)
+    if isinstance(exc, ObjectNotFoundError):
+        return retry_record(task, VANISHED)
+    return retry_record(task, f"cannot read: {exc}; rerun to retry")
+
+
+def extract_object(
+    task: ExtractTask, *, spec: FeatureSpec, segments: SegmentSpec | None = None
+) -> FeatureRecord | ReadHashed:
+    """An object in storage, read where it is analysed: whole into memory when small, else in ranges.
+
+    Every read is checked against the stamp the object was listed with (a
+    replaced object gives a ``retry``). A small object's bytes are hashed as
+    they arrive: a ``read_hash`` task (its hash not known yet) is answered
+    with a :class:`~batchser.tasks.ReadHashed` filed under that hash, and any
+    other is refused unless the bytes are the ones its hash names.
+    """
+    store = storage_for(task.path)
+    if task.size <= HASHED_ON_READ_BYTES:
+        try:
+            data = store.read(task.path, size=task.size, stamp=task.stamp)
+        except StorageError as exc:
+            return _storage_failure(task, exc)
+        digest = hashlib.sha256(data).hexdigest()
+        member = MemberData(data, None, digest)
+        if task.read_hash:
+            known = dataclasses.replace(task, content_hash=digest, read_hash=False)
+            return ReadHashed(task.content_hash, extract_one(known, spec=spec, segments=segments, data=member))
+        return extract_one(task, spec=spec, segments=segments, data=member)
+    # Larger: decoded as it streams, block by block; the checked reads stand for a second hashing.
+    try:
+        with store.open(task.path, size=task.size, stamp=task.stamp) as fh:
+            record = extract_one(task, spec=spec, segments=segments, data=MemberData(None, fh, task.content_hash))
+            raise_read_error(fh)  # before the record: a failed read looks like the end of the data
+    except StorageError as exc:
+        return _storage_failure(task, exc)
     return record
 
 
@@ -291,7 +271,7 @@ def exit_with_parent(parent_pid: int) -> bool:
 
 def _extract_batch(
     tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None, parent_pid: int = 0
-) -> list[FeatureRecord | PartResult]:
+) -> list[FeatureRecord | PartResult | ReadHashed]:
     keep_freed_memory()
     if parent_pid:
         exit_with_parent(parent_pid)
@@ -299,13 +279,15 @@ def _extract_batch(
     # cores, and a multi-threaded matmul sums in another order, so features
     # (and reports) would differ in the last bit between backends.
     with threadpool_limits(limits=1):
-        out: dict[ExtractTask, FeatureRecord | PartResult] = {}
+        out: dict[ExtractTask, FeatureRecord | PartResult | ReadHashed] = {}
         for t in tasks:
             if t.n_parts > 1 and segments is not None:
                 if not segments.speech:
                     out[t] = extract_part(t, spec=spec, seg=segments)
                 else:  # first pass: frame probabilities; second: the segments' vectors
                     out[t] = (vad_part if t.spans is None else speech_part)(t, spec=spec, seg=segments)
+            elif is_url(t.path) and not t.member:
+                out[t] = extract_object(t, spec=spec, segments=segments)
             elif not t.member:
                 out[t] = extract_one(t, spec=spec, segments=segments)
         by_archive: dict[str, list[ExtractTask]] = {}
@@ -314,7 +296,8 @@ def _extract_batch(
                 by_archive.setdefault(t.path, []).append(t)
         for path, members in by_archive.items():
             wanted = {t.member: t for t in members}
-            for name, data, err in read_members(Path(path), list(wanted)):
+            where = path if is_url(path) else Path(path)
+            for name, data, err in read_members(where, list(wanted), stamp=members[0].stamp if is_url(path) else None):
                 t = wanted[name]
                 # These bytes hashed fine when listed: failing to read them now is this run's problem.
                 out[t] = (
@@ -323,10 +306,48 @@ def _extract_batch(
         return [out[t] for t in tasks]
 
 
-def _n_workers(backend: str, n_jobs: int) -> int:
-    if backend == "sequential":
-        return 1
-    return joblib.cpu_count() if n_jobs < 0 else n_jobs
+def _extract_batch_on_worker(
+    tasks: Sequence[ExtractTask], spec: FeatureSpec, segments: SegmentSpec | None = None
+) -> tuple[str, list[FeatureRecord | PartResult | ReadHashed]]:
+    """:func:`_extract_batch` on a Dask worker, with the worker's name (or address) for the job's summary."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+        name = worker.name if isinstance(worker.name, str) else worker.address
+    except ValueError:  # not on a worker (a client running the task itself)
+        name = "client"
+    return str(name), _extract_batch(tasks, spec, segments)
+
+
+def _on_cluster(fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]]) -> Iterator[Any]:
+    """``fn(*args)`` for each of ``calls`` on the job's Dask cluster, results in completion order.
+
+    Submitted to the client :func:`~batchser.executors.open_executor` opened,
+    at most two per worker thread ahead (``calls`` is consumed lazily, so the
+    job's filter sees what other jobs wrote meanwhile). Not through joblib's
+    Dask backend: with one worker thread it runs everything in the client,
+    where a cluster that shares no disk may not even see the files. A task
+    lost with its worker is rerun elsewhere by the scheduler.
+    """
+    from distributed import as_completed, get_client
+
+    client = get_client()
+    ahead = 2 * max(1, sum(client.nthreads().values()))
+    running = as_completed()
+    for args in calls:
+        running.add(client.submit(fn, *args, pure=False))
+        if running.count() >= ahead:
+            yield next(running).result()
+    for done in running:
+        yield done.result()
+
+
+def _files_done(results: Sequence[FeatureRecord | PartResult | ReadHashed]) -> float:
+    """Files a batch's results stand for: a part of a long file counts its share (second speech passes none)."""
+    return sum(
+        (0.0 if r.task.spans is not None else 1 / r.task.n_parts) if isinstance(r, PartResult) else 1.0 for r in results
+    )
 
 
 def default_batch_size(n_files: int, n_workers: int) -> int:
@@ -366,6 +387,8 @@ def run_tasks(
     still_needed: Callable[[ExtractTask], bool] | None = None,
     executor: Executor | None = None,
     on_part: Callable[[ExtractTask], None] | None = None,
+    on_hashed: Callable[[ReadHashed], None] | None = None,
+    per_worker: Counter[str] | None = None,
 ) -> Iterator[list[FeatureRecord]]:
     """Extract features for ``tasks``, yielding each finished batch as it completes.
 
@@ -394,6 +417,11 @@ def run_tasks(
         Called with each finished part of a long file (see :func:`plan_parts`)
         but the one that completes it, for progress; the file's record comes
         in a batch once all its parts are done.
+    on_hashed : callable or None
+        Called with the answer of each ``read_hash`` task (an object whose
+        hash its worker took as it read it), which no yielded batch holds.
+    per_worker : Counter or None
+        On Dask, files done per worker (name, else address) are added to it.
 
     Yields
     ------
@@ -405,7 +433,7 @@ def run_tasks(
     if executor is not None:
         backend, workers = executor.backend, executor.n_workers
     else:
-        workers = _n_workers(backend, n_jobs)
+        workers = n_workers(backend, n_jobs)
     whole: list[ExtractTask] = []
     split: list[ExtractTask] = []
     for t in tasks:
@@ -441,11 +469,17 @@ def run_tasks(
     parts_s = sum(part_seconds(t, segments) for t in split) if segments is not None else 0.0
     small = too_small_for_workers(whole, in_process_below) and parts_s < PARTS_IN_PROCESS_S
 
-    def execute(todo: list[Sequence[ExtractTask]]) -> Iterator[list[FeatureRecord | PartResult]]:
+    def execute(todo: list[Sequence[ExtractTask]]) -> Iterator[list[FeatureRecord | PartResult | ReadHashed]]:
         if not remote and (workers == 1 or len(todo) == 1 or small):
             yield from (_extract_batch(b, spec, segments) for b in pending(todo))
             return
-        with joblib.parallel_config(backend=backend, n_jobs=-1 if remote else workers):
+        if remote:
+            for name, got in _on_cluster(_extract_batch_on_worker, ((b, spec, segments) for b in pending(todo))):
+                if per_worker is not None:
+                    per_worker[name] += _files_done(got)  # type: ignore[assignment]
+                yield got
+            return
+        with joblib.parallel_config(backend=backend, n_jobs=workers):
             parallel = joblib.Parallel(return_as="generator_unordered", pre_dispatch="2 * n_jobs")
             parent = os.getpid() if backend == "loky" else 0  # loky's workers are this process's children
             yield from parallel(joblib.delayed(_extract_batch)(b, spec, segments, parent) for b in pending(todo))
@@ -474,9 +508,28 @@ def run_tasks(
     # longest work starts early instead of trailing at the end.
     results = execute([[t] for t in split] + batches)
     if segments is not None and segments.speech:
-        yield from (_compact(b) for b in _merged_speech(results, first, split, on_part))
+        yield from (_compact(b) for b in _merged_speech(_hashed(results, on_hashed), first, split, on_part))
     else:
-        yield from (_compact(b) for b in _merged(results, on_part))
+        yield from (_compact(b) for b in _merged(_hashed(results, on_hashed), on_part))
+
+
+def _hashed(
+    results: Iterable[list[FeatureRecord | PartResult | ReadHashed]], on_hashed: Callable[[ReadHashed], None] | None
+) -> Iterator[list[FeatureRecord | PartResult]]:
+    """The batches without the answers of ``read_hash`` tasks, each handed to ``on_hashed`` instead."""
+    for batch in results:
+        rest: list[FeatureRecord | PartResult] = []
+        for r in batch:
+            if isinstance(r, ReadHashed):
+                if on_hashed is None:
+                    raise ValueError("a read_hash task needs on_hashed to receive its record")
+                vector = r.record.vector  # a worker's vector is a view of its unpickled buffer: keep a copy
+                on_hashed(
+                    r if vector is None else ReadHashed(r.key, dataclasses.replace(r.record, vector=vector.copy()))
+                )
+            else:
+                rest.append(r)
+        yield rest
 
 
 def _merged_speech(

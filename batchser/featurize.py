@@ -20,11 +20,12 @@ from tqdm import tqdm
 from batchser.cache import CLAIM_STALE_S, FeatureRecord, FeatureStore
 from batchser.discover import SourceFile
 from batchser.engine import Executor, ExtractTask, open_executor, part_seconds, run_tasks
-from batchser.hashing import content_hashes, progress_bar
+from batchser.hashing import content_hashes, progress_bar, text_path
 from batchser.manifest import Manifest
 from batchser.outcome import FileOutcome
 from batchser.segments import cut_key
 from batchser.speakers import SpeakerTurns
+from batchser.tasks import CHANGED, VANISHED, ReadHashed, retry_record
 
 __all__ = ["Counts", "Executors", "file_features"]
 
@@ -36,6 +37,7 @@ class Counts(Protocol):
 
     n_cached: int
     n_extracted: int
+    per_worker: Counter[str]  # files each Dask worker extracted
 
 
 class Executors:
@@ -95,8 +97,11 @@ def file_features(
         lap("hash")
     cutting = turns is not None and bool(turns) and store.segment_spec is not None and store.segment_spec.speech
     cuts: dict[str, tuple[float, ...]] = {}  # cache key -> change points, for files whose turns cut segments
-    keys: list[str] = []
-    for f, (h, _err) in zip(files, hashes, strict=True):
+    keys: list[str] = []  # each file's cache key; an object its worker hashes as it reads it: a placeholder
+    for f, (h, err) in zip(files, hashes, strict=True):
+        if not h and not err:
+            keys.append(_placeholder(f))
+            continue
         got = turns.for_file(f) if cutting and h else None  # type: ignore[union-attr]
         points = got.change_points() if got is not None else ()
         keys.append(cut_key(h, points) if h else "")
@@ -104,7 +109,7 @@ def file_features(
             cuts[keys[-1]] = points
     todo: dict[str, tuple[SourceFile, str]] = {}  # cache key -> one file having it, and its content hash
     waiting: Counter[str] = Counter()
-    cached = store.get_many(k for k in keys if k)  # one read per part, of the row groups needed
+    cached = store.get_many(k for k in keys if k and not _is_placeholder(k))  # one read per part, as needed
     for f, (h, _err), k in zip(files, hashes, keys, strict=True):
         if k and k not in cached:
             todo.setdefault(k, (f, h))
@@ -118,11 +123,13 @@ def file_features(
             verify=True,
             stamp=f.stamp,
             cuts=cuts.get(k, ()),
-            source_hash=h if k != h else "",
+            source_hash=h if h and k != h else "",
+            read_hash=_is_placeholder(k),
         )
         for k, (f, h) in todo.items()
     ]
     retry: dict[str, FeatureRecord] = {}  # this run's read failures: reported, never cached
+    hashed: dict[str, str] = {}  # placeholder -> the hash its worker read
     eng = manifest.engine
     extracted: set[str] = set()
     deferred: list[ExtractTask] = []  # claimed by another job sharing the cache
@@ -134,6 +141,8 @@ def file_features(
     with contextlib.nullcontext(shown) as bar:
 
         def still_needed(task: ExtractTask) -> bool:
+            if task.read_hash:  # its hash is not known yet: nothing to claim
+                return True
             if store.claim(task.content_hash):
                 return True
             if store.get(task.content_hash) is None:
@@ -153,6 +162,8 @@ def file_features(
                 still_needed=still_needed,
                 executor=executors.get(),
                 on_part=on_part,
+                on_hashed=on_hashed,
+                per_worker=counts.per_worker,
             )
             for batch in batches:
                 store.add(batch)
@@ -162,6 +173,20 @@ def file_features(
                 audio_s[0] += sum(r.duration_s for r in batch) - sum(parts_s.pop(r.content_hash, 0.0) for r in batch)
                 bar.set_postfix_str(f"{audio_s[0] / 3600:.2f} h audio", refresh=False)
                 bar.update(sum(waiting[r.content_hash] - credited.pop(r.content_hash, 0.0) for r in batch))
+
+        def on_hashed(answer: ReadHashed) -> None:
+            rec, key = answer.record, answer.key
+            if rec.status == "retry":  # read failed: the hash is still unknown
+                retry[key] = rec
+            else:
+                f, _ = todo[key]
+                hashed[key] = rec.content_hash
+                store.remember_hash(text_path(f.name), f.stamp, rec.content_hash)
+                if store.get(rec.content_hash) is None:  # the same bytes under another name may be cached already
+                    store.add([rec])
+                counts.n_extracted += 1  # analysed by its worker either way
+                extracted.add(rec.content_hash)
+            bar.update(waiting[key])
 
         def on_part(task: ExtractTask) -> None:
             # A long file moves the bar part by part, in files and in hours of audio.
@@ -205,8 +230,32 @@ def file_features(
                         int(CLAIM_STALE_S),
                     )
                 time.sleep(0.2)
-    counts.n_cached += sum(1 for k in keys if k and k not in extracted)
-    return [
-        FileOutcome(f, h, (store.get(k) or retry.get(k)) if k else None, err)
-        for f, (h, err), k in zip(files, hashes, keys, strict=True)
-    ]
+    counts.n_cached += sum(1 for k in keys if k and not _is_placeholder(k) and k not in extracted)
+    out = []
+    for f, (h, err), k in zip(files, hashes, keys, strict=True):
+        if _is_placeholder(k):
+            h = hashed.get(k, "")
+            out.append(FileOutcome(f, h, store.get(h) if h else retry.get(k)))
+        elif not h and f.remote and _this_run(err):  # an object not read now: a retry row, as a worker's failed read
+            out.append(FileOutcome(f, "", retry_record(_task_of(f), err)))
+        else:
+            out.append(FileOutcome(f, h, (store.get(k) or retry.get(k)) if k else None, err))
+    return out
+
+
+def _placeholder(f: SourceFile) -> str:
+    """What names an object's task until its worker has hashed it."""
+    return f"?{f.path}"
+
+
+def _is_placeholder(key: str) -> bool:
+    return key.startswith("?")
+
+
+def _this_run(error: str) -> bool:
+    """Whether a hashing error is this run's (vanished, changed, unreadable now), not the file's."""
+    return error.startswith("cannot read:") or error in (VANISHED, CHANGED)
+
+
+def _task_of(f: SourceFile) -> ExtractTask:
+    return ExtractTask(str(f.path), "", f.member, max(f.size, 0), stamp=f.stamp)

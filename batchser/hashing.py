@@ -22,6 +22,8 @@ from batchser.archive import hash_members, member_name
 from batchser.cache import FeatureStore, FileChangedError, hash_file
 from batchser.discover import SourceFile
 from batchser.engine import CHANGED, VANISHED
+from batchser.longfile import hashed_on_read
+from batchser.storage import ObjectChangedError, ObjectNotFoundError, StorageError, storage_for
 
 __all__ = ["content_hashes", "display_path", "path_from_text", "progress_bar", "text_path"]
 
@@ -81,6 +83,8 @@ def path_from_text(text: str) -> bytes:
 
 def display_path(source: SourceFile, root: str) -> str:
     """The report's path: relative to ``root`` (a folder, with its trailing slash) when inside it."""
+    if source.remote:  # an object keeps its URL (an https address without its query)
+        return text_path(source.name)
     # Strings, not Path.relative_to: the same lexical test at a tenth of the cost
     # (paths are absolute and normalised by discovery), once per file per report.
     full = str(source.path)
@@ -120,7 +124,13 @@ def _map_ahead(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterat
 def content_hashes(
     files: Sequence[SourceFile], store: FeatureStore, *, progress: bool, bar: tqdm | None = None
 ) -> list[tuple[str, str]]:
-    """(content_hash, error) per file: from the path index when size and mtime match, else hashed.
+    """(content_hash, error) per file: from the path index when its stamp matches, else hashed.
+
+    An object in storage that its worker hashes as it reads it
+    (:func:`~batchser.longfile.hashed_on_read`: read once, not twice) and the
+    path index does not know gets ``("", "")``. An object is hashed from its
+    bytes, never taken from its ETag (a multipart upload's is no hash of the
+    content), in ranges checked against its listed stamp.
 
     ``bar``: a bar of the whole job's files to advance (every file of ``files``
     counts), instead of a bar of the files hashed here.
@@ -133,7 +143,7 @@ def content_hashes(
         known = store.known_hash(text_path(f.name), f.stamp)
         if known:
             out[i] = (known, "")
-        else:
+        elif not hashed_on_read(str(f.path), f.size, f.member):
             todo.append(i)
     if bar is not None:
         bar.update(len(files) - len(todo))
@@ -146,6 +156,18 @@ def content_hashes(
 
     def one(idx: list[int]) -> list[tuple[int, str, str]]:
         f = files[idx[0]]
+        if f.remote and not f.member:
+            try:
+                return [(idx[0], storage_for(f.path).hash(str(f.path), size=f.size, stamp=f.stamp), "")]
+            except ObjectChangedError:
+                return [(idx[0], "", CHANGED)]
+            except ObjectNotFoundError:
+                return [(idx[0], "", VANISHED)]
+            except StorageError as exc:
+                return [(idx[0], "", f"cannot read: {exc}; rerun to retry")]
+        if f.remote:
+            got = hash_members(f.path, [files[i].member for i in idx], stamp=f.stamp)
+            return [(i, *got[files[i].member]) for i in idx]
         if not f.member:
             try:
                 return [(idx[0], hash_file(f.path, expect=f.stamp), "")]
@@ -160,7 +182,7 @@ def content_hashes(
 
     # hashlib releases the GIL on large buffers: threads overlap I/O and hashing.
     with (
-        ThreadPoolExecutor(max_workers=4) as pool,
+        ThreadPoolExecutor(max_workers=16 if any(files[i].remote for i in todo) else 4) as pool,
         contextlib.nullcontext(bar) if bar is not None else progress_bar(len(todo), "hashing", progress) as shown,
     ):
         for results in _map_ahead(pool, one, iter(units.values()), ahead=64):

@@ -46,6 +46,7 @@ from batchser.report import (
 from batchser.segments import SegmentSpec
 from batchser.speakers import SpeakerTurns, job_turns
 from batchser.spool import Listed, Spool, listed_table, work_folder
+from batchser.storage import is_url, shown_url
 from batchser.summary import (
     FALLBACK_NOTE,
     JobSummary,
@@ -94,12 +95,12 @@ def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
     return SegmentSpec(**seg.model_dump())
 
 
-def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], Label]]]:
-    paths = [manifest.resolve(i.path) for i in manifest.inputs]
+def _input_paths(manifest: Manifest) -> tuple[list[Path | str], list[Callable[[Path | str], Label]]]:
+    paths = [manifest.locate(i.path) for i in manifest.inputs]
     fns = [
         label_source(
             i.labels,
-            resolve=manifest.resolve,
+            resolve=manifest.locate,
             speaker=i.speaker,
             root=manifest.root_dir,
             input_root=p,
@@ -111,6 +112,13 @@ def _input_paths(manifest: Manifest) -> tuple[list[Path], list[Callable[[Path], 
         paths.append(manifest.queue_dir)
         fns.append(label_source("none", resolve=manifest.resolve, corpus="queue"))
     return paths, fns
+
+
+def _label_path(f: SourceFile) -> Path | str:
+    """What a label source is asked about: the file's path (an archive member's name; an object's URL)."""
+    if f.remote:
+        return f.name
+    return Path(f.name) if f.member else f.path
 
 
 class _Coverage:
@@ -134,7 +142,7 @@ class _Coverage:
         self.labelled[i] += bool(label.speaker if only else label.emotion)
         table = self.tables[i] if i < len(self.tables) else None
         if table is not None:
-            key = os.path.realpath(f.path) if not f.member else os.path.normpath(f.name)
+            key = f.name if f.remote else os.path.realpath(f.path) if not f.member else os.path.normpath(f.name)
             if key in table.table:
                 self.matched.setdefault(i, set()).add(key)
 
@@ -195,7 +203,7 @@ def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
     turns = job_turns(manifest)
     names: dict[int, Counter[str]] = {}
     for f in iter_files(paths[:n], max_member_bytes=[round(i.max_member_mb * 2**20) for i in manifest.inputs]):
-        label = fns[f.input_index](Path(f.name) if f.member else f.path)
+        label = fns[f.input_index](_label_path(f))
         coverage.add(f, label)
         turns.match(f)
         if label.emotion:
@@ -338,8 +346,8 @@ def _write_reports(run: _Run) -> list[Path]:
 
 def _list_files(
     manifest: Manifest,
-    paths: list[Path],
-    label_fns: list[Callable[[Path], Label]],
+    paths: list[Path | str],
+    label_fns: list[Callable[[Path | str], Label]],
     listing: Spool,
     summary: JobSummary,
     *,
@@ -368,7 +376,7 @@ def _list_files(
     files: list[SourceFile] = []
     labels: list[Label] = []
     for f in iter_files(paths, max_member_bytes=limits, max_member_ratio=ratios, progress=progress, skipped=skipped):
-        label = label_fns[f.input_index](Path(f.name) if f.member else f.path)
+        label = label_fns[f.input_index](_label_path(f))
         coverage.add(f, label)
         folders.add(f.input_index, label)
         if turns is not None:
@@ -566,8 +574,8 @@ def _run(
         for line in skipped_lines(summary.skipped):
             log.info("skipped %s", line)
         if not n and not (manifest.allow_empty or allow_empty):
-            where = ", ".join(str(manifest.resolve(i.path)) for i in manifest.inputs)
-            archives = archives_under(paths[: len(manifest.inputs)])
+            where = ", ".join(shown_url(str(p)) if is_url(p) else str(p) for p in paths[: len(manifest.inputs)])
+            archives = archives_under([p for p in paths[: len(manifest.inputs)] if isinstance(p, Path)])
             hint = (
                 f" It holds archives ({', '.join(str(a) for a in archives[:3])}{' …' if len(archives) > 3 else ''}):"
                 " archives inside a folder are not opened; name them as inputs to label their audio "

@@ -6,12 +6,15 @@ import csv
 import glob
 import logging
 import os
+import posixpath
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from batchser.storage import is_url, shown_url, storage_for, url_join, url_parent
 
 __all__ = [
     "Label",
@@ -97,16 +100,16 @@ def parse_ravdess(name: str) -> RavdessName:
     )
 
 
-def _ravdess(path: Path) -> Label:
+def _ravdess(path: Path | str) -> Label:
     try:
-        r = parse_ravdess(path.name)
+        r = parse_ravdess(posixpath.basename(str(path)))
     except ValueError:
         return Label()
     return Label(emotion=r.emotion, speaker=f"actor{r.actor:02d}")
 
 
-def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Columns and rows of a CSV or TSV label table.
+def read_table(path: Path | str) -> tuple[list[str], list[dict[str, str]]]:
+    """Columns and rows of a CSV or TSV label table (a local file, or an object's URL).
 
     UTF-8 (a BOM is skipped); the delimiter is a tab for ``.tsv``/``.tab``,
     otherwise sniffed among ``,``, ``;`` and tab from the header line.
@@ -117,13 +120,20 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         Unreadable, not UTF-8, or with duplicate column names; the message names the file.
     """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        if is_url(path):  # a table in object storage: a few hundred KB at most, read whole
+            store = storage_for(path)
+            data = store.read(str(path), size=store.stat(str(path)).size)
+            text = data.decode("utf-8-sig")
+            path = shown_url(str(path))
+        else:
+            text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise ValueError(f"cannot read label table {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read label table {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"label table {path} is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
     header = text.split("\n", 1)[0]
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else max((",", ";", "\t"), key=header.count)
+    suffix = os.path.splitext(str(path))[1].lower()
+    delimiter = "\t" if suffix in (".tsv", ".tab") else max((",", ";", "\t"), key=header.count)
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if len(set(columns)) != len(columns):
@@ -132,15 +142,24 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return columns, [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
+def _table_key(table_path: Path | str, row_path: str) -> str:
+    """The key a table row's path is looked up by: the rule discovery's paths follow (links resolved), or a URL."""
+    if is_url(row_path):
+        return shown_url(row_path)
+    if is_url(table_path):
+        return shown_url(url_join(url_parent(str(table_path)), row_path))
+    return os.path.realpath(Path(table_path).parent / row_path)
+
+
 def _table_source(
-    table_path: Path,
+    table_path: Path | str,
     *,
     path_column: str = "path",
     emotion_column: str = "label",
     speaker_column: str | None = None,
     mapping: dict[str, str] | None = None,
 ) -> Callable[[Path], Label]:
-    """Labels from a CSV/TSV table: one row per file, paths relative to the table's folder (or absolute)."""
+    """Labels from a CSV/TSV table: one row per file, paths relative to the table's folder (or absolute, or URLs)."""
     columns, rows = read_table(table_path)
     if speaker_column is None and "speaker" in columns:
         speaker_column = "speaker"
@@ -159,7 +178,7 @@ def _table_source(
     twice: list[str] = []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         emotion = row.get(emotion_column) or None
-        key = os.path.realpath(table_path.parent / row[path_column])  # the rule discovery's paths follow
+        key = _table_key(table_path, row[path_column])
         if key in line_of:
             twice.append(f"{row[path_column]} (lines {line_of[key]} and {line})")
         line_of[key] = line
@@ -180,7 +199,7 @@ def _table_source(
 class TableLabels:
     """Labels looked up by path in a table; knows its rows, to say which matched no file."""
 
-    def __init__(self, table: dict[str, Label], source: Path) -> None:
+    def __init__(self, table: dict[str, Label], source: Path | str) -> None:
         self.table, self.source = table, source
 
     @property
@@ -189,7 +208,9 @@ class TableLabels:
         labels = self.table.values()
         return any(lab.speaker for lab in labels) and not any(lab.emotion for lab in labels)
 
-    def __call__(self, path: Path) -> Label:
+    def __call__(self, path: Path | str) -> Label:
+        if is_url(path):
+            return self.table.get(str(path), Label())
         hit = self.table.get(os.path.normpath(path))
         if hit is None:  # reached through a link, or named through one in the table
             hit = self.table.get(os.path.realpath(path), Label())
@@ -200,17 +221,22 @@ class TableLabels:
         return sorted(p for p in self.table if p not in seen)
 
 
-def _pattern_source(pattern: str, mapping: dict[str, str], input_root: Path) -> Callable[[Path], Label]:
+def _pattern_source(pattern: str, mapping: dict[str, str], input_root: Path | str) -> Callable[[Path | str], Label]:
     """Labels from the file's path relative to its input: ``re.search`` with groups ``emotion``, ``speaker``."""
     rx = re.compile(pattern)
-    base = input_root if input_root.is_dir() else input_root.parent
+    if is_url(input_root):
+        base: Path | str = str(literal_base(input_root)).rstrip("/") + "/"
+    else:
+        base = input_root if Path(input_root).is_dir() else Path(input_root).parent
 
-    def label(path: Path) -> Label:
+    def label(path: Path | str) -> Label:
         text = str(path)
         if "::" in text:  # an archive member: match its name inside the archive
             text = text.split("::", 1)[1]
-        elif path.is_relative_to(base):
-            text = path.relative_to(base).as_posix()
+        elif isinstance(base, str):  # an object: its key below the input's prefix (or its name, named itself)
+            text = text[len(base) :] if text.startswith(base) else posixpath.basename(text)
+        elif Path(path).is_relative_to(base):
+            text = Path(path).relative_to(base).as_posix()
         m = rx.search(text)
         if m is None:
             return Label()
@@ -221,8 +247,12 @@ def _pattern_source(pattern: str, mapping: dict[str, str], input_root: Path) -> 
     return label
 
 
-def literal_base(input_root: Path) -> Path:
+def literal_base(input_root: Path | str) -> Path | str:
     """The folder an input's files lie under: the input itself, or a glob pattern's literal head."""
+    if is_url(input_root):
+        comps = str(input_root).split("/")
+        first = next((i for i, c in enumerate(comps) if i > 2 and glob.has_magic(c)), len(comps))
+        return "/".join(comps[:first])
     if os.path.lexists(input_root) or not glob.has_magic(str(input_root)):
         return input_root
     head = list(input_root.parts)
@@ -239,6 +269,8 @@ def _folder_speaker(fn: Callable[[Path], Label], root: Path, input_root: Path | 
     speaker rather than one made of the whole input.
     """
     base = literal_base(input_root) if input_root is not None else None
+    if base is not None and is_url(base):
+        return _object_folder_speaker(fn, str(base))
 
     def label(path: Path) -> Label:
         parent = path.parent  # for an archive member "x.zip::dir/a.wav": "x.zip::dir"
@@ -249,13 +281,25 @@ def _folder_speaker(fn: Callable[[Path], Label], root: Path, input_root: Path | 
     return label
 
 
+def _object_folder_speaker(fn: Callable[[Any], Label], base: str) -> Callable[[Any], Label]:
+    """:func:`_folder_speaker` for objects: the speaker is the object's "folder" URL, below the input's prefix."""
+    base = base.rstrip("/")
+
+    def label(path: Path | str) -> Label:
+        parent = url_parent(str(path))
+        own = parent != base and (parent.startswith(base + "/") or parent.startswith(f"{base}::"))
+        return Label(emotion=fn(path).emotion, speaker=parent if own else None)
+
+    return label
+
+
 def label_source(
     spec: Any,
     *,
-    resolve: Callable[[str], Path],
+    resolve: Callable[[str], Path | str],
     speaker: str = "labels",
     root: Path | None = None,
-    input_root: Path | None = None,
+    input_root: Path | str | None = None,
     corpus: str | None = None,
 ) -> Callable[[Path], Label]:
     """A function giving each file's :class:`Label` for a manifest ``labels`` value.

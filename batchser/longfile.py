@@ -13,10 +13,12 @@ every part that holds the start of a segment extracts its segments' features
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,14 +27,24 @@ from batchser.cache import NO_SPEECH, FeatureRecord
 from batchser.decoders import MP4_EXTENSIONS
 from batchser.features import FeatureSpec, SlidingExtractor, extract
 from batchser.segments import Segments, SegmentSpec, is_voiced, split_at, windows
+from batchser.storage import (
+    ObjectChangedError,
+    ObjectNotFoundError,
+    StorageError,
+    is_url,
+    raise_read_error,
+    storage_for,
+)
 from batchser.tasks import CHANGED, VANISHED, ExtractTask, decoded_by
 from batchser.vad import FRAME, FRAME_S, HANG, Segmenter, SpeechProbabilities, detector, speech_segments
 
 __all__ = [
+    "HASHED_ON_READ_BYTES",
     "PART_S",
     "PartResult",
     "extract_part",
     "extract_segmented",
+    "hashed_on_read",
     "merge_parts",
     "part_seconds",
     "plan_parts",
@@ -151,11 +163,15 @@ def plan_parts(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> lis
     checks it), and part starts fall on input samples. The plan depends on
     the file alone, never on the workers, so reports do not either.
     """
-    if task.member or task.stamp is None or task.size < PROBE_BYTES:
+    if task.member or task.stamp is None or task.size < PROBE_BYTES or task.read_hash:
         return [task]
     if os.path.splitext(task.path)[1].lower() not in SPLIT_SUFFIXES:
         return [task]
-    info = seekable(task.path)
+    try:
+        with _part_source(task) as source:
+            info = seekable(source)
+    except OSError:
+        return [task]  # streamed in one pass; the worker says what is wrong
     if info is None:
         return [task]  # streamed in one pass; the worker says what is wrong with a broken file
     sr = spec.sample_rate
@@ -182,6 +198,62 @@ def _stamp_of(path: str) -> tuple[int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+HASHED_ON_READ_BYTES = 16 << 20  # objects up to this are read whole by the worker that analyses them
+
+
+def hashed_on_read(path: str, size: int, member: str = "") -> bool:
+    """Whether an object's content hash is best taken by the worker that reads it (read once, not twice).
+
+    Objects in storage up to :data:`HASHED_ON_READ_BYTES` that can never be
+    split into parts (smaller than :data:`PROBE_BYTES`, or of a format whose
+    seeks are not sample-exact): a part needs the file's hash before any
+    worker reads it, and a file split here must be split there too.
+    """
+    if member or not is_url(path) or size > HASHED_ON_READ_BYTES:
+        return False
+    return size < PROBE_BYTES or os.path.splitext(path)[1].lower() not in SPLIT_SUFFIXES
+
+
+@contextlib.contextmanager
+def _part_source(task: ExtractTask) -> Iterator[str | BinaryIO]:
+    """What a part decodes: the local path (its stamp checked before and after), or the object in ranges.
+
+    An object's reads are checked against the stamp it was listed with, so a
+    part of a replaced object raises :class:`~batchser.storage.ObjectChangedError`;
+    a read that failed is raised in place of what the decoder made of the
+    missing bytes.
+
+    Raises
+    ------
+    OSError
+        The file changed (:class:`~batchser.storage.ObjectChangedError`), vanished or cannot be read.
+    """
+    if is_url(task.path):
+        with storage_for(task.path).open(task.path, size=task.size, stamp=task.stamp) as fh:
+            try:
+                yield fh
+            except AudioError:
+                raise_read_error(fh)
+                raise
+            raise_read_error(fh)
+        return
+    if _stamp_of(task.path) != task.stamp:
+        raise ObjectChangedError(CHANGED, transient=False)
+    yield task.path
+    if _stamp_of(task.path) != task.stamp:
+        raise ObjectChangedError(CHANGED, transient=False)
+
+
+def _read_failure(task: ExtractTask, exc: OSError) -> PartResult:
+    """A part that could not read its bytes: a ``retry``, never a verdict on them."""
+    if isinstance(exc, ObjectChangedError):
+        return PartResult(task, "retry", CHANGED)
+    if isinstance(exc, (FileNotFoundError, ObjectNotFoundError)):
+        return PartResult(task, "retry", VANISHED)
+    why = str(exc) if isinstance(exc, StorageError) else (exc.strerror or str(exc))
+    return PartResult(task, "retry", f"cannot read: {why}; rerun to retry")
+
+
 def extract_part(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> PartResult:
     """Windows ``part * P`` to ``(part + 1) * P - 1`` of a long file, ``P = task.part_windows``.
 
@@ -195,21 +267,15 @@ def extract_part(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> P
     start = task.part * per * hop
     stop = None if last else start + (per - 1) * hop + win
     try:
-        if _stamp_of(task.path) != task.stamp:
-            return PartResult(task, "retry", CHANGED)
-        with AudioStream(task.path, sample_rate=sr) as stream:
+        with _part_source(task) as source, AudioStream(source, sample_rate=sr) as stream:
             # Past the data's end (a header that overstates it) the stream gives
             # less; the windows then end where the data does, as a whole read's.
             chunks = stream.span(start, stop, preroll=round(PREROLL_S * sr))
             tail = seg.min_tail_s if last else max(seg.min_tail_s, 1 / sr)  # a tail only where the data ends
             segments = _analyse_windows(chunks, start=start, spec=spec, seg=seg, min_tail_s=tail)
             warnings = stream.warnings
-        if _stamp_of(task.path) != task.stamp:
-            return PartResult(task, "retry", CHANGED)
-    except FileNotFoundError:
-        return PartResult(task, "retry", VANISHED)
     except OSError as exc:
-        return PartResult(task, "retry", f"cannot read: {exc.strerror or exc}; rerun to retry")
+        return _read_failure(task, exc)
     except AudioError as exc:
         return PartResult(task, "retry" if exc.transient else "error", str(exc), decoder=exc.decoder)
     return PartResult(
@@ -454,17 +520,11 @@ def speech_part(task: ExtractTask, *, spec: FeatureSpec, seg: SegmentSpec) -> Pa
 def _read_part(task: ExtractTask, start: int, stop: int | None, sr: int, analyse) -> PartResult:  # type: ignore[no-untyped-def]
     """Decode samples ``[start, stop)`` of a long file and ``analyse`` them; the file's stamp is checked around it."""
     try:
-        if _stamp_of(task.path) != task.stamp:
-            return PartResult(task, "retry", CHANGED)
-        with AudioStream(task.path, sample_rate=sr) as stream:
+        with _part_source(task) as source, AudioStream(source, sample_rate=sr) as stream:
             got = analyse(stream.span(start, stop, preroll=round(PREROLL_S * sr)))
             warnings = stream.warnings
-        if _stamp_of(task.path) != task.stamp:
-            return PartResult(task, "retry", CHANGED)
-    except FileNotFoundError:
-        return PartResult(task, "retry", VANISHED)
     except OSError as exc:
-        return PartResult(task, "retry", f"cannot read: {exc.strerror or exc}; rerun to retry")
+        return _read_failure(task, exc)
     except AudioError as exc:
         return PartResult(task, "retry" if exc.transient else "error", str(exc), decoder=exc.decoder)
     segments, probs = (got, None) if isinstance(got, Segments) else (None, got)

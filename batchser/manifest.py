@@ -22,6 +22,7 @@ from pydantic.json_schema import SkipJsonSchema
 from batchser.features import FEATURE_DIMS, OPENSMILE_GROUPS, opensmile_version
 from batchser.locations import default_cache_dir, default_model_path
 from batchser.recipe import SHIPPED, Calibration, Classifier, Normalize
+from batchser.storage.urls import is_url, shown_url, url_problem
 
 __all__ = ["Manifest", "ManifestError", "load_manifest", "parse_manifest"]
 
@@ -131,9 +132,19 @@ class InputSpec(_Strict):
     # a member is mostly silence (a zip bomb would cost minutes of decoding).
     max_member_ratio: float = Field(default=100.0, ge=1)
 
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str) -> str:
+        if is_url(v) and (problem := url_problem(v)):
+            raise ValueError(problem)
+        return v
+
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, v: str | LabelSpec) -> str | LabelSpec:
+        table = v.table if isinstance(v, LabelSpec) else (v[4:] if v.startswith("csv:") else None)
+        if table and is_url(table) and (problem := url_problem(table)):
+            raise ValueError(problem)
         if isinstance(v, LabelSpec):
             return v
         if v in ("none", "ravdess") or (v.startswith("csv:") and len(v) > 4):
@@ -405,6 +416,14 @@ class Manifest(_Strict):
             )
         if self.chroma_tuning is not None and "chroma" not in self.features:
             raise ValueError("chroma_tuning is set but features has no chroma; remove chroma_tuning or add chroma")
+        local = {"cache": self.cache, "output.dir": self.output.dir, "queue": self.queue,
+                 "model.path": self.model.path, "model.reviewed": self.model.reviewed}  # fmt: skip
+        for key, value in local.items():
+            if value is not None and is_url(value):
+                raise ValueError(
+                    f"{key}: {shown_url(value)} is in object storage; inputs (and label tables) can be, but what a "
+                    "job writes and its model are kept on this machine's disks: give a local path"
+                )
         if self.engine.backend == "dask" and not self.engine.scheduler:
             raise ValueError("engine.backend dask needs engine.scheduler: local or tcp://host:port")
         if self.model.train and self.model.reviewed:
@@ -449,6 +468,10 @@ class Manifest(_Strict):
         p = Path(path).expanduser()
         return (p if p.is_absolute() else self.root_dir / p).resolve()
 
+    def locate(self, path: str | Path) -> Path | str:
+        """Where a manifest path points: a URL as written (object storage), else :meth:`resolve`."""
+        return str(path) if is_url(path) else self.resolve(path)
+
     @property
     def cache_dir(self) -> Path:
         return default_cache_dir() if self.cache is None else self.resolve(self.cache)
@@ -470,7 +493,7 @@ class Manifest(_Strict):
         """
         import hashlib
 
-        what = "\n".join(sorted(str(self.resolve(i.path)) for i in self.inputs))
+        what = "\n".join(sorted(shown_url(p) if is_url(p := str(self.locate(i.path))) else p for i in self.inputs))
         return hashlib.sha256(what.encode()).hexdigest()[:16]
 
     @property

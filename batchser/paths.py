@@ -18,6 +18,7 @@ from batchser.exports.names import EXPORTS_DIR
 from batchser.labels import label_source
 from batchser.manifest import Manifest, ManifestError
 from batchser.speakers import TurnsSource
+from batchser.storage import AccessDeniedError, ObjectNotFoundError, StorageError, is_url, shown_url, storage_for
 
 __all__ = ["check_manifest_paths", "model_files", "report_files"]
 
@@ -58,10 +59,11 @@ def _read_files(manifest: Manifest) -> Iterator[tuple[str, Path]]:
     if manifest.manifest_file is not None:
         yield "the manifest", manifest.manifest_file
     for i, inp in enumerate(manifest.inputs):
-        p = manifest.resolve(inp.path)
-        if not is_pattern(p) and not p.is_dir():
-            yield f"inputs[{i}].path", p
-        if inp.label_file is not None:
+        if not is_url(inp.path):
+            p = manifest.resolve(inp.path)
+            if not is_pattern(p) and not p.is_dir():
+                yield f"inputs[{i}].path", p
+        if inp.label_file is not None and not is_url(inp.label_file):
             yield f"inputs[{i}].labels", manifest.resolve(inp.label_file)
         if inp.speakers is not None:
             turns = TurnsSource.parse(inp.speakers, manifest.resolve).path
@@ -77,7 +79,7 @@ def _write_conflicts(manifest: Manifest) -> list[str]:
     writes = [("output.dir", p) for p in report_files(manifest)]
     if manifest.model.train:
         writes += [("model.path", p) for p in model_files(manifest.model_path)]
-    in_dirs = [(i, _real(manifest.resolve(inp.path))) for i, inp in enumerate(manifest.inputs)]
+    in_dirs = [(i, _real(manifest.resolve(inp.path))) for i, inp in enumerate(manifest.inputs) if not is_url(inp.path)]
     in_dirs = [(i, d) for i, d in in_dirs if os.path.isdir(d)]
     problems = [
         f"output.dir: {manifest.output_dir} is the folder inputs[{i}].path reads; "
@@ -101,7 +103,8 @@ def _write_conflicts(manifest: Manifest) -> list[str]:
     exports = _real(manifest.output_dir / EXPORTS_DIR)
     read_roots = [*_read_files(manifest)]
     for i, inp in enumerate(manifest.inputs):  # folders too
-        read_roots.append((f"inputs[{i}].path", manifest.resolve(inp.path)))
+        if not is_url(inp.path):
+            read_roots.append((f"inputs[{i}].path", manifest.resolve(inp.path)))
         if inp.speakers is not None:
             read_roots.append((f"inputs[{i}].speakers", TurnsSource.parse(inp.speakers, manifest.resolve).path))
     problems += [
@@ -135,15 +138,16 @@ def check_manifest_paths(manifest: Manifest) -> None:
     """
     problems = []
     for i, inp in enumerate(manifest.inputs):
-        p = manifest.resolve(inp.path)
-        if is_pattern(p):
-            if not pattern_matches(p):
-                problems.append(f"inputs[{i}].path: the pattern {p} matches nothing; check it for typos")
-        elif not (p.exists() or p.is_symlink()):
-            problems.append(
-                f"inputs[{i}].path: {p} does not exist (relative paths are taken from root {manifest.root_dir})"
-            )
-        if inp.label_file is not None:
+        if is_url(inp.path):
+            problems += _object_input(i, inp.path)
+        else:
+            problems += _local_input(manifest, i)
+        if inp.label_file is not None and is_url(inp.label_file):
+            try:
+                label_source(inp.labels, resolve=manifest.locate)
+            except (ValueError, OSError) as exc:
+                problems.append(f"inputs[{i}].labels: {exc}")
+        elif inp.label_file is not None:
             csv_path = manifest.resolve(inp.label_file)
             if not csv_path.is_file():
                 problems.append(f"inputs[{i}].labels: label file {csv_path} does not exist")
@@ -159,6 +163,58 @@ def check_manifest_paths(manifest: Manifest) -> None:
                     f"inputs[{i}].speakers: {turns} does not exist (a speaker-turns file or folder: RTTM, TextGrid "
                     f"or ELAN; relative paths are taken from root {manifest.root_dir})"
                 )
+    problems += _other_paths(manifest)
+    if problems:
+        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
+
+
+def _object_input(i: int, url: str) -> list[str]:
+    """What is wrong with an input in object storage, asked of the storage itself (a stat and a first page)."""
+    shown = shown_url(url)
+    try:
+        storage_for(url)
+        if is_pattern(url):
+            return [] if pattern_matches(url) else [f"inputs[{i}].path: the pattern {shown} matches nothing"]
+        if not _object_or_prefix(url):
+            return [f"inputs[{i}].path: nothing at {shown} (no object, and none under it); check the bucket and prefix"]
+    except AccessDeniedError as exc:
+        return [
+            f"inputs[{i}].path: {shown} cannot be listed or read with the credentials in use ({exc}); grant them "
+            "the right to list the bucket (s3:ListBucket, storage.objects.list, Storage Blob Data Reader) and to "
+            "read its objects, or name the objects themselves as inputs"
+        ]
+    except StorageError as exc:
+        return [f"inputs[{i}].path: {exc}"]
+    return []
+
+
+def _object_or_prefix(url: str) -> bool:
+    """Whether ``url`` names an object, or a prefix with objects under it: a stat, else one key listed."""
+    store = storage_for(url)
+    if not url.endswith("/"):
+        try:
+            store.stat(url)
+            return True
+        except ObjectNotFoundError:
+            pass
+    return next(iter(store.walk(url.rstrip("/") + "/", page=1)), None) is not None
+
+
+def _local_input(manifest: Manifest, i: int) -> list[str]:
+    p = manifest.resolve(manifest.inputs[i].path)
+    problems = []
+    if is_pattern(p):
+        if not pattern_matches(p):
+            problems.append(f"inputs[{i}].path: the pattern {p} matches nothing; check it for typos")
+    elif not (p.exists() or p.is_symlink()):
+        problems.append(
+            f"inputs[{i}].path: {p} does not exist (relative paths are taken from root {manifest.root_dir})"
+        )
+    return problems
+
+
+def _other_paths(manifest: Manifest) -> list[str]:
+    problems = []
     if manifest.model.reviewed:
         answers = manifest.resolve(manifest.model.reviewed)
         if not answers.is_file():  # what it holds is checked with the model's emotions (relearn.load_answers)
@@ -180,6 +236,4 @@ def check_manifest_paths(manifest: Manifest) -> None:
         problems.append(
             f"model.path: {manifest.model_path} {what}; point it at a trained model or set model.train: true"
         )
-    problems += _write_conflicts(manifest)
-    if problems:
-        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
+    return problems + _write_conflicts(manifest)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batchser.cache import FeatureRecord
-from batchser.discover import SourceFile
+from batchser.discover import SourceFile, location
 from batchser.labels import Label
 from batchser.outcome import FileOutcome
 from batchser.pids import OwnerLock, owner_state
@@ -149,7 +149,7 @@ def listed_table(
 def _listed(table: pa.Table | pa.RecordBatch, *, found: bool) -> Listed:
     c = table.to_pydict()
     files = [
-        SourceFile(Path(_s(p)), i, size, mtime, _s(err) or "", member=_s(m) or "", ctime_ns=ctime)  # type: ignore[arg-type]
+        SourceFile(location(_s(p)), i, size, mtime, _s(err) or "", member=_s(m) or "", ctime_ns=ctime)  # type: ignore[arg-type]
         for p, m, i, size, mtime, ctime, err in zip(
             c["path"], c["member"], c["input_index"], c["size"], c["mtime_ns"], c["ctime_ns"], c["error"], strict=True
         )

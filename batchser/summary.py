@@ -32,6 +32,7 @@ from batchser.paths import report_files
 from batchser.predict import domain_summary
 from batchser.report import ReportRow, file_digests, read_csv_report, recover_reports, write_json, writing_now
 from batchser.review import expected_accuracy
+from batchser.storage import is_url, shown_url
 from batchser.vad import ENERGY, detector
 
 __all__ = [
@@ -78,6 +79,8 @@ class JobSummary:
     exports: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    # On Dask: files each worker extracted (its name, else its address); a long file's parts count their share.
+    per_worker: Counter[str] = field(default_factory=Counter)
 
     def table(self, name: str = "annotations") -> pandas.DataFrame:
         """A report this job wrote, read back and indexed by path.
@@ -224,12 +227,14 @@ def summary_payload(
     return {
         "job": m.name,
         "job_fingerprint": m.fingerprint(),
-        "inputs": [str(m.resolve(i.path)) for i in m.inputs],
+        "inputs": [shown_url(p) if is_url(p := str(m.locate(i.path))) else p for i in m.inputs],
         # Report paths inside this folder are written relative to it (batchser review finds the files by it).
         "paths_relative_to": str(m.root_dir),
         "files": s.n_files,
         "from_cache": s.n_cached,
         "extracted": s.n_extracted,
+        # Dask runs: files extracted per worker (a worker killed mid-task has its files counted where they were redone).
+        "workers": {w: round(n, 2) for w, n in sorted(s.per_worker.items())},
         "failed": s.n_failed,
         "no_speech": s.n_no_speech,
         "segmentation": segmentation(m),

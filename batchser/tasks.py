@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from batchser.audio import Audio
 from batchser.cache import FeatureRecord
+from batchser.storage import is_url
 
-__all__ = ["CHANGED", "VANISHED", "ExtractTask", "decoded_by", "error_record", "retry_record"]
+__all__ = ["CHANGED", "VANISHED", "ExtractTask", "ReadHashed", "decoded_by", "error_record", "retry_record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +44,23 @@ class ExtractTask:
     # ``source_hash`` the bytes' own hash, which the decoded bytes are checked against.
     cuts: tuple[float, ...] = ()
     source_hash: str = ""
+    # An object in storage whose hash is taken where its bytes are read (a worker),
+    # so that a cold job reads it once: ``content_hash`` is then a placeholder naming
+    # the task, and the worker answers with a :class:`ReadHashed`.
+    read_hash: bool = False
 
     @property
     def bytes_hash(self) -> str:
         """The SHA-256 of the bytes this task reads."""
         return self.source_hash or self.content_hash
+
+
+@dataclass(frozen=True, slots=True)
+class ReadHashed:
+    """The record of a ``read_hash`` task, filed under the hash of the bytes read; ``key``: the task's placeholder."""
+
+    key: str
+    record: FeatureRecord
 
 
 VANISHED = "vanished: the file was removed or renamed after it was listed; rerun to label it"
@@ -56,7 +69,7 @@ CHANGED = "changed during the job: its bytes are not those hashed when it was li
 
 def retry_record(task: ExtractTask, reason: str) -> FeatureRecord:
     """A failure of this run, not of the bytes: reported, never cached, retried next run."""
-    if reason.startswith("cannot read") and not os.path.lexists(task.path):
+    if reason.startswith("cannot read") and not is_url(task.path) and not os.path.lexists(task.path):
         reason = VANISHED
     return FeatureRecord(task.content_hash, "retry", reason, 0, 0, 0.0, None)
 

@@ -1,8 +1,9 @@
 """The audio a review page plays: a job's own files, found from its reports, never from a request's path.
 
 A report names a file by its report path (relative to the job's root, or
-absolute); :func:`locate` turns that back into the file's bytes path and
-refuses anything outside the job's inputs. :func:`clip_wav` decodes at most
+absolute, or an object's URL); :func:`locate` turns that back into the file's
+bytes path and refuses anything outside the job's inputs (an object outside
+every input's prefix too). :func:`clip_wav` decodes at most
 :data:`MAX_CLIP_S` seconds of it (a long recording's chosen segment) into a
 16-bit mono WAV any browser plays, whatever the source format.
 """
@@ -19,6 +20,7 @@ import soundfile as sf
 from batchser.archive import SEPARATOR, read_members
 from batchser.audio import AudioError, AudioStream
 from batchser.hashing import path_from_text
+from batchser.storage import is_url, raise_read_error, storage_for
 
 __all__ = ["MAX_CLIP_S", "ClipError", "clip_wav", "locate"]
 
@@ -39,6 +41,11 @@ def locate(report_path: str, *, root: str, inputs: list[str]) -> tuple[bytes, st
         A path that is no report path, or that resolves outside every input.
     """
     archive, sep, member = report_path.partition(SEPARATOR)
+    if is_url(archive):  # an object: its address must lie under an input's (a prefix, or the object itself)
+        prefixes = [i for i in inputs if is_url(i)]
+        if not any(archive == i or archive.startswith(i.rstrip("/") + "/") for i in prefixes):
+            raise ClipError("the file lies outside the job's inputs")
+        return archive.encode(), member if sep else ""
     try:
         raw = path_from_text(archive if sep else report_path)
     except ValueError as exc:
@@ -70,9 +77,20 @@ def clip_wav(
         The file is gone or no longer decodes.
     """
     seconds = min(seconds, MAX_CLIP_S)
+    where: Path | str = os.fsdecode(path)
     try:
+        if is_url(where):
+            store = storage_for(where)
+            info = store.stat(str(where))
+            if not member:  # the stretch asked for is read in ranges, not the whole recording
+                with store.open(str(where), size=info.size, stamp=info.stamp) as fh:
+                    wav = _encode(fh, start_s, seconds, context)
+                    raise_read_error(fh)
+                return wav
+        else:
+            where = Path(where)
         if member:
-            ((_, data, error),) = list(read_members(Path(os.fsdecode(path)), [member]))
+            ((_, data, error),) = list(read_members(where, [member]))
             if data is None:
                 raise ClipError(error)
             source = data.spill if data.spill is not None else io.BytesIO(data.data or b"")
