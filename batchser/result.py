@@ -88,7 +88,8 @@ def read_result(summary: JobSummary, out_dir: Path, *, keep_exports: bool) -> An
         segments = summary.table("segments").reset_index()
     except FileNotFoundError:  # no file was long: the columns all the same
         classes = [c.removeprefix("p_") for c in files.columns if c.startswith("p_")]
-        segments = segments_table([], classes).to_pandas()
+        dims = [d for d in ("arousal", "valence") if d in files.columns]
+        segments = segments_table([], classes, dims).to_pandas()
     content = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     names = content.get("reports", {}) if keep_exports else {}
     exports = [out_dir / n for n in names if n.startswith(f"{EXPORTS_DIR}/")]

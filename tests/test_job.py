@@ -75,6 +75,8 @@ def test_train_then_annotate_then_rerun_from_cache(
         "label",
         "confidence",
         *[f"p_{c}" for c in CLASSES],
+        "arousal",  # a train job fits the dimensions too (model.dimensions)
+        "valence",
         "true_label",
         "duration_s",
         "orig_sample_rate",
