@@ -1,6 +1,6 @@
 """Per-file feature vectors: the librosa tutorial recipe's definitions, computed from one STFT.
 
-The seed called ``librosa.feature.mfcc(y=...)``, ``melspectrogram(y=...)`` and
+The librosa tutorial recipe called ``librosa.feature.mfcc(y=...)``, ``melspectrogram(y=...)`` and
 ``chroma_stft(S=|stft(y)|)``: three STFTs per file and fresh filter banks on
 every call. Here one float32 power spectrogram is computed per file, mel /
 MFCC / chroma / contrast are derived from it, filter banks are built once per

@@ -2,7 +2,7 @@
 
 Runs after the features stage, on the files whose label is one of the job's
 emotions. Evaluations come first (each fits its own networks on its own
-training rows): the seed's random split, speaker-wise folds, and with two or
+training rows): the librosa tutorial recipe's random split, speaker-wise folds, and with two or
 more corpora leave-one-corpus-out under each adaptation mode. Then the
 networks that are saved are fitted on everything. Arousal and valence
 (``model.dimensions``) learn from every file whose emotion the circumplex

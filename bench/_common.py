@@ -139,7 +139,7 @@ def feature_stage(summary: dict[str, Any]) -> float:
 
 
 def train_seed_model(work: Path, *, chroma_tuning: float | None = None) -> Path:
-    """A 4-emotion model on the seed's features, trained on the 120 48 kHz RAVDESS files (untimed).
+    """A 4-emotion model on the librosa tutorial recipe's features, trained on the 120 48 kHz RAVDESS files (untimed).
 
     The seed-feature rows label with it, so that they compare like with like
     (the shipped model uses the speech-rate features).

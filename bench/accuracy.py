@@ -1,11 +1,11 @@
-"""Accuracy on unseen speakers: the seed's features against the shipped ones, with and without
+"""Accuracy on unseen speakers: the librosa tutorial recipe's features against the shipped ones, with and without
 per-speaker normalisation, and how much speaker data the normalisation needs; and whether
-pinning chroma's tuning (manifest chroma_tuning) costs the seed's features any accuracy.
+pinning chroma's tuning (manifest chroma_tuning) costs the librosa tutorial recipe's features any accuracy.
 
     python bench/accuracy.py            # ../shared/corpora/ravdess, about 3 minutes on 2 cores
 
 Every row is actor-wise GroupKFold(4) on RAVDESS speech (each actor tested once, by a
-network that never heard them), the seed's MLP parameters, random_state 0, no calibration
+network that never heard them), the librosa tutorial recipe's MLP parameters, random_state 0, no calibration
 (the train jobs report calibrated figures; calibration barely moves accuracy). "speaker"
 rows standardise each actor's features over their own recordings (batchser.model.adapt); the
 "stats from ..." rows compute a test actor's statistics from only some of their files, as
@@ -80,7 +80,7 @@ def actor_wise(X_train: np.ndarray, X_test: np.ndarray, y: np.ndarray, groups: n
 
 
 def random_splits(X: np.ndarray, y: np.ndarray, *, n: int = 5) -> float:
-    """Mean accuracy over ``n`` stratified 75/25 splits (the seed's evaluation: actors in both halves)."""
+    """Mean accuracy over ``n`` stratified 75/25 splits (the librosa tutorial recipe's evaluation: actors in both halves)."""
     from sklearn.model_selection import train_test_split
 
     from batchser.model import build_pipeline, fit
@@ -107,7 +107,7 @@ def main() -> int:
     names = [parse_ravdess(p) for p in paths]
     emotion = np.array([n.emotion for n in names])
     actor = np.array([f"actor{n.actor:02d}" for n in names])
-    log(f"extracting the seed's and the shipped features of {len(paths)} files …")
+    log(f"extracting the librosa tutorial recipe's and the shipped features of {len(paths)} files …")
     X = {"seed": features(paths, SEED, args.n_jobs), "shipped": features(paths, SHIPPED, args.n_jobs)}
     X["pinned"] = features(paths, SEED, args.n_jobs, chroma_tuning=0.0)
     four = np.isin(emotion, FOUR)
@@ -159,7 +159,7 @@ def main() -> int:
     for label, acc, f1 in rows:
         print(f"{label:<92} {acc:>8.1%} {f1:>8.1%}")
     print(
-        f"random 75/25 splits (the seed's evaluation), 4 emotions, mean of 5: seed features {splits['seed']:.1%}, "
+        f"random 75/25 splits (the librosa tutorial recipe's evaluation), 4 emotions, mean of 5: seed features {splits['seed']:.1%}, "
         f"chroma tuning pinned at 0.0 {splits['pinned']:.1%}"
     )
     return 0

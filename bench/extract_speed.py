@@ -1,4 +1,4 @@
-"""Extraction speed: the seed's loop, the floor, and batchser cold and warm, in one run.
+"""Extraction speed: the librosa tutorial recipe's loop, the floor, and batchser cold and warm, in one run.
 
     python bench/extract_speed.py                      # both corpora in ../shared/corpora
     python bench/extract_speed.py --corpus ravdess-48k --repeats 3

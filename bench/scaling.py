@@ -12,7 +12,7 @@ cache cannot collapse copies) and all archives have the same clip mix. For
 each size, one cold `python -m batchser run` with an empty cache in a fresh
 process, 2 workers; the job's own summary.json gives the feature stage.
 `--features shipped` (default) extracts what a default job does; `--features
-seed` the seed's groups, labelled with a model trained on them (untimed), and
+seed` the librosa tutorial recipe's groups, labelled with a model trained on them (untimed), and
 adds the seed's librosa loop as a baseline; `--chroma-tuning 0.0` pins chroma's
 tuning in the job (manifest chroma_tuning), the baseline staying the seed's loop.
 
@@ -199,7 +199,7 @@ def main() -> int:
             f"{over - hashing:.0%}",
         ]
         if seed_pf == seed_pf:
-            cells.append(f"{n * seed_pf / wall:.1f}x")  # the seed loop's time for these files over the job's
+            cells.append(f"{n * seed_pf / wall:.1f}x")  # the tutorial loop's time for these files over the job's
         print(" ".join(f"{c:>9}" for c in cells))
     return 0
 

@@ -56,7 +56,7 @@ CLASSIFIERS = {
     "logistic C=0.01": {"classifier": RECIPE.classifier, "C": RECIPE.C},  # the shipped model's
     "MLP (seed)": {"classifier": "mlp", "C": 0.01},
 }
-MLP = PARAMS  # the seed recipe's
+MLP = PARAMS  # the librosa tutorial recipe's
 SHIPPED = SETS["default + voice_stats (214, shipped)"]
 
 

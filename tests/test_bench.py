@@ -48,7 +48,7 @@ def test_scaling_reports_both_sizes(ravdess_dir: Path, features: str) -> None:
     first, second = row(lines, "40"), row(lines, "80")
     assert first[4] == first[7] == "1.00x"  # files/s and peak RSS relative to the first size
     assert float(second[3]) > 0 and second[6] == "MiB" and second[7].endswith("x")
-    if features == "seed":  # the seed loop's time for the same files over the job's
+    if features == "seed":  # the tutorial loop's time for the same files over the job's
         assert lines[1].split()[-2:] == ["vs", "seed"] and float(second[-1].rstrip("x")) > 0
 
 

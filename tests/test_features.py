@@ -1,4 +1,4 @@
-"""Feature parity with the seed's straightforward librosa calls, and the fingerprint."""
+"""Feature parity with the librosa tutorial recipe's straightforward librosa calls, and the fingerprint."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.conftest import speechlike, tone
 
 
 def seed_features(y: np.ndarray, sr: int, names: tuple[str, ...]) -> np.ndarray:
-    """The seed recipe's extract_feature, verbatim in spirit: three STFTs, plain calls."""
+    """the librosa tutorial recipe's extract_feature, verbatim in spirit: three STFTs, plain calls."""
     stft = np.abs(librosa.stft(y))
     parts = {
         "mfcc": lambda: np.mean(librosa.feature.mfcc(y=y, sr=sr, n_mfcc=40).T, axis=0),
@@ -43,7 +43,9 @@ def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(got - ref) / scale))
 
 
-ALL = tuple(n for n in FEATURE_DIMS if n not in SPEECH_GROUPS | OPENSMILE_GROUPS.keys())  # the seed's groups
+ALL = tuple(
+    n for n in FEATURE_DIMS if n not in SPEECH_GROUPS | OPENSMILE_GROUPS.keys()
+)  # the librosa tutorial recipe's groups
 
 
 @pytest.mark.parametrize("kind", ["angry", "sad", "neutral", "happy"])
@@ -136,7 +138,7 @@ SPEECH_SPEC = FeatureSpec(("mfcc_stats", "logmel_stats", "spectral_stats", "pros
 
 
 def test_seed_fingerprints_do_not_change_with_the_speech_groups() -> None:
-    # Caches and models keyed on the seed's features must survive the new groups.
+    # Caches and models keyed on the librosa tutorial recipe's features must survive the new groups.
     assert FeatureSpec(("mfcc", "chroma", "mel"), 16000).fingerprint() == "a9e37e73e5ec00a8"
     assert SPEECH_SPEC.fingerprint() != FeatureSpec(("mfcc_stats",), 16000).fingerprint()
 

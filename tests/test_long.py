@@ -132,7 +132,7 @@ def test_streamed_windows_match_windows_of_the_whole_decoded_file(tmp_path: Path
     y, _ = sf.read(tmp_path / "a.wav", dtype="float32")
     sf.write(path, np.stack([y, 0.5 * y], axis=1), 48000, subtype="PCM_24")  # 24-bit stereo at 48 kHz
     whole = load(path, sample_rate=SR).samples  # decoded and resampled in one piece
-    # The seed's features, and the speech-rate ones, whose frames overlapping windows share.
+    # The librosa tutorial recipe's features, and the speech-rate ones, whose frames overlapping windows share.
     for names in (("mfcc", "chroma", "mel"), ("mfcc_stats", "logmel_stats", "spectral_stats", "prosody")):
         spec = FeatureSpec(names, SR)
         rec = extract_one(ExtractTask(str(path), "h"), spec=spec, segments=SegmentSpec(method="windows"))

@@ -54,7 +54,7 @@ def test_training_on_ravdess_reaches_the_seed_accuracy(tmp_path: Path, ravdess_d
     s = run_job(m, progress=False)
     assert s.n_files == 1440 and s.n_failed == 0
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
-    assert metrics["random_split"]["accuracy"] >= 0.85  # the seed recipe's 75.21 %; measured 88.1 %
+    assert metrics["random_split"]["accuracy"] >= 0.85  # the librosa tutorial recipe's 75.21 %; measured 88.1 %
     aw = metrics["actor_wise"]
     assert aw["n"] == 672 and len(aw["folds"]) == 4
     # Regression floors for the shipped configuration, below the measured figures on purpose

@@ -1,7 +1,7 @@
 """Train, evaluate, save and load the emotion classifier.
 
 The model is a scikit-learn Pipeline (StandardScaler → MLPClassifier with the
-seed recipe's parameters), written with skops, never pickle, with batchser's
+librosa tutorial recipe's parameters), written with skops, never pickle, with batchser's
 metadata and prediction arrays inside the same file (one unit, replaced by one
 rename); loading verifies the recorded hashes and accepts only an explicit
 list of types.

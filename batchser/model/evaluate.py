@@ -94,7 +94,7 @@ def evaluate(
     Returns
     -------
     dict
-        ``random_split``: the seed's 75/25 split (random_state 7), no grouping.
+        ``random_split``: the librosa tutorial recipe's 75/25 split (random_state 7), no grouping.
         ``actor_wise``: GroupKFold, every speaker tested once in a fold that did
         not train on it; per-fold scores and scores of the pooled predictions.
     """

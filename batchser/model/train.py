@@ -26,10 +26,10 @@ def build_pipeline(params: dict[str, Any], *, random_state: int, classifier: str
     Parameters
     ----------
     params : dict
-        MLPClassifier parameters (the seed recipe's by default).
+        MLPClassifier parameters (the librosa tutorial recipe's by default).
     random_state : int
     classifier : {"mlp", "logistic"}
-        ``mlp``: MLPClassifier(**params), the seed's. ``logistic``: a strongly
+        ``mlp``: MLPClassifier(**params), the librosa tutorial recipe's. ``logistic``: a strongly
         regularised multinomial LogisticRegression(C), which transfers better
         to corpora it has not heard (docs/accuracy.md: leave one corpus out).
     C : float
@@ -100,7 +100,7 @@ def fit_model(
     random_state : int
     classifier, C : see :func:`build_pipeline`.
     calibration : {"none", "sigmoid", "isotonic"}
-        ``CalibratedClassifierCV`` method; "none" is the plain seed recipe.
+        ``CalibratedClassifierCV`` method; "none" is the plain librosa tutorial recipe.
         The network is fitted once on all rows; the calibrator on its inner
         cross-validated predictions.
 
