@@ -80,7 +80,8 @@ def actor_wise(X_train: np.ndarray, X_test: np.ndarray, y: np.ndarray, groups: n
 
 
 def random_splits(X: np.ndarray, y: np.ndarray, *, n: int = 5) -> float:
-    """Mean accuracy over ``n`` stratified 75/25 splits (the librosa tutorial recipe's evaluation: actors in both halves)."""
+    """Mean accuracy over ``n`` stratified 75/25 splits (the librosa tutorial recipe's evaluation: actors in both
+    halves)."""
     from sklearn.model_selection import train_test_split
 
     from batchser.model import build_pipeline, fit
@@ -159,7 +160,8 @@ def main() -> int:
     for label, acc, f1 in rows:
         print(f"{label:<92} {acc:>8.1%} {f1:>8.1%}")
     print(
-        f"random 75/25 splits (the librosa tutorial recipe's evaluation), 4 emotions, mean of 5: seed features {splits['seed']:.1%}, "
+        f"random 75/25 splits (the librosa tutorial recipe's evaluation), 4 emotions, mean of 5: "
+        f"the tutorial's features {splits['seed']:.1%}, "
         f"chroma tuning pinned at 0.0 {splits['pinned']:.1%}"
     )
     return 0

@@ -18,7 +18,7 @@ Rows, all on the same files in this run:
   dask cold      the cold job with engine.backend dask on a LocalCluster of the same number
                  of single-threaded worker processes (when dask.distributed is installed).
   shipped cold   the cold job with the shipped model's features (speech-rate statistics and
-                 pitch, 178 dims) instead of the seed's: what labelling with the default model costs.
+                 pitch, 178 dims) instead of the librosa tutorial recipe's: what labelling with the default model costs.
   pinned cold    the cold job with chroma_tuning: 0.0 (and a model trained so).
 The seed loop and the floor run with the allocator setting batchser's workers use
 (batchser.engine.keep_freed_memory: freed arrays stay on the heap instead of being
@@ -31,7 +31,7 @@ Besides whole-process wall time, the "feature stage" lines give the part of the 
 turns files into features (discovery, cache open, hashing/lookup, extraction, cache
 close) from the job's own summary.json: what a warm run saves is this stage; the rest
 (interpreter start, importing scikit-learn and skops, model load, reports) is fixed.
-"vs seed" is the seed's wall time over the row's (higher is better). "vs floor" is per-core
+"vs seed" is the librosa tutorial recipe's wall time over the row's (higher is better). "vs floor" is per-core
 efficiency: floor time / (row wall time x workers). Peak RSS is the largest process of a
 batchser job (main or worker); "-" for rows measured in-process.
 Timings are medians over --repeats; the machine is shared, so compare ratios, not seconds.
@@ -211,7 +211,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
                     parity["seed"] = _parity(
                         _job_vectors(tmp_p / "cache", tmp_p / "cold" / "annotations.parquet", spec), ref
                     )
-                    # Pinned: the seed's chroma_stft at the same tuning (mfcc and mel as the seed's).
+                    # Pinned: the tutorial's chroma_stft at the same tuning (mfcc and mel as the tutorial's).
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         ref[:, 40:52] = np.stack([seed_chroma(f, tuning=0.0) for f in files])
@@ -297,7 +297,7 @@ def main() -> int:
             )
         if "stage_shipped" in r:
             print(
-                f"{r['corpus']}: shipped model's features vs the seed's, same {r['files']} files cold: feature stage "
+                f"{r['corpus']}: shipped model's features vs the tutorial's, {r['files']} files cold: feature stage "
                 f"{r['stage_shipped']:.2f} s vs {r['stage_cold']:.2f} s ({r['stage_shipped'] / r['stage_cold']:.2f}x)"
             )
         if "parity" in r:

@@ -13,8 +13,8 @@ each size, one cold `python -m batchser run` with an empty cache in a fresh
 process, 2 workers; the job's own summary.json gives the feature stage.
 `--features shipped` (default) extracts what a default job does; `--features
 seed` the librosa tutorial recipe's groups, labelled with a model trained on them (untimed), and
-adds the seed's librosa loop as a baseline; `--chroma-tuning 0.0` pins chroma's
-tuning in the job (manifest chroma_tuning), the baseline staying the seed's loop.
+adds the librosa tutorial recipe's librosa loop as a baseline; `--chroma-tuning 0.0` pins chroma's
+tuning in the job (manifest chroma_tuning), the baseline staying the librosa tutorial recipe's loop.
 
 Columns: files/s over the feature stage (relative to the smallest size); peak
 RSS of the job's process tree (from /usr/bin/time), relative to the smallest
@@ -124,7 +124,7 @@ def main() -> int:
         "--features",
         choices=["shipped", "seed"],
         default="shipped",
-        help="the shipped model's features (a default job), or the seed's with the seed loop as baseline",
+        help="the shipped model's features (a default job), or the librosa tutorial recipe's with its loop as baseline",
     )
     ap.add_argument(
         "--chroma-tuning", type=float, default=None, help="with --features seed: pin chroma's tuning (e.g. 0.0)"
