@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 
 from batchser.audio import load
-from batchser.features import (
-    FEATURE_DIMS,
-    OPENSMILE_GROUPS,
-    SPEECH,
-    SPEECH_GROUPS,
-    FeatureSpec,
-    SlidingExtractor,
-    _shared_frames,
-    extract,
-    speech_frames,
-)
+from batchser.features import FEATURE_DIMS, OPENSMILE_GROUPS, SPEECH_GROUPS, FeatureSpec, SlidingExtractor, extract
 from batchser.segments import windows
+from batchser.speech_features import SPEECH, _shared_frames, speech_frames
 from tests.conftest import speechlike, tone
 
 
