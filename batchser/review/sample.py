@@ -165,10 +165,12 @@ def _units(report: pd.DataFrame, segments: pd.DataFrame | None = None) -> pd.Dat
 def _unit_key(df: pd.DataFrame) -> pd.Series:
     """A unit's identity: its content (or its path, for rows without a hash) and, for a segment, its stretch."""
     content = df["content_hash"].where(df["content_hash"] != "", "path:" + df["path"])
-    stretch = df["start_s"].map(lambda v: "" if pd.isna(v) else f"@{v:.3f}") + df["end_s"].map(
-        lambda v: "" if pd.isna(v) else f"-{v:.3f}"
-    )
-    return content + stretch
+    seg = df["start_s"].notna()
+    if seg.any():  # formatted only where there are segments: a 100,000-file report has none to format
+        stretch = [f"@{a:.3f}-{b:.3f}" for a, b in zip(df.loc[seg, "start_s"], df.loc[seg, "end_s"], strict=True)]
+        content = content.copy()
+        content[seg] = content[seg] + stretch
+    return content
 
 
 def read_sample(out_dir: Path) -> pd.DataFrame:
@@ -268,12 +270,13 @@ def extend_sample(
     sizes |= have.groupby("model_label")["stratum_size"].first().to_dict() if len(have) else {}
     new: list[tuple[int, str]] = []
     labels, conf = units["model_label"].to_numpy(), units["confidence"].to_numpy()
+    drawn = key.isin(known).to_numpy()
     for label in sorted(set(labels.tolist())):
         need = per_label - int(have_per.get(label, 0))
         if need <= 0:
             continue
         rows = np.flatnonzero(labels == label)
-        seen = [j for j, i in enumerate(rows) if key.iloc[i] in known]
+        seen = np.flatnonzero(drawn[rows]).tolist()
         picked = choose([label] * len(rows), conf[rows], per_label=need, exclude=seen, seed=seed + len(have))
         new += [(int(rows[j]), part) for j, part in picked]
     rng = np.random.default_rng(seed + 7919 * (len(have) + 1))
