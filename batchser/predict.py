@@ -122,6 +122,8 @@ def annotate_rows(
             if speech and segs.start_s[j] - at >= MIN_GAP_S:
                 seg_rows.append(SegmentRow(path, at, float(segs.start_s[j]), False, "", math.nan, nan))
             label, conf = top(p[j])
+            if j in answered:  # as for a file: the model's probability of the answer (none: no class)
+                conf = float(p[j][classes.index(answered[j])]) if answered[j] in classes else math.nan
             seg_rows.append(
                 SegmentRow(
                     path=path,
@@ -191,6 +193,8 @@ def annotate_rows(
             label, conf = top(p)
             answer = reviewed.get(common["path"]) if reviewed else None
             probabilities = dict(zip(classes, map(float, p), strict=True))
+            if answer is not None:  # the confidence beside a person's label: the model's in that label (none: no class)
+                conf = probabilities.get(answer, math.nan)
             rows.append(
                 ReportRow(
                     status="ok",

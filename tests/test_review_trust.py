@@ -659,3 +659,34 @@ def test_a_side_of_arousal_or_valence_is_an_answer_of_its_own(job: Path, tmp_pat
     got = pd.read_parquet(second / "annotations.parquet").set_index("path")
     assert not got.loc[rows[0]["path"], "reviewed"]  # a side is not a label
     assert set(got["label"]) <= {*KINDS, "none"}
+
+
+def test_after_a_review_the_reports_and_page_say_what_is_true(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reviewed file's confidence is the model's in the person's label (none for "none of these"); the page of
+    the relearned reports counts the answers the job learned from, shows today's labels, and refuses to extend
+    a sample drawn from the labels of another model."""
+    out = fresh(job, tmp_path)
+    sample = _listed(out, capsys, "--n", "3")
+    sample["label"] = ["none" if i % 4 == 0 else _kind(p) for i, p in enumerate(sample["path"])]
+    filled = tmp_path / "filled.csv"
+    sample.to_csv(filled, index=False)
+    assert _annotate(job, out, "--reviewed", str(filled), "--overwrite") == 0  # relabelled into the same folder
+    got = pd.read_parquet(out / "annotations.parquet").set_index("path")
+    answered = got[got.reviewed]
+    assert answered.loc[answered.label == "none", "confidence"].isna().all()
+    named = answered[answered.label != "none"]
+    for _, r in named.iterrows():
+        assert r["confidence"] == pytest.approx(r[f"p_{r['label']}"])
+    page = (out / "report.html").read_text()
+    least = page[page.index('id="least-sure"') :]
+    assert not any(p in least for p in answered.index)  # a person's answer is no model's doubt
+    session = ReviewSession.open(out, per_label=3)
+    state = session.state()
+    assert state["answered"] == len(sample)  # the answers the job learned from count as given
+    assert "The labels are right for" in " ".join(session.measured)
+    first = session.sample.iloc[0]
+    assert session._item(first.to_dict(), {}, False)["model_label"] == got.at[first["path"], "label"]
+    with pytest.raises(AnswersError, match="drawn from the labels of"):
+        ReviewSession.open(out, per_label=10)

@@ -328,8 +328,13 @@ def _dimension_words(expected: Mapping[str, Any]) -> str:
 _SIDES = {"arousal": ("low", "high"), "valence": ("negative", "positive")}
 
 
-def describe_expected(expected: Mapping[str, Any]) -> str:
-    """What to expect before any review, in a sentence."""
+def describe_expected(expected: Mapping[str, Any], *, in_review: bool = False) -> str:
+    """What to expect before any review, in a sentence (``in_review``: said on the review page itself)."""
+    check = (
+        " Your answers on this page tell how often it is right on this archive."
+        if in_review
+        else " Check 20 recordings per label by ear (batchser review) to know for this archive."
+    )
     mean = expected["uar_mean"]
     if expected.get("held_out"):
         spread = (
@@ -340,12 +345,11 @@ def describe_expected(expected: Mapping[str, Any]) -> str:
         )
         return (
             f"On recordings unlike its training data this model is {expected['words']} right ({spread}, files "
-            f"standardised {expected['standardised']} as in this job).{_dimension_words(expected)} Check 20 "
-            "recordings per label by ear (batchser review) to know for this archive."
+            f"standardised {expected['standardised']} as in this job).{_dimension_words(expected)}{check}"
         )
     return (
         f"This model was scored only on speakers of its own training data (UAR {_pct(mean)}); on recordings unlike "
-        "them it may be far less often right. Check 20 recordings per label by ear (batchser review) to know."
+        f"them it may be far less often right.{check}"
     )
 
 

@@ -54,6 +54,7 @@ SAMPLE_COLUMNS = [
     "part",
     "stratum_size",
     "copies",
+    "model",
 ]
 _MAX_SAMPLE_BYTES = 64 << 20
 
@@ -208,7 +209,13 @@ def _checked(df: pd.DataFrame, path: Path, fix: str) -> pd.DataFrame:
     missing = [c for c in ("order", "path", "model_label", "stratum_size") if c not in df.columns]
     if missing:
         raise SampleError(f"{path} has no {', '.join(missing)} column; {fix}")
-    for col, default in (("content_hash", ""), ("part", "random"), ("copies", 1), ("confidence", math.nan)):
+    for col, default in (
+        ("content_hash", ""),
+        ("part", "random"),
+        ("copies", 1),
+        ("confidence", math.nan),
+        ("model", ""),
+    ):
         if col not in df.columns:
             df[col] = default
     for col in ("start_s", "end_s"):  # samples written before segments could be units
@@ -232,6 +239,7 @@ def _checked(df: pd.DataFrame, path: Path, fix: str) -> pd.DataFrame:
         bad(col, df[col].isna() | (df[col].astype(str).str.strip() == ""), "a name")
         df[col] = df[col].astype(str)
     df["content_hash"] = df["content_hash"].fillna("").astype(str)
+    df["model"] = df["model"].fillna("").astype(str)
     df["part"] = df["part"].fillna("random").astype(str)
     bad("part", ~df["part"].isin(["random", "unsure"]), "random or unsure")
     bad("order", df["order"].duplicated(), "unique")
@@ -262,6 +270,8 @@ def extend_sample(
 
     units = _units(report, segments)
     have = read_sample(out_dir)
+    ok = report.loc[report["status"] == "ok", "model"] if "model" in report.columns else pd.Series(dtype=str)
+    model = str(ok.iloc[0]) if len(ok) else ""
     known = set(_unit_key(have))
     key = _unit_key(units)
     have_per = have.groupby("model_label").size().to_dict() if len(have) else {}
@@ -279,6 +289,14 @@ def extend_sample(
         seen = np.flatnonzero(drawn[rows]).tolist()
         picked = choose([label] * len(rows), conf[rows], per_label=need, exclude=seen, seed=seed + len(have))
         new += [(int(rows[j]), part) for j, part in picked]
+    drew = {m for m in have["model"].tolist() if m} if len(have) else set()
+    if new and drew and drew != {model}:
+        raise SampleError(
+            f"{out_dir / SAMPLE} was drawn from the labels of {', '.join(sorted(drew))}; these reports are {model}'s "
+            "(relearned from answers, or another model): adding to the sample would mix two models' labels and make "
+            f"its estimates false. Review the reports the sample was drawn from, or move {out_dir / SAMPLE.parent} "
+            "away to start a new review of these"
+        )
     rng = np.random.default_rng(seed + 7919 * (len(have) + 1))
     new = [new[k] for k in rng.permutation(len(new))]  # the labels interleaved: random at every stopping point
     start = int(have["order"].max()) + 1 if len(have) else 0
@@ -294,6 +312,7 @@ def extend_sample(
             "part": [part for _, part in new],
             "stratum_size": [int(sizes[labels[i]]) for i, _ in new],
             "copies": [int(units.at[i, "copies"]) for i, _ in new],
+            "model": model,
         },
         columns=SAMPLE_COLUMNS,
     )

@@ -110,7 +110,9 @@ class PageStats:
             item = {"path": r.path, "label": r.label, "confidence": r.confidence, "probabilities": r.probabilities,
                     "true_label": r.true_label}  # fmt: skip
             entry = (-r.confidence, self._seen, item)  # a max-heap of the least confident
-            if len(self._least) < LEAST_SURE:
+            if r.reviewed or math.isnan(r.confidence):
+                pass  # a person's answer is no model's doubt
+            elif len(self._least) < LEAST_SURE:
                 heapq.heappush(self._least, entry)
             elif entry > self._least[0]:
                 heapq.heapreplace(self._least, entry)
@@ -321,10 +323,17 @@ def _breakdowns(stats: PageStats) -> list[dict[str, Any]]:
         ):
             continue  # speakers named by their folders: the same table twice
         rows = sorted(by.items(), key=lambda kv: -sum(kv[1].values()))
-        shown = [{"name": k, "n": sum(c.values()), "share": {x: c[x] / max(1, sum(c.values())) for x in stats.classes}}
+        columns = _shown_labels(stats)
+        shown = [{"name": k, "n": sum(c.values()), "share": {x: c[x] / max(1, sum(c.values())) for x in columns}}
                  for k, c in rows[:SHOWN_GROUPS]]  # fmt: skip
         out.append({"kind": kind, "rows": shown, "more": max(0, len(rows) - SHOWN_GROUPS)})
     return out
+
+
+def _shown_labels(stats: PageStats) -> list[str]:
+    """The label columns of the breakdowns: the model's emotions, then "none" and "uncertain" where files have them,
+    so that each row's shares add up to 100 %."""
+    return [*stats.classes, *(x for x in ("none", "uncertain") if stats.labels.get(x))]
 
 
 def _same_rows(a: dict[str, Counter[str]], b: dict[str, Counter[str]]) -> bool:
@@ -362,6 +371,7 @@ def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any]
         stats=stats,
         charts=charts,
         groups=_breakdowns(stats),
+        group_labels=_shown_labels(stats),
         labelled=labelled,
         outside=metrics.get("labels_outside_the_model"),
         dims_scored=metrics.get("dimensions_of_labelled_files"),

@@ -39,8 +39,10 @@ from batchser.review import (
     AnswersFile,
     canonical_label,
     describe_expected,
+    describe_review,
     estimate,
     extend_sample,
+    read_answers,
     review_folder,
     share_in_words,
 )
@@ -87,6 +89,11 @@ class ReviewSession:
     answers: AnswersFile | None = None
     expected: dict[str, Any] | None = None
     dimensions: list[str] = field(default_factory=list)  # arousal, valence: the model's, answerable by side
+    # What the reports show of each unit now (label, confidence): after a review, the relearned model's.
+    shown: dict[Key, tuple[str, float]] = field(default_factory=dict)
+    # Answers given before this page, in the file a --reviewed run learned from (a filled-in --list, say).
+    earlier: dict[Key, Any] = field(default_factory=dict)
+    measured: list[str] = field(default_factory=list)  # what a review of these reports said, in sentences
     blind: bool = False  # hide the model's label and confidence while answering (no anchoring)
     _log: AnswerLog | None = field(default=None, init=False, repr=False)
 
@@ -143,6 +150,9 @@ class ReviewSession:
             expected=summary.get("expected_accuracy"),
             dimensions=[d for d in ("arousal", "valence") if d in report.columns],
             blind=blind,
+            shown=_shown(report, seg_table, sample),
+            earlier=_earlier(out_dir, summary, classes),
+            measured=describe_review(summary["review"]) if summary.get("review") else [],
         )
         session.refresh()  # a damaged or hostile answers file is named now, before the address is printed
         return session
@@ -155,8 +165,8 @@ class ReviewSession:
         try:
             answers = self._log.refresh()
         except FileNotFoundError:
-            return {}, [], None
-        return answers.latest, answers.bad, answers.last_given()
+            return dict(self.earlier), [], None
+        return self.earlier | answers.latest, answers.bad, answers.last_given()
 
     def state(self, *, blind: bool | None = None) -> dict[str, Any]:
         """Progress, agreement, the estimate so far and the next unit to answer, for the page.
@@ -214,8 +224,8 @@ class ReviewSession:
             )
         return {"text": text, **{k: got[k] for k in ("accuracy", "accuracy_ci", "none_share", "missing_strata")}}
 
-    @staticmethod
-    def _item(r: dict[str, Any], given: dict[Key, str], blind: bool) -> dict[str, Any]:
+    def _item(self, r: dict[str, Any], given: dict[Key, str], blind: bool) -> dict[str, Any]:
+        shown = self.shown
         _, start, end = _key(r)
         item = {"order": int(r["order"]), "path": str(r["path"]), "answer": given.get(_key(r))}
         item["stretch"] = (
@@ -224,7 +234,8 @@ class ReviewSession:
             else ""
         )
         if not blind:
-            item |= {"model_label": str(r["model_label"]), "confidence": float(r["confidence"])}
+            label, conf = shown.get(_key(r), (str(r["model_label"]), float(r["confidence"])))
+            item |= {"model_label": label, "confidence": conf}
         return item
 
     def answer(self, order: int, label: str, *, blind: bool | None = None) -> dict[str, Any]:
@@ -294,6 +305,36 @@ class ReviewSession:
             )  # fmt: skip
         start, seconds = self.segments.get(path, (0.0, MAX_CLIP_S))
         return clip_wav(real, member, start_s=start, seconds=seconds)
+
+
+def _shown(report: pd.DataFrame, segs: pd.DataFrame | None, sample: pd.DataFrame) -> dict[Key, tuple[str, float]]:
+    """Each sampled unit's label and confidence as the reports show them now."""
+    out: dict[Key, tuple[str, float]] = {}
+    wanted = set(sample["path"])
+    rows = report[report["path"].isin(wanted) & (report["status"] == "ok")]
+    for path, label, conf in zip(rows["path"], rows["label"], rows["confidence"], strict=True):
+        out[(str(path), None, None)] = (str(label), float(conf))
+    if segs is not None and "speech_prob" in segs.columns:
+        seg = segs[segs["path"].isin(wanted) & segs["label"].notna()]
+        for path, a, b, label, conf in zip(seg["path"], seg["start_s"], seg["end_s"], seg["label"], seg["confidence"],
+                                           strict=True):  # fmt: skip
+            out[(str(path), round(float(a), 3), round(float(b), 3))] = (str(label), float(conf))
+    return out
+
+
+def _earlier(out_dir: Path, summary: dict[str, Any], classes: list[str]) -> dict[Key, Any]:
+    """The answers a --reviewed run of these reports learned from, when they are not this review's own file
+    (a filled-in ``--list``): shown as given, never written again."""
+    named = (summary.get("review") or {}).get("answers_file")
+    if not named:
+        return {}
+    path = Path(str(named))
+    try:
+        if path.resolve() == (out_dir / ANSWERS).resolve() or not path.is_file():
+            return {}
+        return dict(read_answers(path, classes).latest)
+    except (OSError, AnswersError):
+        return {}
 
 
 def _first_files(folder: Path, n: int = 200) -> list[Path]:
@@ -376,7 +417,9 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
             dimensions=session.dimensions,
             token=token,
             blind=blind(),
-            expected=describe_expected(session.expected) if session.expected else "",
+            expected=" ".join(session.measured)
+            if session.measured
+            else (describe_expected(session.expected, in_review=True) if session.expected else ""),
             out_dir=str(session.out_dir),
             state_json=json.dumps(state),
         )
