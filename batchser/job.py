@@ -24,7 +24,7 @@ from batchser.exports import EXPORTS_DIR, ExportWriter, exporters
 from batchser.features import FeatureSpec
 from batchser.featurize import Executors, file_features
 from batchser.hashing import progress_bar
-from batchser.labels import Label, SpeakerFolders, label_coverage, label_source
+from batchser.labels import Label, SpeakerFolders, SubfolderHint, label_coverage, label_source
 from batchser.manifest import Manifest, ManifestError
 from batchser.model import TrainedModel, load_model
 from batchser.outcome import FileOutcome
@@ -372,6 +372,14 @@ def _list_files(
     ratios = [i.max_member_ratio for i in manifest.inputs] + [MAX_MEMBER_RATIO] * (len(paths) - len(manifest.inputs))
     coverage = _Coverage(manifest, label_fns)
     folders = SpeakerFolders({i: inp.path for i, inp in enumerate(manifest.inputs) if inp.speaker == "folder"})
+    hint = SubfolderHint(
+        {
+            i: (p, inp.path)
+            for i, (inp, p) in enumerate(zip(manifest.inputs, paths, strict=False))
+            if not manifest.model.train and inp.speaker != "folder" and isinstance(p, Path) and p.is_dir()
+        },
+        min_files=manifest.model.min_speaker_files,
+    )
     queued: list[SourceFile] = []
     files: list[SourceFile] = []
     labels: list[Label] = []
@@ -379,6 +387,8 @@ def _list_files(
         label = label_fns[f.input_index](_label_path(f))
         coverage.add(f, label)
         folders.add(f.input_index, label)
+        if not f.member and not f.remote:
+            hint.add(f.input_index, f.path, label)
         if turns is not None:
             turns.match(f)
         files.append(f)
@@ -391,6 +401,7 @@ def _list_files(
     listing.append(listed_table(files, labels))
     coverage.check(quiet=not progress)
     summary.speaker_folders = folders.findings()
+    summary.hints = hint.findings()
     if turns is not None:
         turns.refuse_unmatched(str(manifest.manifest_file or manifest.name))
     return queued

@@ -71,6 +71,8 @@ class JobSummary:
     emotion_groups: list[dict[str, Any]] = field(default_factory=list)
     # Inputs whose speaker folders are not one speaker's each (files in no folder, one folder for all).
     speaker_folders: list[dict[str, Any]] = field(default_factory=list)
+    # Inputs whose subfolders of 10+ recordings were standardised as one group: what --speaker-folders would do.
+    hints: list[dict[str, Any]] = field(default_factory=list)
     review: dict[str, Any] | None = None  # what a person's answers said, and what the job learned from them
     # What to expect of the labels before any review: the model card's leave-one-corpus-out range.
     expected: dict[str, Any] | None = None
@@ -254,6 +256,7 @@ def summary_payload(
         # Before a review, what the model card says to expect; after one, "review" holds this archive's own.
         "expected_accuracy": s.expected,
         "speaker_folders": s.speaker_folders,
+        "hints": s.hints,
         "review": s.review,
         "scores": {k: _brief(v) for k, v in (s.metrics or {}).items() if isinstance(v, dict) and "uar" in v},
         "exports": s.exports,  # {"textgrid": 3, …}: each file is listed under "reports" with its hash

@@ -188,3 +188,22 @@ def test_speaker_folders_on_a_flat_folder_are_said_to_be_none(
     args = ["annotate", str(tmp_path / "one"), "--speaker-folders", "--out", str(tmp_path / "t"), *common, "-q"]
     assert main([*args, "--overwrite"]) == 0
     assert not json.loads((tmp_path / "t" / "summary.json").read_text())["speaker_folders"]
+
+
+def test_subfolders_of_many_recordings_get_a_hint_about_speaker_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Recordings in subfolders of 10+ each (speakers, sources), standardised as one group: said, with the option."""
+    kinds = ["angry", "sad", "neutral", "happy"]
+    for i in range(24):
+        y = speechlike(kinds[i % 4], sr=16000, seconds=1.0, seed=i)
+        write_audio(tmp_path / "arch" / f"source{i % 2}" / f"{kinds[i % 4]}-{i:02d}.wav", y, 16000)
+    base = ["annotate", str(tmp_path / "arch"), "--cache", str(tmp_path / "c"), "-j", "1"]
+    assert main([*base, "--out", str(tmp_path / "o1")]) == 0
+    out = capsys.readouterr().out
+    assert "hint: 24 of the 24 recordings under" in out and "--speaker-folders" in out
+    summary = json.loads((tmp_path / "o1" / "summary.json").read_text())
+    assert summary["hints"][0]["folders"] == 2
+    assert "speaker-folders" in (tmp_path / "o1" / "report.html").read_text()
+    assert main([*base, "--out", str(tmp_path / "o2"), "--speaker-folders"]) == 0
+    assert "hint:" not in capsys.readouterr().out

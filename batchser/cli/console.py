@@ -70,6 +70,8 @@ def print_summary(s: JobSummary) -> None:
         )
     for f in s.speaker_folders:
         print(f"warning: speaker folders: {f['why']}; {f['what_to_do']}")
+    for h in s.hints:
+        print(f"hint: {h['why']}; {h['what_to_do']}")
     if s.review:
         for line in describe_review(s.review):
             print(f"review: {line}")
