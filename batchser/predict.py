@@ -165,6 +165,8 @@ def annotate_rows(
         for c in chunks_of([i for i, o in enumerate(outcomes) if o.ok], PREDICT_CHUNK)
         for i, d in zip(c, distances(np.stack([outcomes[i].record.vector for i in c]), *scaler), strict=True)  # type: ignore[union-attr]
     }
+    ref = model.meta.metrics.get("domain") or {}
+    far = 2 * ref["limit"] if ref.get("limit") else math.inf  # twice as far as the furthest corpus it was scored on
     rows = []
     for i, (o, lab) in enumerate(zip(outcomes, labels, strict=True)):
         rec = o.record
@@ -195,6 +197,12 @@ def annotate_rows(
             probabilities = dict(zip(classes, map(float, p), strict=True))
             if answer is not None:  # the confidence beside a person's label: the model's in that label (none: no class)
                 conf = probabilities.get(answer, math.nan)
+            if distance[i] > far:  # silence with a dither, hiss, a tone: confident labels that mean nothing
+                note = (
+                    f"unlike any speech the model was trained on (distance {distance[i]:.1f}, its training files "
+                    f"{ref['training_median']:.1f}): the label is a guess; --check-speech tells whether it holds speech"
+                )
+                common["warning"] = "; ".join(w for w in (common.get("warning", ""), note) if w)
             rows.append(
                 ReportRow(
                     status="ok",

@@ -198,3 +198,27 @@ def test_the_decoders_own_notes_show_only_with_verbose(tmp_path: Path, good_dir:
     assert plain.returncode == 0 and "Note:" not in plain.stderr, plain.stderr
     quiet = cli(["run", "-q", "--overwrite", str(job)])
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+def test_sound_unlike_any_speech_gets_a_warning_beside_its_label(tmp_path: Path) -> None:
+    """Dithered silence, hiss and a tone get confident labels from any classifier: each row says the label is a
+    guess, and how to tell whether the file holds speech."""
+    import numpy as np
+
+    from batchser.cli import main
+
+    rng = np.random.default_rng(0)
+    sr = 16000
+    t = np.arange(3 * sr) / sr
+    write_audio(tmp_path / "in" / "dither.wav", (rng.integers(-1, 2, t.size) / 32768).astype(np.float32), sr)
+    write_audio(tmp_path / "in" / "hiss.wav", (0.3 * rng.standard_normal(t.size)).astype(np.float32), sr)
+    write_audio(tmp_path / "in" / "tone.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sr)
+    out = tmp_path / "out"
+    assert (
+        main(["annotate", "-q", str(tmp_path / "in"), "--out", str(out), "--cache", str(tmp_path / "c"), "-j", "1"])
+        == 0
+    )
+    rows = pd.read_csv(out / "annotations.csv")
+    assert (rows["status"] == "ok").all()
+    assert rows["warning"].str.contains("unlike any speech the model was trained on").all(), rows["warning"].tolist()
+    assert rows["warning"].str.contains("--check-speech").all()
