@@ -56,6 +56,7 @@ from batchser.summary import (
     summary_payload,
     write_summary,
 )
+from batchser.training import near_misses
 from batchser.training import train as train_model
 from batchser.vad import ENERGY, detector
 from batchser.web.page import PageStats, write_page
@@ -235,6 +236,15 @@ def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
                 problems.append(
                     f"inputs[{i}].labels: no file is labelled {', '.join(missing)}, and the labels "
                     f"{', '.join(other)} are none of the emotions; {suggest(i, other)}"
+                )
+            elif misses := near_misses(other, classes):  # validate says what run will warn of
+                log.warning(
+                    "inputs[%d].labels: %d files labelled %s are left out of training (none of the emotions as "
+                    "written); %s",
+                    i,
+                    sum(counts[k] for k in misses),
+                    ", ".join(misses),
+                    suggest(i, list(misses)),
                 )
     else:  # a labelling job scores the files whose labels are the model's and counts the rest
         for i, counts in sorted(names.items()):

@@ -12,7 +12,8 @@ table places (:mod:`batchser.model.circumplex`), fear, calm and the rest too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,11 +97,45 @@ def _data(
             f"only {len(use)} usable labelled files for {len(classes)} emotions; need at least "
             f"{2 * len(classes)}. Check inputs[].labels and emotions"
         )
+    _warn_near_misses(labels, classes)
     data = _rows(manifest, vectors, labels, hashes, use)
     missing = sorted(set(classes) - set(data.y.tolist()))
     if missing:
         raise TrainingError(f"no training files labelled {missing}; remove them from emotions or add such files")
     return data, use
+
+
+def near_misses(names: Collection[str], classes: Sequence[str]) -> dict[str, str]:
+    """Label names that are one of ``classes`` written another way (``Angry``, `` sad``, ``anger``): name -> class.
+
+    Files of other emotions are left out of training on purpose; these are left out too, silently but for this.
+    """
+    from batchser.model.circumplex import canonical
+
+    folded = {" ".join(c.split()).casefold(): c for c in classes}
+    out = {}
+    for name in names:
+        if name in classes:
+            continue
+        hit = folded.get(" ".join(name.split()).casefold()) or folded.get(canonical(name) or "")
+        if hit:
+            out[name] = hit
+    return out
+
+
+def _warn_near_misses(labels: Sequence[Label], classes: Sequence[str]) -> None:
+    counts = Counter(lab.emotion for lab in labels if lab.emotion)
+    misses = near_misses(counts, classes)
+    if misses:
+        named = ", ".join(f"{k} ({counts[k]})" for k in misses)
+        mapping = ", ".join(f"{k}: {v}" for k, v in misses.items())
+        log.warning(
+            "%d files are labelled %s, which are none of the emotions as written and are left out of training; "
+            "if they are those emotions, add map: {%s} to the input's labels",
+            sum(counts[k] for k in misses),
+            named,
+            mapping,
+        )
 
 
 def _licences(manifest: Manifest, data: TrainingData) -> str:

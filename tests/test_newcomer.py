@@ -207,3 +207,21 @@ def test_subfolders_of_many_recordings_get_a_hint_about_speaker_folders(
     assert "speaker-folders" in (tmp_path / "o1" / "report.html").read_text()
     assert main([*base, "--out", str(tmp_path / "o2"), "--speaker-folders"]) == 0
     assert "hint:" not in capsys.readouterr().out
+
+
+def test_training_labels_written_another_way_are_said_before_they_are_left_out(
+    tmp_path: Path, labelled_set: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """'Angry' and 'anger' beside 'angry' in a label table: validate and run say they are left out, with the map."""
+    from tests.conftest import write_manifest
+
+    _, csv = labelled_set
+    rows = csv.read_text().splitlines()
+    rows[1] = rows[1].replace(",angry,", ",Angry,")
+    rows[2] = rows[2].replace(",angry,", ",anger,")
+    csv.write_text("\n".join(rows) + "\n")
+    manifest = write_manifest(tmp_path)
+    assert main(["validate", str(manifest)]) == 0
+    said = caplog.text
+    assert "2 files labelled Angry, anger are left out of training" in said
+    assert "map: {Angry: angry, anger: angry}" in said
