@@ -81,6 +81,9 @@ def load_answers(path: Path, classes: Sequence[str], *, ignore_unknown: bool = F
     except IsADirectoryError:
         raise AnswersError(f"{path} is a folder; name the answers file in it (review/answers.csv)") from None
     answers.check(classes, ignore_unknown=ignore_unknown)
+    for line, why in answers.bad:  # a file in another encoding, or binary: say so, rather than learn from part of it
+        if "UTF-8" in why or "NUL" in why:
+            raise AnswersError(f"{path} line {line} {why}; nothing was run")
     if not answers.latest:
         raise AnswersError(f"{path} holds no answers (every label cell is empty); fill in the label column first")
     return answers

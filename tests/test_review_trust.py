@@ -396,6 +396,27 @@ def test_the_server_reads_only_what_was_appended(tmp_path: Path) -> None:
     assert ("clips/Z.wav", None, None) not in latest
 
 
+def test_a_damaged_line_loses_only_itself(tmp_path: Path) -> None:
+    sheet = tmp_path / "filled.csv"  # as a spreadsheet saves a note with a line break: one quoted cell, two lines
+    sheet.write_text('path,label,note\nclips/a.wav,sad,"first line\nsecond line"\nclips/b.wav,angry,\n')
+    assert [a.label for a in read_answers(sheet, KINDS).latest.values()] == ["sad", "angry"]
+    f = AnswersFile(tmp_path)
+    f.add("clips/a.wav", "a" * 64, "sad")
+    log = AnswerLog(tmp_path / ANSWERS, KINDS)
+    assert ("clips/a.wav", None, None) in log.refresh().latest
+    with open(tmp_path / ANSWERS, "ab") as fh:  # appended by hand while the server reads the file
+        fh.write(b'"clips/stray.wav,,angry\n')  # an unbalanced quote
+        fh.write(b"clips/caf\xe9.wav,,happy\n")  # Latin-1
+        fh.write(b"clips/" + b"x" * 200_000 + b".wav,,sad\n")  # a cell past the csv module's 128 KB
+        fh.write(b"clips/nul\x00.wav,,sad\n")
+    f.add("clips/after.wav", "b" * 64, "happy")
+    answers = log.refresh()
+    assert [k[0] for k in answers.latest] == ["clips/a.wav", "clips/after.wav"]
+    whys = [why for _, why in answers.bad]
+    assert [line for line, _ in answers.bad] == [3, 4, 5, 6]
+    assert "unbalanced quote" in whys[0] and "UTF-8" in whys[1] and "NUL" in whys[3]
+
+
 def test_undo_takes_back_the_latest_answer(session: ReviewSession) -> None:
     session.answer(0, "sad")
     session.answer(1, "angry")

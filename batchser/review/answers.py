@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -446,19 +446,57 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _decoded(lines: Iterable[bytes], where: Path, first_line: int) -> Iterator[str]:
-    for n, raw in enumerate(lines, start=first_line):
-        if b"\x00" in raw:
-            raise AnswersError(f"{where} holds NUL bytes (line {n}): it is not a CSV text file; save it as CSV")
-        try:
-            yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            byte = raw[exc.start]
-            raise AnswersError(
-                f"{where} is not UTF-8 text (byte 0x{byte:02X} on line {n}; a spreadsheet saved it as Latin-1 or "
-                "Windows-1252?): save it again as UTF-8 (Excel: 'CSV UTF-8'; LibreOffice: character set "
-                "'Unicode (UTF-8)')"
-            ) from None
+ENCODING_FIX = "save it again as UTF-8 (Excel: 'CSV UTF-8'; LibreOffice: character set 'Unicode (UTF-8)')"
+
+
+def _line(raw: bytes, n: int) -> tuple[list[str] | None, str]:
+    """One line of an answers file as CSV cells, or None and why it cannot be read.
+
+    A damaged line (an unbalanced quote, a stray NUL, bytes that are not UTF-8,
+    a cell past the csv module's 128 KB) is that line alone, never the rest of the
+    file; :func:`_rows` joins the lines of a quoted cell that holds a line break.
+    """
+    if b"\x00" in raw:
+        return None, "holds NUL bytes: not CSV text"
+    try:
+        text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        byte = raw[exc.start]
+        return None, f"is not UTF-8 text (byte 0x{byte:02X}: saved as Latin-1 or Windows-1252?); {ENCODING_FIX}"
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        return None, f"is not one CSV row ({exc}: an unbalanced quote?)"
+    if len(rows) > 1:
+        return None, "is not one CSV row (a line break outside quotes)"
+    return (rows[0] if rows else []), ""
+
+
+_JOIN = 32  # lines one quoted cell may span (a file name or note with line breaks)
+
+
+def _rows(lines: list[bytes], first: int) -> Iterator[tuple[int, list[str] | None, str]]:
+    """(line number, cells or None, why) for each row of ``lines``, the first numbered ``first``.
+
+    A line that is not one CSV row is joined with the lines after it only when
+    together they make exactly one row (a quoted cell holding a line break, as a
+    spreadsheet or batchser writes one); otherwise that line alone is bad.
+    """
+    i = 0
+    while i < len(lines):
+        n = first + i
+        cells, why = _line(lines[i], n)
+        used = 1
+        if cells is None and "CSV row" in why:
+            for k in range(2, min(_JOIN, len(lines) - i) + 1):
+                joined, j_why = _line(b"\n".join(lines[i : i + k]), n)
+                if joined is not None:
+                    cells, why, used = joined, "", k
+                    break
+                if "CSV row" not in j_why:
+                    break
+        yield n, cells, why
+        i += used
 
 
 def _complete_lines(fh: io.BufferedReader, start: int, end: int) -> Iterator[bytes]:
@@ -474,7 +512,7 @@ def _complete_lines(fh: io.BufferedReader, start: int, end: int) -> Iterator[byt
 
 
 def read_answers(path: Path, classes: Sequence[str] = ()) -> Answers:
-    """An answers file or any CSV with ``path`` and ``label`` columns, read in one streaming pass.
+    """An answers file or any CSV with ``path`` and ``label`` columns.
 
     Labels are compared with ``classes`` (and none, skip, undo) case- and
     space-insensitively; others are collected in :attr:`Answers.unknown`
@@ -485,7 +523,7 @@ def read_answers(path: Path, classes: Sequence[str] = ()) -> Answers:
     ------
     FileNotFoundError
     AnswersError
-        Not a regular file, not UTF-8, NUL bytes, or no path and label columns.
+        Not a regular file, a first line that is not UTF-8 CSV, or no path and label columns.
     """
     log_ = AnswerLog(path, classes)
     log_.refresh()
@@ -522,6 +560,8 @@ class AnswerLog:
         except OSError as exc:
             if exc.errno == 40:
                 raise AnswersError(f"{self.path} is a link, not a regular file; move it away") from None
+            if exc.errno == 21:
+                raise AnswersError(f"{self.path} is a folder, not a regular file; move it away") from None
             raise
         with open(fd, "rb", closefd=True) as fh:
             st = os.fstat(fh.fileno())
@@ -535,17 +575,17 @@ class AnswerLog:
             self.answers.torn = end < st.st_size
             if end <= self._offset:
                 return self.answers
-            first = self._offset
-            lines = _complete_lines(fh, first, end)
-            text = _decoded(lines, self.path, self._line_no + 1)
-            if self._rows is None:
-                header = next(csv.reader([next(text, "")]), [])
-                self._rows = _Rows(header, self.path, self.classes)
-                self._line_no += 1
-            reader, base = csv.reader(text), self._line_no
-            for cells in reader:
-                self._rows.parse(cells, base + reader.line_num, self.answers)
-            self._line_no = base + reader.line_num
+            lines = list(_complete_lines(fh, self._offset, end))
+            for n, cells, why in _rows(lines, self._line_no + 1):
+                if self._rows is None:  # the header: a file whose first line cannot be read is no answers file
+                    if cells is None:
+                        raise AnswersError(f"{self.path} line {n} {why}")
+                    self._rows = _Rows(cells, self.path, self.classes)
+                elif cells is None:
+                    self.answers.bad.append((n, why))
+                elif any(c.strip() for c in cells):
+                    self._rows.parse(cells, n, self.answers)
+            self._line_no += len(lines)
             self._offset = end
         for line, why in self.answers.bad[self._reported :]:
             log.warning("%s line %d left out: %s", self.path, line, why)
