@@ -62,6 +62,7 @@ __all__ = ["ReviewedFiles", "load_answers", "relearn"]
 
 log = logging.getLogger(__name__)
 
+_KEPT = "Nothing was labelled and the reports are left as they were"
 _NEARBY = 2000  # report paths kept to suggest the closest one to an answer that matches none
 
 
@@ -100,6 +101,21 @@ def _reviewed_root(answers_file: Path) -> Path | None:
         return None
 
 
+def _places(path: str, bases: Sequence[Path]) -> list[str]:
+    """Where an answer's ``path`` may name a file: the first base it exists under, so one answer is one file.
+
+    When it exists under none (object storage, or files since moved), every base
+    is kept and a content hash, where the answer has one, still decides.
+    """
+    if os.path.isabs(path) or "://" in path:
+        return [os.path.normpath(path) if "://" not in path else path]
+    places = [os.path.normpath(os.path.join(base, path)) for base in bases]
+    for where in places:
+        if os.path.lexists(where):
+            return [where]
+    return list(dict.fromkeys(places))
+
+
 @dataclasses.dataclass
 class _Unit:
     """One answered content: its answer, its vector raw and as the job standardised it, and where it was found."""
@@ -131,7 +147,8 @@ class ReviewedFiles:
         self.by_path: dict[str, Answer] = {}
         self.seg_by_hash: dict[str, list[Answer]] = {}
         self.seg_by_path: dict[str, list[Answer]] = {}
-        bases = [answers_file.parent, root, _reviewed_root(answers_file)]
+        # A review's own answers name paths relative to the reviewed job's root; a filled-in list, to its folder.
+        bases = [b for b in (_reviewed_root(answers_file), answers_file.parent, root) if b is not None]
         for a in sorted(self.given, key=lambda a: (a.answered_at, a.line)):  # the latest wins
             whole = a.start_s is None
             if a.content_hash:
@@ -139,19 +156,18 @@ class ReviewedFiles:
                     self.by_hash[a.content_hash] = a
                 else:
                     self.seg_by_hash.setdefault(a.content_hash, []).append(a)
-            for base in bases if not os.path.isabs(a.path) else [Path("/")]:
-                if base is not None:
-                    where = os.path.normpath(os.path.join(base, a.path))
-                    if whole:
-                        self.by_path[where] = a
-                    else:
-                        self.seg_by_path.setdefault(where, []).append(a)
+            for where in _places(a.path, bases):
+                if whole:
+                    self.by_path[where] = a
+                else:
+                    self.seg_by_path.setdefault(where, []).append(a)
         self.units: dict[str, _Unit] = {}  # content hash (and stretch, for a segment) -> the answered unit
         self.wins: dict[str, str] = {}  # report path -> the answer it shows
         self.segment_wins: dict[str, list[tuple[float, float, str]]] = {}  # report path -> answered stretches
         self.found: set[tuple[str, float | None, float | None]] = set()  # answers that name a file of the job
         self.applied: set[tuple[str, float | None, float | None]] = set()  # and are not stale
         self.stale: list[str] = []
+        self.no_stretch: dict[tuple[str, float | None, float | None], str] = {}  # answer -> its file, stretch unknown
         self._names = {os.path.basename(a.path): a for a in self.given}
         self._near: dict[str, str] = {}  # an answer's file name -> a report path with that name
         self._some: list[str] = []
@@ -220,8 +236,9 @@ class ReviewedFiles:
         for a in [*by_hash, *by_path]:
             # Times as the reports and the answers file write them: to the millisecond.
             k = np.flatnonzero((np.abs(segs.start_s - a.start_s) < 2e-3) & (np.abs(segs.end_s - a.end_s) < 2e-3))  # type: ignore[union-attr, operator]
-            if not len(k):
-                continue  # a stretch this file's segments do not have (another segmentation): left unmatched
+            if not len(k):  # a stretch this file's segments do not have (segmented otherwise): left unmatched
+                self.no_stretch.setdefault(a.key, shown)
+                continue
             self.found.add(a.key)
             if a in by_path and a.content_hash and a.content_hash != o.content_hash:
                 self.stale.append(f"{shown} {a.start_s:.3f}-{a.end_s:.3f} s")
@@ -240,13 +257,31 @@ class ReviewedFiles:
         AnswersError
             Naming one unmatched answer and the report path closest to it.
         """
+        stretches = [a for a in self.unmatched if a.key in self.no_stretch]
+        if stretches:
+            a = stretches[0]
+            words = (
+                f"{len(stretches)} answers name a stretch that their recording's speech segments do not have (e.g. "
+                f"{a.start_s:.3f}-{a.end_s:.3f} s of {self.no_stretch[a.key]!r}): the recording was cut into segments "
+                "otherwise than when it was reviewed (other speech or speaker-turn settings)"
+            )
+            if not self.applied and len(stretches) == len(self.unmatched):
+                raise AnswersError(f"{self.answers_file}: {words}; run with the reviewed job's settings. {_KEPT}")
+            log.warning("%s: %s; those answers were not used", self.answers_file, words)
+        if self.found and not self.applied and self.stale:
+            raise AnswersError(
+                f"every answer in {self.answers_file} that names a file of this job was given for other bytes: "
+                f"{len(self.stale)} files changed since they were answered (e.g. {self.stale[0]!r}), so none can be "
+                f"learned from. Review the changed files again. {_KEPT}"
+            )
+        others = [a for a in self.unmatched if a.key not in self.no_stretch]
         if self.found or not self.given:
-            if self.unmatched:
-                a = self.unmatched[0]
+            if others:
+                a = others[0]
                 log.warning(
                     "%s: %d answers match no file of this job (e.g. %r%s)",
                     self.answers_file,
-                    len(self.unmatched),
+                    len(others),
                     a.path,
                     self._closest(a),
                 )
@@ -257,7 +292,7 @@ class ReviewedFiles:
             f"not one of its files{self._closest(a)}. Answers match a file by content hash (the content_hash column "
             f"of batchser review's files), else by path relative to {self.answers_file.parent} or to the job's root "
             f"{self.root}. Run the job on the recordings that were reviewed (from the folder the review's job ran "
-            "in, for paths without hashes); nothing was labelled and the reports are left as they were"
+            f"in, for paths without hashes). {_KEPT}"
         )
 
     def _closest(self, a: Answer) -> str:

@@ -241,7 +241,7 @@ def test_stale_and_foreign_answers(job: Path, tmp_path: Path) -> None:
         assert got.at[p, "reviewed"] and got.at[p, "label"] == KINDS[i % 4]  # the person's answer wins
     # An answer given for other bytes than the file holds now is set aside, named.
     stale = tmp_path / "stale.csv"
-    stale.write_text(f"path,content_hash,label\n{table.path[0]},{'0' * 64},sad\n")
+    stale.write_text(f"path,content_hash,label\n{table.path[0]},{'0' * 64},sad\n{table.path[1]},,{KINDS[1]}\n")
     assert main([*args, "--overwrite", "--reviewed", str(stale)]) == 0
     assert json.loads((out / "summary.json").read_text())["review"]["stale"] == [table.path[0]]
 

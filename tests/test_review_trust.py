@@ -31,7 +31,7 @@ from batchser.review import (
     read_answers,
     read_sample,
 )
-from batchser.web.review import ReviewSession
+from batchser.web.review import ReviewSession, SavedButUnreadableError
 from tests.browser import chromium
 from tests.review_kit import KINDS, Server, fresh, given, make_job, wait
 
@@ -229,6 +229,43 @@ def test_answers_matching_no_file_stop_the_job_and_keep_the_reports(
     assert (out / "annotations.csv").read_bytes() == before  # the reviewed reports are not replaced
 
 
+def test_a_report_or_changed_files_are_not_answers(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    out = fresh(job, tmp_path)
+    capsys.readouterr()
+    assert _annotate(job, tmp_path / "a", "--reviewed", str(out / "annotations.csv")) == 2
+    assert "is a job's report" in capsys.readouterr().err  # its labels are the model's own
+    table = pd.read_parquet(job / "annotations.parquet")
+    changed = tmp_path / "changed.csv"
+    changed.write_text("path,content_hash,label\n" + "".join(f"{p},{'0' * 64},sad\n" for p in table.path[:3]))
+    assert _annotate(job, tmp_path / "b", "--reviewed", str(changed)) == 2
+    assert "3 files changed since they were answered" in capsys.readouterr().err
+    cut = tmp_path / "cut.csv"  # a hash cut short by a spreadsheet: the path decides
+    cut.write_text(f"path,content_hash,label\n{table.path[0]},{table.content_hash[0][:15]},sad\n")
+    assert _annotate(job, tmp_path / "c", "--reviewed", str(cut)) == 0
+    assert "not 64 hex digits" in caplog.text
+    got = pd.read_parquet(tmp_path / "c" / "annotations.parquet").set_index("path")
+    assert got.at[table.path[0], "reviewed"] and got.at[table.path[0], "label"] == "sad"
+
+
+def test_a_path_names_one_file_even_where_two_folders_hold_it(job: Path, tmp_path: Path) -> None:
+    """A bare name found beside the answers file is that file, not also a same-named file under the job's root."""
+    clips = job.parent / "clips"
+    local = clips / "copies" / "mine.csv"  # copies/copy-angry-00.wav exists here; clips/copy-angry-00.wav does not
+    twin = clips / "copy-angry-00.wav"
+    twin.write_bytes((clips / "sad-01.wav").read_bytes())  # another recording under the same name at the root
+    local.write_text("path,label\ncopy-angry-00.wav,happy\n")
+    try:
+        out = tmp_path / "out"
+        assert _annotate(job, out, "--reviewed", str(local), cwd=clips) == 0  # report paths relative to clips/
+        got = pd.read_parquet(out / "annotations.parquet").set_index("path")
+        assert got.at["copies/copy-angry-00.wav", "reviewed"] and not got.at["copy-angry-00.wav", "reviewed"]
+    finally:
+        local.unlink()
+        twin.unlink()
+
+
 def test_answers_find_their_files_from_another_folder(
     job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -415,6 +452,34 @@ def test_a_damaged_line_loses_only_itself(tmp_path: Path) -> None:
     whys = [why for _, why in answers.bad]
     assert [line for line, _ in answers.bad] == [3, 4, 5, 6]
     assert "unbalanced quote" in whys[0] and "UTF-8" in whys[1] and "NUL" in whys[3]
+
+
+def test_each_tab_undoes_its_own_answer(session: ReviewSession) -> None:
+    session.answer(0, "sad")  # one tab
+    session.answer(1, "angry")  # another tab, later
+    session.undo(0)
+    keys = {int(r["order"]): r["path"] for r in session.sample.to_dict("records")}
+    assert given(session.out_dir) == {keys[1]: "angry"}
+    with pytest.raises(KeyError, match="no answer to undo"):
+        session.undo(0)
+
+
+def test_an_answer_on_disk_is_never_called_not_saved(session: ReviewSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(**_: object) -> None:
+        raise AnswersError("answers.csv line 1 holds NUL bytes")
+
+    monkeypatch.setattr(session, "state", unreadable)  # the read back fails after the answer reached the disk
+    with pytest.raises(SavedButUnreadableError, match=r"^Saved: sad\. The page cannot read"):
+        session.answer(0, "sad")
+    assert list(given(session.out_dir).values()) == ["sad"]
+
+
+def test_a_segment_answer_is_refused_by_a_file_without_times(tmp_path: Path) -> None:
+    (tmp_path / "review").mkdir()
+    (tmp_path / ANSWERS).write_text("path,content_hash,label\nclips/a.wav,,sad\n")  # an older file's columns
+    with pytest.raises(AnswersError, match="no start_s and end_s columns"):
+        AnswersFile(tmp_path).add("long.flac", "a" * 64, "sad", start_s=1.0, end_s=2.5)
+    assert (tmp_path / ANSWERS).read_text() == "path,content_hash,label\nclips/a.wav,,sad\n"
 
 
 def test_undo_takes_back_the_latest_answer(session: ReviewSession) -> None:
@@ -641,6 +706,14 @@ def test_speech_segments_of_a_long_recording_are_reviewed_and_learned_one_by_one
     for r in session.sample.itertuples():
         session.answer(int(r.order), "sad" if r.path.endswith("interview.flac") else _kind(r.path))
     assert session.state()["answered"] == len(session.sample) and state["total"] == len(session.sample)
+    listed = _listed(out, capsys, "--n", "40")
+    assert (listed[listed.path.str.endswith("interview.flac")].label == "sad").all()  # segment answers listed too
+    shifted = tmp_path / "shifted.csv"  # a stretch the recording's segments do not have
+    shifted.write_text(f"path,label,start_s,end_s\n{seg_units.path.iloc[0]},sad,0.123,0.456\n")
+    capsys.readouterr()
+    assert _annotate(job, tmp_path / "shifted", "--reviewed", str(shifted)) == 2
+    err = capsys.readouterr().err
+    assert "stretch that their recording's speech segments do not have" in err and "0.123-0.456 s" in err
     second = tmp_path / "second"
     assert _annotate(job, second, "--reviewed", str(out / ANSWERS)) == 0
     review = json.loads((second / "summary.json").read_text())["review"]

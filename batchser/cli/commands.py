@@ -267,7 +267,6 @@ output:
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
-    import pandas as pd
     import pyarrow as pa
 
     from batchser.report import csv_text
@@ -281,18 +280,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
         print(f"batchser: {exc}", file=sys.stderr)
         return EXIT_FATAL
     if args.list:
-        latest, _, _ = session.refresh()
-        columns = ["order", "path", "content_hash", "start_s", "end_s", "model_label", "confidence", "part"]
-        table = session.sample[[*columns, "stratum_size"]].copy()
-        # A "label" column to fill in: the filled file is itself an answers file (--reviewed), matched to
-        # the recordings by content hash wherever it is run from.
-        # Every stratum's size on each row: the estimate stays whole when rows are deleted or reordered.
-        sizes = session.sample.groupby("model_label")["stratum_size"].first()
-        table["strata"] = ";".join(f"{k}={int(v)}" for k, v in sizes.items())
-        table["label"] = [
-            latest[(p, None, None)].label if (p, None, None) in latest and pd.isna(start) else ""
-            for p, start in zip(table["path"], table["start_s"], strict=True)
-        ]
+        table = session.listing()
         sys.stdout.write(csv_text(pa.Table.from_pandas(table, preserve_index=False)))
         return EXIT_OK
     serve(session, port=args.port, open_browser=args.open)

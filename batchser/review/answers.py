@@ -23,6 +23,7 @@ import io
 import logging
 import math
 import os
+import re
 import stat
 import threading
 import time
@@ -70,6 +71,7 @@ _DIMENSION_WORDS = {
 }
 ANSWER_COLUMNS = ["path", "content_hash", "label", "answered_at", "model_label", "confidence", "start_s", "end_s"]
 _NONE_WORDS = {NONE, "none of these", "none of them", "other"}
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _TAIL = 1 << 16  # bytes read at a time when looking back for the last complete line
 
 
@@ -300,6 +302,12 @@ class AnswersFile:
                     f"{self.path} is not a review's answers file (its first line names {', '.join(columns) or 'no'} "
                     "columns, not path and label): move it away to start a new one"
                 )
+            if values.get("start_s") and not {"start_s", "end_s"} <= set(columns):
+                # Written without its times, a segment's answer would read back as the whole file's.
+                raise AnswersError(
+                    f"{self.path} has no start_s and end_s columns (an answers file from an older batchser?), so "
+                    "an answer about a stretch of a recording cannot be kept in it: move it away to start a new one"
+                )
         else:
             columns = ANSWER_COLUMNS
             header = (",".join(columns) + "\n").encode()
@@ -403,6 +411,13 @@ class _Rows:
                 f"{where} needs path and label columns (it has {', '.join(self.columns) or 'none'}); "
                 "batchser review --list prints a sample with both"
             )
+        if "status" in self.columns and any(c.startswith("p_") for c in self.columns):
+            # Learning from it would teach the model its own labels and call every file reviewed.
+            raise AnswersError(
+                f"{where} is a job's report (status and p_* columns): its label column holds the model's labels, "
+                "not a person's answers. Answer with batchser review, or fill in the label column of the CSV that "
+                "batchser review --list writes"
+            )
 
     def parse(self, cells: Sequence[str], line: int, into: Answers) -> None:
         def cell(name: str) -> str:
@@ -426,9 +441,13 @@ class _Rows:
         except ValueError as exc:
             into.bad.append((line, str(exc)))
             return
-        into.add(
-            Answer(path, cell("content_hash").lower(), label, when, cell("model_label"), confidence, start, end, line)
-        )
+        digest = cell("content_hash").lower()
+        if digest and not _HEX64.fullmatch(digest):
+            log.warning(
+                "%s line %d: content_hash %r is not 64 hex digits; matched by path alone", self.where, line, digest[:20]
+            )
+            digest = ""  # a cut or edited hash would match nothing, or the wrong bytes: the path decides
+        into.add(Answer(path, digest, label, when, cell("model_label"), confidence, start, end, line))
 
 
 def _seconds(text: str, name: str, default: float | None) -> float | None:

@@ -14,6 +14,7 @@ appended to the answers file since its last look (:class:`batchser.review.Answer
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 import math
@@ -74,6 +75,10 @@ def _key(r: dict[str, Any]) -> Key:
     start, end = r.get("start_s"), r.get("end_s")
     real = isinstance(start, float) and not math.isnan(start)
     return (str(r["path"]), float(start) if real else None, float(end) if real else None)  # type: ignore[arg-type]
+
+
+class SavedButUnreadableError(RuntimeError):
+    """The answer is on disk, but the answers could not be read back to show what comes next."""
 
 
 @dataclass
@@ -267,22 +272,51 @@ class ReviewSession:
             start_s=start,
             end_s=end,
         )
-        return self.state(blind=blind)
+        return self._state_after(f"Saved: {canonical}", blind)
 
-    def undo(self, *, blind: bool | None = None) -> dict[str, Any]:
-        """Take back the latest answer still standing (an ``undo`` row is appended; nothing is rewritten).
+    def _state_after(self, done: str, blind: bool | None) -> dict[str, Any]:
+        try:
+            return self.state(blind=blind)
+        except AnswersError as exc:  # on disk already: never told "Not saved"
+            raise SavedButUnreadableError(f"{done}. The page cannot read the answers back to go on: {exc}") from None
+
+    def undo(self, order: int | None = None, *, blind: bool | None = None) -> dict[str, Any]:
+        """Take back the answer standing for the sample's unit ``order`` (default: the latest answer given,
+        by whoever gave it); an ``undo`` row is appended, nothing is rewritten.
+
+        A page passes the unit it answered last, so two open tabs each undo their own answers.
 
         Raises
         ------
         KeyError
             No answer to take back.
         """
-        _, _, last = self.refresh()
+        latest, _, last = self.refresh()
+        if order is not None:
+            last = latest.get(_key(self._row(order)))
+            if last is None or (self.earlier.get(last.key) is last):
+                raise KeyError("no answer to undo for that recording")
         if last is None:
             raise KeyError("no answer to undo")
         assert self.answers is not None
         self.answers.add(last.path, last.content_hash, UNDO, start_s=last.start_s, end_s=last.end_s)
-        return self.state(blind=blind)
+        return self._state_after("Undone", blind)
+
+    def listing(self) -> pd.DataFrame:
+        """The sample as a table to fill in, each unit with the answer standing for it (segments included).
+
+        The filled table is itself an answers file (``--reviewed``), matched to the
+        recordings by content hash wherever it is run from; every stratum's size is
+        on each row, so the estimate stays whole when rows are deleted or reordered.
+        """
+        latest, _, _ = self.refresh()
+        columns = ["order", "path", "content_hash", "start_s", "end_s", "model_label", "confidence", "part"]
+        table = self.sample[[*columns, "stratum_size"]].copy()
+        sizes = self.sample.groupby("model_label")["stratum_size"].first()
+        table["strata"] = ";".join(f"{k}={int(v)}" for k, v in sizes.items())
+        given = [latest.get(_key(r)) for r in self.sample.to_dict("records")]
+        table["label"] = [a.label if a is not None else "" for a in given]
+        return table
 
     def _row(self, order: int) -> dict[str, Any]:
         row = self.sample.loc[self.sample["order"] == order]
@@ -402,14 +436,27 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
         log.error("%s", message)
         if request.is_json:
             return jsonify({"error": message}), 507
-        return Response(f"<!doctype html><title>batchser review</title><p>{message}</p>", 507)
+        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(message)}</p>", 507)
+
+    def saved_but(exc: Exception) -> Any:
+        log.error("%s", exc)
+        if request.is_json:
+            return jsonify({"error": str(exc), "saved": True}), 503
+        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(str(exc))}</p>", 503)
+
+    def unreadable(exc: Exception) -> Any:
+        message = f"The answers cannot be read: {exc}"
+        log.error("%s", message)
+        if request.is_json:
+            return jsonify({"error": message}), 503
+        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(message)}</p>", 503)
 
     @app.get("/")
     def page() -> Any:
         try:
             state = session.state(blind=blind())
         except AnswersError as exc:
-            return not_saved(exc)
+            return unreadable(exc)
         return render_template(
             "review.html",
             state=state,
@@ -429,7 +476,7 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
         try:
             return jsonify(session.state(blind=blind()))
         except AnswersError as exc:
-            return not_saved(exc)
+            return unreadable(exc)
 
     def form() -> Any:
         data = request.get_json(silent=True) if request.is_json else request.form
@@ -448,6 +495,8 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
         try:
             order = int(str(data.get("order", "")))
             got = session.answer(order, str(data.get("label", "")), blind=blind())
+        except SavedButUnreadableError as exc:
+            return saved_but(exc)
         except (AnswerNotSavedError, AnswersError) as exc:
             return not_saved(exc)
         except (KeyError, ValueError) as exc:
@@ -456,11 +505,14 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
 
     @app.post("/undo")
     def undo() -> Any:
-        form()
+        data = form()
         try:
-            got = session.undo(blind=blind())
-        except KeyError:
-            return jsonify({"error": "no answer to undo"}), 400
+            order = data.get("order")
+            got = session.undo(None if order in (None, "") else int(str(order)), blind=blind())
+        except SavedButUnreadableError as exc:
+            return saved_but(exc)
+        except (KeyError, ValueError) as exc:
+            return jsonify({"error": str(exc).strip("'\"") or "no answer to undo"}), 400
         except (AnswerNotSavedError, AnswersError) as exc:
             return not_saved(exc)
         return done(got)
