@@ -132,7 +132,14 @@ class ReviewedFiles:
     """The answered files of a job, found chunk by chunk (by content hash, else by path)."""
 
     def __init__(
-        self, answers: Answers, *, answers_file: Path, root: Path, groups: JobAdaptation, classes: Sequence[str]
+        self,
+        answers: Answers,
+        *,
+        answers_file: Path,
+        root: Path,
+        groups: JobAdaptation,
+        classes: Sequence[str],
+        inputs: Sequence[Path] = (),
     ) -> None:
         self.answers_file = answers_file
         self.root = root
@@ -147,8 +154,10 @@ class ReviewedFiles:
         self.by_path: dict[str, Answer] = {}
         self.seg_by_hash: dict[str, list[Answer]] = {}
         self.seg_by_path: dict[str, list[Answer]] = {}
-        # A review's own answers name paths relative to the reviewed job's root; a filled-in list, to its folder.
-        bases = [b for b in (_reviewed_root(answers_file), answers_file.parent, root) if b is not None]
+        # A review's own answers name paths relative to the reviewed job's root; a filled-in list, to its folder,
+        # the job's root or one of its input folders (a name as it appears under the folder labelled).
+        folders = [p if p.is_dir() else p.parent for p in inputs]
+        bases = [b for b in (_reviewed_root(answers_file), answers_file.parent, root, *folders) if b is not None]
         for a in sorted(self.given, key=lambda a: (a.answered_at, a.line)):  # the latest wins
             whole = a.start_s is None
             if a.content_hash:
@@ -290,9 +299,9 @@ class ReviewedFiles:
         raise AnswersError(
             f"none of the {len(self.given)} answers in {self.answers_file} matches a file of this job: {a.path!r} is "
             f"not one of its files{self._closest(a)}. Answers match a file by content hash (the content_hash column "
-            f"of batchser review's files), else by path relative to {self.answers_file.parent} or to the job's root "
-            f"{self.root}. Run the job on the recordings that were reviewed (from the folder the review's job ran "
-            f"in, for paths without hashes). {_KEPT}"
+            f"of batchser review's files), else by path relative to {self.answers_file.parent}, to the job's root "
+            f"{self.root} or to one of its input folders. Run the job on the recordings that were reviewed (from the "
+            f"folder the review's job ran in, for paths without hashes). {_KEPT}"
         )
 
     def _closest(self, a: Answer) -> str:

@@ -290,6 +290,12 @@ def test_answers_find_their_files_from_another_folder(
         assert json.loads((third / "summary.json").read_text())["review"]["matched"] == 2
     finally:
         local.unlink()
+    # And names as they appear under the folder labelled, from a list kept anywhere.
+    kept = elsewhere / "kept.csv"
+    kept.write_text("path,label\nangry-00.wav,angry\ncopies/copy-sad-01.wav,sad\n")
+    fourth = tmp_path / "fourth"
+    assert _annotate(job, fourth, "--reviewed", str(kept), cwd=tmp_path) == 0
+    assert json.loads((fourth / "summary.json").read_text())["review"]["matched"] == 2
 
 
 # -- the answers file --------------------------------------------------------------------------

@@ -317,7 +317,13 @@ def _cmd_init(args: argparse.Namespace) -> int:
         return EXIT_MANIFEST
     stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in path.stem).strip("-._") or "job"
     path.write_text(INIT_TEMPLATE.format(name=path.name, stem=stem, inputs=args.inputs), encoding="utf-8")
-    print(f"wrote {path}; edit inputs[0].path, then: batchser run {path}")
+    if (path.parent / args.inputs).exists():
+        print(f"wrote {path} (it labels {args.inputs}); check it: batchser validate {path}; run: batchser run {path}")
+    else:  # the folder is named beside the manifest: say where recordings are expected
+        print(
+            f"wrote {path}; {path.parent / args.inputs} does not exist yet: put the recordings there or edit "
+            f"inputs[0].path, then: batchser run {path}"
+        )
     return EXIT_OK
 
 

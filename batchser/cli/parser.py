@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument(
         "--min-confidence",
         type=_probability,
-        help="label files whose top probability is lower 'uncertain' (e.g. 0.6; docs/accuracy.md: what it buys)",
+        help="files whose top probability is below this are labelled 'uncertain' (e.g. 0.6; docs/accuracy.md: "
+        "what it buys)",
     )
     ann.add_argument(
         "--segments",

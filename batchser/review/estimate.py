@@ -181,9 +181,12 @@ _WORDS = [
     (0.25, "about a quarter"),
     (1 / 3, "about a third"),
     (0.4, "about two in five"),
+    (0.45, "a little under half"),
     (0.5, "about half"),
+    (0.55, "a little over half"),
     (0.6, "about three in five"),
     (2 / 3, "about two thirds"),
+    (0.7, "about seven in ten"),
     (0.75, "about three quarters"),
     (0.8, "about four in five"),
     (0.9, "about nine in ten"),
@@ -191,7 +194,7 @@ _WORDS = [
 
 
 def in_words(share: float) -> str:
-    """A share as people say it: 0.52 is "about half", 0.71 "about three quarters"."""
+    """A share as people say it, to the nearest twentieth or so: 0.52 is "about half", 0.56 "a little over half"."""
     return min(_WORDS, key=lambda w: abs(w[0] - share))[1]
 
 

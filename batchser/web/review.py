@@ -77,6 +77,12 @@ def _key(r: dict[str, Any]) -> Key:
     return (str(r["path"]), float(start) if real else None, float(end) if real else None)  # type: ignore[arg-type]
 
 
+def answer_words(answer: str) -> str:
+    """An answer as the page says it: ``arousal:low`` is "low arousal"."""
+    dim, _, side = answer.partition(":")
+    return f"{side} {dim}" if side else answer
+
+
 class SavedButUnreadableError(RuntimeError):
     """The answer is on disk, but the answers could not be read back to show what comes next."""
 
@@ -199,6 +205,7 @@ class ReviewSession:
             | {a: per_label[a] for a in DIMENSION_ANSWERS if per_label.get(a)},
             "per_stratum": {s: by_stratum.get(s, 0) for s in sorted(strata)},
             "agreement": None if blind else ((sum(agree) / len(agree)) if agree else None),
+            "agreement_n": len(agree),  # answers naming an emotion or none of them: skips and sides left out
             "estimate": self._estimate(answered, given, strata),
             "next": self._item(todo[0], given, blind) if todo else None,
             "recent": [self._item(r, given, blind) for r, _ in answered[-5:]][::-1],
@@ -405,6 +412,7 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.jinja_env.filters["pct"] = _fraction
+    app.jinja_env.filters["answer_words"] = answer_words
 
     def blind() -> bool:
         asked = request.args.get("blind")
