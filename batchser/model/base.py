@@ -104,6 +104,11 @@ class TrainedModel:
         """
         return f"{self.path.stem}@{(self.loaded_sha256 or self.meta.weights_sha256)[:12]}"
 
+    def __repr__(self) -> str:  # the networks' own reprs run to pages
+        extra = f", dimensions={list(self.dimension_names)}" if self.dimensions else ""
+        per = ", by speaker" if self.speaker_pipeline is not None else ""
+        return f"TrainedModel({self.id!r}, classes={list(self.meta.classes)}{extra}{per})"
+
     @property
     def dimension_names(self) -> tuple[str, ...]:
         """The dimensions the model reports beside its classes (``arousal``, ``valence``), in order."""
