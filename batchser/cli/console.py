@@ -26,8 +26,22 @@ def print_summary(s: JobSummary) -> None:
         print(f"  failed: {path}: {reason}")
     if s.n_failed > 5:
         print(f"  … and {s.n_failed - 5} more (see the report's error column)")
+    trained = bool(s.metrics and "random_split" in s.metrics)  # a train job: its metrics are the new model's
+    if trained:
+        support = (s.metrics or {}).get("actor_wise", {}).get("per_class") or (s.metrics or {}).get(
+            "random_split", {}
+        ).get("per_class", {})
+        if support:
+            print("trained on: " + ", ".join(f"{k} {v['support']}" for k, v in support.items()))
+        outside = ((s.metrics or {}).get("labels_outside_the_model") or {}).get("counts") or {}
+        if outside:
+            print(
+                "not among its emotions (left out of the emotion network and its scores): "
+                + ", ".join(f"{k} {v}" for k, v in outside.items())
+            )
     if s.label_counts:
-        print("labels: " + ", ".join(f"{k} {v}" for k, v in s.label_counts.items()))
+        what = f"labels the new model gives all {s.n_files - s.n_failed} files" if trained else "labels"
+        print(f"{what}: " + ", ".join(f"{k} {v}" for k, v in s.label_counts.items()))
     if s.metrics:
         for name, ev in s.metrics.items():
             if "accuracy" in ev:
@@ -48,7 +62,7 @@ def print_summary(s: JobSummary) -> None:
                     f"  {mode:8s} {cells}  mean {m['mean']['uar']:.1%}, worst {m['mean']['worst_uar']:.1%}, "
                     f"ECE {m['mean']['ece']:.3f}"
                 )
-    d = s.domain
+    d = None if trained else s.domain  # a model's own training files: how far they are from themselves says nothing
     if d and d["out_of_domain"]:
         print(
             f"warning: these recordings are far from the model's training data (median distance "

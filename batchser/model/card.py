@@ -84,14 +84,22 @@ def _dimensions_section(model: TrainedModel) -> str:
         return ""
     info = model.meta.metrics.get("dimensions", {})
     names = ", ".join(d.name for d in model.dimensions)
+    # Said as it was done: which other emotions trained the networks, and whether a temperature could be fitted.
+    others = [e for e in info.get("emotions", {}) if e not in model.meta.classes]
+    extra = f", {', '.join(others)} included" if others else ""
+    scaled = (
+        "its logit scaled by a temperature fitted on corpora the networks never heard"
+        if len(info.get("corpora", ())) >= 3
+        else "unscaled (a temperature is fitted on corpora held out from the networks' training, inside the "
+        "training corpora: that needs three or more)"
+    )
     out = (
         "\n## Arousal and valence\n\n"
         f"Besides the emotions, the model gives {names}: the probability that a file's arousal is high and "
         "that its valence is positive. Each is the mean of a network of its own (a logistic regression on "
         "the circumplex placement of every training file's emotion: "
-        f"{info.get('n_train', 'n/a')} files, fear, surprise, disgust and calm included) and the share of the "
-        "four-class probabilities on that side, its logit scaled by a temperature fitted on corpora the "
-        "networks never heard.\n"
+        f"{info.get('n_train', 'n/a')} files{extra}) and the share of the "
+        f"{len(model.meta.classes)}-class probabilities on that side, {scaled}.\n"
     )
     if "corpora" in info:
         out += (
