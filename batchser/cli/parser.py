@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     ann.add_argument(
         "--check-speech",
         action="store_true",
-        help="check shorter files for speech too: one without any gets status 'no speech', not an emotion",
+        help="check shorter files for speech too: one without any gets status 'no speech', not an emotion "
+        "(the first run with it reads every file again: the check is kept in the cache beside the features)",
     )
     ann.add_argument(
         "--speakers",
