@@ -668,7 +668,7 @@ def _run(
                         root=manifest.root_dir,
                         groups=groups,
                         classes=model.meta.classes,
-                        inputs=[p for p in (manifest.locate(i.path) for i in manifest.inputs) if isinstance(p, Path)],
+                        inputs=[p for p in paths[: len(manifest.inputs)] if isinstance(p, Path)],
                     )
                     _observe(store, hashed, reviewed.observe)
                     reviewed.check()  # answers that match no file stop the job before any report is replaced
