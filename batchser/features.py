@@ -147,7 +147,7 @@ class FeatureSpec:
     def fingerprint(self) -> str:
         """Stable short hash of everything that determines the feature values."""
         params = {**self._params(), "version": FEATURE_VERSION}
-        if SPEECH_GROUPS & set(self.names):  # so seed-only fingerprints (and caches) stay as they were
+        if SPEECH_GROUPS & set(self.names):  # so tutorial-recipe-only fingerprints (and caches) stay as they were
             params["speech"] = SPEECH
         if OPENSMILE_GROUPS.keys() & set(self.names):  # its values are its version's
             params["opensmile"] = opensmile_version()
@@ -239,8 +239,8 @@ def _smile(name: str):  # type: ignore[no-untyped-def]
 def _vector(y: np.ndarray, spec: FeatureSpec, speech: SpeechFrames | None) -> np.ndarray:
     sr, n_fft, hop = spec.sample_rate, spec.n_fft, spec.hop_length
     names = set(spec.names)
-    seed = names - SPEECH_GROUPS - OPENSMILE_GROUPS.keys()
-    power = power_spectrogram(y, n_fft=n_fft, hop_length=hop) if seed else None
+    tutorial_groups = names - SPEECH_GROUPS - OPENSMILE_GROUPS.keys()
+    power = power_spectrogram(y, n_fft=n_fft, hop_length=hop) if tutorial_groups else None
     mag = np.sqrt(power) if {"chroma", "contrast"} & names else None
     mel = _mel_basis(sr, n_fft) @ power if {"mfcc", "mel"} & names else None
     parts: list[np.ndarray] = []

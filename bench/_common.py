@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
 RAVDESS = CORPORA / "ravdess"
 MODEL = default_model_path()  # the model batchser ships and labels with by default
-SEED_FEATURES = ["mfcc", "chroma", "mel"]
+TUTORIAL_FEATURES = ["mfcc", "chroma", "mel"]
 EMOTIONS = ["angry", "sad", "neutral", "happy"]
 
 
@@ -65,7 +65,7 @@ def progress_log(quiet: bool) -> Callable[[str], None]:
     return log
 
 
-def seed_features(path: str) -> np.ndarray:
+def tutorial_features(path: str) -> np.ndarray:
     """The notebook's extract_feature: librosa.load(sr=16000), mfcc(y), chroma_stft(S=|stft|), melspectrogram(y)."""
     import librosa
 
@@ -80,8 +80,8 @@ def seed_features(path: str) -> np.ndarray:
     )
 
 
-def seed_chroma(path: str, *, tuning: float | None = None) -> np.ndarray:
-    """The seed's chroma means, with ``tuning`` given to chroma_stft (None: estimated, as the seed)."""
+def tutorial_chroma(path: str, *, tuning: float | None = None) -> np.ndarray:
+    """The tutorial recipe's chroma means, with ``tuning`` given to chroma_stft (None: estimated, as the recipe)."""
     import librosa
 
     y, sr = librosa.load(path, sr=16000)
@@ -138,25 +138,25 @@ def feature_stage(summary: dict[str, Any]) -> float:
     return sum(st[k] for k in ("discover", "open_cache", "hash", "features", "close_cache"))
 
 
-def train_seed_model(work: Path, *, chroma_tuning: float | None = None) -> Path:
+def train_tutorial_model(work: Path, *, chroma_tuning: float | None = None) -> Path:
     """A 4-emotion model on the librosa tutorial recipe's features, trained on the 120 48 kHz RAVDESS files (untimed).
 
-    The seed-feature rows label with it, so that they compare like with like
+    The rows on the tutorial recipe's features label with it, so that they compare like with like
     (the shipped model uses the speech-rate features).
     """
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "seed.skops"
+    model = work / "tutorial.skops"
     job = {
-        "name": "seed-model",
+        "name": "tutorial-model",
         "chroma_tuning": chroma_tuning,
         "inputs": [{"path": str(CORPORA / "ravdess-48k"), "labels": "ravdess"}],
         "emotions": EMOTIONS,
-        "features": SEED_FEATURES,
-        "cache": str(work / "seed-cache"),
+        "features": TUTORIAL_FEATURES,
+        "cache": str(work / "tutorial-cache"),
         "model": {"path": str(model), "train": True},
-        "output": {"dir": str(work / "seed-train")},
+        "output": {"dir": str(work / "tutorial-train")},
     }
-    run_job(job, work / "seed-train.yaml")
+    run_job(job, work / "tutorial-train.yaml")
     return model
 
 

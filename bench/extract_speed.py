@@ -4,7 +4,7 @@
     python bench/extract_speed.py --corpus ravdess-48k --repeats 3
 
 Rows, all on the same files in this run:
-  seed loop      the notebook: librosa.load(sr=16000), then mfcc(y), chroma_stft(S=|stft|),
+  tutorial loop  the notebook: librosa.load(sr=16000), then mfcc(y), chroma_stft(S=|stft|),
                  melspectrogram(y), means over frames; one file after another, one process.
   floor (1 core) decode + resample + one STFT per file and nothing else, one process, one
                  BLAS thread: the work no extractor can skip.
@@ -20,18 +20,18 @@ Rows, all on the same files in this run:
   shipped cold   the cold job with the shipped model's features (speech-rate statistics and
                  pitch, 178 dims) instead of the librosa tutorial recipe's: what labelling with the default model costs.
   pinned cold    the cold job with chroma_tuning: 0.0 (and a model trained so).
-The seed loop and the floor run with the allocator setting batchser's workers use
+The tutorial loop and the floor run with the allocator setting batchser's workers use
 (batchser.engine.keep_freed_memory: freed arrays stay on the heap instead of being
 page-faulted in again for every file), so neither baseline pays a cost batchser avoids.
-The seed-feature rows label with a small model trained at the start on seed features (untimed),
+The rows on the tutorial recipe's features label with a small model trained at the start on them (untimed),
 since the shipped model uses the richer set; prediction costs the same either way.
-Parity: the cold job's vectors against the seed loop's; the pinned job's against the seed
+Parity: the cold job's vectors against the tutorial loop's; the pinned job's against the tutorial
 loop's with chroma_stft(tuning=0.0).
 Besides whole-process wall time, the "feature stage" lines give the part of the job that
 turns files into features (discovery, cache open, hashing/lookup, extraction, cache
 close) from the job's own summary.json: what a warm run saves is this stage; the rest
 (interpreter start, importing scikit-learn and skops, model load, reports) is fixed.
-"vs seed" is the librosa tutorial recipe's wall time over the row's (higher is better). "vs floor" is per-core
+"vs tutorial" is the librosa tutorial recipe's wall time over the row's (higher is better). "vs floor" is per-core
 efficiency: floor time / (row wall time x workers). Peak RSS is the largest process of a
 batchser job (main or worker); "-" for rows measured in-process.
 Timings are medians over --repeats; the machine is shared, so compare ratios, not seconds.
@@ -55,14 +55,14 @@ from _common import (
     CORPORA,
     EMOTIONS,
     MODEL,
-    SEED_FEATURES,
+    TUTORIAL_FEATURES,
     feature_stage,
     have,
     progress_log,
-    seed_chroma,
-    seed_features,
     shipped_features,
-    train_seed_model,
+    train_tutorial_model,
+    tutorial_chroma,
+    tutorial_features,
 )
 from _common import run_job as run_job_in_process
 
@@ -149,11 +149,11 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     from batchser.features import FeatureSpec
     from batchser.segments import SegmentSpec
 
-    spec = FeatureSpec(tuple(SEED_FEATURES), 16000)
-    pinned = FeatureSpec(tuple(SEED_FEATURES), 16000, chroma_tuning=0.0)
+    spec = FeatureSpec(tuple(TUTORIAL_FEATURES), 16000)
+    pinned = FeatureSpec(tuple(TUTORIAL_FEATURES), 16000, chroma_tuning=0.0)
     tasks = [ExtractTask(f, str(i)) for i, f in enumerate(files)]
 
-    keys = ["seed", "floor", "extractor", "extractor_a440", "cold", "warm", "shipped", "a440"]
+    keys = ["tutorial", "floor", "extractor", "extractor_a440", "cold", "warm", "shipped", "a440"]
     keys += ["dask"] if HAVE_DASK else []
     rows: dict[str, list[float]] = {k: [] for k in keys}
     stage: dict[str, list[float]] = {k: [] for k in ("cold", "warm", "dask", "shipped", "a440")}
@@ -168,23 +168,23 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
         return summary
 
     with tempfile.TemporaryDirectory(prefix="batchser-bench-model-") as md:
-        log(f"  training seed-feature models on {CORPORA / 'ravdess-48k'} (untimed) …")
-        seed_job = {"model": train_seed_model(Path(md) / "est"), "features": SEED_FEATURES}
-        a440_job = {"model": train_seed_model(Path(md) / "a440", chroma_tuning=0.0), "features": SEED_FEATURES}
+        log(f"  training models on the tutorial recipe's features on {CORPORA / 'ravdess-48k'} (untimed) …")
+        tutorial_job = {"model": train_tutorial_model(Path(md) / "est"), "features": TUTORIAL_FEATURES}
+        a440_job = {"model": train_tutorial_model(Path(md) / "a440", chroma_tuning=0.0), "features": TUTORIAL_FEATURES}
         # Untimed first calls: librosa compiles its numba kernels and every row fills its
         # caches on first use, which would charge one repeat with seconds of set-up.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            seed_features(files[0])
+            tutorial_features(files[0])
         floor_one(files[0])
         with threadpool_limits(1):
             _extract_batch(tasks[:1], spec, SegmentSpec())
         for r in range(repeats):
-            log(f"  repeat {r + 1}/{repeats}: seed loop …")
+            log(f"  repeat {r + 1}/{repeats}: tutorial loop …")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t, seed_vectors = timed(seed_features, files)
-            rows["seed"].append(t)
+                t, tutorial_vectors = timed(tutorial_features, files)
+            rows["tutorial"].append(t)
             log("  floor and batchser's extractor in this process …")
             with threadpool_limits(1):
                 rows["floor"].append(timed(floor_one, files)[0])
@@ -195,31 +195,31 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
             with tempfile.TemporaryDirectory(prefix="batchser-bench-") as tmp:
                 tmp_p = Path(tmp)
 
-                s = job(tmp_p, "cold", "cache", **seed_job)
+                s = job(tmp_p, "cold", "cache", **tutorial_job)
                 assert s["extracted"] == len(files) and s["failed"] == 0, s
-                s = job(tmp_p, "warm", "cache", **seed_job)
+                s = job(tmp_p, "warm", "cache", **tutorial_job)
                 assert s["extracted"] == 0 and s["from_cache"] == len(files), s
                 if HAVE_DASK:
-                    s = job(tmp_p, "dask", "cache-dask", backend="dask", **seed_job)
+                    s = job(tmp_p, "dask", "cache-dask", backend="dask", **tutorial_job)
                     assert s["extracted"] == len(files) and s["failed"] == 0, s
                 s = job(tmp_p, "shipped", "cache-shipped", model=MODEL, features=shipped_features())
                 assert s["extracted"] == len(files) and s["failed"] == 0, s
                 s = job(tmp_p, "a440", "cache-a440", chroma_tuning=0.0, **a440_job)
                 assert s["extracted"] == len(files) and s["failed"] == 0, s
                 if r == 0:
-                    ref = np.stack(seed_vectors)
-                    parity["seed"] = _parity(
+                    ref = np.stack(tutorial_vectors)
+                    parity["tutorial"] = _parity(
                         _job_vectors(tmp_p / "cache", tmp_p / "cold" / "annotations.parquet", spec), ref
                     )
                     # Pinned: the tutorial's chroma_stft at the same tuning (mfcc and mel as the tutorial's).
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        ref[:, 40:52] = np.stack([seed_chroma(f, tuning=0.0) for f in files])
+                        ref[:, 40:52] = np.stack([tutorial_chroma(f, tuning=0.0) for f in files])
                     ours = _job_vectors(tmp_p / "cache-a440", tmp_p / "a440" / "annotations.parquet", pinned)
                     parity["a440"] = _parity(ours, ref)
     med = {k: statistics.median(v) for k, v in rows.items()}
     labels = {
-        "seed": "seed loop",
+        "tutorial": "tutorial loop",
         "floor": "floor (1 core)",
         "extractor": "batchser 1 core",
         "extractor_a440": "pinned 1 core",
@@ -239,7 +239,7 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
             "audio_s": audio_s,
             "wall_s": med[key],
             "x_realtime": audio_s / med[key],
-            "vs_seed": med["seed"] / med[key],
+            "vs_tutorial": med["tutorial"] / med[key],
             "vs_floor": med["floor"] / (med[key] * workers),
             "peak_rss_mib": rss.get(key, float("nan")),
         }
@@ -252,8 +252,8 @@ def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
     if HAVE_DASK:
         out["dask"] |= {"stage_dask": statistics.median(stage["dask"]), "stage_cold": cold}
     out["shipped"] |= {"stage_shipped": statistics.median(stage["shipped"]), "stage_cold": cold}
-    out["seed"]["parity"] = ("features vs seed loop", parity["seed"])
-    out["a440"]["parity"] = ("tuning pinned at 0.0 vs seed loop with chroma_stft(tuning=0.0)", parity["a440"])
+    out["tutorial"]["parity"] = ("features vs tutorial loop", parity["tutorial"])
+    out["a440"]["parity"] = ("tuning pinned at 0.0 vs tutorial loop with chroma_stft(tuning=0.0)", parity["a440"])
     return list(out.values())
 
 
@@ -276,12 +276,12 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores; batchser with {args.n_jobs} workers; medians of {args.repeats} run(s)")
     print(
         f"{'corpus':<12} {'row':<15} {'files':>5} {'audio s':>8} {'wall s':>7} {'x real':>7} "
-        f"{'vs seed':>7} {'vs floor':>8} {'peak RSS':>9}"
+        f"{'vs tutorial':>11} {'vs floor':>8} {'peak RSS':>9}"
     )
     for r in rows:
         print(
             f"{r['corpus']:<12} {r['row']:<15} {r['files']:>5} {r['audio_s']:>8.0f} {r['wall_s']:>7.2f} "
-            f"{r['x_realtime']:>7.0f} {r['vs_seed']:>6.1f}x {r['vs_floor']:>7.0%} {_mib(r['peak_rss_mib']):>9}"
+            f"{r['x_realtime']:>7.0f} {r['vs_tutorial']:>10.1f}x {r['vs_floor']:>7.0%} {_mib(r['peak_rss_mib']):>9}"
         )
     for r in rows:
         if "warm_vs_cold" in r:

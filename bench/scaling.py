@@ -1,8 +1,8 @@
 """Scaling: does throughput hold, and memory stay flat, from 1,000 to 20,000 files?
 
     python bench/scaling.py                          # 1000, 5000, 20000 files
-    python bench/scaling.py --sizes 1000,20000 --features seed
-    python bench/scaling.py --sizes 1000,20000 --features seed --chroma-tuning 0.0
+    python bench/scaling.py --sizes 1000,20000 --features tutorial
+    python bench/scaling.py --sizes 1000,20000 --features tutorial --chroma-tuning 0.0
     python bench/scaling.py --sizes 1000,2000 --quiet
 
 Each archive is made from RAVDESS clips (../shared/corpora/ravdess): file i is a
@@ -12,7 +12,7 @@ cache cannot collapse copies) and all archives have the same clip mix. For
 each size, one cold `python -m batchser run` with an empty cache in a fresh
 process, 2 workers; the job's own summary.json gives the feature stage.
 `--features shipped` (default) extracts what a default job does; `--features
-seed` the librosa tutorial recipe's groups, labelled with a model trained on them (untimed), and
+tutorial` the librosa tutorial recipe's groups, labelled with a model trained on them (untimed), and
 adds the librosa tutorial recipe's librosa loop as a baseline; `--chroma-tuning 0.0` pins chroma's
 tuning in the job (manifest chroma_tuning), the baseline staying the librosa tutorial recipe's loop.
 
@@ -24,8 +24,8 @@ in this process on up to 1,000 files spread over the first archive, one BLAS
 thread. It counts everything the job does beyond pure extraction, split in
 two: "hashing" (the job's hash stage: SHA-256 of every new file, the cache
 key) and "engine" (the rest: worker start-up, task dispatch and results
-through joblib, cache writes, waiting on the slowest worker). "vs seed"
-(seed features only): the seed loop's seconds per file, measured on the same
+through joblib, cache writes, waiting on the slowest worker). "vs tutorial"
+(tutorial features only): the tutorial loop's seconds per file, measured on the same
 sample in this process, times the files, over the job's whole wall time.
 """
 
@@ -46,13 +46,13 @@ from _common import (
     EMOTIONS,
     MODEL,
     RAVDESS,
-    SEED_FEATURES,
+    TUTORIAL_FEATURES,
     feature_stage,
     have,
     progress_log,
-    seed_features,
     shipped_features,
-    train_seed_model,
+    train_tutorial_model,
+    tutorial_features,
 )
 from _common import run_job as run_job_in_process
 
@@ -105,14 +105,14 @@ def run_job(
     return run_job_in_process(job, work / "job.yaml")
 
 
-def seed_loop_seconds(files: list[Path]) -> float:
+def tutorial_loop_seconds(files: list[Path]) -> float:
     """Seconds per file of the notebook's librosa loop, one process, after an untimed first call."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        seed_features(str(files[0]))  # numba compiles librosa's kernels on first use
+        tutorial_features(str(files[0]))  # numba compiles librosa's kernels on first use
         t = time.perf_counter()
         for f in files:
-            seed_features(str(f))
+            tutorial_features(str(f))
     return (time.perf_counter() - t) / len(files)
 
 
@@ -122,17 +122,17 @@ def main() -> int:
     ap.add_argument("--n-jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument(
         "--features",
-        choices=["shipped", "seed"],
+        choices=["shipped", "tutorial"],
         default="shipped",
         help="the shipped model's features (a default job), or the librosa tutorial recipe's with its loop as baseline",
     )
     ap.add_argument(
-        "--chroma-tuning", type=float, default=None, help="with --features seed: pin chroma's tuning (e.g. 0.0)"
+        "--chroma-tuning", type=float, default=None, help="with --features tutorial: pin chroma's tuning (e.g. 0.0)"
     )
     ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args()
-    if args.chroma_tuning is not None and args.features != "seed":
-        ap.error("--chroma-tuning needs --features seed (the shipped features have no chroma)")
+    if args.chroma_tuning is not None and args.features != "tutorial":
+        ap.error("--chroma-tuning needs --features tutorial (the shipped features have no chroma)")
     if not have(RAVDESS, "the RAVDESS corpus"):
         return 2
     log = progress_log(args.quiet)
@@ -143,11 +143,11 @@ def main() -> int:
         if sr == SR and len(y) > 2 * SR:
             clips.append(y.mean(axis=1))
     rows = []
-    seed_pf = float("nan")
+    tutorial_pf = float("nan")
     with tempfile.TemporaryDirectory(prefix="batchser-scaling-") as tmp:
-        if args.features == "seed":
-            log("training a seed-feature model (untimed) …")
-            features, model = SEED_FEATURES, train_seed_model(Path(tmp), chroma_tuning=args.chroma_tuning)
+        if args.features == "tutorial":
+            log("training a model on the tutorial recipe's features (untimed) …")
+            features, model = TUTORIAL_FEATURES, train_tutorial_model(Path(tmp), chroma_tuning=args.chroma_tuning)
         else:
             features, model = shipped_features(), MODEL
         for n in sizes:
@@ -161,9 +161,9 @@ def main() -> int:
                 sample = every[:: max(1, len(every) // 1000)]  # spread: clips differ in cost
                 per_file = per_file_seconds(sample, features, args.chroma_tuning)
                 log(f"in-process extraction: {per_file * 1000:.2f} ms per file")
-                if args.features == "seed":
-                    seed_pf = seed_loop_seconds(sample)
-                    log(f"seed loop: {seed_pf * 1000:.2f} ms per file")
+                if args.features == "tutorial":
+                    tutorial_pf = tutorial_loop_seconds(sample)
+                    log(f"tutorial loop: {tutorial_pf * 1000:.2f} ms per file")
             log(f"{n} files: cold run …")
             wall, rss, s = run_job(
                 folder, work, args.n_jobs, model=model, features=features, chroma_tuning=args.chroma_tuning
@@ -179,11 +179,12 @@ def main() -> int:
         + ("" if args.chroma_tuning is None else f" (chroma tuning pinned at {args.chroma_tuning})")
         + "; in-process "
         f"{per_file * 1000:.2f} ms per file"
-        + (f"; seed loop {seed_pf * 1000:.2f} ms per file" if seed_pf == seed_pf else "")
+        + (f"; tutorial loop {tutorial_pf * 1000:.2f} ms per file" if tutorial_pf == tutorial_pf else "")
     )
     head = ["files", "wall s", "stage s", "files/s", "vs first", "peak RSS", "vs first", "KB/file"]
-    head += ["overhead", "hashing", "engine"] + (["vs seed"] if seed_pf == seed_pf else [])
-    print(" ".join(f"{h:>9}" for h in head))
+    head += ["overhead", "hashing", "engine"] + (["vs tutorial"] if tutorial_pf == tutorial_pf else [])
+    widths = [max(9, len(h)) for h in head]
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for n, wall, stage, rss, over, hashing in rows:
         cells = [
             f"{n}",
@@ -198,9 +199,9 @@ def main() -> int:
             f"{hashing:.0%}",
             f"{over - hashing:.0%}",
         ]
-        if seed_pf == seed_pf:
-            cells.append(f"{n * seed_pf / wall:.1f}x")  # the tutorial loop's time for these files over the job's
-        print(" ".join(f"{c:>9}" for c in cells))
+        if tutorial_pf == tutorial_pf:
+            cells.append(f"{n * tutorial_pf / wall:.1f}x")  # the tutorial loop's time for these files over the job's
+        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     return 0
 
 

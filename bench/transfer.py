@@ -54,14 +54,14 @@ SETS: dict[str, tuple[str, ...]] = {
 }
 CLASSIFIERS = {
     "logistic C=0.01": {"classifier": RECIPE.classifier, "C": RECIPE.C},  # the shipped model's
-    "MLP (seed)": {"classifier": "mlp", "C": 0.01},
+    "MLP (tutorial)": {"classifier": "mlp", "C": 0.01},
 }
 MLP = PARAMS  # the librosa tutorial recipe's
 SHIPPED = SETS["default + voice_stats (214, shipped)"]
 
 
 def fit_kw(classifier: dict[str, object]) -> dict[str, object]:
-    """fit_model keywords for a row: the seed's MLP parameters, temperature calibration, ``classifier``."""
+    """fit_model keywords for a row: the tutorial recipe's MLP parameters, temperature calibration, ``classifier``."""
     return {"params": MLP, "random_state": RECIPE.random_state, "calibration": RECIPE.calibration, **classifier}
 
 

@@ -29,27 +29,27 @@ def row(lines: list[str], start: str) -> list[str]:
     return found[0]
 
 
-def test_extract_speed_compares_seed_floor_and_jobs(ravdess48_dir: Path) -> None:
+def test_extract_speed_compares_tutorial_loop_floor_and_jobs(ravdess48_dir: Path) -> None:
     lines = bench("extract_speed.py", "--corpus", "ravdess-48k", "--repeats", "1")
-    labels = ("seed loop", "floor (1 core)", "batchser 1 core", "pinned 1 core", "batchser cold", "batchser warm")
+    labels = ("tutorial loop", "floor (1 core)", "batchser 1 core", "pinned 1 core", "batchser cold", "batchser warm")
     for label in (*labels, "shipped cold", "pinned cold"):
         cells = row(lines, f"ravdess-48k  {label}")
         assert cells[len(label.split()) + 1] == "120"  # files
         assert float(cells[len(label.split()) + 3]) > 0  # wall s
-    for what in ("features vs seed loop", "tuning pinned at 0.0 vs seed loop"):
+    for what in ("features vs tutorial loop", "tuning pinned at 0.0 vs tutorial loop"):
         parity = row(lines, f"ravdess-48k: {what}")
         assert float(parity[parity.index("difference") + 1].rstrip(";")) < 1e-2
 
 
-@pytest.mark.parametrize("features", ["shipped", "seed"])
+@pytest.mark.parametrize("features", ["shipped", "tutorial"])
 def test_scaling_reports_both_sizes(ravdess_dir: Path, features: str) -> None:
     lines = bench("scaling.py", "--sizes", "40,80", "--features", features)
     assert [line.split()[0] for line in lines[2:]] == ["40", "80"]
     first, second = row(lines, "40"), row(lines, "80")
     assert first[4] == first[7] == "1.00x"  # files/s and peak RSS relative to the first size
     assert float(second[3]) > 0 and second[6] == "MiB" and second[7].endswith("x")
-    if features == "seed":  # the tutorial loop's time for the same files over the job's
-        assert lines[1].split()[-2:] == ["vs", "seed"] and float(second[-1].rstrip("x")) > 0
+    if features == "tutorial":  # the tutorial loop's time for the same files over the job's
+        assert lines[1].split()[-2:] == ["vs", "tutorial"] and float(second[-1].rstrip("x")) > 0
 
 
 def test_long_file_is_analysed_window_by_window(ravdess_dir: Path) -> None:

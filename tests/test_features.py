@@ -15,7 +15,7 @@ from batchser.speech_features import SPEECH, _shared_frames, speech_frames
 from tests.conftest import speechlike, tone
 
 
-def seed_features(y: np.ndarray, sr: int, names: tuple[str, ...]) -> np.ndarray:
+def tutorial_features(y: np.ndarray, sr: int, names: tuple[str, ...]) -> np.ndarray:
     """the librosa tutorial recipe's extract_feature, verbatim in spirit: three STFTs, plain calls."""
     stft = np.abs(librosa.stft(y))
     parts = {
@@ -45,7 +45,7 @@ def test_parity_on_generated_signals(kind: str) -> None:
     spec = FeatureSpec(ALL, 16000)
     got = extract(y, spec=spec)
     assert got.shape == (spec.dim,) == (193,)
-    assert _rel_err(got, seed_features(y, 16000, ALL)) < 1e-3
+    assert _rel_err(got, tutorial_features(y, 16000, ALL)) < 1e-3
 
 
 def test_parity_on_real_speech(ravdess_dir: Path) -> None:
@@ -54,11 +54,11 @@ def test_parity_on_real_speech(ravdess_dir: Path) -> None:
     worst = 0.0
     for f in files:
         y = load(f, sample_rate=16000).samples
-        worst = max(worst, _rel_err(extract(y, spec=spec), seed_features(y, 16000, spec.names)))
+        worst = max(worst, _rel_err(extract(y, spec=spec), tutorial_features(y, 16000, spec.names)))
     assert worst < 1e-3
 
 
-def test_default_set_is_the_seed_180_vector() -> None:
+def test_default_set_is_the_tutorial_recipe_180_vector() -> None:
     spec = FeatureSpec(("mfcc", "chroma", "mel"), 16000)
     assert spec.dim == 180
     cols = spec.columns()
@@ -128,7 +128,7 @@ def test_power_spectrogram_matches_librosa_stft() -> None:
 SPEECH_SPEC = FeatureSpec(("mfcc_stats", "logmel_stats", "spectral_stats", "prosody"), 16000)
 
 
-def test_seed_fingerprints_do_not_change_with_the_speech_groups() -> None:
+def test_tutorial_recipe_fingerprints_do_not_change_with_the_speech_groups() -> None:
     # Caches and models keyed on the librosa tutorial recipe's features must survive the new groups.
     assert FeatureSpec(("mfcc", "chroma", "mel"), 16000).fingerprint() == "a9e37e73e5ec00a8"
     assert SPEECH_SPEC.fingerprint() != FeatureSpec(("mfcc_stats",), 16000).fingerprint()

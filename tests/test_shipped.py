@@ -46,7 +46,7 @@ def test_shipped_model_labels_the_demo_set(tmp_path: Path) -> None:
     assert set(df.orig_sample_rate) >= {16000, 22050, 44100, 48000} and df.channels.max() == 2
 
 
-def test_training_on_ravdess_reaches_the_seed_accuracy(tmp_path: Path, ravdess_dir: Path) -> None:
+def test_training_on_ravdess_reaches_the_tutorial_recipe_accuracy(tmp_path: Path, ravdess_dir: Path) -> None:
     shipped_model = yaml.safe_load((PROJECT / "jobs" / "train-ravdess.yaml").read_text())["model"]
     job = _redirected(tmp_path, "train-ravdess.yaml", model={**shipped_model, "path": str(tmp_path / "m.skops")})
     m = load_manifest(job)
