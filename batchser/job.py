@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +18,13 @@ from batchser.adaptation import JobAdaptation
 from batchser.archive import MAX_MEMBER_BYTES, MAX_MEMBER_RATIO
 from batchser.cache import FeatureStore
 from batchser.discover import Skipped, SourceFile, archives_under, iter_files, skipped_lines
-from batchser.exports import EXPORTS_DIR, ExportWriter, exporters
+from batchser.exports import ExportWriter
 from batchser.features import FeatureSpec
 from batchser.featurize import Executors, file_features
 from batchser.hashing import progress_bar
-from batchser.labels import Label, SpeakerFolders, SubfolderHint, label_coverage, label_source
-from batchser.manifest import Manifest, ManifestError
+from batchser.inputs import LabelCoverage, input_paths, label_path
+from batchser.labels import Label, SpeakerFolders, SubfolderHint
+from batchser.manifest import Manifest
 from batchser.model import TrainedModel, load_model
 from batchser.outcome import FileOutcome
 from batchser.paths import check_manifest_paths
@@ -35,14 +34,10 @@ from batchser.relearn import ReviewedFiles, load_answers, relearn
 from batchser.report import (
     ReportRow,
     ReportSet,
-    SegmentRow,
-    TableWriter,
     annotations_table,
     segments_table,
-    write_confusion_png,
-    write_json,
-    write_reliability_png,
 )
+from batchser.reporting import FinishedRun, commit_reports, report_writers, write_reports
 from batchser.segments import SegmentSpec
 from batchser.speakers import SpeakerTurns, job_turns
 from batchser.spool import Listed, Spool, listed_table, work_folder
@@ -53,13 +48,10 @@ from batchser.summary import (
     StageClock,
     Tally,
     check_output_owner,
-    summary_payload,
-    write_summary,
 )
-from batchser.training import near_misses
 from batchser.training import train as train_model
 from batchser.vad import ENERGY, detector
-from batchser.web.page import PageStats, write_page
+from batchser.web.page import PageStats
 
 __all__ = ["FileOutcome", "JobSummary", "NoInputError", "check_manifest_paths", "run_job", "watch_job"]
 
@@ -73,20 +65,6 @@ class NoInputError(RuntimeError):
 CHUNK = 4096  # files per chunk: memory holds a chunk's records and report rows, not the archive's
 
 
-@dataclass
-class _Run:
-    """A finished run, as a watch needs it to label more files into the same reports."""
-
-    manifest: Manifest
-    spec: FeatureSpec
-    model: TrainedModel
-    summary: JobSummary
-    files: list[SourceFile]  # the queue's clips (a watch's first run keeps every row, below)
-    rows: list[ReportRow]
-    segment_rows: list[SegmentRow]
-    page: PageStats | None = None  # what report.html shows, gathered as the rows were written
-
-
 def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
     seg = manifest.segments
     if seg is None:
@@ -94,174 +72,6 @@ def _segment_spec(manifest: Manifest) -> SegmentSpec | None:
     if seg.method == "speech" and detector() == ENERGY:
         log.warning(FALLBACK_NOTE)
     return SegmentSpec(**seg.model_dump())
-
-
-def _input_paths(manifest: Manifest) -> tuple[list[Path | str], list[Callable[[Path | str], Label]]]:
-    paths = [manifest.locate(i.path) for i in manifest.inputs]
-    fns = [
-        label_source(
-            i.labels,
-            resolve=manifest.locate,
-            speaker=i.speaker,
-            root=manifest.root_dir,
-            input_root=p,
-            corpus=i.corpus_name,
-        )
-        for i, p in zip(manifest.inputs, paths, strict=True)
-    ]
-    if manifest.queue_dir.is_dir():  # captured clips: no labels
-        paths.append(manifest.queue_dir)
-        fns.append(label_source("none", resolve=manifest.resolve, corpus="queue"))
-    return paths, fns
-
-
-def _label_path(f: SourceFile) -> Path | str:
-    """What a label source is asked about: the file's path (an archive member's name; an object's URL)."""
-    if f.remote:
-        return f.name
-    return Path(f.name) if f.member else f.path
-
-
-class _Coverage:
-    """How many of each labelled input's files got an emotion, counted as files are listed."""
-
-    def __init__(self, manifest: Manifest, fns: Sequence[Callable[[Path], Label]]) -> None:
-        self.manifest = manifest
-        self.tables = [getattr(fn, "table", None) for fn in fns]
-        # A source naming speakers alone (path,speaker; a pattern with only a speaker group): count those.
-        self.speakers_only = [bool(getattr(fn, "speakers_only", False)) for fn in fns]
-        self.files: Counter[int] = Counter()
-        self.labelled: Counter[int] = Counter()
-        # Table rows that name a listed file: the rest are reported (only the
-        # table's own paths are kept, not the archive's).
-        self.matched: dict[int, set[str]] = {}
-
-    def add(self, f: SourceFile, label: Label) -> None:
-        i = f.input_index
-        self.files[i] += 1
-        only = i < len(self.speakers_only) and self.speakers_only[i]
-        self.labelled[i] += bool(label.speaker if only else label.emotion)
-        table = self.tables[i] if i < len(self.tables) else None
-        if table is not None:
-            key = f.name if f.remote else os.path.realpath(f.path) if not f.member else os.path.normpath(f.name)
-            if key in table.table:
-                self.matched.setdefault(i, set()).add(key)
-
-    def check(self, *, quiet: bool) -> None:
-        """Say how many files each labelled input labels; refuse an input whose labels match no file.
-
-        Raises
-        ------
-        ManifestError
-            A label source that gives no discovered file an emotion (a table naming other
-            paths, a pattern that never matches): the job would train or score on nothing.
-        """
-        problems = []
-        for i, inp in enumerate(self.manifest.inputs):
-            if not inp.has_labels:
-                continue
-            only = self.speakers_only[i]
-            line, none = label_coverage(
-                f"inputs[{i}] ({inp.corpus_name})",
-                self.files[i],
-                self.labelled[i],
-                self.tables[i],
-                self.matched.get(i, set()),
-                what="a speaker" if only else "an emotion",
-            )
-            if none:
-                fix = (
-                    "check the pattern's speaker group or the table's paths"
-                    if only
-                    else ("check the pattern or the table's paths")
-                )
-                problems.append(f"inputs[{i}].labels: {line}; {fix}")
-            elif "match no file" in line or self.labelled[i] < self.files[i]:
-                log.warning(line)  # partly labelled, or rows that name no file: worth a look
-            elif not quiet:
-                log.info(line)
-        if problems:
-            raise ManifestError(str(self.manifest.manifest_file or self.manifest.name), problems)
-
-
-def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
-    """What ``validate`` checks of the labels before any work: every labelled input's labels match
-    files, and the label names are the job's emotions (``classes``), with a ``map:`` suggested.
-
-    Lists the inputs and applies their label sources (no file is read or hashed).
-
-    Raises
-    ------
-    ManifestError
-        Naming the input, the labels that are none of the emotions and the map to add, or
-        the label source that matches no file.
-    """
-    import difflib
-
-    paths, fns = _input_paths(manifest)
-    n = len(manifest.inputs)
-    coverage = _Coverage(manifest, fns)
-    turns = job_turns(manifest)
-    names: dict[int, Counter[str]] = {}
-    for f in iter_files(paths[:n], max_member_bytes=[round(i.max_member_mb * 2**20) for i in manifest.inputs]):
-        label = fns[f.input_index](_label_path(f))
-        coverage.add(f, label)
-        turns.match(f)
-        if label.emotion:
-            names.setdefault(f.input_index, Counter())[label.emotion] += 1
-
-    def suggest(i: int, other: list[str]) -> str:
-        """A map: that renames ``other`` to the emotions, written where this input's labels can take it."""
-        close = {o: difflib.get_close_matches(o.lower(), list(classes), n=1, cutoff=0.4) for o in other}
-        pick = f"<one of {', '.join(classes)}>"
-        mapping = "{" + ", ".join(f"{o}: {c[0] if c else pick}" for o, c in close.items()) + "}"
-        labels = manifest.inputs[i].labels
-        if isinstance(labels, str) and labels.startswith("csv:"):  # csv:<file> takes no map; the table form does
-            how = f"write inputs[{i}].labels as {{table: {labels.removeprefix('csv:')}, map: {mapping}}}"
-        elif isinstance(labels, str):  # ravdess: its own names, no map
-            how = f"label inputs[{i}] with a pattern and map: {mapping} (docs/manifest.md, *Corpora and labels*)"
-        else:
-            how = f"add map: {mapping} to inputs[{i}].labels"
-        if not all(close.values()):
-            how += f", each {pick} replaced by the emotion that label stands for"
-        return how
-
-    problems = []
-    if manifest.model.train:  # files of other emotions are left out on purpose; an emotion with none fails
-        have = set().union(*names.values()) if names else set()
-        missing = [c for c in classes if c not in have]
-        for i, counts in sorted(names.items()):
-            other = sorted(set(counts) - set(classes))
-            if missing and other:
-                problems.append(
-                    f"inputs[{i}].labels: no file is labelled {', '.join(missing)}, and the labels "
-                    f"{', '.join(other)} are none of the emotions; {suggest(i, other)}"
-                )
-            elif misses := near_misses(other, classes):  # validate says what run will warn of
-                log.warning(
-                    "inputs[%d].labels: %d files labelled %s are left out of training (none of the emotions as "
-                    "written); %s",
-                    i,
-                    sum(counts[k] for k in misses),
-                    ", ".join(misses),
-                    suggest(i, list(misses)),
-                )
-    else:  # a labelling job scores the files whose labels are the model's and counts the rest
-        for i, counts in sorted(names.items()):
-            if not set(counts) & set(classes):
-                other = sorted(counts)
-                problems.append(
-                    f"inputs[{i}].labels: the labels {', '.join(other)} are none of the model's emotions "
-                    f"({', '.join(classes)}); {suggest(i, other)}"
-                )
-    where = str(manifest.manifest_file or manifest.name)
-    for check in (lambda: coverage.check(quiet=True), lambda: turns.refuse_unmatched(where)):
-        try:
-            check()
-        except ManifestError as exc:
-            problems += exc.problems
-    if problems:
-        raise ManifestError(str(manifest.manifest_file or manifest.name), problems)
 
 
 def _speaker_allowed(manifest: Manifest) -> dict[str, bool]:
@@ -276,82 +86,6 @@ def _adaptation(manifest: Manifest, model: TrainedModel, turns: SpeakerTurns | N
         turns=turns,
         min_segments=manifest.model.min_file_segments,
     )
-
-
-def _report_writers(
-    rs: ReportSet, manifest: Manifest, classes: list[str], dims: Sequence[str] = ()
-) -> tuple[TableWriter, TableWriter, ExportWriter]:
-    tables = manifest.output.tables
-    return (
-        TableWriter(rs.stage, tables, stem="annotations", empty=annotations_table([], classes, dims)),
-        TableWriter(rs.stage, tables, stem="segments", empty=segments_table([], classes, dims)),
-        ExportWriter(rs.stage, rs.out_dir, exporters(manifest.output.formats), root=manifest.root_dir),
-    )
-
-
-def _commit_reports(
-    rs: ReportSet,
-    run: _Run,
-    written: list[Path],
-    exports: ExportWriter,
-    clock: StageClock | None = None,
-    t0: float | None = None,
-    *,
-    metrics: bool = False,
-) -> list[Path]:
-    """With ``metrics`` metrics.json and its plots, then summary.json naming every report
-    ``written`` and every file of ``exports`` with its hash: moved into place as one set.
-
-    With ``clock``, what is left counts as the ``reports`` stage and ``t0``
-    (the job's start) sets the summary's total seconds.
-    """
-    m, s, model = run.manifest, run.summary, run.model
-    classes = list(model.meta.classes)
-    if metrics and (s.metrics or s.review):
-        title = f"{m.name} ({model.id})"
-        evaluations = s.metrics or {}
-        review = {"review": s.review} if s.review else {}
-        write_json(rs.stage / "metrics.json", {"model": model.id, "classes": classes, **evaluations, **review})
-        written = [*written, rs.stage / "metrics.json"]
-        if any(isinstance(v, dict) and "confusion_matrix" in v for v in evaluations.values()):
-            write_confusion_png(rs.stage / "confusion_matrix.png", evaluations, title=title)
-            write_reliability_png(rs.stage / "reliability.png", evaluations, title=title)
-            written += [rs.stage / "confusion_matrix.png", rs.stage / "reliability.png"]
-    s.exports = dict(exports.written)
-    if t0 is not None:
-        s.seconds = time.perf_counter() - t0
-    corpora = model.meta.params.get("corpora", [])
-    payload = summary_payload(m, s, model_id=model.id, features=run.spec.fingerprint(), model_corpora=corpora)
-    if run.page is not None and m.output.page:
-        written = [*written, write_page(rs.stage / "report.html", run.page, payload, metrics=s.metrics)]
-    if clock is not None:
-        clock.lap("reports")  # summary.json, written last, holds every stage but its own write
-    write_summary(rs.stage / "summary.json", payload, reports=written, more=exports.digests)
-    # Reports of an earlier set that this one has none of go with the commit: no stale page or scores stay
-    # (a watch's rewrites, which write no metrics, keep the first run's), and exports/ is this set's or none.
-    extras = ["report.html", "metrics.json", "confusion_matrix.png", "reliability.png"] if metrics else []
-    # A table in a format this run did not write (csv, then parquet only) goes too: the set is one run's.
-    tables = [f"{stem}.{fmt}" for stem in ("annotations", "segments") for fmt in ("csv", "parquet")]
-    return rs.commit(drop=tables + extras, replace=[EXPORTS_DIR])
-
-
-def _write_reports(run: _Run) -> list[Path]:
-    """Every report again from the rows a watch keeps (annotations.*, segments.* when a file was long)."""
-    classes = list(run.model.meta.classes)
-    tally = Tally(run.summary, classes)
-    tally.add(run.rows)
-    tally.finish(run.model)
-    run.page = PageStats(classes, run.manifest.model.min_confidence)
-    run.page.add(run.rows, run.segment_rows)
-    with ReportSet(run.manifest.output_dir) as rs:
-        annotations, segments, exports = _report_writers(rs, run.manifest, classes, run.model.dimension_names)
-        annotations.add(annotations_table(run.rows, classes, run.model.dimension_names))
-        written = annotations.close()
-        if run.segment_rows:
-            segments.add(segments_table(run.segment_rows, classes, run.model.dimension_names))
-            written += segments.close()
-        exports.add(run.rows, run.segment_rows)
-        return _commit_reports(rs, run, written, exports)
 
 
 def _list_files(
@@ -380,7 +114,7 @@ def _list_files(
         len(paths) - len(manifest.inputs)
     )
     ratios = [i.max_member_ratio for i in manifest.inputs] + [MAX_MEMBER_RATIO] * (len(paths) - len(manifest.inputs))
-    coverage = _Coverage(manifest, label_fns)
+    coverage = LabelCoverage(manifest, label_fns)
     folders = SpeakerFolders({i: inp.path for i, inp in enumerate(manifest.inputs) if inp.speaker == "folder"})
     hint = SubfolderHint(
         {
@@ -394,7 +128,7 @@ def _list_files(
     files: list[SourceFile] = []
     labels: list[Label] = []
     for f in iter_files(paths, max_member_bytes=limits, max_member_ratio=ratios, progress=progress, skipped=skipped):
-        label = label_fns[f.input_index](_label_path(f))
+        label = label_fns[f.input_index](label_path(f))
         coverage.add(f, label)
         folders.add(f.input_index, label)
         if not f.member and not f.remote:
@@ -495,7 +229,7 @@ def _observe(store: FeatureStore, hashed: Spool, fn: Callable[[int, list[FileOut
 
 
 def _label_all(
-    run: _Run,
+    run: FinishedRun,
     rs: ReportSet,
     store: FeatureStore,
     hashed: Spool,
@@ -517,7 +251,7 @@ def _label_all(
     classes = list(model.meta.classes)
     tally = Tally(run.summary, classes)
     run.page = PageStats(classes, m.model.min_confidence)
-    annotations, segments, exports = _report_writers(rs, m, classes, model.dimension_names)
+    annotations, segments, exports = report_writers(rs, m, classes, model.dimension_names)
     start = 0
     for chunk in hashed.chunks(CHUNK, found=True):
         rows, seg_rows = annotate_rows(
@@ -551,7 +285,7 @@ def _label_all(
 
 def _run(
     manifest: Manifest, *, progress: bool, allow_empty: bool = False, overwrite: bool = False, keep_rows: bool = False
-) -> _Run:
+) -> FinishedRun:
     """Run a job in chunks of :data:`CHUNK` files: memory holds a chunk, whatever the archive's size.
 
     Files are listed and labelled into a spool on disk (so the label check
@@ -580,7 +314,7 @@ def _run(
         answers_file = manifest.resolve(manifest.model.reviewed)
         answers = load_answers(answers_file, model.meta.classes, ignore_unknown=manifest.model.ignore_unknown_answers)
     clock.lap("load_model")
-    paths, label_fns = _input_paths(manifest)
+    paths, label_fns = input_paths(manifest)
     turns = job_turns(manifest)
     # The spools: a few dozen bytes per file on disk (TMPDIR), removed at the end.
     with work_folder() as work:
@@ -676,7 +410,7 @@ def _run(
                     segment_wins = reviewed.segment_wins
                     summary.model_id = model.id
                 clock.lap("predict")
-                run = _Run(manifest, spec, model, summary, queued, [], [])
+                run = FinishedRun(manifest, spec, model, summary, queued, [], [])
                 rs = reports.enter_context(ReportSet(manifest.output_dir))
                 written, exports = _label_all(
                     run,
@@ -691,7 +425,7 @@ def _run(
                     reviewed_segments=segment_wins,
                 )
             clock.lap("close_cache")
-            summary.reports = _commit_reports(rs, run, written, exports, clock, t0, metrics=True)
+            summary.reports = commit_reports(rs, run, written, exports, clock, t0, metrics=True)
     return run
 
 
@@ -791,5 +525,5 @@ def watch_job(
                 else:
                     where[row.path] = len(run.rows)
                     run.rows.append(row)
-            _write_reports(run)
+            write_reports(run)
             yield from new

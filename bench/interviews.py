@@ -48,7 +48,8 @@ import yaml
 from _common import CORPORA, EMOTIONS, MODEL, ROOT, have, progress_log
 
 from batchser.discover import discover
-from batchser.job import _input_paths, run_job
+from batchser.inputs import input_paths
+from batchser.job import run_job
 from batchser.manifest import parse_manifest
 from batchser.model.evaluate import _scores
 
@@ -72,7 +73,7 @@ def corpus_clips(corpus: str) -> list[Clip]:
     job = yaml.safe_load(POOLED.read_text())
     job["inputs"] = [i for i in job["inputs"] if i.get("corpus") == corpus]
     m = parse_manifest(yaml.safe_dump(job), base_dir=POOLED.parent, source=str(POOLED))
-    paths, fns = _input_paths(m)
+    paths, fns = input_paths(m)
     out = []
     for f in discover(paths[:1]):
         lab = fns[0](f.path)

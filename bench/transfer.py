@@ -37,7 +37,8 @@ from batchser.cache import FeatureStore
 from batchser.discover import discover
 from batchser.features import FeatureSpec, extract
 from batchser.featurize import Executors, file_features
-from batchser.job import JobSummary, _input_paths, _segment_spec
+from batchser.inputs import input_paths
+from batchser.job import JobSummary, _segment_spec
 from batchser.manifest import parse_manifest
 from batchser.model.evaluate import evaluate_corpora
 from batchser.recipe import SHIPPED as RECIPE
@@ -88,7 +89,7 @@ def labelled_features(  # type: ignore[no-untyped-def]
     job |= {"features": list(names), "cache": cache}
     m = parse_manifest(yaml.safe_dump(job), base_dir=JOB.parent, source=str(JOB))
     spec = FeatureSpec(names, m.audio.sample_rate)
-    paths, fns = _input_paths(m)
+    paths, fns = input_paths(m)
     files = discover(paths)
     labels = [fns[f.input_index](f.path) for f in files]
     if per_class is not None:

@@ -179,7 +179,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     m = load_manifest(args.manifest)
     check_manifest_paths(m)
     if any(i.has_labels or i.speakers for i in m.inputs):  # labels and turns, read as the job will (nothing decoded)
-        from batchser.job import check_labels
+        from batchser.inputs import check_labels
         from batchser.model import read_meta
 
         classes = list(m.emotions) if m.model.train else list(read_meta(m.model_path).classes)
