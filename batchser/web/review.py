@@ -439,25 +439,21 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
         resp.headers["Referrer-Policy"] = "no-referrer"  # the token is in the address
         return resp
 
-    def not_saved(exc: Exception) -> Any:
-        message = f"Not saved: {exc}"
+    def failed(message: str, status: int, **extra: Any) -> Any:
+        """A failure said to the person, in JSON for the page's script, else as a page of its own."""
         log.error("%s", message)
         if request.is_json:
-            return jsonify({"error": message}), 507
-        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(message)}</p>", 507)
+            return jsonify({"error": message, **extra}), status
+        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(message)}</p>", status)
+
+    def not_saved(exc: Exception) -> Any:
+        return failed(f"Not saved: {exc}", 507)
 
     def saved_but(exc: Exception) -> Any:
-        log.error("%s", exc)
-        if request.is_json:
-            return jsonify({"error": str(exc), "saved": True}), 503
-        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(str(exc))}</p>", 503)
+        return failed(str(exc), 503, saved=True)
 
     def unreadable(exc: Exception) -> Any:
-        message = f"The answers cannot be read: {exc}"
-        log.error("%s", message)
-        if request.is_json:
-            return jsonify({"error": message}), 503
-        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(message)}</p>", 503)
+        return failed(f"The answers cannot be read: {exc}", 503)
 
     @app.get("/")
     def page() -> Any:
