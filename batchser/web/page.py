@@ -419,20 +419,26 @@ def rerender(out_dir: Path) -> Path:
     FileNotFoundError
         No ``summary.json`` or annotations report in ``out_dir``.
     batchser.web.readback.ReadBackError
-        A ``summary.json`` or ``metrics.json`` that is not as a job wrote it (file and key named).
+        A ``summary.json``, ``metrics.json`` or report table that is not as a job wrote it (file and key or
+        column named).
     """
     import pyarrow.parquet as pq
 
-    from batchser.report import file_digests, read_csv_report, write_json
+    from batchser.report import file_digests, write_json
     from batchser.web.readback import read_metrics, read_summary
+    from batchser.web.tables import check_table, read_csv_table
 
     summary = read_summary(out_dir)
     parquet = out_dir / "annotations.parquet"
     if parquet.is_file():
         pf = pq.ParquetFile(parquet)
-        chunks = (pf.read_row_group(i).to_pandas() for i in range(pf.num_row_groups))
+        starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+        chunks = (
+            check_table(pf.read_row_group(i).to_pandas(), parquet, "annotations", offset=int(starts[i]))
+            for i in range(pf.num_row_groups)
+        )
     elif (out_dir / "annotations.csv").is_file():
-        chunks = iter([read_csv_report(out_dir / "annotations.csv")])
+        chunks = iter([read_csv_table(out_dir / "annotations.csv", "annotations")])
     else:
         raise FileNotFoundError(f"{out_dir} holds no annotations report to draw a page from")
     first = next(chunks)
