@@ -147,6 +147,11 @@ def test_metrics_entries_of_the_wrong_type_are_left_out_with_a_warning(
     (out / "metrics.json").write_text(json.dumps({"dimensions_of_labelled_files": {"arousal": {"n": -1}}}))
     with pytest.raises(ReadBackError, match=r"key dimensions_of_labelled_files\.arousal\.n"):
         read_metrics(out, ["angry"])
+    scores = {"n": 3, "accuracy": 0.5, "uar": 0.5, "macro_f1": 0.5}
+    for more, lacking in (({}, "labels"), ({"labels": ["angry"], "confusion_matrix": [[3]]}, "calibration")):
+        (out / "metrics.json").write_text(json.dumps({"labelled_files": scores | more}))
+        with pytest.raises(ReadBackError, match=rf"key labelled_files\.{lacking}: missing"):
+            read_metrics(out, ["angry"])
 
 
 @pytest.mark.parametrize(("start", "end"), [(1e308, 1e308), ("inf", "inf"), (5.0, 2.0), (-3.0, 1.0)])

@@ -316,6 +316,12 @@ def read_metrics(out_dir: Path, classes: list[str]) -> dict[str, Any]:
                         f"(a confusion matrix holds the model's emotions, {', '.join(classes)}, and 'other'); "
                         "the file was edited or damaged: run the job again to rewrite its metrics"
                     )
+                lacking = [k for k in ("labels", "confusion_matrix", "calibration") if getattr(ev, k) is None]
+                if key == "labelled_files" and lacking:  # the page draws its matrix and reliability diagram
+                    raise ReadBackError(
+                        f"{path}: key {key}.{lacking[0]}: missing, which a job writes; the file was edited or "
+                        "damaged: run the job again to rewrite its metrics"
+                    )
                 out[key] = ev.model_dump()
         except ValidationError as exc:
             raise _problem(path, exc, "its metrics", key) from None
