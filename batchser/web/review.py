@@ -367,10 +367,15 @@ def _segments(report: pd.DataFrame, segs: pd.DataFrame | None, paths: set[str]) 
 def create_app(session: ReviewSession, *, token: str) -> Any:
     """The review page's Flask app; every request must carry ``token`` (query, form field or header)."""
     from flask import Flask, Response, abort, jsonify, redirect, render_template, request, url_for
+    from markupsafe import escape
+
+    from batchser.hashing import shown_text
+    from batchser.web.page import shown_env
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.jinja_env.filters["pct"] = _fraction
+    shown_env(app.jinja_env)  # names and labels from disk shown with their bidirectional controls escaped
 
     def blind() -> bool:
         asked = request.args.get("blind")
@@ -402,7 +407,8 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
         log.error("%s", message)
         if request.is_json:
             return jsonify({"error": message}), 507
-        return Response(f"<!doctype html><title>batchser review</title><p>{message}</p>", 507)
+        shown = escape(shown_text(message))  # names a path, which may hold markup or bidirectional controls
+        return Response(f"<!doctype html><title>batchser review</title><p>{shown}</p>", 507)
 
     @app.get("/")
     def page() -> Any:
