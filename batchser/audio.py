@@ -449,6 +449,12 @@ class AudioStream:
                     f"truncated: header declares {self.declared_duration_s:.3f} s, "
                     f"data holds {self.end_frame / self.orig_sample_rate:.3f} s"
                 )
+            elif getattr(self._f, "unread_packets", 0):  # an index whose times are damaged: its count still says
+                listed = self._f.packets + self._f.unread_packets  # type: ignore[union-attr]
+                out.append(
+                    f"damaged: the MP4 index lists {listed} audio packets, {self._f.packets} could be read "  # type: ignore[union-attr]
+                    f"({self.end_frame / self.orig_sample_rate:.3f} s of audio)"
+                )
         damaged = getattr(self._f, "damaged", 0)
         if damaged:
             out.append(damaged_warning(damaged, self._f.packets))  # type: ignore[union-attr]

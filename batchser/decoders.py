@@ -403,6 +403,8 @@ class FFmpegFile:
     _channels: int = 0
     _start_pts: int | None = None
     _mp4 = False
+    _whole = True  # the packets are demuxed from the first (no timestamp seek since the last start)
+    _demuxed = False  # the demuxer reached the end of the stream (or gave up on damaged data)
     frames_exact = False  # whether frames is the stream's own sample count (fewer decoded: truncated)
 
     def _container(self) -> Any:
@@ -431,6 +433,15 @@ class FFmpegFile:
             if _is_system(exc):
                 raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
             # A demuxer that meets damaged or missing data ends the stream there (truncation is judged by the caller).
+        self._demuxed = True
+
+    @property
+    def unread_packets(self) -> int:
+        """Packets the MP4 sample table lists that a decode from the first packet to the end never met (0 when
+        the decode did not start at the first packet or has not ended, or for other containers)."""
+        if not (self._mp4 and self._whole and self._demuxed):
+            return 0
+        return max(0, int(self._s.frames or 0) - self.packets)
 
     def _decoded(self, drop_before: int | None = None) -> Iterator[np.ndarray]:
         """Float32 ``(n, channels)`` blocks in stream order, about :data:`CHUNK` samples each.
@@ -553,6 +564,7 @@ class FFmpegFile:
             target = frame - lead + (self._start_pts or 0)
             self._c.seek(int(target), stream=self._s, backward=True, any_frame=False)
             self._blocks = self._decoded(drop_before=frame)
+            self._whole = False
         else:
             self._restart()
             self._skip = frame
@@ -565,6 +577,7 @@ class FFmpegFile:
         self._c = self._container()
         self._s = self._c.streams[self._index]
         self.packets = self.damaged = 0
+        self._whole, self._demuxed = True, False
         self._blocks = self._decoded()
 
     def close(self) -> None:

@@ -160,3 +160,17 @@ def test_an_m4a_whose_durations_read_zero_is_measured_and_decoded(tmp_path: Path
     whole, damaged = load(good, sample_rate=SR), load(zero, sample_rate=SR)
     np.testing.assert_array_equal(whole.samples, damaged.samples)
     assert damaged.warnings == ()  # the container's length counts the encoder's priming: no false "truncated"
+
+
+def test_an_m4a_whose_index_times_are_damaged_says_how_much_it_could_read(
+    tmp_path: Path, m4a: tuple[bytes, bytes]
+) -> None:
+    # The audio track's timescale (mdhd) set to 0: FFmpeg reads 2 of the 88 packets the sample table lists,
+    # 0.023 s of a 2 s file. Labelled from what was read, never silently: the warning says what is missing.
+    path = tmp_path / "timescale-0.m4a"
+    path.write_bytes(_set(m4a[0], b"mdhd", 20, bytes(4)))
+    audio = load(path, sample_rate=SR)
+    assert audio.warnings == ("damaged: the MP4 index lists 88 audio packets, 2 could be read (0.023 s of audio)",)
+    whole = tmp_path / "whole.m4a"
+    whole.write_bytes(m4a[0])
+    assert load(whole, sample_rate=SR).warnings == ()
