@@ -170,3 +170,11 @@ def test_a_clip_at_an_absurd_time_is_refused_with_a_reason(job: Path, tmp_path: 
     assert b"cannot play this file: the stretch to play" in got.data or b"the context around" in got.data
     other = int(sample.loc[1, "order"])
     assert client.get(f"/clip/{other}?token=t").status_code == 200  # the other units still play
+
+
+def test_an_answer_for_no_unit_of_the_sample_is_refused_by_name(job: Path, tmp_path: Path) -> None:
+    client = create_app(ReviewSession.open(fresh(job, tmp_path), per_label=2), token="t").test_client()
+    for order in (10**30, "1e400", "-1", [1], 99):
+        got = client.post("/answer?token=t", json={"order": order, "label": "sad"})
+        assert got.status_code == 400, order
+        assert got.get_json()["error"].endswith("is no recording's number in the sample"), got.get_json()

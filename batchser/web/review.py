@@ -451,13 +451,18 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
     @app.post("/answer")
     def answer() -> Any:
         data = form()
+        given = str(data.get("order", ""))
+        if not given.isdecimal() or len(given) > 18:  # a row number of the sample, nothing else
+            return jsonify({"error": f"order {given[:40]!r} is no recording's number in the sample"}), 400
         try:
-            order = int(str(data.get("order", "")))
+            order = int(given)
             got = session.answer(order, str(data.get("label", "")), blind=blind())
         except (AnswerNotSavedError, AnswersError) as exc:
             return not_saved(exc)
-        except (KeyError, ValueError) as exc:
-            return jsonify({"error": str(exc) or "no such file in the sample"}), 400
+        except KeyError:
+            return jsonify({"error": f"order {given!r} is no recording's number in the sample"}), 400
+        except ValueError as exc:
+            return jsonify({"error": str(exc)[:300] or "no such recording in the sample"}), 400
         return done(got)
 
     @app.post("/undo")
