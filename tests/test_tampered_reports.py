@@ -178,3 +178,15 @@ def test_an_answer_for_no_unit_of_the_sample_is_refused_by_name(job: Path, tmp_p
         got = client.post("/answer?token=t", json={"order": order, "label": "sad"})
         assert got.status_code == 400, order
         assert got.get_json()["error"].endswith("is no recording's number in the sample"), got.get_json()
+
+
+def test_a_tampered_parquet_report_is_named_by_column_and_row(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fresh(job, tmp_path)
+    table = pd.read_parquet(out / "annotations.parquet")
+    table["confidence"] = table["confidence"].astype(str).where(table.index != 6, "very")
+    table.to_parquet(out / "annotations.parquet")
+    _both_commands_say(out, capsys, "annotations.parquet row 7: column confidence: 'very' is not a number")
+    table.drop(columns=["confidence"]).to_parquet(out / "annotations.parquet")
+    _both_commands_say(out, capsys, "annotations.parquet has no confidence column")

@@ -359,7 +359,7 @@ def _segments(report: pd.DataFrame, segs: pd.DataFrame | None, paths: set[str]) 
         if mine.empty:
             mine = segs[(segs["path"] == path) & segs["label"].notna()]  # not a stretch without speech
         if not mine.empty:
-            best = mine.loc[mine["confidence"].idxmax()]
+            best = mine.loc[mine["confidence"].fillna(-1.0).idxmax()]  # an edited report may leave it empty
             out[path] = (float(best["start_s"]), float(best["end_s"] - best["start_s"]))
     return out
 
