@@ -302,7 +302,8 @@ class AudioStream:
         self.orig_sample_rate, self.channels = int(self._f.samplerate), int(self._f.channels)
         self.declared_frames = int(self._f.frames)
         # Whether declared_frames counts the samples (not an estimate), so that fewer decoded means truncated.
-        self._declared_exact = getattr(self._f, "exact", True)
+        # (FFmpeg's: only the stream's own count; a container's duration counts the encoder's priming too.)
+        self._declared_exact = getattr(self._f, "frames_exact", True)
         if not MIN_SAMPLE_RATE <= self.orig_sample_rate <= MAX_SAMPLE_RATE:
             self._f.close()
             raise AudioError(f"implausible sample rate {self.orig_sample_rate} Hz in the header", decoder=self.decoder)
@@ -447,6 +448,12 @@ class AudioStream:
                 out.append(
                     f"truncated: header declares {self.declared_duration_s:.3f} s, "
                     f"data holds {self.end_frame / self.orig_sample_rate:.3f} s"
+                )
+            elif getattr(self._f, "unread_packets", 0):  # an index whose times are damaged: its count still says
+                listed = self._f.packets + self._f.unread_packets  # type: ignore[union-attr]
+                out.append(
+                    f"damaged: the MP4 index lists {listed} audio packets, {self._f.packets} could be read "  # type: ignore[union-attr]
+                    f"({self.end_frame / self.orig_sample_rate:.3f} s of audio)"
                 )
         damaged = getattr(self._f, "damaged", 0)
         if damaged:

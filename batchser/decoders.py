@@ -26,6 +26,7 @@ PyAV is imported on first use: a job over WAV and FLAC files never loads it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import struct
@@ -67,6 +68,14 @@ MP4_DEMUXER = "mov,mp4,m4a,3gp,3g2,mj2"
 _IMAGE_BRANDS = (b"hei", b"hev", b"mif1", b"msf1", b"avif", b"avis", b"jp2 ", b"jpx ", b"crx ")
 _ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
 _EBML = b"\x1a\x45\xdf\xa3"
+# FFmpeg errors that are the system's (the disk, the network mount, a file gone), not the bytes':
+# only these make a failure transient. FFmpeg's demuxers and decoders also return other
+# codes (AVERROR(EPERM), ENOMEM…) for damaged data: those are the file's verdict.
+_SYSTEM_ERRNOS = frozenset(
+    {errno.EIO, errno.EACCES, errno.ENOENT, errno.ESTALE, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT,
+     errno.ENXIO, errno.EBADF, errno.EMFILE, errno.ENFILE, errno.ENODEV, errno.ENOLCK}
+)  # fmt: skip
+MP4_UNREADABLE = "not a readable MP4/M4A"
 DECODER_PREROLL_S = 0.1  # decoded before a seek target and dropped: one AAC frame is enough, Opus wants 80 ms
 # Bump when how decoded frames become samples changes (mixing, scaling, gaps):
 # rows decoded the old way then miss in the cache.
@@ -138,27 +147,38 @@ def looks_like_ffmpeg_media(head: bytes) -> bool:
     return head.startswith((_ASF_GUID, _EBML, b"#!AMR"))
 
 
-def _mp4_problem(fh: BinaryIO) -> str:
-    """Why an MP4-family file FFmpeg cannot open is broken, from its top-level boxes ("" when none is seen).
+_BOX_NAME = re.compile(rb"[A-Za-z0-9 \xa9]{4}")  # an MP4 box's four-letter type (\xa9: QuickTime's metadata)
 
-    A recording cut short (a phone that died, a download stopped) ends inside
-    its ``mdat`` box, before the ``moov`` index that a recorder writes last.
+
+def _mp4_problem(fh: BinaryIO) -> str:
+    """Why an MP4-family file FFmpeg cannot open (or finds no audio in) is broken, from its top-level boxes.
+
+    "" when its boxes show nothing wrong. A recording cut short (a phone that died, a
+    download stopped) ends inside its ``mdat`` box, before the ``moov`` index that a
+    recorder writes last.
     """
     try:
         size = fh.seek(0, os.SEEK_END)
-        pos, boxes = 0, []
+        pos, boxes, audio_bytes = 0, [], 0
         while pos + 8 <= size:
             fh.seek(pos)
             n, kind = struct.unpack(">I4s", fh.read(8))
+            head = 8
             if n == 1:
-                n = struct.unpack(">Q", fh.read(8))[0]
+                n, head = struct.unpack(">Q", fh.read(8))[0], 16
             elif n == 0:
                 n = size - pos
+            if not _BOX_NAME.fullmatch(kind):
+                if "moov" in boxes:
+                    break  # bytes after the index: FFmpeg's verdict stands
+                return f"{MP4_UNREADABLE}: the bytes at offset {pos} are not an MP4 box (damaged after its header)"
             name = kind.decode("latin-1")
-            if n < 8:
-                return f"a damaged MP4 box '{name}' at byte {pos}"
+            if n < head:
+                return f"{MP4_UNREADABLE}: a damaged box '{name}' at offset {pos} (size {n})"
             boxes.append(name)
             if pos + n > size:
+                if name == "moov":
+                    return f"{MP4_UNREADABLE}: the file ends inside its 'moov' index ({size - pos} of {n} bytes)"
                 if "moov" in boxes:
                     return ""
                 return (
@@ -166,12 +186,32 @@ def _mp4_problem(fh: BinaryIO) -> str:
                     "'moov' index, which a recorder writes last: a recording that was not finished or a "
                     "download cut short"
                 )
+            if name == "mdat":
+                audio_bytes += n - head
             pos += n
         if boxes and "moov" not in boxes:
-            return "no 'moov' index box: an MP4 whose recording was not finished"
+            return f"{MP4_UNREADABLE}: no 'moov' index box: an MP4 whose recording was not finished"
+        if "moov" in boxes and audio_bytes == 0:
+            return f"{MP4_UNREADABLE}: its 'mdat' box, which holds the audio, is empty or missing"
     except (OSError, struct.error, ValueError):
         return ""
     return ""
+
+
+def _is_system(exc: BaseException) -> bool:
+    """Whether an FFmpeg error is the system's (a read error, a file gone), not the file's bytes."""
+    return isinstance(exc, OSError) and getattr(exc, "errno", None) in _SYSTEM_ERRNOS
+
+
+def _mp4_says(exc: BaseException) -> str:
+    """What an FFmpeg error opening an MP4 means, in words (its own message names C functions)."""
+    if isinstance(exc, EOFError):
+        return "its index ends before its boxes say (a box cut short)"
+    if isinstance(exc, MemoryError):
+        return "its index declares sizes no recording has (a damaged sample table)"
+    if isinstance(exc, ValueError):
+        return "its boxes hold invalid data"
+    return "its 'moov' index is damaged"
 
 
 def _source(source: str | bytes | os.PathLike[str] | BinaryIO) -> tuple[Any, BinaryIO | None]:
@@ -205,17 +245,19 @@ def _to_float(frame: Any, channels: int) -> np.ndarray:
     slower); float samples of one plane are a view of the frame's buffer (which the view
     keeps from the decoder), copied once when the blocks are joined.
     """
-    name, n, planes = frame.format.name, frame.samples, frame.planes
+    name, n, planes, k = frame.format.name, frame.samples, frame.planes, len(frame.layout.channels)
     planar = name.endswith("p")
     base = name[:-1] if planar else name
     dtype = _DTYPES[base]
     if planar:
-        if len(planes) == 1:
+        # One plane per channel, and no more: past 8 channels (AAC decodes a damaged packet's
+        # garbage as a 43-channel frame) PyAV lists planes beyond the channels, whose pointers
+        # are stray memory; reading them crashed the process.
+        if k == 1:
             x = np.frombuffer(planes[0], dtype=dtype, count=n)[:, None]
         else:
-            x = np.stack([np.frombuffer(p, dtype=dtype, count=n) for p in planes], axis=1)
+            x = np.stack([np.frombuffer(p, dtype=dtype, count=n) for p in planes[:k]], axis=1)
     else:
-        k = len(frame.layout.channels)
         x = np.frombuffer(planes[0], dtype=dtype, count=n * k).reshape(n, k)
     if base == "u8":
         y = (x.astype(np.float32) - 128.0) / 128.0
@@ -242,8 +284,11 @@ class FFmpegFile:
     frames : int
         Samples per channel the container declares (an estimate unless ``exact``).
     exact : bool
-        Whether timestamps count samples (the MP4 family): seeks are
-        sample-exact and ``frames`` can be trusted to judge truncation.
+        Whether timestamps count samples (the MP4 family): seeks are sample-exact.
+    frames_exact : bool
+        Whether ``frames`` is the stream's own sample count, so that fewer
+        decoded means truncated (not when its duration field reads 0 and the
+        length comes from the container or the packets).
     format : str
         FFmpeg's demuxer and codec, e.g. ``mov,mp4,m4a,3gp,3g2,mj2/aac``.
     packets, damaged : int
@@ -279,44 +324,75 @@ class FFmpegFile:
         try:
             self._c = self._container()
         except av.error.FFmpegError as exc:
-            if isinstance(exc, OSError):
+            if _is_system(exc):
                 raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
             if isinstance(exc, av.error.ArgumentError):  # a demuxer off the list: one of libsndfile's formats
                 raise NotFFmpegFormatError("a format libsndfile reads", demuxer="libsndfile's") from None
-            fh = self._target if hasattr(self._target, "read") else None
-            with contextlib.ExitStack() as stack:
-                if fh is None:
-                    fh = stack.enter_context(open(self._target.removeprefix("file:"), "rb"))
-                fh.seek(0)
-                head = fh.read(16)
-                problem = _mp4_problem(fh) if head[4:8] == b"ftyp" else ""
-            if problem:
-                raise FFmpegDecodeError(problem) from None
+            head, problem = self._inspect()
+            if head[4:8] == b"ftyp" and looks_like_ffmpeg_media(head):
+                raise FFmpegDecodeError(problem or f"{MP4_UNREADABLE}: {_mp4_says(exc)}") from None
             if looks_like_ffmpeg_media(head):
                 raise FFmpegDecodeError(f"cannot decode: FFmpeg cannot open it ({_reason(exc)})") from None
             raise NotFFmpegFormatError(_reason(exc)) from None
         demuxer = self._c.format.name
+        self._mp4 = demuxer == MP4_DEMUXER
         streams = self._c.streams
         if not streams.audio:
-            kinds = sorted({s.type for s in streams}) or ["no"]
-            raise FFmpegDecodeError(f"no audio track: the file holds {' and '.join(kinds)} streams only")
+            kinds = sorted({s.type for s in streams})
+            if self._mp4 and "video" not in kinds:  # an index that describes no track it could hold
+                held = f"only {' and '.join(kinds)} streams" if kinds else "no track at all"
+                raise FFmpegDecodeError(
+                    self._inspect()[1] or f"{MP4_UNREADABLE}: its index describes no audio track ({held}: damaged)"
+                )
+            held = " and ".join(kinds) + " streams only" if kinds else "no streams"
+            raise FFmpegDecodeError(f"no audio track: the file holds {held}")
         self._s = streams.best("audio") or streams.audio[0]
         self._index = self._s.index  # kept: a closed container's streams are gone
-        if self._s.codec_context is None:
-            raise FFmpegDecodeError(f"cannot decode: this FFmpeg has no decoder for {self._s.codec.name}")
+        if self._s.codec_context is None:  # FFmpeg knows no decoder for the codec the track names
+            why = "its audio track names a codec this FFmpeg has no decoder for"
+            raise FFmpegDecodeError(f"{MP4_UNREADABLE}: {why} (a damaged track description?)" if self._mp4 else
+                                    f"cannot decode: {why}")  # fmt: skip
         self.format = f"{demuxer}/{self._s.codec_context.name}"
         tb = self._s.time_base
         self._tb = Fraction(tb.numerator, tb.denominator) if tb else None
         header_rate = self._header_rate = self._s.codec_context.sample_rate or 0
         # Timestamps count samples: the MP4 family's sample tables, in units of the sample rate.
-        self.exact = demuxer == MP4_DEMUXER and header_rate > 0 and self._tb == Fraction(1, header_rate)
+        self.exact = self._mp4 and header_rate > 0 and self._tb == Fraction(1, header_rate)
         self._pos = 0  # sample index of the next sample read() returns
         self._skip = 0  # samples still to drop after a seek
         self._blocks = self._decoded()
         self._prime()  # the rate and layout of what the decoder gives, not of the header
+        if not self._pending:  # not one sample in the whole stream: the file's verdict, said by what is wrong
+            raise FFmpegDecodeError(self._nothing_decoded())
         self.samplerate = int(self._rate or header_rate)
         self.channels = int(self._channels or self._s.codec_context.channels or 1)
         self.frames = self._declared_frames()
+
+    def _inspect(self) -> tuple[bytes, str]:
+        """The file's first 16 bytes, and what its MP4 boxes show wrong ("" when nothing, or not an MP4)."""
+        fh = self._target if hasattr(self._target, "read") else None
+        try:
+            with contextlib.ExitStack() as stack:
+                if fh is None:
+                    fh = stack.enter_context(open(self._target.removeprefix("file:"), "rb"))
+                fh.seek(0)
+                head = fh.read(16)
+                return head, _mp4_problem(fh) if head[4:8] == b"ftyp" else ""
+        except OSError as exc:
+            raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
+
+    def _nothing_decoded(self) -> str:
+        """Why a stream that opened gave no sample at all."""
+        problem = self._inspect()[1] if self._mp4 else ""
+        if problem:
+            return problem
+        if self.packets and self.damaged >= self.packets:
+            why = f"none of its {self.packets} audio packets could be decoded"
+        elif self.packets:
+            why = f"its {self.packets} audio packets decode to no samples"
+        else:
+            why = "its index lists no audio data that can be read (a damaged sample table?)"
+        return f"{MP4_UNREADABLE}: {why}" if self._mp4 else f"cannot decode: {why}"
 
     def _prime(self) -> None:
         first = next(self._blocks, None)
@@ -326,6 +402,10 @@ class FFmpegFile:
     _rate: int = 0
     _channels: int = 0
     _start_pts: int | None = None
+    _mp4 = False
+    _whole = True  # the packets are demuxed from the first (no timestamp seek since the last start)
+    _demuxed = False  # the demuxer reached the end of the stream (or gave up on damaged data)
+    frames_exact = False  # whether frames is the stream's own sample count (fewer decoded: truncated)
 
     def _container(self) -> Any:
         if hasattr(self._target, "read"):
@@ -341,18 +421,27 @@ class FFmpegFile:
                     self.packets += 1
                 try:
                     frames = packet.decode()
-                except av.error.FFmpegError as exc:
-                    if isinstance(exc, OSError) and not isinstance(exc, (av.error.InvalidDataError, EOFError)):
-                        raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
-                    self.damaged += 1  # the decoder refused this packet's data: skipped
+                except av.error.FFmpegError:
+                    # The packet is in memory: whatever code the decoder gives (AVERROR_INVALIDDATA, or
+                    # AVERROR(EPERM) from AAC on garbage), its data was refused. Skipped, and counted.
+                    self.damaged += 1
                     continue
                 for frame in frames:
                     if frame.samples:
                         yield frame
         except av.error.FFmpegError as exc:
-            if isinstance(exc, OSError) and not isinstance(exc, (av.error.InvalidDataError, EOFError)):
+            if _is_system(exc):
                 raise FFmpegDecodeError(f"cannot read: {_reason(exc)}", transient=True) from None
             # A demuxer that meets damaged or missing data ends the stream there (truncation is judged by the caller).
+        self._demuxed = True
+
+    @property
+    def unread_packets(self) -> int:
+        """Packets the MP4 sample table lists that a decode from the first packet to the end never met (0 when
+        the decode did not start at the first packet or has not ended, or for other containers)."""
+        if not (self._mp4 and self._whole and self._demuxed):
+            return 0
+        return max(0, int(self._s.frames or 0) - self.packets)
 
     def _decoded(self, drop_before: int | None = None) -> Iterator[np.ndarray]:
         """Float32 ``(n, channels)`` blocks in stream order, about :data:`CHUNK` samples each.
@@ -408,9 +497,11 @@ class FFmpegFile:
         s, c, rate = self._s, self._c, self.samplerate
         if not rate:
             return 0
-        if s.duration is not None and self._tb is not None:
+        # A duration of 0 is a header that says nothing (or a damaged one), not an empty stream: it was decoded.
+        if s.duration and self._tb is not None:
+            self.frames_exact = self.exact
             return round(s.duration * self._tb * rate)
-        if c.duration is not None:
+        if c.duration:
             return round(c.duration / 1_000_000 * rate)
         return self._measured_frames()
 
@@ -473,6 +564,7 @@ class FFmpegFile:
             target = frame - lead + (self._start_pts or 0)
             self._c.seek(int(target), stream=self._s, backward=True, any_frame=False)
             self._blocks = self._decoded(drop_before=frame)
+            self._whole = False
         else:
             self._restart()
             self._skip = frame
@@ -485,6 +577,7 @@ class FFmpegFile:
         self._c = self._container()
         self._s = self._c.streams[self._index]
         self.packets = self.damaged = 0
+        self._whole, self._demuxed = True, False
         self._blocks = self._decoded()
 
     def close(self) -> None:

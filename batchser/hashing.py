@@ -25,7 +25,7 @@ from batchser.engine import CHANGED, VANISHED
 from batchser.longfile import hashed_on_read
 from batchser.storage import ObjectChangedError, ObjectNotFoundError, StorageError, storage_for
 
-__all__ = ["content_hashes", "display_path", "path_from_text", "progress_bar", "text_path"]
+__all__ = ["content_hashes", "display_path", "path_from_text", "progress_bar", "shown_text", "text_path"]
 
 
 # What a report path escapes: the backslash itself (so that every escape is
@@ -58,6 +58,20 @@ def text_path(path: Path | str) -> str:
     if "\\" not in text and text.isprintable():
         return text  # nearly every name: nothing to escape
     return _ESCAPED.sub(_escape, text)
+
+
+# Unicode's bidirectional controls (embeddings, overrides, isolates, marks): inside a name they
+# reorder what is shown around them ("clip\u202evaw.exe" reads "clipexe.wav"). Text keeps them;
+# a person is shown their escapes.
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown_text(text: str) -> str:
+    """``text`` as shown to a person (a page, the console): each bidirectional control written as its
+    escape, e.g. ``\\u202e``, so that a name cannot reorder what is read around it."""
+    if text.isascii():
+        return text
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def path_from_text(text: str) -> bytes:

@@ -423,3 +423,32 @@ def test_a_folder_of_archives_says_they_are_not_opened(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert "takes.zip" in err and "archives inside a folder are not opened" in err
     assert _annotate(tmp_path, d / "*.zip") == 0  # as the message suggests
+
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f"
+
+
+def test_bidi_controls_in_names_are_shown_escaped_never_obeyed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchser.hashing import shown_text
+    from batchser.web.review import ReviewSession, create_app
+
+    assert shown_text("a" + BIDI + ".wav") == "a" + "".join(f"\\u{ord(c):04x}" for c in BIDI) + ".wav"
+    assert shown_text("é\\u202e.wav") == "é\\u202e.wav"  # text that merely looks like an escape stays
+    # "invoice\u202evaw.exe" reads as "invoiceexe.wav" where the control is obeyed.
+    clips = tmp_path / "clips"
+    for i, kind in enumerate(["angry", "sad", "neutral", "happy"] * 2):
+        write_audio(clips / f"{kind}-{i}\u202e{i}vaw.wav", speechlike(kind, sr=16000, seconds=1.5, seed=i), 16000)
+    (clips / "broken\u2066-x\u2069.wav").write_bytes(b"RIFF not audio")
+    out = tmp_path / "out"
+    assert main(["annotate", str(clips), "--out", str(out), "--cache", str(tmp_path / "cache"), "-j", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "/broken\\u2066-x\\u2069.wav: " in printed and not set(BIDI) & set(printed)
+    page = (out / "report.html").read_text()
+    assert "\\u202e" in page and not set(BIDI) & set(page)
+    assert "\u202e" in pd.read_csv(out / "annotations.csv")["path"].str.cat()  # the data keeps the real name
+    session = ReviewSession.open(out, per_label=2)
+    client = create_app(session, token="t").test_client()
+    html = client.get("/?token=t").get_data(as_text=True)
+    assert "\\u202e" in html and not set(BIDI) & set(html)

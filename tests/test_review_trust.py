@@ -595,6 +595,25 @@ def test_a_damaged_sample_is_named(job: Path, tmp_path: Path, capsys: pytest.Cap
     assert "sample.csv holds NUL bytes (line 1)" in err and "move it away" in err
 
 
+def test_a_sample_that_is_a_link_is_never_read_through(
+    job: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = fresh(job, tmp_path)
+    _listed(out, capsys)
+    elsewhere = tmp_path / "elsewhere.csv"
+    (out / SAMPLE).rename(elsewhere)  # a whole, valid sample: only the link is wrong
+    (out / SAMPLE).symlink_to(elsewhere)
+    assert main(["review", str(out), "--list"]) == 1
+    err = capsys.readouterr().err
+    assert "sample.csv is a link, not a regular file; a review sample is never read through one" in err, err
+    assert (out / SAMPLE).is_symlink() and elsewhere.read_bytes()  # nothing replaced, nothing written
+    (out / SAMPLE).unlink()
+    (out / SAMPLE).symlink_to(tmp_path / "missing.csv")  # a dangling link is refused too, not taken for no sample
+    assert main(["review", str(out), "--list"]) == 1
+    assert "is a link" in capsys.readouterr().err
+    assert not (tmp_path / "missing.csv").exists()
+
+
 def test_tampered_reports_are_named_by_file_and_key(job: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = fresh(job, tmp_path)
     summary = json.loads((out / "summary.json").read_text())

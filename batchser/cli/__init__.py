@@ -30,6 +30,7 @@ from batchser.cli.commands import (
 )
 from batchser.cli.parser import build_parser
 from batchser.engine import EngineError
+from batchser.hashing import shown_text
 from batchser.job import NoInputError
 from batchser.manifest import ManifestError
 from batchser.model import ModelError
@@ -51,26 +52,39 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class _ShownFormatter(logging.Formatter):
+    """Log lines as shown to a person: bidirectional controls in the names they hold written as escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown_text(super().format(record))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     level = logging.WARNING - 10 * args.verbose if not getattr(args, "quiet", False) else logging.ERROR
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=max(level, logging.DEBUG), format=_LOG_FORMAT)
+    for handler in logging.getLogger().handlers:  # warnings name files: their bidirectional controls escaped
+        if type(handler.formatter) is logging.Formatter and handler.formatter._fmt == _LOG_FORMAT:
+            handler.setFormatter(_ShownFormatter(_LOG_FORMAT))
     try:
         with _codecs_muted(not getattr(args, "verbose", 0)):  # decoders' own notes only with -v
             return int(args.func(args))
     except (ManifestError, AnswersError) as exc:
-        print(f"batchser: {exc}", file=sys.stderr)
+        print(f"batchser: {shown_text(str(exc))}", file=sys.stderr)
         return EXIT_MANIFEST
     except OptionError as exc:
-        print(exc, file=sys.stderr)
+        print(shown_text(str(exc)), file=sys.stderr)
         return EXIT_MANIFEST
     except CaptureSetupError as exc:
-        print(f"batchser: {exc}", file=sys.stderr)
+        print(f"batchser: {shown_text(str(exc))}", file=sys.stderr)
         return EXIT_SETUP
     except (ModelError, ReportError, CacheError, CaptureError, EngineError, NoInputError, SpoolError) as exc:
-        print(f"batchser: {exc}", file=sys.stderr)
+        print(f"batchser: {shown_text(str(exc))}", file=sys.stderr)
         return EXIT_FATAL
     except BrokenPipeError:  # the reader went away (`batchser review --list | head`): nothing left to say
         with contextlib.suppress(OSError):
@@ -85,5 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except Exception as exc:
         log.debug("fatal error", exc_info=True)
-        print(f"batchser: error: {type(exc).__name__}: {exc} (run with -vv for a traceback)", file=sys.stderr)
+        said = shown_text(str(exc))
+        print(f"batchser: error: {type(exc).__name__}: {said} (run with -vv for a traceback)", file=sys.stderr)
         return EXIT_FATAL

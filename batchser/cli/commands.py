@@ -19,6 +19,7 @@ from pathlib import Path
 
 from batchser.capture import CaptureSetupError
 from batchser.cli.console import print_summary
+from batchser.hashing import shown_text
 from batchser.job import JobSummary, run_job, watch_job
 from batchser.manifest import Manifest, ManifestError, load_manifest
 from batchser.review import AnswersError
@@ -124,9 +125,9 @@ def _watch(manifest: Manifest, args: argparse.Namespace) -> int:
             if args.quiet:
                 continue
             if row.status == "ok":
-                print(f"{row.path}: {row.label} ({row.confidence:.0%}, {row.duration_s:.1f} s)", flush=True)
+                print(shown_text(f"{row.path}: {row.label} ({row.confidence:.0%}, {row.duration_s:.1f} s)"), flush=True)
             else:
-                print(f"{row.path}: error: {row.error}", flush=True)
+                print(shown_text(f"{row.path}: error: {row.error}"), flush=True)
     except KeyboardInterrupt:
         if not watching:
             raise  # the first run was cut short: say so, exit 130
@@ -277,7 +278,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
     try:
         session = ReviewSession.open(out, per_label=args.n, blind=args.blind)
     except (ReviewError, ReadBackError, AnswersError) as exc:
-        print(f"batchser: {exc}", file=sys.stderr)
+        print(f"batchser: {shown_text(str(exc))}", file=sys.stderr)
         return EXIT_FATAL
     if args.list:
         table = session.listing()
@@ -294,7 +295,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     try:
         page = rerender(Path(args.out_dir))
     except ReadBackError as exc:
-        print(f"batchser: {exc}", file=sys.stderr)
+        print(f"batchser: {shown_text(str(exc))}", file=sys.stderr)
         return EXIT_FATAL
     except FileNotFoundError as exc:
         print(

@@ -16,7 +16,9 @@ more appends new units after the old ones.
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -183,13 +185,20 @@ def read_sample(out_dir: Path) -> pd.DataFrame:
         ``review/sample.csv`` is damaged or not what a review wrote (named, with the fix).
     """
     path = out_dir / SAMPLE
+    fix = f"move it away and run batchser review {out_dir} again to draw a new sample (answers.csv is kept)"
+    if path.is_symlink():  # as answers.csv: never read through a link (nor written: the writer refuses it)
+        raise SampleError(f"{path} is a link, not a regular file; a review sample is never read through one: {fix}")
     if not path.is_file():
         return pd.DataFrame(columns=SAMPLE_COLUMNS)
-    fix = f"move it away and run batchser review {out_dir} again to draw a new sample (answers.csv is kept)"
     review_folder(out_dir)
     if path.stat().st_size > _MAX_SAMPLE_BYTES:
         raise SampleError(f"{path} is over {_MAX_SAMPLE_BYTES >> 20} MB: not a review sample; {fix}")
-    raw = path.read_bytes()
+    try:  # O_NOFOLLOW: a link put there since the check above is refused too
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SampleError(f"{path} cannot be opened as a regular file ({exc.strerror}); {fix}") from None
+    with os.fdopen(fd, "rb") as fh:
+        raw = fh.read(_MAX_SAMPLE_BYTES + 1)
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise SampleError(f"{path} holds NUL bytes (line {line}): it was damaged; {fix}")
@@ -199,7 +208,7 @@ def read_sample(out_dir: Path) -> pd.DataFrame:
         line = raw[: exc.start].count(b"\n") + 1
         raise SampleError(f"{path} is not UTF-8 text (line {line}): it was edited or damaged; {fix}") from None
     try:
-        df = read_csv_report(path) if raw.strip() else pd.DataFrame(columns=SAMPLE_COLUMNS)
+        df = read_csv_report(io.BytesIO(raw)) if raw.strip() else pd.DataFrame(columns=SAMPLE_COLUMNS)  # type: ignore[arg-type]
     except (ValueError, pd.errors.ParserError) as exc:
         raise SampleError(f"{path} cannot be read as CSV ({exc}); {fix}") from None
     return _checked(df, path, fix)

@@ -11,6 +11,7 @@ every input's prefix too). :func:`clip_wav` decodes at most
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from batchser.storage import is_url, raise_read_error, storage_for
 __all__ = ["MAX_CLIP_S", "ClipError", "clip_wav", "locate"]
 
 MAX_CLIP_S = 20.0  # the longest stretch a page plays
+MAX_START_S = 1e7  # 116 days: no recording is longer (the reports' own bound, batchser.web.tables.MAX_SECONDS)
 RATE = 16000
 
 
@@ -76,6 +78,15 @@ def clip_wav(
     ClipError
         The file is gone or no longer decodes.
     """
+    # From the sample or segments report, which may have been edited: a time past any recording
+    # would overflow the sample position it becomes.
+    if not (math.isfinite(start_s) and 0 <= start_s <= MAX_START_S):
+        raise ClipError(f"the stretch to play starts at {start_s!r} s, no time in a recording (the review sample "
+                        "or segments report was edited)")  # fmt: skip
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ClipError(f"the stretch to play lasts {seconds!r} s (the review sample or segments report was edited)")
+    if not all(math.isfinite(c) and 0 <= c <= MAX_CLIP_S for c in context):
+        raise ClipError(f"the context around the stretch, {context!r} s, is no length to play")
     seconds = min(seconds, MAX_CLIP_S)
     where: Path | str = os.fsdecode(path)
     try:
@@ -96,7 +107,7 @@ def clip_wav(
             source = data.spill if data.spill is not None else io.BytesIO(data.data or b"")
             return _encode(source, start_s, seconds, context)
         return _encode(path, start_s, seconds, context)
-    except (OSError, RuntimeError, ValueError, AudioError) as exc:
+    except (OSError, RuntimeError, ValueError, OverflowError, AudioError) as exc:
         raise ClipError(f"cannot play it: {exc}") from None
 
 

@@ -340,11 +340,34 @@ def _same_rows(a: dict[str, Counter[str]], b: dict[str, Counter[str]]) -> bool:
     return len(a) == len(b) and sorted(map(str, a.values())) == sorted(map(str, b.values()))
 
 
+def shown_env(env: Any) -> Any:
+    """``env`` (a Jinja2 environment) with every value a page shows passed through
+    :func:`~batchser.hashing.shown_text`: a name or label read from disk cannot reorder the page's text with
+    bidirectional controls. ``verbatim`` keeps a value as it is (a form's value, sent back as given)."""
+    from markupsafe import Markup, escape
+
+    from batchser.hashing import shown_text
+
+    class Verbatim(Markup):
+        __slots__ = ()
+
+    def finalize(value: Any) -> Any:
+        if isinstance(value, Verbatim) or not isinstance(value, str):
+            return value
+        return Markup(shown_text(str(value))) if isinstance(value, Markup) else shown_text(value)
+
+    env.finalize = finalize
+    env.filters["verbatim"] = lambda value: Verbatim(escape(value))
+    return env
+
+
 def render(stats: PageStats, summary: dict[str, Any], *, metrics: dict[str, Any] | None = None) -> str:
     """The page's HTML from the aggregated rows, ``summary.json``'s content and the job's metrics."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    env = Environment(loader=PackageLoader("batchser.web", "templates"), autoescape=select_autoescape(["html"]))
+    env = shown_env(
+        Environment(loader=PackageLoader("batchser.web", "templates"), autoescape=select_autoescape(["html"]))
+    )
     env.filters["pct"] = lambda x: "\u2013" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
     metrics = metrics or {}
     labelled = metrics.get("labelled_files")
@@ -419,20 +442,26 @@ def rerender(out_dir: Path) -> Path:
     FileNotFoundError
         No ``summary.json`` or annotations report in ``out_dir``.
     batchser.web.readback.ReadBackError
-        A ``summary.json`` or ``metrics.json`` that is not as a job wrote it (file and key named).
+        A ``summary.json``, ``metrics.json`` or report table that is not as a job wrote it (file and key or
+        column named).
     """
     import pyarrow.parquet as pq
 
-    from batchser.report import file_digests, read_csv_report, write_json
+    from batchser.report import file_digests, write_json
     from batchser.web.readback import read_metrics, read_summary
+    from batchser.web.tables import check_table, read_csv_table
 
     summary = read_summary(out_dir)
     parquet = out_dir / "annotations.parquet"
     if parquet.is_file():
         pf = pq.ParquetFile(parquet)
-        chunks = (pf.read_row_group(i).to_pandas() for i in range(pf.num_row_groups))
+        starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+        chunks = (
+            check_table(pf.read_row_group(i).to_pandas(), parquet, "annotations", offset=int(starts[i]))
+            for i in range(pf.num_row_groups)
+        )
     elif (out_dir / "annotations.csv").is_file():
-        chunks = iter([read_csv_report(out_dir / "annotations.csv")])
+        chunks = iter([read_csv_table(out_dir / "annotations.csv", "annotations")])
     else:
         raise FileNotFoundError(f"{out_dir} holds no annotations report to draw a page from")
     first = next(chunks)

@@ -11,17 +11,23 @@ emotions and at most one "other" row and column.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-__all__ = ["MAX_JSON_BYTES", "ReadBackError", "read_metrics", "read_summary"]
+__all__ = ["MAX_COUNT", "MAX_JSON_BYTES", "ReadBackError", "read_metrics", "read_summary"]
+
+log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 << 20  # a million-file job's summary is a few KB: more is not a job's
+# No job counts past this (a quadrillion files, seconds, rows): a bigger number is an edit, and one
+# past 2**63 would overflow every integer column it is written to.
+MAX_COUNT = 10**15
 Share = Annotated[float, Field(ge=0, le=1)]
-Count = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
 class ReadBackError(ValueError):
@@ -29,7 +35,8 @@ class ReadBackError(ValueError):
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Python's json reads NaN and Infinity, which no job writes: refused, as are other non-finite floats.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class _Domain(_Open):
@@ -100,7 +107,7 @@ class _Summary(_Open):
     model: str = ""
     model_corpora: list[str] = []
     model_min_confidence: Annotated[float, Field(gt=0, le=1)] | None = None
-    seconds: Annotated[float, Field(ge=0)] = 0.0
+    seconds: Annotated[float, Field(ge=0, le=MAX_COUNT)] = 0.0
     domain: _Domain | None = None
     speaker_groups_that_are_emotions: list[_EmotionGroups] = []
     unlisted_folders: _Unlisted | None = None
@@ -123,6 +130,12 @@ class _Calibration(_Open):
     bins: Annotated[list[_Bin], Field(max_length=100)]
 
 
+class _PerClass(_Open):
+    precision: Share = 0.0
+    recall: Share = 0.0
+    support: Count = 0
+
+
 class _Evaluation(_Open):
     n: Count
     accuracy: Share
@@ -131,6 +144,7 @@ class _Evaluation(_Open):
     labels: list[str] | None = None
     confusion_matrix: list[list[Count]] | None = None
     calibration: _Calibration | None = None
+    per_class: dict[str, _PerClass] = {}
 
     @model_validator(mode="after")
     def _square(self) -> _Evaluation:
@@ -171,6 +185,24 @@ class _Loco(_Open):
         return self
 
 
+class _Outside(_Open):
+    counts: dict[str, Count]
+
+
+class _Side(_Open):
+    n: Count
+    balanced_accuracy: Share
+    ece: Annotated[float, Field(ge=0, le=1)]
+
+
+_SIDES = TypeAdapter(dict[str, _Side])
+
+
+# metrics.json's entries the pages read, each an object: one of another type is left out, with a warning.
+_OBJECTS = ("labelled_files", "actor_wise", "random_split", "speaker_wise", "labels_outside_the_model",
+            "dimensions_of_labelled_files", "leave_one_corpus_out")  # fmt: skip
+
+
 def _read_json(path: Path, what: str) -> Any:
     fix = f"the file was edited or damaged: run the job again to rewrite {what}"
     size = path.stat().st_size  # FileNotFoundError: the caller says what to run first
@@ -185,11 +217,31 @@ def _read_json(path: Path, what: str) -> Any:
         raise ReadBackError(f"{path} is not UTF-8 text (byte {exc.start}); {fix}") from None
     except ValueError as exc:
         raise ReadBackError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    except RecursionError:  # [[[[…]]]] thousands deep: no job nests more than a few levels
+        raise ReadBackError(f"{path} nests its values thousands of levels deep; {fix}") from None
 
 
-def _problem(path: Path, exc: ValidationError, what: str) -> ReadBackError:
+MAX_DEPTH = 32  # a job's JSON nests 6 levels at most; deeper would exhaust the stack of what reads it next
+
+
+def _shallow(data: Any, path: Path, what: str) -> Any:
+    """``data``, refused when it nests deeper than :data:`MAX_DEPTH` (walked without recursion)."""
+    todo = [(data, 1)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise ReadBackError(
+                f"{path} nests its values over {MAX_DEPTH} levels deep, far more than a job writes; the file was "
+                f"edited or damaged: run the job again to rewrite {what}"
+            )
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        todo.extend((v, depth + 1) for v in items if isinstance(v, (dict, list)))
+    return data
+
+
+def _problem(path: Path, exc: ValidationError, what: str, within: str = "") -> ReadBackError:
     e = exc.errors()[0]
-    key = ".".join(str(p) for p in e["loc"]) or "(the whole file)"
+    key = ".".join(str(p) for p in ([within] if within else []) + list(e["loc"])) or "(the whole file)"
     found = repr(e.get("input"))
     found = found if len(found) <= 60 else found[:57] + "..."
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
@@ -210,7 +262,7 @@ def read_summary(out_dir: Path) -> dict[str, Any]:
         Not JSON, or a key the pages use missing or of the wrong kind (named).
     """
     path = out_dir / "summary.json"
-    data = _read_json(path, "its reports")
+    data = _shallow(_read_json(path, "its reports"), path, "its reports")
     if not isinstance(data, dict):
         raise ReadBackError(f"{path} holds no JSON object; run the job again to rewrite its reports")
     try:
@@ -232,17 +284,29 @@ def read_metrics(out_dir: Path, classes: list[str]) -> dict[str, Any]:
     path = out_dir / "metrics.json"
     if not path.exists():
         return {}
-    data = _read_json(path, "its metrics")
+    data = _shallow(_read_json(path, "its metrics"), path, "its metrics")
     if not isinstance(data, dict):
         raise ReadBackError(f"{path} holds no JSON object; run the job again to rewrite its metrics")
     out: dict[str, Any] = dict(data)
     allowed = {*classes, "other"}
     for key, value in data.items():
         if not isinstance(value, dict):
+            if key in _OBJECTS:  # the page would index into it: left out, the rest of the page shown
+                log.warning(
+                    "%s: key %s is %s, not an object as a job writes it: left out of the page (run the job again "
+                    "to rewrite its metrics)", path, key, type(value).__name__,
+                )  # fmt: skip
+                del out[key]
             continue
         try:
             if key == "leave_one_corpus_out":
                 out[key] = _Loco.model_validate(value).model_dump()
+            elif key == "labels_outside_the_model":
+                out[key] = _Outside.model_validate(value).model_dump()
+            elif key == "dimensions_of_labelled_files":
+                # Each dimension's scores, beside the words of its "method"
+                sides = {k: v for k, v in value.items() if isinstance(v, dict)}
+                out[key] = value | _SIDES.dump_python(_SIDES.validate_python(sides))
             elif "accuracy" in value or "confusion_matrix" in value:
                 ev = _Evaluation.model_validate(value)
                 extra = [lab for lab in ev.labels or [] if lab not in allowed]
@@ -252,7 +316,13 @@ def read_metrics(out_dir: Path, classes: list[str]) -> dict[str, Any]:
                         f"(a confusion matrix holds the model's emotions, {', '.join(classes)}, and 'other'); "
                         "the file was edited or damaged: run the job again to rewrite its metrics"
                     )
+                lacking = [k for k in ("labels", "confusion_matrix", "calibration") if getattr(ev, k) is None]
+                if key == "labelled_files" and lacking:  # the page draws its matrix and reliability diagram
+                    raise ReadBackError(
+                        f"{path}: key {key}.{lacking[0]}: missing, which a job writes; the file was edited or "
+                        "damaged: run the job again to rewrite its metrics"
+                    )
                 out[key] = ev.model_dump()
         except ValidationError as exc:
-            raise _problem(path, exc, "its metrics") from None
+            raise _problem(path, exc, "its metrics", key) from None
     return out

@@ -14,7 +14,6 @@ appended to the answers file since its last look (:class:`batchser.review.Answer
 from __future__ import annotations
 
 import hmac
-import html
 import json
 import logging
 import math
@@ -400,7 +399,7 @@ def _segments(report: pd.DataFrame, segs: pd.DataFrame | None, paths: set[str]) 
         if mine.empty:
             mine = segs[(segs["path"] == path) & segs["label"].notna()]  # not a stretch without speech
         if not mine.empty:
-            best = mine.loc[mine["confidence"].idxmax()]
+            best = mine.loc[mine["confidence"].fillna(-1.0).idxmax()]  # an edited report may leave it empty
             out[path] = (float(best["start_s"]), float(best["end_s"] - best["start_s"]))
     return out
 
@@ -408,11 +407,16 @@ def _segments(report: pd.DataFrame, segs: pd.DataFrame | None, paths: set[str]) 
 def create_app(session: ReviewSession, *, token: str) -> Any:
     """The review page's Flask app; every request must carry ``token`` (query, form field or header)."""
     from flask import Flask, Response, abort, jsonify, redirect, render_template, request, url_for
+    from markupsafe import escape
+
+    from batchser.hashing import shown_text
+    from batchser.web.page import shown_env
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.jinja_env.filters["pct"] = _fraction
     app.jinja_env.filters["answer_words"] = answer_words
+    shown_env(app.jinja_env)  # names and labels from disk shown with their bidirectional controls escaped
 
     def blind() -> bool:
         asked = request.args.get("blind")
@@ -444,7 +448,7 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
         log.error("%s", message)
         if request.is_json:
             return jsonify({"error": message, **extra}), status
-        return Response(f"<!doctype html><title>batchser review</title><p>{html.escape(message)}</p>", status)
+        return Response(f"<!doctype html><title>batchser review</title><p>{escape(shown_text(message))}</p>", status)
 
     def not_saved(exc: Exception) -> Any:
         return failed(f"Not saved: {exc}", 507)
@@ -496,15 +500,20 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
     @app.post("/answer")
     def answer() -> Any:
         data = form()
+        given = str(data.get("order", ""))
+        if not given.isdecimal() or len(given) > 18:  # a row number of the sample, nothing else
+            return jsonify({"error": f"order {given[:40]!r} is no recording's number in the sample"}), 400
         try:
-            order = int(str(data.get("order", "")))
+            order = int(given)
             got = session.answer(order, str(data.get("label", "")), blind=blind())
         except SavedButUnreadableError as exc:
             return saved_but(exc)
         except (AnswerNotSavedError, AnswersError) as exc:
             return not_saved(exc)
-        except (KeyError, ValueError) as exc:
-            return jsonify({"error": str(exc) or "no such file in the sample"}), 400
+        except KeyError:
+            return jsonify({"error": f"order {given!r} is no recording's number in the sample"}), 400
+        except ValueError as exc:
+            return jsonify({"error": str(exc)[:300] or "no such recording in the sample"}), 400
         return done(got)
 
     @app.post("/undo")
