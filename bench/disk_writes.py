@@ -30,13 +30,11 @@ import argparse
 import ctypes
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +49,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Runs in the job's process (with the tree under test first on sys.path): charges each
 # write to a stage by reading this process's counter around the calls that write,
 # runs the job, and writes the per-stage bytes to argv[2].
-_RUNNER = r'''
+_RUNNER = r"""
 import contextlib, functools, json, sys, threading, time
 
 def written():
@@ -136,7 +134,7 @@ with lock:
     charge()
 json.dump({"wall": wall, "stages": bytes_by, "code": code}, open(sys.argv[2], "w"))
 sys.exit(code)
-'''
+"""
 
 # The cache fill, through the API (argv: cache folder, rows, result file).
 _FILL = r"""
@@ -321,7 +319,7 @@ def main() -> int:
         )
     print("job's own process, MB written per stage:")
     print(f"{'tree':<10} " + " ".join(f"{s:>7}" for s in STAGES))
-    for what, name, r in results:
+    for _what, name, r in results:
         if "stages" in r:
             print(f"{name:<10} " + " ".join(f"{mb(r['stages'].get(s, 0)):>7}" for s in STAGES))
     return 0
