@@ -16,9 +16,10 @@ The job's own process also charges each write to the stage that made it (the cou
 around each call): spools, index (SQLite main file and WAL, checkpoints included), parts,
 merges (a close's compaction: its parts and index updates), claims, reports and the rest.
 
-The fill writes ``--fill`` distinct rows through the cache API as a job at about 100
-files per second does (its one-second flush: 100 rows per part, each file's path
-remembered, ``release`` every 4,096 files), then closes the store (its merge).
+The fill writes ``--fill`` distinct rows through the cache API as a job does at a given
+rate (``--fill-flush``: rows per one-second flush; 400 is about the cold job's rate on the
+2-core dev VM, 100 a slower job's), each file's path remembered and ``release`` every 4,096
+files, then closes the store (its merge). Rows "fill 100000/400": 100,000 rows, 400 a flush.
 
 The project's goal: a cold 20,000-clip job and the 100,000-row fill both write at most
 2x the bytes they keep, with wall time no worse.
@@ -136,7 +137,7 @@ json.dump({"wall": wall, "stages": bytes_by, "code": code}, open(sys.argv[2], "w
 sys.exit(code)
 """
 
-# The cache fill, through the API (argv: cache folder, rows, result file).
+# The cache fill, through the API (argv: cache folder, rows, rows per flush, result file).
 _FILL = r"""
 import hashlib, json, sys, time
 import numpy as np
@@ -144,20 +145,20 @@ from batchser.api import shipped_features
 from batchser.cache import FeatureRecord, FeatureStore
 from batchser.features import FeatureSpec
 
-root, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+root, n, step, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 spec = FeatureSpec(tuple(shipped_features()), 16000)
 rng = np.random.default_rng(0)
 t = time.perf_counter()
 with FeatureStore(root, spec) as store:
-    for start in range(0, n, 100):  # one flush per 100 rows: a job's one-second flush at ~100 files/s
+    for start in range(0, n, step):  # one flush per step rows: a job's one-second flush at step files/s
         recs = []
-        for i in range(start, min(n, start + 100)):
+        for i in range(start, min(n, start + step)):
             h = hashlib.sha256(b"fill-%d" % i).hexdigest()
             store.remember_hash(f"/archive/d{i // 1000:04d}/f{i:07d}.wav", (6444, 10**18 + i, 10**18 + i), h)
             recs.append(FeatureRecord(h, "ok", "", 16000, 1, 0.2, rng.standard_normal(spec.dim).astype(np.float32)))
         store.add(recs)
         store.flush()
-        if (start + 100) % 4096 < 100:
+        if (start + step) % 4096 < step:
             store.release()
 json.dump({"wall": time.perf_counter() - t}, open(out, "w"))
 """
@@ -267,11 +268,12 @@ def run_job(tree: Path, clips: Path, work: Path) -> dict[str, Any]:
     return m | {"wall": info["wall"], "stages": info["stages"], "kept": kept(cache, out)}
 
 
-def run_fill(tree: Path, n: int, work: Path) -> dict[str, Any]:
+def run_fill(tree: Path, n: int, step: int, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True)
     (work / "tmp").mkdir()
     result = work / "fill.json"
-    m = measured([sys.executable, "-c", _FILL, str(work / "cache"), str(n), str(result)], tree, work / "tmp")
+    cmd = [sys.executable, "-c", _FILL, str(work / "cache"), str(n), str(step), str(result)]
+    m = measured(cmd, tree, work / "tmp")
     return m | {"wall": json.loads(result.read_text())["wall"], "kept": kept(work / "cache")}
 
 
@@ -286,6 +288,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, default=20000)
     ap.add_argument("--fill", type=int, default=100000, help="rows of the cache fill (0: none)")
+    ap.add_argument(
+        "--fill-flush",
+        default="400,100",
+        help="rows per flush of the fill, comma-separated (400: about the cold job's rate here)",
+    )
     ap.add_argument("--before", metavar="REV", help="also measure this git revision (e.g. main), in the same run")
     ap.add_argument("--quick", action="store_true", help="300 clips and a 3,000-row fill")
     ap.add_argument("--quiet", action="store_true")
@@ -306,15 +313,16 @@ def main() -> int:
             slug = "".join(c if c.isalnum() else "-" for c in name)
             log(f"{name}: cold job over {args.clips:,} clips")
             results.append((f"job {args.clips}", name, run_job(tree, work / "clips", work / f"job-{slug}")))
-            if args.fill:
-                log(f"{name}: cache fill of {args.fill:,} rows")
-                results.append((f"fill {args.fill}", name, run_fill(tree, args.fill, work / f"fill-{slug}")))
+            for step in [int(x) for x in args.fill_flush.split(",")] if args.fill else []:
+                log(f"{name}: cache fill of {args.fill:,} rows, {step} a flush")
+                fill = run_fill(tree, args.fill, step, work / f"fill-{slug}-{step}")
+                results.append((f"fill {args.fill}/{step}", name, fill))
     print("MB written (write_bytes less cancelled, process tree) against MB kept (cache and output blocks)")
-    print(f"{'what':<12} {'tree':<10} {'written':>8} {'kept':>7} {'ratio':>6} {'wall s':>7} {'device':>7}")
+    print(f"{'what':<16} {'tree':<10} {'written':>8} {'kept':>7} {'ratio':>6} {'wall s':>7} {'device':>7}")
     for what, name, r in results:
         net = r["written"] - r["cancelled"]
         print(
-            f"{what:<12} {name:<10} {mb(net):>8} {mb(r['kept']):>7} {net / r['kept']:>5.2f}x "
+            f"{what:<16} {name:<10} {mb(net):>8} {mb(r['kept']):>7} {net / r['kept']:>5.2f}x "
             f"{r['wall']:>7.1f} {mb(r['device']):>7}"
         )
     print("job's own process, MB written per stage:")
