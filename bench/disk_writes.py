@@ -117,7 +117,7 @@ import batchser.job as job
 for attr in ("__init__", "append", "close", "chunks"):
     wrap(spool.Spool, attr, "spools")
 for attr in ("_connect", "close", "add_part", "swap_parts", "forget_parts", "mark_used", "forget_rows",
-             "remember_paths"):
+             "remember_paths", "commit"):
     wrap(index.CacheIndex, attr, "index")
 wrap(parts.Parts, "write", "parts")
 wrap(maintain, "compact", "merges")
