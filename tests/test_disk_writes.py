@@ -40,13 +40,13 @@ def _blocks(*folders: Path) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's per-process I/O counters")
-def test_a_cold_job_writes_at_most_twice_what_it_keeps(tmp_path: Path) -> None:
-    # 400 distinct 0.2 s clips (a tone of its own pitch and seeded noise: every hash differs).
+def test_a_cold_job_writes_little_more_than_it_keeps(tmp_path: Path) -> None:
+    # 1,000 distinct 0.2 s clips (a tone of its own pitch and seeded noise: every hash differs).
     t = np.arange(3200) / 16000
-    for i in range(400):
+    for i in range(1000):
         y = 0.3 * np.sin(2 * np.pi * (100 + 7 * i) * t) + 0.05 * np.random.default_rng(i).standard_normal(3200)
         (tmp_path / "clips").mkdir(exist_ok=True)
-        sf.write(tmp_path / "clips" / f"c{i:03d}.wav", y, 16000, subtype="PCM_16")
+        sf.write(tmp_path / "clips" / f"c{i:04d}.wav", y, 16000, subtype="PCM_16")
     job = {
         "name": "cold",
         "inputs": [{"path": str(tmp_path / "clips")}],
@@ -78,8 +78,40 @@ def test_a_cold_job_writes_at_most_twice_what_it_keeps(tmp_path: Path) -> None:
     )
     kept = _blocks(tmp_path / "cache", tmp_path / "out")
     print(f"written {written:,} kept {kept:,}: {written / kept:.2f}x")
-    # Measured 1.5x on the dev VM (the code before: 2.3x, its index alone the size of the cache).
-    assert 0 < written <= 2.0 * kept, (written, kept)
+    # Measured 1.3-1.6x on the dev VM, more when another job slows this one (more, smaller parts);
+    # the code before: 2.3x at 300 clips, 4-7x at 20,000, its index writes alone the size of the cache.
+    assert 0 < written <= 2.5 * kept, (written, kept)
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's per-process I/O counters")
+def test_a_cache_fill_writes_its_index_a_few_times_not_once_a_flush(tmp_path: Path) -> None:
+    # 6,000 rows of the shipped features as a job at 100 files/s flushes them (a part a second; 60
+    # parts, fewer than a job's close merges).
+    spec = FeatureSpec(tuple(SHIPPED_FEATURES), 16000)
+    rng = np.random.default_rng(0)
+    os.sync()
+    before = _io()
+    with FeatureStore(tmp_path / "cache", spec) as store:
+        for start in range(0, 6000, 100):
+            for i in range(start, start + 100):
+                store.remember_hash(f"/archive/f{i:05d}.wav", (6444, i, i), f"{i:064x}")
+            vecs = rng.standard_normal((100, spec.dim), dtype=np.float32)
+            store.add(
+                FeatureRecord(f"{i:064x}", "ok", "", 16000, 1, 0.2, vecs[i - start]) for i in range(start, start + 100)
+            )
+            store.flush()
+            if start % 4000 == 3900:
+                store.release()
+    after = _io()
+    written = (
+        after["write_bytes"]
+        - before["write_bytes"]
+        - (after["cancelled_write_bytes"] - before["cancelled_write_bytes"])
+    )
+    kept = _blocks(tmp_path / "cache")
+    print(f"written {written:,} kept {kept:,}: {written / kept:.2f}x")
+    # Measured 1.4x; the code that committed the index at each flush: 1.8x (its SQLite file and log).
+    assert 0 < written <= 1.6 * kept, (written, kept)
 
 
 def _chunk(k: int, n: int) -> pa.Table:
