@@ -29,6 +29,7 @@ that vanished or changed during the job) are never kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -526,6 +527,9 @@ class FeatureStore:
             if exc[0] is None:
                 self.close()
             else:
-                self._index.close()  # its rows indexed in memory, written
+                # Its rows indexed in memory, written; never in place of the interruption itself
+                # (the parts are on disk: the next job indexes them).
+                with contextlib.suppress(CacheError):
+                    self._index.close()
         finally:
             self._claims.release()
