@@ -152,17 +152,32 @@ def _list_files(
 
 
 def _outcomes(store: FeatureStore, chunk: Listed) -> list[FileOutcome]:
-    """A spooled chunk's outcomes, with the windows of its long files read back from the cache."""
-    out = chunk.outcomes or []
-    long = [j for j, n in enumerate(chunk.n_segments) if n]
-    if long:
+    """A spooled chunk's outcomes, with their vectors (and long files' windows) read back from the cache.
+
+    The spool does not hold them a second time. A record the cache no longer
+    has (a part found damaged and set aside during the job) becomes that
+    file's error, saying to run the job again; the other files go on.
+    """
+    out = list(chunk.outcomes or [])
+    back = [j for j, o in enumerate(out) if o.record is not None and (o.record.ok or chunk.n_segments[j])]
+    if back:
         # By the record's own key: a file whose segments speaker turns cut keeps them under another.
-        records = store.get_many(out[j].record.content_hash for j in long)  # type: ignore[union-attr]
-        for j in long:
+        records = store.get_many(out[j].record.content_hash for j in back)  # type: ignore[union-attr]
+        for j in back:
             o = out[j]
-            out[j] = FileOutcome(o.source, o.content_hash, records.get(o.record.content_hash), o.error)  # type: ignore[union-attr]
+            rec = records.get(o.record.content_hash)  # type: ignore[union-attr]
+            if rec is None:
+                out[j] = FileOutcome(o.source, o.content_hash, None, _LOST)
+            else:
+                out[j] = FileOutcome(o.source, o.content_hash, rec, o.error)
         store.release()
     return out
+
+
+_LOST = (
+    "its features were extracted, but the cache lost them during the job (a damaged part set aside, "
+    "or another process removed it); run the job again to extract them again"
+)
 
 
 @dataclass

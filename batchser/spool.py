@@ -1,16 +1,21 @@
-"""Spools: a job's per-file lists kept on disk, so that memory holds a chunk, not the archive.
+"""Spools: a job's per-file lists, compressed, so that memory holds a chunk, not the archive.
 
 A job over a million files cannot keep a record per file in memory (about 4 KB
 each with its hash, features and report row). Each stage instead appends its
-results, a chunk of files at a time, to a Parquet file in the job's temporary
-folder, and the next stage reads them back a chunk at a time, in the same order
-(sorted by path). Text is stored as bytes (``surrogateescape``), so that file
+results, a chunk of files at a time, to a zstd-compressed Parquet stream, and
+the next stage reads them back a chunk at a time, in the same order (sorted by
+path). The stream is held in memory up to :data:`MEMORY_BYTES` (a spool holds
+about 100 bytes per file: 150,000 files) and only then moved to a file in the
+job's temporary folder, so a job of ordinary size writes no spool to the disk.
+A spool holds no feature vectors: they are read back from the cache, which
+holds them already. Text is stored as bytes (``surrogateescape``), so that file
 names that are not valid UTF-8 come back exactly as they were found.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -18,7 +23,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,9 +32,10 @@ from batchser.labels import Label
 from batchser.outcome import FileOutcome
 from batchser.pids import OwnerLock, owner_state
 
-__all__ = ["Listed", "Spool", "SpoolError", "listed_table", "work_folder"]
+__all__ = ["MEMORY_BYTES", "Listed", "Spool", "SpoolError", "listed_table", "work_folder"]
 
 _WORK = "batchser-job-"
+MEMORY_BYTES = 16 << 20  # a spool's compressed bytes held in memory before it moves to its file
 
 
 class SpoolError(RuntimeError):
@@ -66,8 +71,8 @@ _SCHEMA = pa.schema(
         ("speaker", pa.binary()),
         ("corpus", pa.binary()),
         # Once the features are found: the content hash ("" if none), why there is
-        # none, and the feature record (null if none) without a long file's windows,
-        # which the cache keeps (``n_segments`` says how many to read back).
+        # none, and the feature record (null if none) without its vector or a long
+        # file's windows, which the cache keeps (``n_segments`` says how many).
         ("content_hash", pa.string()),
         ("hash_error", pa.binary()),
         ("status", pa.string()),
@@ -77,7 +82,6 @@ _SCHEMA = pa.schema(
         ("channels", pa.int32()),
         ("duration_s", pa.float64()),
         ("n_segments", pa.int32()),
-        ("vector", pa.binary()),  # float32 bytes: read back with one frombuffer
         # The record's cache key when it is not the content hash (segments cut at speaker turns).
         ("record_key", pa.string()),
     ]
@@ -96,8 +100,9 @@ def _s(data: bytes | None) -> str | None:
 class Listed:
     """A chunk of a spool: files and labels, and (once found) each file's outcome.
 
-    ``n_segments[i]`` > 0: file ``i`` is long, and its outcome's record lacks
-    its windows (read them back from the cache).
+    An outcome's record lacks its vector (None even when "ok"), and when
+    ``n_segments[i]`` > 0 (a long file) its windows: both are read back from
+    the cache (:func:`batchser.job._outcomes`).
     """
 
     files: list[SourceFile]
@@ -136,7 +141,6 @@ def listed_table(
             [r.channels if r is not None else None for r in recs],
             [r.duration_s if r is not None else None for r in recs],
             [len(r.segments) if r is not None and r.segments is not None else 0 for r in recs],
-            [r.vector.astype(np.float32).tobytes() if r is not None and r.vector is not None else None for r in recs],
             [
                 r.content_hash if r is not None and o is not None and r.content_hash != o.content_hash else None
                 for r, o in zip(recs, outcomes if outcomes is not None else [None] * n, strict=True)
@@ -162,7 +166,6 @@ def _listed(table: pa.Table | pa.RecordBatch, *, found: bool) -> Listed:
             h, status = c["content_hash"][j], c["status"][j]
             rec = None
             if status is not None:
-                vec = c["vector"][j]
                 rec = FeatureRecord(
                     c["record_key"][j] or h,
                     status,
@@ -170,27 +173,73 @@ def _listed(table: pa.Table | pa.RecordBatch, *, found: bool) -> Listed:
                     c["orig_sample_rate"][j],
                     c["channels"][j],
                     c["duration_s"][j],
-                    None if vec is None else np.frombuffer(vec, dtype=np.float32),
+                    None,  # read back from the cache
                     _s(c["warning"][j]) or "",
                 )
             outcomes.append(FileOutcome(f, h, rec, _s(c["hash_error"][j]) or ""))
     return Listed(files, labels, outcomes, c["n_segments"])
 
 
+class _Sink(io.RawIOBase):
+    """Where a spool's Parquet stream goes: memory up to ``limit`` bytes, then its file.
+
+    The file is created (never through a link) only when the stream outgrows
+    the limit, with what memory held so far.
+    """
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__()
+        self.path, self.limit = path, limit
+        self.memory: io.BytesIO | None = io.BytesIO()
+        self._file: io.BufferedWriter | None = None
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.memory is not None and self._size + len(data) > self.limit:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(self.memory.getbuffer())
+            self.memory = None
+        n = (self.memory or self._file).write(data)  # type: ignore[union-attr]
+        self._size += n
+        return n
+
+    def tell(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
+
+
 class Spool:
-    """Spool rows appended chunk by chunk to one Parquet file, and read back in order.
+    """Spool rows appended chunk by chunk to one Parquet stream, and read back in order.
 
     Parameters
     ----------
     path : Path
-        The file, in a temporary folder the job removes.
+        Its file, in a temporary folder the job removes: written only when
+        the stream grows past ``memory_bytes``.
+    memory_bytes : int
+        Compressed bytes held in memory before the stream moves to ``path``.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, memory_bytes: int = MEMORY_BYTES) -> None:
         self.path = path
+        self._sink = _Sink(path, memory_bytes)
+        self._data: bytes | None = None  # the closed stream, when it stayed in memory
         with _tmp_errors(path):
-            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(path, _SCHEMA, compression="zstd")
+            self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self._sink, _SCHEMA, compression="zstd")
         self._rows = 0
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the stream outgrew memory and moved to its file."""
+        return self._sink.memory is None
 
     def append(self, table: pa.Table) -> None:
         if self._writer is None:
@@ -205,6 +254,9 @@ class Spool:
             writer, self._writer = self._writer, None
             with _tmp_errors(self.path):
                 writer.close()
+                if self._sink.memory is not None:
+                    self._data = self._sink.memory.getvalue()
+                self._sink.close()
 
     def __len__(self) -> int:
         return self._rows
@@ -215,7 +267,7 @@ class Spool:
         ``found``: the rows hold outcomes (a spool written after the features stage).
         """
         self.close()
-        pf = pq.ParquetFile(self.path)
+        pf = pq.ParquetFile(self.path if self._data is None else pa.BufferReader(self._data))
         try:
             # Row group by row group (each append wrote one): iter_batches keeps
             # about a batch's worth of buffers per batch read, so a million-file

@@ -138,3 +138,13 @@ def test_dimensions_prints_every_variant_for_both_dimensions(tmp_path: Path) -> 
             cells = [c.strip() for c in next(line for line in body if line.startswith(f"| {variant}")).split("|")]
             assert len(cells) == 13 and cells[8].startswith("**") and cells[8].endswith("%**"), cells  # the mean
             assert 0 <= float(cells[11]) <= 0.5  # mean ECE
+
+
+def test_disk_writes_prints_bytes_written_kept_and_per_stage() -> None:
+    lines = bench("disk_writes.py", "--quick")
+    for what in ("job 300", "fill 3000/400", "fill 3000/100"):
+        cells = row(lines, what)
+        written, kept = float(cells[-5]), float(cells[-4])
+        assert written > 0 and kept > 0 and cells[-3].endswith("x") and float(cells[-2]) > 0, cells
+    stages = row(lines, "this tree")
+    assert len(stages) == 9 and float(stages[4]) > 0, stages  # parts are written

@@ -16,6 +16,13 @@ it, because SQLite's locks cannot be trusted on network file systems, where
 a cache shared by several machines lives; each host indexes the shared parts
 for itself.
 
+A job's own parts are indexed in memory and written to SQLite in one
+transaction per :data:`BATCH_ROWS` rows (and when the job ends): a commit per
+part rewrote the B-tree pages its random hashes touch, a hundred times the
+bytes of the rows. Nothing committed is at risk: the parts are fsynced before
+they are indexed, and a part the index lacks after a ``kill -9`` is indexed
+from its bytes by the next job (as a part from another host is).
+
 The index also holds the path→hash table (a file's hash under its path and
 (size, mtime_ns, ctime_ns): a rerun hashes nothing it has seen unchanged)
 and the day each row was last used, for ``batchser cache gc``.
@@ -48,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DAY_S = 86400
 _IN_BATCH = 500  # hashes per "IN (...)" query: below SQLite's variable limit, few round trips
+BATCH_ROWS = 65536  # rows of a job's own parts (and paths) indexed in memory before one transaction writes them
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS parts (
@@ -218,6 +226,11 @@ class CacheIndex:
         self.path = index_path(self.root)
         self._lock = threading.RLock()  # one connection, shared by the job's threads
         self._groups: dict[tuple[str, str], tuple[list[Group], Group]] = {}
+        # Indexed, not yet written (see the module's notes): parts with their rows, the rows
+        # by hash (the first part indexed for a hash keeps it, as INSERT OR IGNORE does), paths.
+        self._parts_due: dict[tuple[str, str], tuple[int, str, list[tuple[str, int, int]]]] = {}
+        self._rows_due: dict[tuple[str, str], Location] = {}
+        self._paths_due: dict[str, tuple[int, int, int, str]] = {}
         self.db = self._open()
 
     def _open(self) -> sqlite3.Connection:
@@ -291,17 +304,52 @@ class CacheIndex:
 
     def close(self) -> None:
         with self._lock:
-            self.db.close()
+            try:
+                self.commit()
+            finally:
+                self.db.close()
+
+    def commit(self) -> None:
+        """Write the rows indexed in memory (a job's own parts, remembered paths) in one transaction."""
+        with self._lock:
+            if not (self._parts_due or self._paths_due):
+                return
+            # A batch's pages held in memory until its commit (64 MiB), not spilled to the log early.
+            self.db.execute("PRAGMA cache_size=-65536")
+            try:
+                self._commit_due()
+            finally:
+                self.db.execute("PRAGMA cache_size=-2000")  # SQLite's default: a job's lookups need no more
+
+    def _commit_due(self) -> None:
+        with self._lock:
+            with self.transaction() as db:
+                for (folder, name), (n_rows, groups, runs) in self._parts_due.items():
+                    self._write_part(db, folder, name, n_rows, groups, runs, replace=False)
+                db.executemany(
+                    "INSERT OR REPLACE INTO paths (path, size, mtime_ns, ctime_ns, hash) VALUES (?, ?, ?, ?, ?)",
+                    ((path, *rest) for path, rest in self._paths_due.items()),
+                )
+            self._parts_due.clear()
+            self._rows_due.clear()
+            self._paths_due.clear()
+
+    def _due(self) -> int:
+        return len(self._rows_due) + len(self._paths_due)
 
     # -- parts -----------------------------------------------------------------
     def part_names(self, folder: str) -> set[str]:
         with self._lock:
-            return {n for (n,) in self.db.execute("SELECT name FROM parts WHERE folder = ?", (folder,))}
+            names = {n for (n,) in self.db.execute("SELECT name FROM parts WHERE folder = ?", (folder,))}
+            return names | {n for f, n in self._parts_due if f == folder}
 
     def groups(self, folder: str, name: str) -> tuple[list[Group], Group]:
         """The row groups of an indexed part and its footer, with their checksums."""
         with self._lock:
             got = self._groups.get((folder, name))
+            if got is None and (folder, name) in self._parts_due:
+                *groups, footer = (Group(*g) for g in json.loads(self._parts_due[(folder, name)][1]))
+                got = self._groups[(folder, name)] = (groups, footer)
             if got is None:
                 sql = "SELECT groups FROM parts WHERE folder = ? AND name = ?"
                 row = self.db.execute(sql, (folder, name)).fetchone()
@@ -314,57 +362,90 @@ class CacheIndex:
     def part_rows(self, folder: str) -> dict[str, int]:
         """name -> rows, for each part of ``folder`` (no row of the rows table is read)."""
         with self._lock:
+            self.commit()
             return dict(self.db.execute("SELECT name, n_rows FROM parts WHERE folder = ?", (folder,)).fetchall())
 
     def part_sizes(self, folder: str) -> dict[str, tuple[int, int]]:
         """name -> (rows in the part, rows the index points to) for each part of ``folder``."""
         with self._lock:
+            self.commit()
             live = dict(
                 self.db.execute("SELECT part, sum(n) FROM rows WHERE folder = ? GROUP BY part", (folder,)).fetchall()
             )
             cur = self.db.execute("SELECT name, n_rows FROM parts WHERE folder = ?", (folder,))
             return {name: (int(n), int(live.get(name, 0))) for name, n in cur}
 
-    def _insert(self, db: sqlite3.Connection, folder: str, name: str, data: bytes, *, replace: bool) -> int:
+    @staticmethod
+    def _describe(data: bytes) -> tuple[int, str, list[tuple[str, int, int]]]:
+        """A part's rows, its row groups and footer (as the parts table holds them) and its runs of hashes."""
         groups, footer = row_groups(data)
         with pq.ParquetFile(pa.BufferReader(data)) as f:
             hashes = f.read(columns=["content_hash"]).column(0).to_pylist()
+        described = json.dumps([[g.first, g.n, g.offset, g.length, g.sha] for g in [*groups, footer]])
+        return len(hashes), described, list(_runs(hashes))
+
+    def _write_part(
+        self,
+        db: sqlite3.Connection,
+        folder: str,
+        name: str,
+        n_rows: int,
+        groups: str,
+        runs: list[tuple[str, int, int]],
+        *,
+        replace: bool,
+    ) -> int:
         day = today()
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         before = db.total_changes
         db.executemany(
             f"{verb} INTO rows (folder, hash, part, row, n, used) VALUES (?, ?, ?, ?, ?, ?)",
-            ((folder, h, name, first, n, day) for h, first, n in _runs(hashes)),
+            ((folder, h, name, first, n, day) for h, first, n in runs),
         )
         added = db.total_changes - before
         db.execute(
             "INSERT OR REPLACE INTO parts (folder, name, n_rows, groups) VALUES (?, ?, ?, ?)",
-            (
-                folder,
-                name,
-                len(hashes),
-                json.dumps([[g.first, g.n, g.offset, g.length, g.sha] for g in [*groups, footer]]),
-            ),
+            (folder, name, n_rows, groups),
         )
         return added
 
-    def add_part(self, folder: str, name: str, data: bytes) -> int:
+    def _insert(self, db: sqlite3.Connection, folder: str, name: str, data: bytes, *, replace: bool) -> int:
+        return self._write_part(db, folder, name, *self._describe(data), replace=replace)
+
+    def add_part(self, folder: str, name: str, data: bytes, *, batch: bool = False) -> int:
         """Index the part ``name`` whose (verified) bytes are ``data``; the hashes it added.
 
         A hash already indexed keeps its place (a duplicate written by a
-        concurrent job, or the parts a merge replaced).
+        concurrent job, or the parts a merge replaced). ``batch``: a part this
+        process just wrote, indexed in memory and written with the next
+        :meth:`commit` (at the latest once :data:`BATCH_ROWS` rows wait).
         """
-        with self.transaction() as db:
-            return self._insert(db, folder, name, data, replace=False)
+        if not batch:
+            with self.transaction() as db:
+                return self._insert(db, folder, name, data, replace=False)
+        n_rows, groups, runs = self._describe(data)
+        with self._lock:
+            self._parts_due[(folder, name)] = (n_rows, groups, runs)
+            self._groups.pop((folder, name), None)
+            added = 0
+            for h, first, n in runs:
+                if (folder, h) not in self._rows_due:
+                    self._rows_due[(folder, h)] = Location(name, first, n)
+                    added += 1
+            if self._due() >= BATCH_ROWS:
+                self.commit()
+            return added
 
     def swap_parts(self, folder: str, name: str, data: bytes, old: Iterable[str]) -> None:
         """In one transaction: index merged part ``name`` over the hashes it holds and forget ``old``."""
+        self.commit()
         with self.transaction() as db:
             self._insert(db, folder, name, data, replace=True)
             self._forget(db, folder, old)
 
     def forget_parts(self, folder: str, names: Iterable[str]) -> None:
         """Drop parts (gone from disk, or set aside) and every row still pointing into them."""
+        self.commit()
         with self.transaction() as db:
             self._forget(db, folder, names)
 
@@ -377,6 +458,7 @@ class CacheIndex:
     def live_rows(self, folder: str, name: str) -> list[tuple[str, int, int]]:
         """(hash, first row, rows) of the rows of part ``name`` the index points to, in row order."""
         with self._lock:
+            self.commit()
             cur = self.db.execute(
                 "SELECT hash, row, n FROM rows WHERE folder = ? AND part = ? ORDER BY row", (folder, name)
             )
@@ -396,14 +478,19 @@ class CacheIndex:
                     (folder, *chunk),
                 )
                 out.update((h, Location(p, r, n)) for h, p, r, n in cur)
+            if self._rows_due:
+                for h in wanted:
+                    if h not in out and (loc := self._rows_due.get((folder, h))) is not None:
+                        out[h] = loc
         return out
 
     def count(self, folder: str) -> int:
         with self._lock:
+            self.commit()
             return int(self.db.execute("SELECT count(*) FROM rows WHERE folder = ?", (folder,)).fetchone()[0])
 
     def mark_used(self, folder: str, hashes: Iterable[str]) -> None:
-        """Record that ``hashes`` were used today (one write per row per day)."""
+        """Record that ``hashes`` were used today (one write per row per day; rows indexed in memory have it)."""
         day = today()
         with self.transaction() as db:
             db.executemany(
@@ -413,16 +500,19 @@ class CacheIndex:
 
     def unused_since(self, folder: str, day: int) -> list[str]:
         with self._lock:
+            self.commit()
             cur = self.db.execute("SELECT hash FROM rows WHERE folder = ? AND used < ?", (folder, day))
             return [h for (h,) in cur]
 
     def forget_rows(self, folder: str, hashes: Iterable[str]) -> None:
+        self.commit()
         with self.transaction() as db:
             db.executemany("DELETE FROM rows WHERE folder = ? AND hash = ?", ((folder, h) for h in hashes))
 
     def use_range(self, folder: str) -> tuple[int | None, int | None]:
         """Oldest and newest last-use day of the rows of ``folder`` (None when it has none)."""
         with self._lock:
+            self.commit()
             lo, hi = self.db.execute("SELECT min(used), max(used) FROM rows WHERE folder = ?", (folder,)).fetchone()
             return lo, hi
 
@@ -430,14 +520,18 @@ class CacheIndex:
     def path_hash(self, path: str, stamp: tuple[int, int, int]) -> str | None:
         """The hash recorded for ``path`` when it had this (size, mtime_ns, ctime_ns), else None."""
         with self._lock:
+            due = self._paths_due.get(path)
+            if due is not None:
+                return due[3] if due[:3] == tuple(stamp) else None
             row = self.db.execute(
                 "SELECT hash FROM paths WHERE path = ? AND size = ? AND mtime_ns = ? AND ctime_ns = ?", (path, *stamp)
             ).fetchone()
             return None if row is None else str(row[0])
 
     def remember_paths(self, rows: Sequence[tuple[str, int, int, int, str]]) -> None:
-        if rows:
-            with self.transaction() as db:
-                db.executemany(
-                    "INSERT OR REPLACE INTO paths (path, size, mtime_ns, ctime_ns, hash) VALUES (?, ?, ?, ?, ?)", rows
-                )
+        """Record each path's hash under its stamp, with the next :meth:`commit` (a kill loses only a rehash)."""
+        with self._lock:
+            for path, *rest in rows:
+                self._paths_due[path] = tuple(rest)  # type: ignore[assignment]
+            if self._due() >= BATCH_ROWS:
+                self.commit()

@@ -23,7 +23,18 @@ from batchser.atomic import fsync_dir
 from batchser.cache.index import CacheIndex, today
 from batchser.cache.parts import Parts
 
-__all__ = ["BIG_ROWS", "ROW_GROUP", "FolderStats", "cache_folders", "compact", "folder_key", "gc", "stats", "sync"]
+__all__ = [
+    "BIG_ROWS",
+    "ROW_GROUP",
+    "SMALL_ROWS",
+    "FolderStats",
+    "cache_folders",
+    "compact",
+    "folder_key",
+    "gc",
+    "stats",
+    "sync",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,12 @@ log = logging.getLogger(__name__)
 # enough of them accumulate. Bounds both the memory of a merge and the
 # number of parts a cache holds (a million rows: about sixteen).
 BIG_ROWS = 65536
+# A job's own merge (on close) takes only parts under this many rows: what a
+# slow job or a trickle of files flushes each second. Merging every part under
+# BIG_ROWS rewrote each part a job wrote, doubling its writes; parts of a few
+# hundred rows are already cheap to look up, and ``batchser cache compact``
+# still merges them.
+SMALL_ROWS = 128
 # Rows per row group of a merged part: a lookup reads (and checks) one group,
 # about 1 MB with the default features, for each row it needs.
 ROW_GROUP = 1024
@@ -138,6 +155,7 @@ def compact(
     folder: str,
     *,
     min_small: int = 2,
+    small_rows: int = BIG_ROWS,
     wait: bool = True,
     reclaim: bool = True,
     everything: bool = False,
@@ -147,7 +165,9 @@ def compact(
     Parameters
     ----------
     min_small : int
-        Merge parts under ``BIG_ROWS`` rows only when there are at least this many.
+        Merge parts under ``small_rows`` rows only when there are at least this many.
+    small_rows : int
+        What a small part is: under this many rows.
     wait : bool
         Wait for another process's merge of this folder; otherwise skip.
     reclaim : bool
@@ -167,7 +187,7 @@ def compact(
             return 0, 0
         sync(index, parts, folder)
         sizes = index.part_rows(folder)  # name -> rows: one index row per part
-        small = [n for n, rows in sizes.items() if rows < BIG_ROWS]
+        small = [n for n, rows in sizes.items() if rows < min(small_rows, BIG_ROWS)]
         dead: set[str] = set()
         if reclaim:  # parts holding rows the index no longer points to (duplicates, or rows gc forgot)
             dead = {n for n, (rows, live) in index.part_sizes(folder).items() if live < rows}

@@ -157,7 +157,18 @@ class Parts:
             try:
                 # No dictionary encoding: float features and hashes hardly repeat,
                 # so it costs 60 % of the write time and makes parts 40 % larger.
-                pq.write_table(table, tmp, compression="zstd", use_dictionary=False, row_group_size=row_group_size)
+                # No column statistics (no reader filters on them) and no Arrow schema
+                # in the footer (the Parquet types say it all): a part of 100 rows of the
+                # shipped features is 20 % smaller, most of its footer gone.
+                pq.write_table(
+                    table,
+                    tmp,
+                    compression="zstd",
+                    use_dictionary=False,
+                    row_group_size=row_group_size,
+                    write_statistics=False,
+                    store_schema=False,
+                )
                 with open(tmp, "rb") as fh:
                     data = fh.read()
                     os.fsync(fh.fileno())

@@ -29,6 +29,7 @@ that vanished or changed during the job) are never kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -48,7 +49,7 @@ from batchser.audio import UNRECOGNISED
 from batchser.cache.claims import Claims
 from batchser.cache.errors import CacheError
 from batchser.cache.index import CacheIndex, Location
-from batchser.cache.maintain import compact, folder_key, sync
+from batchser.cache.maintain import SMALL_ROWS, compact, folder_key, sync
 from batchser.cache.parts import DamagedPartError, Parts, read_rows
 from batchser.decoders import decoder_tag
 from batchser.features import FeatureSpec
@@ -130,8 +131,8 @@ class FeatureStore:
         Age of the oldest buffered row that triggers writing a part, so that an
         interrupted job loses at most this much work.
     compact_parts : int
-        On close, merge the small parts (under ``BIG_ROWS`` rows) when there
-        are at least this many.
+        On close, merge the small parts (under ``SMALL_ROWS`` rows: a slow
+        job's flushes) when there are at least this many.
     """
 
     def __init__(
@@ -453,9 +454,9 @@ class FeatureStore:
             if any(r.segments is not None for r in batch):
                 # Before the rows naming them: a reader never meets a row without its windows.
                 path, data = self._segments.write(self._segments_table(batch))
-                self._index.add_part(self._skey, path.name, data)
+                self._index.add_part(self._skey, path.name, data, batch=True)
             path, data = self._features.write(self._to_table(batch))
-            self._index.add_part(self._fkey, path.name, data)
+            self._index.add_part(self._fkey, path.name, data, batch=True)
         self._oldest_pending = 0.0
 
     def _write_spec(self) -> None:
@@ -505,7 +506,15 @@ class FeatureStore:
                 self._used.clear()
             for parts, folder in ((self._segments, self._skey), (self._features, self._fkey)):
                 # Never wait: another job merging this folder will leave it tidy.
-                compact(self._index, parts, folder, min_small=self.compact_parts, wait=False, reclaim=False)
+                compact(
+                    self._index,
+                    parts,
+                    folder,
+                    min_small=self.compact_parts,
+                    small_rows=SMALL_ROWS,
+                    wait=False,
+                    reclaim=False,
+                )
             self._index.close()
 
     def __enter__(self) -> FeatureStore:
@@ -517,5 +526,10 @@ class FeatureStore:
             self.flush()
             if exc[0] is None:
                 self.close()
+            else:
+                # Its rows indexed in memory, written; never in place of the interruption itself
+                # (the parts are on disk: the next job indexes them).
+                with contextlib.suppress(CacheError):
+                    self._index.close()
         finally:
             self._claims.release()
