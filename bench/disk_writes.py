@@ -1,7 +1,7 @@
 """Disk writes: how many bytes does a cold job send to the disk to keep its cache and reports?
 
     python bench/disk_writes.py                         # 20,000 clips and a 100,000-row cache fill
-    python bench/disk_writes.py --before main           # ... and the same on another revision, in the same run
+    python bench/disk_writes.py --before f5a5020        # ... and the same on another revision, in the same run
     python bench/disk_writes.py --quick --quiet         # 300 clips, a 3,000-row fill (the smoke test)
 
 The clips are distinct 0.2 s WAV files (a tone and seeded noise: every content hash
@@ -124,7 +124,8 @@ wrap(maintain, "compact", "merges")
 store.compact = maintain.compact
 for attr in ("add", "release", "remove_stale", "read_others"):
     wrap(claims.Claims, attr, "claims")
-for attr in ("_label_all", "_commit_reports", "_write_reports"):
+# The report stage's calls, as job.py names them (older trees defined them there with a leading underscore).
+for attr in ("_label_all", "_commit_reports", "_write_reports", "commit_reports", "write_reports"):
     wrap(job, attr, "reports")
 
 from batchser.cli import main
