@@ -129,7 +129,7 @@ def test_dimensions_prints_every_variant_for_both_dimensions(tmp_path: Path) -> 
     corpora = PROJECT.parent / "shared" / "corpora"
     if not all((corpora / c).is_dir() for c in ("ravdess", "savee", "nemo", "urdu", "emovo", "ased")):
         pytest.skip("needs the six corpora in ../shared/corpora (present in CI)")
-    lines = bench("dimensions.py", "--per-class", "10", "--cache", str(tmp_path / "cache"), "--no-cost")
+    lines = bench("dimensions.py", "--per-class", "5", "--cache", str(tmp_path / "cache"), "--no-cost")
     tables = [i for i, line in enumerate(lines) if line.startswith(("arousal:", "valence:"))]
     assert len(tables) == 2
     for start in tables:
