@@ -809,3 +809,26 @@ def test_after_a_review_the_reports_and_page_say_what_is_true(
     assert session._item(first.to_dict(), {}, False)["model_label"] == got.at[first["path"], "label"]
     with pytest.raises(AnswersError, match="drawn from the labels of"):
         ReviewSession.open(out, per_label=10)
+
+
+def test_two_stray_quotes_lines_apart_swallow_no_answers(tmp_path: Path) -> None:
+    """A quote opening a cell on one line and one closing a cell five lines on: the rows between stay answers."""
+    sheet = tmp_path / "filled.csv"
+    sheet.write_text('path,label\n"a.wav,sad\nb.wav,sad\nc.wav,angry\nd.wav,sad\ne.wav,sad\nf.wav",sad\ng.wav,happy\n')
+    answers = read_answers(sheet, KINDS)
+    assert [k[0] for k in answers.latest][:4] == ["b.wav", "c.wav", "d.wav", "e.wav"]
+    assert [line for line, _ in answers.bad] == [2] and "unbalanced quote" in answers.bad[0][1]
+    # A note with line breaks, one of its lines with commas, is still one row.
+    sheet.write_text('path,label,note\nclips/a.wav,sad,"first, line\nsecond, line\nthird"\nclips/b.wav,angry,\n')
+    assert [a.label for a in read_answers(sheet, KINDS).latest.values()] == ["sad", "angry"]
+
+
+def test_a_header_in_any_case_and_a_file_without_its_last_line_break(tmp_path: Path) -> None:
+    sheet = tmp_path / "filled.csv"
+    sheet.write_bytes(b"\xef\xbb\xbf Path , LABEL \r\nclips/a.wav,sad\r\n\r\nclips/b.wav,Happy\r\nclips/c.wav,angry")
+    answers = read_answers(sheet, KINDS)
+    assert {k[0]: a.label for k, a in answers.latest.items()} == {"clips/a.wav": "sad", "clips/b.wav": "happy"}
+    assert answers.bad == [(5, answers.bad[0][1])] and "no line break at its end" in answers.bad[0][1]
+    sheet.write_text("path;label\nclips/a.wav;sad\n")  # a spreadsheet set to semicolons
+    with pytest.raises(AnswersError, match="semicolons"):
+        read_answers(sheet, KINDS)

@@ -27,7 +27,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -403,12 +403,16 @@ class _Rows:
     """Rows of an answers CSV turned into :class:`Answer` records, with the problems named by line."""
 
     def __init__(self, header: Sequence[str], where: Path, classes: Sequence[str]) -> None:
-        self.columns = {name.strip(): i for i, name in enumerate(header)}
+        # A header typed by hand or by a spreadsheet ("Path, Label"): case and spaces do not matter.
+        self.columns = {name.strip().casefold(): i for i, name in reversed(list(enumerate(header)))}
         self.where = where
         self.classes = classes
+        self.width = len(header)
         if "path" not in self.columns or "label" not in self.columns:
+            one = ", ".join(header) or "none"
+            hint = " (separated by semicolons: save it again as comma-separated CSV)" if ";" in one else ""
             raise AnswersError(
-                f"{where} needs path and label columns (it has {', '.join(self.columns) or 'none'}); "
+                f"{where} needs path and label columns (it has {one}){hint}; "
                 "batchser review --list prints a sample with both"
             )
         if "status" in self.columns and any(c.startswith("p_") for c in self.columns):
@@ -494,12 +498,16 @@ def _line(raw: bytes, n: int) -> tuple[list[str] | None, str]:
 _JOIN = 32  # lines one quoted cell may span (a file name or note with line breaks)
 
 
-def _rows(lines: list[bytes], first: int) -> Iterator[tuple[int, list[str] | None, str]]:
+def _rows(
+    lines: list[bytes], first: int, width: Callable[[], int] = lambda: 0
+) -> Iterator[tuple[int, list[str] | None, str]]:
     """(line number, cells or None, why) for each row of ``lines``, the first numbered ``first``.
 
     A line that is not one CSV row is joined with the lines after it only when
     together they make exactly one row (a quoted cell holding a line break, as a
-    spreadsheet or batchser writes one); otherwise that line alone is bad.
+    spreadsheet or batchser writes one) and no line inside is a whole row of
+    ``width()`` cells (the header's) by itself (two stray quotes lines apart would swallow the
+    answers between them); otherwise that line alone is bad.
     """
     i = 0
     while i < len(lines):
@@ -508,6 +516,9 @@ def _rows(lines: list[bytes], first: int) -> Iterator[tuple[int, list[str] | Non
         used = 1
         if cells is None and "CSV row" in why:
             for k in range(2, min(_JOIN, len(lines) - i) + 1):
+                inner, _ = _line(lines[i + k - 2], n) if k > 2 and width() > 1 else (None, "")
+                if inner is not None and len(inner) == width():
+                    break  # a row of its own inside: this line's quote is stray, not a cell with line breaks
                 joined, j_why = _line(b"\n".join(lines[i : i + k]), n)
                 if joined is not None:
                     cells, why, used = joined, "", k
@@ -545,8 +556,14 @@ def read_answers(path: Path, classes: Sequence[str] = ()) -> Answers:
         Not a regular file, a first line that is not UTF-8 CSV, or no path and label columns.
     """
     log_ = AnswerLog(path, classes)
-    log_.refresh()
-    return log_.answers
+    answers = log_.refresh()
+    if answers.torn:  # a file saved without a last line break, or cut off as it was written: never half read
+        why = (
+            "has no line break at its end (cut off as it was written?): left out; if it is whole, end the file with one"
+        )
+        answers.bad.append((log_._line_no + 1, why))
+        log.warning("%s line %d %s", path, log_._line_no + 1, why)
+    return answers
 
 
 class AnswerLog:
@@ -595,7 +612,7 @@ class AnswerLog:
             if end <= self._offset:
                 return self.answers
             lines = list(_complete_lines(fh, self._offset, end))
-            for n, cells, why in _rows(lines, self._line_no + 1):
+            for n, cells, why in _rows(lines, self._line_no + 1, lambda: self._rows.width if self._rows else 0):
                 if self._rows is None:  # the header: a file whose first line cannot be read is no answers file
                     if cells is None:
                         raise AnswersError(f"{self.path} line {n} {why}")
