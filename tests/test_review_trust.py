@@ -832,3 +832,34 @@ def test_a_header_in_any_case_and_a_file_without_its_last_line_break(tmp_path: P
     sheet.write_text("path;label\nclips/a.wav;sad\n")  # a spreadsheet set to semicolons
     with pytest.raises(AnswersError, match="semicolons"):
         read_answers(sheet, KINDS)
+
+
+def test_undo_of_a_number_not_in_the_sample_says_so_plainly(session: ReviewSession) -> None:
+    from batchser.web.review import create_app
+
+    client = create_app(session, token="t").test_client()
+    session.answer(0, "sad")
+    for order in [400, "400", 1.5, "1.0", -1, "-1", 10**30, True, "abc", [0], {"a": 0}]:
+        resp = client.post("/undo?token=t", json={"order": order})
+        error = resp.get_json()["error"]
+        assert resp.status_code == 400 and "no recording's number in the sample" in error, (order, error)
+        assert "Traceback" not in error and "int()" not in error
+    assert list(given(session.out_dir).values()) == ["sad"]  # nothing undone by any of them
+    # A form posted without scripts (the page's own undo button): the token in the form, back to the page.
+    resp = client.post("/undo?blind=0", data={"token": "t"})
+    assert resp.status_code == 302 and given(session.out_dir) == {}
+    assert client.post("/undo", data={"token": "t"}).status_code == 400  # nothing left: a 400, never a 500
+
+
+def test_undo_leaves_an_answer_another_tab_gave_since(session: ReviewSession) -> None:
+    from batchser.web.review import create_app
+
+    client = create_app(session, token="t").test_client()
+    path = str(session.sample.loc[session.sample["order"] == 0, "path"].iloc[0])
+    assert client.post("/answer?token=t", json={"order": 0, "label": "sad"}).status_code == 200  # this tab
+    assert client.post("/answer?token=t", json={"order": 0, "label": "angry"}).status_code == 200  # another tab
+    resp = client.post("/undo?token=t", json={"order": 0, "label": "sad"})  # this tab takes back its "sad"
+    assert resp.status_code == 400 and "answered again since (now: angry)" in resp.get_json()["error"]
+    assert given(session.out_dir) == {path: "angry"}
+    assert client.post("/undo?token=t", json={"order": 0, "label": "angry"}).status_code == 200
+    assert given(session.out_dir) == {path: "sad"}

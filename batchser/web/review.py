@@ -286,11 +286,12 @@ class ReviewSession:
         except AnswersError as exc:  # on disk already: never told "Not saved"
             raise SavedButUnreadableError(f"{done}. The page cannot read the answers back to go on: {exc}") from None
 
-    def undo(self, order: int | None = None, *, blind: bool | None = None) -> dict[str, Any]:
+    def undo(self, order: int | None = None, *, blind: bool | None = None, label: str | None = None) -> dict[str, Any]:
         """Take back the answer standing for the sample's unit ``order`` (default: the latest answer given,
         by whoever gave it); an ``undo`` row is appended, nothing is rewritten.
 
-        A page passes the unit it answered last, so two open tabs each undo their own answers.
+        A page passes the unit it answered last, so two open tabs each undo their own answers, and the
+        ``label`` it gave: when another tab has answered that unit since, nothing is taken back.
 
         Raises
         ------
@@ -302,6 +303,11 @@ class ReviewSession:
             last = latest.get(_key(self._row(order)))
             if last is None or (self.earlier.get(last.key) is last):
                 raise KeyError("no answer to undo for that recording")
+            if label is not None and canonical_label(label, self.classes) != last.label:
+                raise KeyError(
+                    f"that recording was answered again since (now: {answer_words(last.label)}), in another tab or "
+                    "window: nothing was undone"
+                )
         if last is None:
             raise KeyError("no answer to undo")
         assert self.answers is not None
@@ -519,9 +525,14 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
     @app.post("/undo")
     def undo() -> Any:
         data = form()
+        given, label = data.get("order"), data.get("label")
+        if given not in (None, "") and (not str(given).isdecimal() or len(str(given)) > 18):
+            return jsonify({"error": f"order {str(given)[:40]!r} is no recording's number in the sample"}), 400
         try:
-            order = data.get("order")
-            got = session.undo(None if order in (None, "") else int(str(order)), blind=blind())
+            order = None if given in (None, "") else int(str(given))
+            if order is not None and not (session.sample["order"] == order).any():
+                return jsonify({"error": f"order {order} is no recording's number in the sample"}), 400
+            got = session.undo(order, blind=blind(), label=None if label in (None, "") else str(label)[:100])
         except SavedButUnreadableError as exc:
             return saved_but(exc)
         except (KeyError, ValueError) as exc:
