@@ -863,3 +863,35 @@ def test_undo_leaves_an_answer_another_tab_gave_since(session: ReviewSession) ->
     assert given(session.out_dir) == {path: "angry"}
     assert client.post("/undo?token=t", json={"order": 0, "label": "angry"}).status_code == 200
     assert given(session.out_dir) == {path: "sad"}
+
+
+def test_a_windows_path_or_a_folder_of_the_same_name_still_finds_the_file(job: Path, tmp_path: Path) -> None:
+    win = job.parent / "win.csv"  # filled in on Windows, beside the clips folder
+    win.write_text("path,label\nclips\\angry-00.wav,sad\n")
+    lists = tmp_path / "lists"
+    (lists / "sad-01.wav").mkdir(parents=True)  # a folder, beside the list, named as the answer's file
+    (lists / "a.csv").write_text("path,label\nsad-01.wav,happy\n")
+    try:
+        for i, answers in enumerate([win, lists / "a.csv"]):
+            out = tmp_path / f"out{i}"
+            assert _annotate(job, out, "--reviewed", str(answers), cwd=tmp_path) == 0
+            review = json.loads((out / "summary.json").read_text())["review"]
+            assert review["matched"] == 1 and review["unmatched"] == 0
+    finally:
+        win.unlink()
+
+
+def test_a_later_row_for_the_same_file_spelt_otherwise_wins(job: Path, tmp_path: Path) -> None:
+    """A review's answer (with its hash and time), then a correction typed in by hand, relative to the file."""
+    out = fresh(job, tmp_path)
+    session = ReviewSession.open(out, per_label=2)
+    row = session.sample.loc[session.sample["order"] == 0].iloc[0]
+    session.answer(0, "sad")
+    full = Path(json.loads((out / "summary.json").read_text())["paths_relative_to"]) / row["path"]
+    with open(out / ANSWERS, "a") as fh:
+        fh.write(f"{os.path.relpath(full, out / ANSWERS.parent)},,angry\n")
+    second = tmp_path / "second"
+    assert _annotate(job, second, "--reviewed", str(out / ANSWERS)) == 0
+    review = json.loads((second / "summary.json").read_text())["review"]
+    got = pd.read_parquet(second / "annotations.parquet").set_index("path")
+    assert got.at[str(full), "label"] == "angry" and review["unmatched"] == 0
