@@ -895,3 +895,41 @@ def test_a_later_row_for_the_same_file_spelt_otherwise_wins(job: Path, tmp_path:
     review = json.loads((second / "summary.json").read_text())["review"]
     got = pd.read_parquet(second / "annotations.parquet").set_index("path")
     assert got.at[str(full), "label"] == "angry" and review["unmatched"] == 0
+
+
+def test_an_answer_sent_while_an_undo_is_checked_is_never_the_one_undone(
+    session: ReviewSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(session.sample.loc[session.sample["order"] == 0, "path"].iloc[0])
+    session.answer(0, "sad")
+    read, checked = session.refresh, threading.Event()
+
+    def slow_read():  # type: ignore[no-untyped-def]
+        got = read()
+        if threading.current_thread() is not threading.main_thread():
+            checked.set()
+            threading.Event().wait(0.3)  # the undo has looked; another tab's answer arrives now
+        return got
+
+    monkeypatch.setattr(session, "refresh", slow_read)
+    undo = threading.Thread(target=session.undo, args=(0,), kwargs={"label": "sad"})
+    undo.start()
+    assert checked.wait(5)
+    session.answer(0, "angry")  # another tab
+    undo.join()
+    assert given(session.out_dir) == {path: "angry"}  # the undo took back "sad", the answer it was for
+
+
+def test_two_threads_reading_new_answers_count_each_once(tmp_path: Path) -> None:
+    f = AnswersFile(tmp_path)
+    log = AnswerLog(tmp_path / ANSWERS, KINDS)
+    f.add("clips/a.wav", "a" * 64, "sad")
+    log.refresh()
+    with open(tmp_path / ANSWERS, "a") as fh:  # many lines at once: the readers meet while parsing them
+        fh.writelines(f"clips/a.wav,{'a' * 64},{KINDS[i % 4]},{i}\n" for i in range(20000))
+    readers = [threading.Thread(target=log.refresh) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    assert len(log.answers.standing[("clips/a.wav", None, None)]) == 20001

@@ -581,8 +581,14 @@ class AnswerLog:
         self._rows: _Rows | None = None
         self._reported = 0  # bad rows already logged
         self._line_no = 0  # lines read so far
+        self._lock = threading.Lock()  # the server's threads: two reading the same new lines would count them twice
 
     def refresh(self) -> Answers:
+        """Read what was appended (see :meth:`_refresh`)."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> Answers:
         """Read what was appended; start again when the file was replaced or cut back.
 
         Raises

@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import secrets
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,8 @@ class ReviewSession:
     measured: list[str] = field(default_factory=list)  # what a review of these reports said, in sentences
     blind: bool = False  # hide the model's label and confidence while answering (no anchoring)
     _log: AnswerLog | None = field(default=None, init=False, repr=False)
+    # An undo checks what stands, then appends: no answer from another tab may land in between.
+    _turn: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @classmethod
     def open(cls, out_dir: Path, *, per_label: int = PER_LABEL, blind: bool = False) -> ReviewSession:
@@ -269,15 +272,16 @@ class ReviewSession:
         r = self._row(order)
         assert self.answers is not None
         start, end = _key(r)[1:]
-        self.answers.add(
-            str(r["path"]),
-            str(r["content_hash"]),
-            canonical,
-            model_label=str(r["model_label"]),
-            confidence=float(r["confidence"]),
-            start_s=start,
-            end_s=end,
-        )
+        with self._turn:
+            self.answers.add(
+                str(r["path"]),
+                str(r["content_hash"]),
+                canonical,
+                model_label=str(r["model_label"]),
+                confidence=float(r["confidence"]),
+                start_s=start,
+                end_s=end,
+            )
         return self._state_after(f"Saved: {canonical}", blind)
 
     def _state_after(self, done: str, blind: bool | None) -> dict[str, Any]:
@@ -298,20 +302,21 @@ class ReviewSession:
         KeyError
             No answer to take back.
         """
-        latest, _, last = self.refresh()
-        if order is not None:
-            last = latest.get(_key(self._row(order)))
-            if last is None or (self.earlier.get(last.key) is last):
-                raise KeyError("no answer to undo for that recording")
-            if label is not None and canonical_label(label, self.classes) != last.label:
-                raise KeyError(
-                    f"that recording was answered again since (now: {answer_words(last.label)}), in another tab or "
-                    "window: nothing was undone"
-                )
-        if last is None:
-            raise KeyError("no answer to undo")
-        assert self.answers is not None
-        self.answers.add(last.path, last.content_hash, UNDO, start_s=last.start_s, end_s=last.end_s)
+        with self._turn:
+            latest, _, last = self.refresh()
+            if order is not None:
+                last = latest.get(_key(self._row(order)))
+                if last is None or (self.earlier.get(last.key) is last):
+                    raise KeyError("no answer to undo for that recording")
+                if label is not None and canonical_label(label, self.classes) != last.label:
+                    raise KeyError(
+                        f"that recording was answered again since (now: {answer_words(last.label)}), in another tab or "
+                        "window: nothing was undone"
+                    )
+            if last is None:
+                raise KeyError("no answer to undo")
+            assert self.answers is not None
+            self.answers.add(last.path, last.content_hash, UNDO, start_s=last.start_s, end_s=last.end_s)
         return self._state_after("Undone", blind)
 
     def listing(self) -> pd.DataFrame:
