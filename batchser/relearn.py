@@ -275,7 +275,9 @@ class ReviewedFiles:
         by_path = [a for a in self.seg_by_path.get(display_path(o.source, ""), []) if a not in by_hash]
         segs = o.record.segments  # type: ignore[union-attr]
         out = []
-        for a in [*by_hash, *by_path]:
+        taken: set[int] = set()
+        # The latest row first: a stretch answered again in a row that spells its file otherwise takes that answer.
+        for a in sorted([*by_hash, *by_path], key=lambda a: -a.line):
             # Times as the reports and the answers file write them: to the millisecond.
             k = np.flatnonzero((np.abs(segs.start_s - a.start_s) < 2e-3) & (np.abs(segs.end_s - a.end_s) < 2e-3))  # type: ignore[union-attr, operator]
             if not len(k):  # a stretch this file's segments do not have (segmented otherwise): left unmatched
@@ -285,6 +287,9 @@ class ReviewedFiles:
             if a in by_path and a.content_hash and a.content_hash != o.content_hash:
                 self.stale.append(f"{shown} {a.start_s:.3f}-{a.end_s:.3f} s")
                 continue
+            if int(k[0]) in taken:
+                continue
+            taken.add(int(k[0]))
             self.applied.add(a.key)
             out.append((int(k[0]), a))
             if a.label != SKIP and a.label not in DIMENSION_ANSWERS:

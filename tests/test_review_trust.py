@@ -739,14 +739,21 @@ def test_speech_segments_of_a_long_recording_are_reviewed_and_learned_one_by_one
     assert _annotate(job, tmp_path / "shifted", "--reviewed", str(shifted)) == 2
     err = capsys.readouterr().err
     assert "stretch that their recording's speech segments do not have" in err and "0.123-0.456 s" in err
+    first = seg_units.iloc[0]  # answered again by hand, its file named relative to the answers file: that wins
+    where = os.path.relpath(Path(json.loads((out / "summary.json").read_text())["paths_relative_to"]) / first.path,
+                            out / ANSWERS.parent)  # fmt: skip
+    with open(out / ANSWERS, "a") as fh:
+        fh.write(f"{where},,none,,,,{first.start_s:.3f},{first.end_s:.3f}\n")
     second = tmp_path / "second"
     assert _annotate(job, second, "--reviewed", str(out / ANSWERS)) == 0
     review = json.loads((second / "summary.json").read_text())["review"]
     assert review["segment_units"] == len(seg_units) and review["unmatched"] == 0
-    assert review["learned_from"] == len(session.sample)
+    assert review["learned_from"] == len(session.sample) - 1  # "none of these" teaches no emotion
     got = pd.read_parquet(second / "segments.parquet")
     spoken = got[got.speech_prob.notna()]
-    assert spoken.reviewed.all() and (spoken.label == "sad").all()  # the person's answer wins for each segment
+    assert spoken.reviewed.all()  # the person's answer wins for each segment, the latest for the one answered twice
+    assert spoken.label.tolist() == ["none" if abs(a - first.start_s) < 2e-3 else "sad" for a in spoken.start_s]
+    assert review["none_of_these"] == 1  # what is learned too, not the earlier "sad"
     assert not got[got.speech_prob.isna()].reviewed.any()
 
 
