@@ -836,6 +836,9 @@ def test_a_header_in_any_case_and_a_file_without_its_last_line_break(tmp_path: P
     answers = read_answers(sheet, KINDS)
     assert {k[0]: a.label for k, a in answers.latest.items()} == {"clips/a.wav": "sad", "clips/b.wav": "happy"}
     assert answers.bad == [(5, answers.bad[0][1])] and "no line break at its end" in answers.bad[0][1]
+    sheet.write_text("path,Label,label\nclips/a.wav,sad,happy\n")  # which holds the answers? never guessed
+    with pytest.raises(AnswersError, match=r"2 label columns \(columns 2, 3\); keep one"):
+        read_answers(sheet, KINDS)
     sheet.write_text("path;label\nclips/a.wav;sad\n")  # a spreadsheet set to semicolons
     with pytest.raises(AnswersError, match="semicolons"):
         read_answers(sheet, KINDS)

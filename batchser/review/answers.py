@@ -404,10 +404,15 @@ class _Rows:
 
     def __init__(self, header: Sequence[str], where: Path, classes: Sequence[str]) -> None:
         # A header typed by hand or by a spreadsheet ("Path, Label"): case and spaces do not matter.
-        self.columns = {name.strip().casefold(): i for i, name in reversed(list(enumerate(header)))}
+        self.columns = {name.strip().casefold(): i for i, name in enumerate(header)}
         self.where = where
         self.classes = classes
         self.width = len(header)
+        names = [name.strip().casefold() for name in header]
+        for twice in ("path", "label"):
+            if names.count(twice) > 1:  # which one holds the answers is anyone's guess: never a silent pick
+                at = ", ".join(str(i + 1) for i, n in enumerate(names) if n == twice)
+                raise AnswersError(f"{where} has {names.count(twice)} {twice} columns (columns {at}); keep one")
         if "path" not in self.columns or "label" not in self.columns:
             one = ", ".join(header) or "none"
             hint = " (separated by semicolons: save it again as comma-separated CSV)" if ";" in one else ""
