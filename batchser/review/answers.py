@@ -27,11 +27,12 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchser.report import guard_cell, unguard_cell
+from batchser.review.lines import complete_lines, rows
 
 __all__ = [
     "ANSWERS",
@@ -474,78 +475,6 @@ def _is_number(text: str) -> bool:
         return False
 
 
-ENCODING_FIX = "save it again as UTF-8 (Excel: 'CSV UTF-8'; LibreOffice: character set 'Unicode (UTF-8)')"
-
-
-def _line(raw: bytes, n: int) -> tuple[list[str] | None, str]:
-    """One line of an answers file as CSV cells, or None and why it cannot be read.
-
-    A damaged line (an unbalanced quote, a stray NUL, bytes that are not UTF-8,
-    a cell past the csv module's 128 KB) is that line alone, never the rest of the
-    file; :func:`_rows` joins the lines of a quoted cell that holds a line break.
-    """
-    if b"\x00" in raw:
-        return None, "holds NUL bytes: not CSV text"
-    try:
-        text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-    except UnicodeDecodeError as exc:
-        byte = raw[exc.start]
-        return None, f"is not UTF-8 text (byte 0x{byte:02X}: saved as Latin-1 or Windows-1252?); {ENCODING_FIX}"
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    except csv.Error as exc:
-        return None, f"is not one CSV row ({exc}: an unbalanced quote?)"
-    if len(rows) > 1:
-        return None, "is not one CSV row (a line break outside quotes)"
-    return (rows[0] if rows else []), ""
-
-
-_JOIN = 32  # lines one quoted cell may span (a file name or note with line breaks)
-
-
-def _rows(
-    lines: list[bytes], first: int, width: Callable[[], int] = lambda: 0
-) -> Iterator[tuple[int, list[str] | None, str]]:
-    """(line number, cells or None, why) for each row of ``lines``, the first numbered ``first``.
-
-    A line that is not one CSV row is joined with the lines after it only when
-    together they make exactly one row (a quoted cell holding a line break, as a
-    spreadsheet or batchser writes one) and no line inside is a whole row of
-    ``width()`` cells (the header's) by itself (two stray quotes lines apart would swallow the
-    answers between them); otherwise that line alone is bad.
-    """
-    i = 0
-    while i < len(lines):
-        n = first + i
-        cells, why = _line(lines[i], n)
-        used = 1
-        if cells is None and "CSV row" in why:
-            for k in range(2, min(_JOIN, len(lines) - i) + 1):
-                inner, _ = _line(lines[i + k - 2], n) if k > 2 and width() > 1 else (None, "")
-                if inner is not None and len(inner) == width():
-                    break  # a row of its own inside: this line's quote is stray, not a cell with line breaks
-                joined, j_why = _line(b"\n".join(lines[i : i + k]), n)
-                if joined is not None:
-                    cells, why, used = joined, "", k
-                    break
-                if "CSV row" not in j_why:
-                    break
-        yield n, cells, why
-        i += used
-
-
-def _complete_lines(fh: io.BufferedReader, start: int, end: int) -> Iterator[bytes]:
-    """The lines of bytes ``start``..``end`` (``end`` just after a newline), one at a time."""
-    fh.seek(start)
-    left = end - start
-    while left > 0:
-        raw = fh.readline(left)
-        if not raw:
-            return
-        left -= len(raw)
-        yield raw.rstrip(b"\r\n")
-
-
 def read_answers(path: Path, classes: Sequence[str] = ()) -> Answers:
     """An answers file or any CSV with ``path`` and ``label`` columns.
 
@@ -622,8 +551,8 @@ class AnswerLog:
             self.answers.torn = end < st.st_size
             if end <= self._offset:
                 return self.answers
-            lines = list(_complete_lines(fh, self._offset, end))
-            for n, cells, why in _rows(lines, self._line_no + 1, lambda: self._rows.width if self._rows else 0):
+            lines = list(complete_lines(fh, self._offset, end))
+            for n, cells, why in rows(lines, self._line_no + 1, lambda: self._rows.width if self._rows else 0):
                 if self._rows is None:  # the header: a file whose first line cannot be read is no answers file
                     if cells is None:
                         raise AnswersError(f"{self.path} line {n} {why}")
