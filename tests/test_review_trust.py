@@ -943,3 +943,21 @@ def test_two_threads_reading_new_answers_count_each_once(tmp_path: Path) -> None
     for t in readers:
         t.join()
     assert len(log.answers.standing[("clips/a.wav", None, None)]) == 20001
+
+
+def test_the_page_never_undoes_an_answer_another_tab_gave_since(job: Path, tmp_path: Path) -> None:
+    out = fresh(job, tmp_path)
+    server = Server(out, "--n", "2")
+    try:
+        with chromium() as driver:
+            driver.get(server.url)
+            order = int(driver.find_element("id", "order").get_attribute("value"))
+            driver.find_element("tag name", "body").send_keys("1")  # this tab: the first emotion
+            wait(lambda: driver.find_element("id", "message").text.startswith("Saved"))
+            assert server.send("answer", {"order": order, "label": "sad"})[0] == 200  # another tab, since
+            driver.find_element("tag name", "body").send_keys("u")
+            wait(lambda: "answered again since" in driver.find_element("id", "message").text)
+            assert not driver.find_element("id", "message").text.startswith("Not saved")
+    finally:
+        server.kill()
+    assert list(given(out).values()) == ["sad"]
