@@ -839,6 +839,9 @@ def test_a_header_in_any_case_and_a_file_without_its_last_line_break(tmp_path: P
     sheet.write_text("path,Label,label\nclips/a.wav,sad,happy\n")  # which holds the answers? never guessed
     with pytest.raises(AnswersError, match=r"2 label columns \(columns 2, 3\); keep one"):
         read_answers(sheet, KINDS)
+    sheet.write_bytes(b"path,label\rclips/a.wav,sad\rclips/b.wav,happy\r")  # Excel's "CSV (Macintosh)"
+    with pytest.raises(AnswersError, match="carriage return alone"):
+        read_answers(sheet, KINDS)
     sheet.write_text("path;label\nclips/a.wav;sad\n")  # a spreadsheet set to semicolons
     with pytest.raises(AnswersError, match="semicolons"):
         read_answers(sheet, KINDS)

@@ -549,6 +549,11 @@ class AnswerLog:
                 self._line_no, self._reported = 0, 0
             end = _last_newline(fh.fileno(), st.st_size) if st.st_size > self._offset else self._offset
             self.answers.torn = end < st.st_size
+            if end == 0 and b"\r" in os.pread(fh.fileno(), _TAIL, 0):  # no line read: one line, or lines split by CR
+                raise AnswersError(
+                    f"{self.path}: its lines end in a carriage return alone (Excel's 'CSV (Macintosh)'); save it "
+                    "again as 'CSV UTF-8 (Comma delimited)'"
+                )
             if end <= self._offset:
                 return self.answers
             lines = list(complete_lines(fh, self._offset, end))
