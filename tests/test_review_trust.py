@@ -23,6 +23,7 @@ from batchser.review import (
     ANSWERS,
     SAMPLE,
     TORN,
+    Answer,
     AnswerLog,
     AnswersError,
     AnswersFile,
@@ -964,3 +965,17 @@ def test_the_page_never_undoes_an_answer_another_tab_gave_since(job: Path, tmp_p
     finally:
         server.kill()
     assert list(given(out).values()) == ["sad"]
+
+
+def test_undo_rows_take_back_the_latest_standing_answer_in_any_order(tmp_path: Path) -> None:
+    sheet = tmp_path / "answers.csv"  # 20,000 answers and as many undos: read in one pass, each undo its own file's
+    rows = [f"f{i}.wav,sad" for i in range(20000)] + [f"f{i}.wav,undo" for i in range(19999, 0, -2)]
+    sheet.write_text(
+        "path,label\n" + "\n".join([*rows, "a.wav,sad", "b.wav,angry", "a.wav,happy", "a.wav,undo"]) + "\n"
+    )
+    answers = read_answers(sheet, KINDS)
+    assert len(answers.latest) == 10000 + 2 and answers.latest[("a.wav", None, None)].label == "sad"
+    assert answers.last_given().path == "b.wav"  # type: ignore[union-attr]
+    for path in ["b.wav", "a.wav"]:
+        answers.add(Answer(path, "", "undo"))
+    assert answers.last_given().path == "f19998.wav"  # type: ignore[union-attr]

@@ -343,10 +343,11 @@ class Answers:
 
     path: Path
     standing: dict[tuple[str, float | None, float | None], list[Answer]] = field(default_factory=dict)
-    history: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+    history: list[Answer] = field(default_factory=list)  # in the order given; one taken back is dropped lazily
     unknown: dict[str, list[int]] = field(default_factory=dict)
     bad: list[tuple[int, str]] = field(default_factory=list)
     torn: bool = False
+    _taken: set[int] = field(default_factory=set, repr=False)  # ids of answers in the history taken back
 
     @property
     def latest(self) -> dict[tuple[str, float | None, float | None], Answer]:
@@ -356,16 +357,16 @@ class Answers:
         if a.label == UNDO:
             given = self.standing.get(a.key)
             if given:
-                given.pop()
-                last = len(self.history) - 1 - self.history[::-1].index(a.key)
-                del self.history[last]
+                self._taken.add(id(given.pop()))  # not searched for in the history: 50,000 undos stay linear
             return
         self.standing.setdefault(a.key, []).append(a)
-        self.history.append(a.key)
+        self.history.append(a)
 
     def last_given(self) -> Answer | None:
         """The latest answer still standing (what "undo" takes back)."""
-        return self.standing[self.history[-1]][-1] if self.history else None
+        while self.history and id(self.history[-1]) in self._taken:  # taken back: never standing again
+            self._taken.discard(id(self.history.pop()))
+        return self.history[-1] if self.history else None
 
     def unknown_message(self, classes: Sequence[str]) -> str:
         """The unknown labels, each with its rows and the closest emotion."""
