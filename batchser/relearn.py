@@ -203,7 +203,16 @@ class ReviewedFiles:
 
     def _replace(self, earlier: Answer | None, a: Answer) -> None:
         if earlier is not None and earlier.key != a.key:
-            self.replaced.setdefault(a.key, []).extend([earlier.key, *self.replaced.get(earlier.key, [])])
+            self.replaced.setdefault(a.key, []).append(earlier.key)
+
+    def _found_with_replaced(self, key: _Key) -> None:
+        """``key`` found, and the earlier answers it replaced (answered again later: replaced, not unmatched)."""
+        todo = [key]
+        while todo:
+            for earlier in self.replaced.get(todo.pop(), ()):
+                if earlier not in self.found:
+                    self.found.add(earlier)
+                    todo.append(earlier)
 
     def observe(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> None:
         found: dict[int, Answer] = {}
@@ -237,7 +246,7 @@ class ReviewedFiles:
                     self._near.setdefault(name, shown)
                 continue
             self.found.add(a.key)
-            self.found.update(self.replaced.get(a.key, ()))  # answered again later: replaced, not unmatched
+            self._found_with_replaced(a.key)
             self.applied.add(a.key)
             if a.label != SKIP:
                 if a.label not in DIMENSION_ANSWERS:  # a side of arousal or valence is no label
