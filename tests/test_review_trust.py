@@ -820,9 +820,12 @@ def test_after_a_review_the_reports_and_page_say_what_is_true(
 
 
 def test_two_stray_quotes_lines_apart_swallow_no_answers(tmp_path: Path) -> None:
-    """A quote opening a cell on one line and one closing a cell five lines on: the rows between stay answers."""
+    """A quote opening a cell on one line and one closing a cell five lines on: the rows between (without their
+    note) stay answers."""
     sheet = tmp_path / "filled.csv"
-    sheet.write_text('path,label\n"a.wav,sad\nb.wav,sad\nc.wav,angry\nd.wav,sad\ne.wav,sad\nf.wav",sad\ng.wav,happy\n')
+    sheet.write_text(
+        'path,label,note\n"a.wav,sad\nb.wav,sad\nc.wav,angry\nd.wav,sad\ne.wav,sad\nf.wav",sad\ng.wav,happy\n'
+    )
     answers = read_answers(sheet, KINDS)
     assert [k[0] for k in answers.latest][:4] == ["b.wav", "c.wav", "d.wav", "e.wav"]
     assert [line for line, _ in answers.bad] == [2] and "unbalanced quote" in answers.bad[0][1]

@@ -409,7 +409,6 @@ class _Rows:
         self.columns = {name.strip().casefold(): i for i, name in enumerate(header)}
         self.where = where
         self.classes = classes
-        self.width = len(header)
         names = [name.strip().casefold() for name in header]
         for twice in ("path", "label"):
             if names.count(twice) > 1:  # which one holds the answers is anyone's guess: never a silent pick
@@ -429,6 +428,13 @@ class _Rows:
                 "not a person's answers. Answer with batchser review, or fill in the label column of the CSV that "
                 "batchser review --list writes"
             )
+
+    def is_answer(self, cells: Sequence[str]) -> bool:
+        """Whether ``cells`` alone read as an answer: a path and a label the model knows."""
+        path, label = (
+            cells[self.columns[c]].strip() if self.columns[c] < len(cells) else "" for c in ("path", "label")
+        )
+        return bool(path) and canonical_label(label, self.classes) is not None
 
     def parse(self, cells: Sequence[str], line: int, into: Answers) -> None:
         def cell(name: str) -> str:
@@ -558,7 +564,9 @@ class AnswerLog:
             if end <= self._offset:
                 return self.answers
             lines = list(complete_lines(fh, self._offset, end))
-            for n, cells, why in rows(lines, self._line_no + 1, lambda: self._rows.width if self._rows else 0):
+            for n, cells, why in rows(
+                lines, self._line_no + 1, lambda cells: bool(self._rows and self._rows.is_answer(cells))
+            ):
                 if self._rows is None:  # the header: a file whose first line cannot be read is no answers file
                     if cells is None:
                         raise AnswersError(f"{self.path} line {n} {why}")

@@ -39,14 +39,14 @@ _JOIN = 32  # lines one quoted cell may span (a file name or note with line brea
 
 
 def rows(
-    lines: list[bytes], first: int, width: Callable[[], int] = lambda: 0
+    lines: list[bytes], first: int, is_answer: Callable[[list[str]], bool] = lambda cells: False
 ) -> Iterator[tuple[int, list[str] | None, str]]:
     """(line number, cells or None, why) for each row of ``lines``, the first numbered ``first``.
 
     A line that is not one CSV row is joined with the lines after it only when
     together they make exactly one row (a quoted cell holding a line break, as a
-    spreadsheet or batchser writes one) and no line inside is a whole row of
-    ``width()`` cells (the header's) by itself (two stray quotes lines apart would swallow the
+    spreadsheet or batchser writes one) and no line inside is an answer by
+    itself (``is_answer``: two stray quotes lines apart would swallow the
     answers between them); otherwise that line alone is bad.
     """
     i = 0
@@ -56,9 +56,9 @@ def rows(
         used = 1
         if cells is None and "CSV row" in why:
             for k in range(2, min(_JOIN, len(lines) - i) + 1):
-                inner, _ = _line(lines[i + k - 2], n) if k > 2 and width() > 1 else (None, "")
-                if inner is not None and len(inner) == width():
-                    break  # a row of its own inside: this line's quote is stray, not a cell with line breaks
+                inner, _ = _line(lines[i + k - 2], n) if k > 2 else (None, "")
+                if inner is not None and is_answer(inner):
+                    break  # an answer of its own inside: this line's quote is stray, not a cell with line breaks
                 joined, j_why = _line(b"\n".join(lines[i : i + k]), n)
                 if joined is not None:
                     cells, why, used = joined, "", k
