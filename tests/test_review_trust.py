@@ -982,3 +982,22 @@ def test_undo_rows_take_back_the_latest_standing_answer_in_any_order(tmp_path: P
     for path in ["b.wav", "a.wav"]:
         answers.add(Answer(path, "", "undo"))
     assert answers.last_given().path == "f19998.wav"  # type: ignore[union-attr]
+
+
+def test_lines_of_stray_quotes_are_each_tried_a_few_times_not_thirty_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchser.review import lines
+
+    sheet = tmp_path / "answers.csv"
+    sheet.write_text("path,label\n" + "".join(f'"f{i}.wav",sad,"x\n"g{i}.wav,sad\n' for i in range(1000)))
+    parse, calls = lines._line, [0]
+
+    def counted(raw: bytes, n: int):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return parse(raw, n)
+
+    monkeypatch.setattr(lines, "_line", counted)
+    answers = read_answers(sheet, KINDS)
+    assert len(answers.bad) == 2000 and not answers.latest
+    assert calls[0] < 4 * 2001  # an error before a join's end ends the joining: linear in the lines

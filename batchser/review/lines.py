@@ -35,6 +35,7 @@ def _line(raw: bytes, n: int) -> tuple[list[str] | None, str]:
     return (rows[0] if rows else []), ""
 
 
+_OPEN = "unexpected end of data"  # the csv module's words for text that ends inside a quoted cell
 _JOIN = 32  # lines one quoted cell may span (a file name or note with line breaks)
 
 
@@ -54,7 +55,7 @@ def rows(
         n = first + i
         cells, why = _line(lines[i], n)
         used = 1
-        if cells is None and "CSV row" in why:
+        if cells is None and _OPEN in why:  # still inside quotes at the line's end: the next lines may close them
             for k in range(2, min(_JOIN, len(lines) - i) + 1):
                 inner, _ = _line(lines[i + k - 2], n) if k > 2 else (None, "")
                 if inner is not None and is_answer(inner):
@@ -63,7 +64,7 @@ def rows(
                 if joined is not None:
                     cells, why, used = joined, "", k
                     break
-                if "CSV row" not in j_why:
+                if _OPEN not in j_why:  # an error before the end stays in every longer join: stop here
                     break
         yield n, cells, why
         i += used
