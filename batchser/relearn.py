@@ -101,19 +101,35 @@ def _reviewed_root(answers_file: Path) -> Path | None:
         return None
 
 
+_Key = tuple[str, float | None, float | None]  # an answer's file and stretch (Answer.key)
+
+
 def _places(path: str, bases: Sequence[Path]) -> list[str]:
     """Where an answer's ``path`` may name a file: the first base it exists under, so one answer is one file.
 
     When it exists under none (object storage, or files since moved), every base
     is kept and a content hash, where the answer has one, still decides.
     """
-    if os.path.isabs(path) or "://" in path:
-        return [os.path.normpath(path) if "://" not in path else path]
+    if "://" in path:
+        return [path]
+    if os.path.isabs(path):
+        return [os.path.normpath(path)]
+    found = _under(path, bases)
+    if "\\" in path and not (len(found) == 1 and _is_file(found[0])):  # a list filled in on Windows: clips\a.wav
+        return _under(path.replace("\\", "/"), bases)
+    return found
+
+
+def _under(path: str, bases: Sequence[Path]) -> list[str]:
     places = [os.path.normpath(os.path.join(base, path)) for base in bases]
     for where in places:
-        if os.path.lexists(where):
+        if _is_file(where):  # a folder of that name is no answer's file: the next base may hold it
             return [where]
     return list(dict.fromkeys(places))
+
+
+def _is_file(where: str) -> bool:
+    return os.path.lexists(where) and not os.path.isdir(where)
 
 
 @dataclasses.dataclass
@@ -158,15 +174,19 @@ class ReviewedFiles:
         # the job's root or one of its input folders (a name as it appears under the folder labelled).
         folders = [p if p.is_dir() else p.parent for p in inputs]
         bases = [b for b in (_reviewed_root(answers_file), answers_file.parent, root, *folders) if b is not None]
-        for a in sorted(self.given, key=lambda a: (a.answered_at, a.line)):  # the latest wins
+        # The latest wins: the file's order is the order answers were given (a row typed in by hand has no time).
+        self.replaced: dict[_Key, list[_Key]] = {}  # an answer -> the earlier ones for its file, spelt otherwise
+        for a in sorted(self.given, key=lambda a: a.line):
             whole = a.start_s is None
             if a.content_hash:
                 if whole:
+                    self._replace(self.by_hash.get(a.content_hash), a)
                     self.by_hash[a.content_hash] = a
                 else:
                     self.seg_by_hash.setdefault(a.content_hash, []).append(a)
             for where in _places(a.path, bases):
                 if whole:
+                    self._replace(self.by_path.get(where), a)
                     self.by_path[where] = a
                 else:
                     self.seg_by_path.setdefault(where, []).append(a)
@@ -181,6 +201,19 @@ class ReviewedFiles:
         self._near: dict[str, str] = {}  # an answer's file name -> a report path with that name
         self._some: list[str] = []
 
+    def _replace(self, earlier: Answer | None, a: Answer) -> None:
+        if earlier is not None and earlier.key != a.key:
+            self.replaced.setdefault(a.key, []).append(earlier.key)
+
+    def _found_with_replaced(self, key: _Key) -> None:
+        """``key`` found, and the earlier answers it replaced (answered again later: replaced, not unmatched)."""
+        todo = [key]
+        while todo:
+            for earlier in self.replaced.get(todo.pop(), ()):
+                if earlier not in self.found:
+                    self.found.add(earlier)
+                    todo.append(earlier)
+
     def observe(self, start: int, outcomes: Sequence[FileOutcome], labels: Sequence[Label]) -> None:
         found: dict[int, Answer] = {}
         segs_found: dict[int, list[tuple[int, Answer]]] = {}
@@ -191,8 +224,16 @@ class ReviewedFiles:
             if o.record is not None and o.record.segments is not None and (self.seg_by_hash or self.seg_by_path):
                 segs_found[j] = self._segments(o, shown)
             a = self.by_hash.get(o.content_hash)
+            named = self.by_path.get(display_path(o.source, "")) if self.by_path else None
+            if (
+                named is not None
+                and a is not None
+                and named.line > a.line
+                and named.content_hash in ("", a.content_hash)
+            ):
+                a = named  # a later row naming the file (typed in by hand, without its hash) wins
             if a is None:
-                a = self.by_path.get(display_path(o.source, ""))
+                a = named
                 if a is not None and a.content_hash and a.content_hash != o.content_hash:
                     self.stale.append(shown)  # answered for other bytes: the file changed since
                     self.found.add(a.key)
@@ -205,6 +246,7 @@ class ReviewedFiles:
                     self._near.setdefault(name, shown)
                 continue
             self.found.add(a.key)
+            self._found_with_replaced(a.key)
             self.applied.add(a.key)
             if a.label != SKIP:
                 if a.label not in DIMENSION_ANSWERS:  # a side of arousal or valence is no label
@@ -242,7 +284,9 @@ class ReviewedFiles:
         by_path = [a for a in self.seg_by_path.get(display_path(o.source, ""), []) if a not in by_hash]
         segs = o.record.segments  # type: ignore[union-attr]
         out = []
-        for a in [*by_hash, *by_path]:
+        taken: set[int] = set()
+        # The latest row first: a stretch answered again in a row that spells its file otherwise takes that answer.
+        for a in sorted([*by_hash, *by_path], key=lambda a: -a.line):
             # Times as the reports and the answers file write them: to the millisecond.
             k = np.flatnonzero((np.abs(segs.start_s - a.start_s) < 2e-3) & (np.abs(segs.end_s - a.end_s) < 2e-3))  # type: ignore[union-attr, operator]
             if not len(k):  # a stretch this file's segments do not have (segmented otherwise): left unmatched
@@ -252,6 +296,9 @@ class ReviewedFiles:
             if a in by_path and a.content_hash and a.content_hash != o.content_hash:
                 self.stale.append(f"{shown} {a.start_s:.3f}-{a.end_s:.3f} s")
                 continue
+            if int(k[0]) in taken:
+                continue
+            taken.add(int(k[0]))
             self.applied.add(a.key)
             out.append((int(k[0]), a))
             if a.label != SKIP and a.label not in DIMENSION_ANSWERS:

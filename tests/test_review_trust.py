@@ -23,6 +23,7 @@ from batchser.review import (
     ANSWERS,
     SAMPLE,
     TORN,
+    Answer,
     AnswerLog,
     AnswersError,
     AnswersFile,
@@ -739,14 +740,21 @@ def test_speech_segments_of_a_long_recording_are_reviewed_and_learned_one_by_one
     assert _annotate(job, tmp_path / "shifted", "--reviewed", str(shifted)) == 2
     err = capsys.readouterr().err
     assert "stretch that their recording's speech segments do not have" in err and "0.123-0.456 s" in err
+    first = seg_units.iloc[0]  # answered again by hand, its file named relative to the answers file: that wins
+    where = os.path.relpath(Path(json.loads((out / "summary.json").read_text())["paths_relative_to"]) / first.path,
+                            out / ANSWERS.parent)  # fmt: skip
+    with open(out / ANSWERS, "a") as fh:
+        fh.write(f"{where},,none,,,,{first.start_s:.3f},{first.end_s:.3f}\n")
     second = tmp_path / "second"
     assert _annotate(job, second, "--reviewed", str(out / ANSWERS)) == 0
     review = json.loads((second / "summary.json").read_text())["review"]
     assert review["segment_units"] == len(seg_units) and review["unmatched"] == 0
-    assert review["learned_from"] == len(session.sample)
+    assert review["learned_from"] == len(session.sample) - 1  # "none of these" teaches no emotion
     got = pd.read_parquet(second / "segments.parquet")
     spoken = got[got.speech_prob.notna()]
-    assert spoken.reviewed.all() and (spoken.label == "sad").all()  # the person's answer wins for each segment
+    assert spoken.reviewed.all()  # the person's answer wins for each segment, the latest for the one answered twice
+    assert spoken.label.tolist() == ["none" if abs(a - first.start_s) < 2e-3 else "sad" for a in spoken.start_s]
+    assert review["none_of_these"] == 1  # what is learned too, not the earlier "sad"
     assert not got[got.speech_prob.isna()].reviewed.any()
 
 
@@ -809,3 +817,187 @@ def test_after_a_review_the_reports_and_page_say_what_is_true(
     assert session._item(first.to_dict(), {}, False)["model_label"] == got.at[first["path"], "label"]
     with pytest.raises(AnswersError, match="drawn from the labels of"):
         ReviewSession.open(out, per_label=10)
+
+
+def test_two_stray_quotes_lines_apart_swallow_no_answers(tmp_path: Path) -> None:
+    """A quote opening a cell on one line and one closing a cell five lines on: the rows between (without their
+    note) stay answers."""
+    sheet = tmp_path / "filled.csv"
+    sheet.write_text(
+        'path,label,note\n"a.wav,sad\nb.wav,sad\nc.wav,angry\nd.wav,sad\ne.wav,sad\nf.wav",sad\ng.wav,happy\n'
+    )
+    answers = read_answers(sheet, KINDS)
+    assert [k[0] for k in answers.latest][:4] == ["b.wav", "c.wav", "d.wav", "e.wav"]
+    assert [line for line, _ in answers.bad] == [2] and "unbalanced quote" in answers.bad[0][1]
+    # A note with line breaks, one of its lines with commas, is still one row.
+    sheet.write_text('path,label,note\nclips/a.wav,sad,"first, line\nsecond, line\nthird"\nclips/b.wav,angry,\n')
+    assert [a.label for a in read_answers(sheet, KINDS).latest.values()] == ["sad", "angry"]
+
+
+def test_a_header_in_any_case_and_a_file_without_its_last_line_break(tmp_path: Path) -> None:
+    sheet = tmp_path / "filled.csv"
+    sheet.write_bytes(b"\xef\xbb\xbf Path , LABEL \r\nclips/a.wav,sad\r\n\r\nclips/b.wav,Happy\r\nclips/c.wav,angry")
+    answers = read_answers(sheet, KINDS)
+    assert {k[0]: a.label for k, a in answers.latest.items()} == {"clips/a.wav": "sad", "clips/b.wav": "happy"}
+    assert answers.bad == [(5, answers.bad[0][1])] and "no line break at its end" in answers.bad[0][1]
+    sheet.write_text("path,Label,label\nclips/a.wav,sad,happy\n")  # which holds the answers? never guessed
+    with pytest.raises(AnswersError, match=r"2 label columns \(columns 2, 3\); keep one"):
+        read_answers(sheet, KINDS)
+    sheet.write_bytes(b"path,label\rclips/a.wav,sad\rclips/b.wav,happy\r")  # Excel's "CSV (Macintosh)"
+    with pytest.raises(AnswersError, match="carriage return alone"):
+        read_answers(sheet, KINDS)
+    sheet.write_text("path;label\nclips/a.wav;sad\n")  # a spreadsheet set to semicolons
+    with pytest.raises(AnswersError, match="semicolons"):
+        read_answers(sheet, KINDS)
+
+
+def test_undo_of_a_number_not_in_the_sample_says_so_plainly(session: ReviewSession) -> None:
+    from batchser.web.review import create_app
+
+    client = create_app(session, token="t").test_client()
+    session.answer(0, "sad")
+    for order in [400, "400", 1.5, "1.0", -1, "-1", 10**30, True, "abc", [0], {"a": 0}]:
+        resp = client.post("/undo?token=t", json={"order": order})
+        error = resp.get_json()["error"]
+        assert resp.status_code == 400 and "no recording's number in the sample" in error, (order, error)
+        assert "Traceback" not in error and "int()" not in error
+    assert list(given(session.out_dir).values()) == ["sad"]  # nothing undone by any of them
+    # A form posted without scripts (the page's own undo button): the token in the form, back to the page.
+    resp = client.post("/undo?blind=0", data={"token": "t"})
+    assert resp.status_code == 302 and given(session.out_dir) == {}
+    assert client.post("/undo", data={"token": "t"}).status_code == 400  # nothing left: a 400, never a 500
+
+
+def test_undo_leaves_an_answer_another_tab_gave_since(session: ReviewSession) -> None:
+    from batchser.web.review import create_app
+
+    client = create_app(session, token="t").test_client()
+    path = str(session.sample.loc[session.sample["order"] == 0, "path"].iloc[0])
+    assert client.post("/answer?token=t", json={"order": 0, "label": "sad"}).status_code == 200  # this tab
+    assert client.post("/answer?token=t", json={"order": 0, "label": "angry"}).status_code == 200  # another tab
+    resp = client.post("/undo?token=t", json={"order": 0, "label": "sad"})  # this tab takes back its "sad"
+    assert resp.status_code == 400 and "answered again since (now: angry)" in resp.get_json()["error"]
+    assert given(session.out_dir) == {path: "angry"}
+    assert client.post("/undo?token=t", json={"order": 0, "label": "angry"}).status_code == 200
+    assert given(session.out_dir) == {path: "sad"}
+
+
+def test_a_windows_path_or_a_folder_of_the_same_name_still_finds_the_file(job: Path, tmp_path: Path) -> None:
+    win = job.parent / "win.csv"  # filled in on Windows, beside the clips folder
+    win.write_text("path,label\nclips\\angry-00.wav,sad\n")
+    lists = tmp_path / "lists"
+    (lists / "sad-01.wav").mkdir(parents=True)  # a folder, beside the list, named as the answer's file
+    (lists / "a.csv").write_text("path,label\nsad-01.wav,happy\n")
+    try:
+        for i, answers in enumerate([win, lists / "a.csv"]):
+            out = tmp_path / f"out{i}"
+            assert _annotate(job, out, "--reviewed", str(answers), cwd=tmp_path) == 0
+            review = json.loads((out / "summary.json").read_text())["review"]
+            assert review["matched"] == 1 and review["unmatched"] == 0
+    finally:
+        win.unlink()
+
+
+def test_a_later_row_for_the_same_file_spelt_otherwise_wins(job: Path, tmp_path: Path) -> None:
+    """A review's answer (with its hash and time), then a correction typed in by hand, relative to the file."""
+    out = fresh(job, tmp_path)
+    session = ReviewSession.open(out, per_label=2)
+    row = session.sample.loc[session.sample["order"] == 0].iloc[0]
+    session.answer(0, "sad")
+    full = Path(json.loads((out / "summary.json").read_text())["paths_relative_to"]) / row["path"]
+    with open(out / ANSWERS, "a") as fh:
+        fh.write(f"{os.path.relpath(full, out / ANSWERS.parent)},,angry\n")
+    second = tmp_path / "second"
+    assert _annotate(job, second, "--reviewed", str(out / ANSWERS)) == 0
+    review = json.loads((second / "summary.json").read_text())["review"]
+    got = pd.read_parquet(second / "annotations.parquet").set_index("path")
+    assert got.at[str(full), "label"] == "angry" and review["unmatched"] == 0
+
+
+def test_an_answer_sent_while_an_undo_is_checked_is_never_the_one_undone(
+    session: ReviewSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(session.sample.loc[session.sample["order"] == 0, "path"].iloc[0])
+    session.answer(0, "sad")
+    read, checked = session.refresh, threading.Event()
+
+    def slow_read():  # type: ignore[no-untyped-def]
+        got = read()
+        if threading.current_thread() is not threading.main_thread():
+            checked.set()
+            threading.Event().wait(0.3)  # the undo has looked; another tab's answer arrives now
+        return got
+
+    monkeypatch.setattr(session, "refresh", slow_read)
+    undo = threading.Thread(target=session.undo, args=(0,), kwargs={"label": "sad"})
+    undo.start()
+    assert checked.wait(5)
+    session.answer(0, "angry")  # another tab
+    undo.join()
+    assert given(session.out_dir) == {path: "angry"}  # the undo took back "sad", the answer it was for
+
+
+def test_two_threads_reading_new_answers_count_each_once(tmp_path: Path) -> None:
+    f = AnswersFile(tmp_path)
+    log = AnswerLog(tmp_path / ANSWERS, KINDS)
+    f.add("clips/a.wav", "a" * 64, "sad")
+    log.refresh()
+    with open(tmp_path / ANSWERS, "a") as fh:  # many lines at once: the readers meet while parsing them
+        fh.writelines(f"clips/a.wav,{'a' * 64},{KINDS[i % 4]},{i}\n" for i in range(20000))
+    readers = [threading.Thread(target=log.refresh) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    assert len(log.answers.standing[("clips/a.wav", None, None)]) == 20001
+
+
+def test_the_page_never_undoes_an_answer_another_tab_gave_since(job: Path, tmp_path: Path) -> None:
+    out = fresh(job, tmp_path)
+    server = Server(out, "--n", "2")
+    try:
+        with chromium() as driver:
+            driver.get(server.url)
+            order = int(driver.find_element("id", "order").get_attribute("value"))
+            driver.find_element("tag name", "body").send_keys("1")  # this tab: the first emotion
+            wait(lambda: driver.find_element("id", "message").text.startswith("Saved"))
+            assert server.send("answer", {"order": order, "label": "sad"})[0] == 200  # another tab, since
+            driver.find_element("tag name", "body").send_keys("u")
+            wait(lambda: "answered again since" in driver.find_element("id", "message").text)
+            assert not driver.find_element("id", "message").text.startswith("Not saved")
+    finally:
+        server.kill()
+    assert list(given(out).values()) == ["sad"]
+
+
+def test_undo_rows_take_back_the_latest_standing_answer_in_any_order(tmp_path: Path) -> None:
+    sheet = tmp_path / "answers.csv"  # 20,000 answers and as many undos: read in one pass, each undo its own file's
+    rows = [f"f{i}.wav,sad" for i in range(20000)] + [f"f{i}.wav,undo" for i in range(19999, 0, -2)]
+    sheet.write_text(
+        "path,label\n" + "\n".join([*rows, "a.wav,sad", "b.wav,angry", "a.wav,happy", "a.wav,undo"]) + "\n"
+    )
+    answers = read_answers(sheet, KINDS)
+    assert len(answers.latest) == 10000 + 2 and answers.latest[("a.wav", None, None)].label == "sad"
+    assert answers.last_given().path == "b.wav"  # type: ignore[union-attr]
+    for path in ["b.wav", "a.wav"]:
+        answers.add(Answer(path, "", "undo"))
+    assert answers.last_given().path == "f19998.wav"  # type: ignore[union-attr]
+
+
+def test_lines_of_stray_quotes_are_each_tried_a_few_times_not_thirty_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchser.review import lines
+
+    sheet = tmp_path / "answers.csv"
+    sheet.write_text("path,label\n" + "".join(f'"f{i}.wav",sad,"x\n"g{i}.wav,sad\n' for i in range(1000)))
+    parse, calls = lines._line, [0]
+
+    def counted(raw: bytes, n: int):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return parse(raw, n)
+
+    monkeypatch.setattr(lines, "_line", counted)
+    answers = read_answers(sheet, KINDS)
+    assert len(answers.bad) == 2000 and not answers.latest
+    assert calls[0] < 4 * 2001  # an error before a join's end ends the joining: linear in the lines

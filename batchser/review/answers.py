@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchser.report import guard_cell, unguard_cell
+from batchser.review.lines import complete_lines, rows
 
 __all__ = [
     "ANSWERS",
@@ -342,10 +343,11 @@ class Answers:
 
     path: Path
     standing: dict[tuple[str, float | None, float | None], list[Answer]] = field(default_factory=dict)
-    history: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+    history: list[Answer] = field(default_factory=list)  # in the order given; one taken back is dropped lazily
     unknown: dict[str, list[int]] = field(default_factory=dict)
     bad: list[tuple[int, str]] = field(default_factory=list)
     torn: bool = False
+    _taken: set[int] = field(default_factory=set, repr=False)  # ids of answers in the history taken back
 
     @property
     def latest(self) -> dict[tuple[str, float | None, float | None], Answer]:
@@ -355,16 +357,16 @@ class Answers:
         if a.label == UNDO:
             given = self.standing.get(a.key)
             if given:
-                given.pop()
-                last = len(self.history) - 1 - self.history[::-1].index(a.key)
-                del self.history[last]
+                self._taken.add(id(given.pop()))  # not searched for in the history: 50,000 undos stay linear
             return
         self.standing.setdefault(a.key, []).append(a)
-        self.history.append(a.key)
+        self.history.append(a)
 
     def last_given(self) -> Answer | None:
         """The latest answer still standing (what "undo" takes back)."""
-        return self.standing[self.history[-1]][-1] if self.history else None
+        while self.history and id(self.history[-1]) in self._taken:  # taken back: never standing again
+            self._taken.discard(id(self.history.pop()))
+        return self.history[-1] if self.history else None
 
     def unknown_message(self, classes: Sequence[str]) -> str:
         """The unknown labels, each with its rows and the closest emotion."""
@@ -403,12 +405,20 @@ class _Rows:
     """Rows of an answers CSV turned into :class:`Answer` records, with the problems named by line."""
 
     def __init__(self, header: Sequence[str], where: Path, classes: Sequence[str]) -> None:
-        self.columns = {name.strip(): i for i, name in enumerate(header)}
+        # A header typed by hand or by a spreadsheet ("Path, Label"): case and spaces do not matter.
+        self.columns = {name.strip().casefold(): i for i, name in enumerate(header)}
         self.where = where
         self.classes = classes
+        names = [name.strip().casefold() for name in header]
+        for twice in ("path", "label"):
+            if names.count(twice) > 1:  # which one holds the answers is anyone's guess: never a silent pick
+                at = ", ".join(str(i + 1) for i, n in enumerate(names) if n == twice)
+                raise AnswersError(f"{where} has {names.count(twice)} {twice} columns (columns {at}); keep one")
         if "path" not in self.columns or "label" not in self.columns:
+            one = ", ".join(header) or "none"
+            hint = " (separated by semicolons: save it again as comma-separated CSV)" if ";" in one else ""
             raise AnswersError(
-                f"{where} needs path and label columns (it has {', '.join(self.columns) or 'none'}); "
+                f"{where} needs path and label columns (it has {one}){hint}; "
                 "batchser review --list prints a sample with both"
             )
         if "status" in self.columns and any(c.startswith("p_") for c in self.columns):
@@ -418,6 +428,13 @@ class _Rows:
                 "not a person's answers. Answer with batchser review, or fill in the label column of the CSV that "
                 "batchser review --list writes"
             )
+
+    def is_answer(self, cells: Sequence[str]) -> bool:
+        """Whether ``cells`` alone read as an answer: a path and a label the model knows."""
+        path, label = (
+            cells[self.columns[c]].strip() if self.columns[c] < len(cells) else "" for c in ("path", "label")
+        )
+        return bool(path) and canonical_label(label, self.classes) is not None
 
     def parse(self, cells: Sequence[str], line: int, into: Answers) -> None:
         def cell(name: str) -> str:
@@ -465,71 +482,6 @@ def _is_number(text: str) -> bool:
         return False
 
 
-ENCODING_FIX = "save it again as UTF-8 (Excel: 'CSV UTF-8'; LibreOffice: character set 'Unicode (UTF-8)')"
-
-
-def _line(raw: bytes, n: int) -> tuple[list[str] | None, str]:
-    """One line of an answers file as CSV cells, or None and why it cannot be read.
-
-    A damaged line (an unbalanced quote, a stray NUL, bytes that are not UTF-8,
-    a cell past the csv module's 128 KB) is that line alone, never the rest of the
-    file; :func:`_rows` joins the lines of a quoted cell that holds a line break.
-    """
-    if b"\x00" in raw:
-        return None, "holds NUL bytes: not CSV text"
-    try:
-        text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-    except UnicodeDecodeError as exc:
-        byte = raw[exc.start]
-        return None, f"is not UTF-8 text (byte 0x{byte:02X}: saved as Latin-1 or Windows-1252?); {ENCODING_FIX}"
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    except csv.Error as exc:
-        return None, f"is not one CSV row ({exc}: an unbalanced quote?)"
-    if len(rows) > 1:
-        return None, "is not one CSV row (a line break outside quotes)"
-    return (rows[0] if rows else []), ""
-
-
-_JOIN = 32  # lines one quoted cell may span (a file name or note with line breaks)
-
-
-def _rows(lines: list[bytes], first: int) -> Iterator[tuple[int, list[str] | None, str]]:
-    """(line number, cells or None, why) for each row of ``lines``, the first numbered ``first``.
-
-    A line that is not one CSV row is joined with the lines after it only when
-    together they make exactly one row (a quoted cell holding a line break, as a
-    spreadsheet or batchser writes one); otherwise that line alone is bad.
-    """
-    i = 0
-    while i < len(lines):
-        n = first + i
-        cells, why = _line(lines[i], n)
-        used = 1
-        if cells is None and "CSV row" in why:
-            for k in range(2, min(_JOIN, len(lines) - i) + 1):
-                joined, j_why = _line(b"\n".join(lines[i : i + k]), n)
-                if joined is not None:
-                    cells, why, used = joined, "", k
-                    break
-                if "CSV row" not in j_why:
-                    break
-        yield n, cells, why
-        i += used
-
-
-def _complete_lines(fh: io.BufferedReader, start: int, end: int) -> Iterator[bytes]:
-    """The lines of bytes ``start``..``end`` (``end`` just after a newline), one at a time."""
-    fh.seek(start)
-    left = end - start
-    while left > 0:
-        raw = fh.readline(left)
-        if not raw:
-            return
-        left -= len(raw)
-        yield raw.rstrip(b"\r\n")
-
-
 def read_answers(path: Path, classes: Sequence[str] = ()) -> Answers:
     """An answers file or any CSV with ``path`` and ``label`` columns.
 
@@ -545,8 +497,14 @@ def read_answers(path: Path, classes: Sequence[str] = ()) -> Answers:
         Not a regular file, a first line that is not UTF-8 CSV, or no path and label columns.
     """
     log_ = AnswerLog(path, classes)
-    log_.refresh()
-    return log_.answers
+    answers = log_.refresh()
+    if answers.torn:  # a file saved without a last line break, or cut off as it was written: never half read
+        why = (
+            "has no line break at its end (cut off as it was written?): left out; if it is whole, end the file with one"
+        )
+        answers.bad.append((log_._line_no + 1, why))
+        log.warning("%s line %d %s", path, log_._line_no + 1, why)
+    return answers
 
 
 class AnswerLog:
@@ -564,8 +522,14 @@ class AnswerLog:
         self._rows: _Rows | None = None
         self._reported = 0  # bad rows already logged
         self._line_no = 0  # lines read so far
+        self._lock = threading.Lock()  # the server's threads: two reading the same new lines would count them twice
 
     def refresh(self) -> Answers:
+        """Read what was appended (see :meth:`_refresh`)."""
+        with self._lock:
+            return self._refresh()
+
+    def _refresh(self) -> Answers:
         """Read what was appended; start again when the file was replaced or cut back.
 
         Raises
@@ -592,10 +556,17 @@ class AnswerLog:
                 self._line_no, self._reported = 0, 0
             end = _last_newline(fh.fileno(), st.st_size) if st.st_size > self._offset else self._offset
             self.answers.torn = end < st.st_size
+            if end == 0 and b"\r" in os.pread(fh.fileno(), _TAIL, 0):  # no line read: one line, or lines split by CR
+                raise AnswersError(
+                    f"{self.path}: its lines end in a carriage return alone (Excel's 'CSV (Macintosh)'); save it "
+                    "again as 'CSV UTF-8 (Comma delimited)'"
+                )
             if end <= self._offset:
                 return self.answers
-            lines = list(_complete_lines(fh, self._offset, end))
-            for n, cells, why in _rows(lines, self._line_no + 1):
+            lines = list(complete_lines(fh, self._offset, end))
+            for n, cells, why in rows(
+                lines, self._line_no + 1, lambda cells: bool(self._rows and self._rows.is_answer(cells))
+            ):
                 if self._rows is None:  # the header: a file whose first line cannot be read is no answers file
                     if cells is None:
                         raise AnswersError(f"{self.path} line {n} {why}")

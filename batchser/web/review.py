@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import secrets
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,8 @@ class ReviewSession:
     measured: list[str] = field(default_factory=list)  # what a review of these reports said, in sentences
     blind: bool = False  # hide the model's label and confidence while answering (no anchoring)
     _log: AnswerLog | None = field(default=None, init=False, repr=False)
+    # An undo checks what stands, then appends: no answer from another tab may land in between.
+    _turn: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @classmethod
     def open(cls, out_dir: Path, *, per_label: int = PER_LABEL, blind: bool = False) -> ReviewSession:
@@ -269,15 +272,16 @@ class ReviewSession:
         r = self._row(order)
         assert self.answers is not None
         start, end = _key(r)[1:]
-        self.answers.add(
-            str(r["path"]),
-            str(r["content_hash"]),
-            canonical,
-            model_label=str(r["model_label"]),
-            confidence=float(r["confidence"]),
-            start_s=start,
-            end_s=end,
-        )
+        with self._turn:
+            self.answers.add(
+                str(r["path"]),
+                str(r["content_hash"]),
+                canonical,
+                model_label=str(r["model_label"]),
+                confidence=float(r["confidence"]),
+                start_s=start,
+                end_s=end,
+            )
         return self._state_after(f"Saved: {canonical}", blind)
 
     def _state_after(self, done: str, blind: bool | None) -> dict[str, Any]:
@@ -286,26 +290,33 @@ class ReviewSession:
         except AnswersError as exc:  # on disk already: never told "Not saved"
             raise SavedButUnreadableError(f"{done}. The page cannot read the answers back to go on: {exc}") from None
 
-    def undo(self, order: int | None = None, *, blind: bool | None = None) -> dict[str, Any]:
+    def undo(self, order: int | None = None, *, blind: bool | None = None, label: str | None = None) -> dict[str, Any]:
         """Take back the answer standing for the sample's unit ``order`` (default: the latest answer given,
         by whoever gave it); an ``undo`` row is appended, nothing is rewritten.
 
-        A page passes the unit it answered last, so two open tabs each undo their own answers.
+        A page passes the unit it answered last, so two open tabs each undo their own answers, and the
+        ``label`` it gave: when another tab has answered that unit since, nothing is taken back.
 
         Raises
         ------
         KeyError
             No answer to take back.
         """
-        latest, _, last = self.refresh()
-        if order is not None:
-            last = latest.get(_key(self._row(order)))
-            if last is None or (self.earlier.get(last.key) is last):
-                raise KeyError("no answer to undo for that recording")
-        if last is None:
-            raise KeyError("no answer to undo")
-        assert self.answers is not None
-        self.answers.add(last.path, last.content_hash, UNDO, start_s=last.start_s, end_s=last.end_s)
+        with self._turn:
+            latest, _, last = self.refresh()
+            if order is not None:
+                last = latest.get(_key(self._row(order)))
+                if last is None or (self.earlier.get(last.key) is last):
+                    raise KeyError("no answer to undo for that recording")
+                if label is not None and canonical_label(label, self.classes) != last.label:
+                    raise KeyError(
+                        f"that recording was answered again since (now: {answer_words(last.label)}), in another tab or "
+                        "window: nothing was undone"
+                    )
+            if last is None:
+                raise KeyError("no answer to undo")
+            assert self.answers is not None
+            self.answers.add(last.path, last.content_hash, UNDO, start_s=last.start_s, end_s=last.end_s)
         return self._state_after("Undone", blind)
 
     def listing(self) -> pd.DataFrame:
@@ -519,9 +530,14 @@ def create_app(session: ReviewSession, *, token: str) -> Any:
     @app.post("/undo")
     def undo() -> Any:
         data = form()
+        given, label = data.get("order"), data.get("label")
+        if given not in (None, "") and (not str(given).isdecimal() or len(str(given)) > 18):
+            return jsonify({"error": f"order {str(given)[:40]!r} is no recording's number in the sample"}), 400
         try:
-            order = data.get("order")
-            got = session.undo(None if order in (None, "") else int(str(order)), blind=blind())
+            order = None if given in (None, "") else int(str(given))
+            if order is not None and not (session.sample["order"] == order).any():
+                return jsonify({"error": f"order {order} is no recording's number in the sample"}), 400
+            got = session.undo(order, blind=blind(), label=None if label in (None, "") else str(label)[:100])
         except SavedButUnreadableError as exc:
             return saved_but(exc)
         except (KeyError, ValueError) as exc:
