@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -138,9 +139,16 @@ def _job_vectors(cache: Path, report: Path, spec) -> np.ndarray:
     return np.stack([store.get(h).vector for h in rep.sort_values("path")["content_hash"]])
 
 
-def bench_corpus(name: str, *, repeats: int, n_jobs: int, log) -> list[dict]:
+def bench_corpus(name: str, *, repeats: int, n_jobs: int, log, limit: int | None = None, tmp: Path) -> list[dict]:
     folder = CORPORA / name
     files = sorted(str(p) for p in folder.rglob("*") if p.suffix in (".wav", ".flac"))
+    if limit is not None and limit < len(files):  # the first files, copied to a folder of their own for the jobs
+        folder = tmp / name
+        for f in files[:limit]:
+            dest = folder / Path(f).relative_to(CORPORA / name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+        files = sorted(str(p) for p in folder.rglob("*") if p.suffix in (".wav", ".flac"))
     audio_s = sum(sf.info(f).duration for f in files)
     log(f"{name}: {len(files)} files, {audio_s / 60:.1f} min of audio")
     from threadpoolctl import threadpool_limits
@@ -263,6 +271,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--n-jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--quiet", action="store_true", help="print only the table")
+    ap.add_argument("--files", type=int, default=None, help="only the first N files of each corpus (a smoke test)")
     args = ap.parse_args()
     if not have(CORPORA, "the corpora"):
         return 2
@@ -272,7 +281,10 @@ def main() -> int:
 
     keep_freed_memory()  # the in-process baselines get what batchser's workers get
     names = ["ravdess-48k", "ravdess"] if args.corpus == "both" else [args.corpus]
-    rows = [row for n in names for row in bench_corpus(n, repeats=args.repeats, n_jobs=args.n_jobs, log=log)]
+    with tempfile.TemporaryDirectory(prefix="batchser-bench-files-") as tmp:
+        rows = []
+        for n in names:
+            rows += bench_corpus(n, repeats=args.repeats, n_jobs=args.n_jobs, log=log, limit=args.files, tmp=Path(tmp))
     print(f"machine: {os.cpu_count()} cores; batchser with {args.n_jobs} workers; medians of {args.repeats} run(s)")
     print(
         f"{'corpus':<12} {'row':<15} {'files':>5} {'audio s':>8} {'wall s':>7} {'x real':>7} "
