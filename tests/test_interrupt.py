@@ -25,14 +25,14 @@ N_FILES = 1200
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """N_FILES distinct 6-second clips: harmonic tones with noise, 4 kinds.
+    """N_FILES distinct 3-second clips: harmonic tones with noise, 4 kinds.
 
     Long enough that extraction takes a few seconds on 2 cores, so the job
     writes several cache parts (one a second) before it is killed.
     """
     root = tmp_path_factory.mktemp("corpus")
     rng = np.random.default_rng(0)
-    t = np.arange(6 * 16000) / 16000
+    t = np.arange(3 * 16000) / 16000
     for i in range(N_FILES):
         f0 = 90 + 1.5 * i
         y = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 5)) * 0.2 + 0.02 * rng.standard_normal(t.size)

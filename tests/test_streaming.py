@@ -102,18 +102,18 @@ _MEASURED = textwrap.dedent(
 
 
 def test_memory_stays_flat_as_the_archive_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """10,000 and 40,000 cached files: peak RSS within 1.2x (the job held about 10 KB per file: 1.9x)."""
+    """5,000 and 20,000 cached files: peak RSS within 1.2x (the job held about 10 KB per file: 1.5x here)."""
     monkeypatch.syspath_prepend(str(BENCH))
     from _common import MODEL, shipped_features, synthetic_rows
     from files_scale import make_tree
 
     tree = tmp_path / "tree"
-    hashes = make_tree(tree, 40_000)  # a0/d000 … a0/d039, 1,000 files each
+    hashes = make_tree(tree, 20_000)  # a0/d000 … a0/d019, 1,000 files each
     spec = FeatureSpec(tuple(shipped_features()), 16000)
     with FeatureStore(tmp_path / "cache", spec, segments=SegmentSpec()) as store:
         synthetic_rows(store, len(hashes), hashes=hashes)
     peaks = {}
-    for n in (10_000, 40_000):
+    for n in (5_000, 20_000):
         job = {
             "name": f"n{n}",
             "inputs": [{"path": str(tree / "a0" / f"d{k:03d}")} for k in range(n // 1000)],
@@ -129,7 +129,7 @@ def test_memory_stays_flat_as_the_archive_grows(tmp_path: Path, monkeypatch: pyt
         rows = pd.read_parquet(tmp_path / f"out{n}" / "annotations.parquet", columns=["status", "normalized_by"])
         assert len(rows) == n and (rows.status == "ok").all() and (rows.normalized_by == "corpus").all()
     print("peak RSS MiB", peaks)
-    assert peaks[40_000] <= 1.2 * peaks[10_000], peaks
+    assert peaks[20_000] <= 1.2 * peaks[5_000], peaks
 
 
 def test_spools_of_killed_jobs_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
