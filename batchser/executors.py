@@ -32,13 +32,16 @@ class Executor:
 
 
 @contextlib.contextmanager
-def open_executor(backend: str, *, n_jobs: int = -1, scheduler: str | None = None) -> Iterator[Executor]:
+def open_executor(
+    backend: str, *, n_jobs: int = -1, scheduler: str | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S
+) -> Iterator[Executor]:
     """Set up ``backend`` for the duration of a job.
 
     For ``dask``, connects a ``distributed.Client`` to ``scheduler``
     (``tcp://host:port``) or, for ``"local"``, starts a ``LocalCluster`` of
     ``n_jobs`` single-threaded worker processes (-1: one per core) on loopback,
-    and closes what it started on exit. Other backends need no set-up.
+    and closes what it started on exit; a remote scheduler that does not answer
+    within ``connect_timeout_s`` fails the job. Other backends need no set-up.
 
     Raises
     ------
@@ -72,7 +75,7 @@ def open_executor(backend: str, *, n_jobs: int = -1, scheduler: str | None = Non
             client = stack.enter_context(Client(cluster))
         else:
             try:
-                client = stack.enter_context(Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s"))
+                client = stack.enter_context(Client(scheduler, timeout=f"{connect_timeout_s}s"))
             except (OSError, TimeoutError) as exc:
                 raise EngineError(
                     f"cannot reach the Dask scheduler at {scheduler}: {exc}; start one "

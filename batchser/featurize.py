@@ -50,7 +50,9 @@ class Executors:
     def get(self) -> Executor:
         if self._executor is None:
             e = self._engine
-            self._executor = self._stack.enter_context(open_executor(e.backend, n_jobs=e.n_jobs, scheduler=e.scheduler))
+            self._executor = self._stack.enter_context(
+                open_executor(e.backend, n_jobs=e.n_jobs, scheduler=e.scheduler, connect_timeout_s=e.connect_timeout_s)
+            )
         return self._executor
 
 

@@ -68,7 +68,7 @@ def test_train_and_annotate_on_a_local_cluster_equal_loky(tmp_path: Path, labell
 
 
 def test_an_unreachable_scheduler_is_a_clear_fatal_error(tmp_path: Path, labelled_set: tuple[Path, Path]) -> None:
-    m = manifest_dict(tmp_path, engine={"backend": "dask", "scheduler": "tcp://127.0.0.1:9"})
+    m = manifest_dict(tmp_path, engine={"backend": "dask", "scheduler": "tcp://127.0.0.1:9", "connect_timeout_s": 1})
     m["model"] = {"path": str(MODEL), "train": False}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(m))
     res = subprocess.run(

@@ -181,6 +181,8 @@ class EngineSpec(_Strict):
     batch_size: Annotated[int, Field(ge=1)] | None = None
     # Dask only: "local" starts a LocalCluster, otherwise tcp://host:port.
     scheduler: str | None = None
+    # Dask only: how long to wait for a remote scheduler before the job fails (a cluster still starting wants more).
+    connect_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
     @field_validator("n_jobs")
     @classmethod
