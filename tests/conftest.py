@@ -77,6 +77,24 @@ SENTENCES = [
 ]
 
 
+def espeak_sentences(sentences: list[str], folder: Path, *, sr: int = 16000) -> list[np.ndarray]:
+    """espeak-ng saying each of ``sentences`` (untrimmed), float32 at ``sr``, at half scale; skips without espeak-ng."""
+    import shutil
+    import subprocess
+
+    import librosa
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng (apt-get install espeak-ng; .ci/run installs it)")
+    out = []
+    for k, text in enumerate(sentences):
+        wav = folder / f"espeak-{k}.wav"
+        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
+        y, native = sf.read(wav, dtype="float32")
+        out.append(librosa.resample(y, orig_sr=native, target_sr=sr).astype(np.float32) * 0.5)
+    return out
+
+
 @pytest.fixture(scope="session")
 def say(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``say(text, voice="en", pitch=50)``: espeak-ng speech, trimmed, float32 at 16 kHz (each made once)."""

@@ -13,11 +13,9 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
-import librosa
 import numpy as np
 import pandas as pd
 import pytest
@@ -34,7 +32,7 @@ from batchser.engine import ExtractTask, extract_one, plan_parts, run_tasks
 from batchser.features import FeatureSpec
 from batchser.model.store import load_model
 from batchser.segments import SegmentSpec
-from tests.conftest import speechlike
+from tests.conftest import espeak_sentences, speechlike
 from tests.media import KINDS, encode
 
 SR = 16000
@@ -52,15 +50,7 @@ LOSSLESS_ENOUGH = ["m4a", "m4a-faststart", "mp4-video", "mov", "webm", "wma"]
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
     """espeak-ng saying four sentences, float32 at 16 kHz."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng (apt-get install espeak-ng; .ci/run installs it)")
-    d = tmp_path_factory.mktemp("espeak")
-    out = []
-    for k, text in enumerate(SENTENCES):
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(d / f"{k}.wav"), text], check=True, capture_output=True)
-        y, sr = sf.read(d / f"{k}.wav", dtype="float32")
-        out.append((librosa.resample(y, orig_sr=sr, target_sr=SR) * 0.5).astype(np.float32))
-    return out
+    return espeak_sentences(SENTENCES, tmp_path_factory.mktemp("espeak"), sr=SR)
 
 
 def annotate(inputs: list[Path], out: Path, *extra: str) -> pd.DataFrame:

@@ -7,7 +7,6 @@ import io
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,6 +33,7 @@ from batchser.review import (
 )
 from batchser.web.review import ReviewSession, SavedButUnreadableError
 from tests.browser import chromium
+from tests.conftest import espeak_sentences
 from tests.review_kit import KINDS, Server, fresh, given, make_job, wait
 
 
@@ -696,19 +696,11 @@ def _manifest(job: Path, tmp_path: Path, answers: Path) -> Path:
 def test_speech_segments_of_a_long_recording_are_reviewed_and_learned_one_by_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.test_speech import SENTENCES, SR, _recording
-
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng (apt-get install espeak-ng; .ci/run installs it)")
-    import librosa
     import soundfile as sf
 
-    speech = []
-    for k, text in enumerate(SENTENCES):
-        wav = tmp_path / f"s{k}.wav"
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
-        y, sr = sf.read(wav, dtype="float32")
-        speech.append(librosa.resample(y, orig_sr=sr, target_sr=SR).astype(np.float32) * 0.5)
+    from tests.test_speech import SENTENCES, SR, _recording
+
+    speech = espeak_sentences(SENTENCES, tmp_path, sr=SR)
     job = make_job(tmp_path / "job")
     y, _ = _recording(speech, repeats=2)
     sf.write(job.parent / "clips" / "interview.flac", y, SR)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import librosa
 import numpy as np
 import pandas as pd
 import pytest
@@ -30,6 +28,7 @@ from batchser.locations import default_model_path
 from batchser.model.store import read_meta
 from batchser.segments import SegmentSpec
 from batchser.vad import FRAME, FRAME_S, Segmenter, SegmenterParams, SpeechProbabilities, speech_segments
+from tests.conftest import espeak_sentences
 
 SR = 16000
 SENTENCES = [
@@ -92,15 +91,7 @@ def test_the_segmenter_fed_in_pieces_gives_what_it_gives_at_once() -> None:
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
     """espeak-ng saying four sentences, each as float32 at 16 kHz."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("needs espeak-ng (apt-get install espeak-ng; .ci/run installs it)")
-    d = tmp_path_factory.mktemp("espeak")
-    out = []
-    for k, text in enumerate(SENTENCES):
-        subprocess.run(["espeak-ng", "-s", "150", "-w", str(d / f"{k}.wav"), text], check=True, capture_output=True)
-        y, sr = sf.read(d / f"{k}.wav", dtype="float32")
-        out.append(librosa.resample(y, orig_sr=sr, target_sr=SR).astype(np.float32) * 0.5)
-    return out
+    return espeak_sentences(SENTENCES, tmp_path_factory.mktemp("espeak"), sr=SR)
 
 
 def _pause(kind: str, seconds: float, seed: int) -> np.ndarray:
